@@ -1,0 +1,134 @@
+"""The MLflow Model Registry: where models are logged, and the per-process model cache.
+
+Workers load the model once per process and keep it; every
+MODEL_REFRESH_SECONDS they ask the registry which version the alias points to
+(one small request) and load again only when it moved. If the registry is
+down, a worker that has a model keeps using it and logs a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelUnavailable(RuntimeError):
+    """No model could be loaded: the registry is unreachable or has no such version."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any  # a fitted sklearn Pipeline
+    name: str
+    version: str
+    loaded_at: float
+
+
+def configure_mlflow(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured store; a local store gets its artifacts under LOCAL_DIR."""
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        settings.LOCAL_DIR.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(settings: Settings, client: MlflowClient) -> str:
+    experiment = client.get_experiment_by_name(settings.MLFLOW_EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if not settings.tracking_uri.startswith(("http://", "https://", "databricks")):
+        settings.local_artifact_root.mkdir(parents=True, exist_ok=True)
+        location = settings.local_artifact_root.as_uri()
+    return client.create_experiment(settings.MLFLOW_EXPERIMENT, artifact_location=location)
+
+
+def parse_model_uri(uri: str) -> tuple[str, str, str]:
+    """`models:/NAME@ALIAS`, `models:/NAME/STAGE` or `models:/NAME/VERSION` -> (name, kind, ref)."""
+    if not uri.startswith("models:/"):
+        raise ValueError(f"MODEL_URI must start with models:/, got {uri!r}")
+    rest = uri[len("models:/") :]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, "alias", alias
+    name, _, ref = rest.rpartition("/")
+    if not name or not ref:
+        raise ValueError(f"MODEL_URI {uri!r} names no version, stage or alias")
+    return name, ("version" if ref.isdigit() else "stage"), ref
+
+
+def resolve_version(client: MlflowClient, uri: str) -> tuple[str, str]:
+    """The (name, version) a registry URI points at right now."""
+    name, kind, ref = parse_model_uri(uri)
+    if kind == "version":
+        return name, ref
+    if kind == "alias":
+        return name, str(client.get_model_version_by_alias(name, ref).version)
+    latest = client.get_latest_versions(name, stages=[ref])
+    if not latest:
+        raise MlflowException(f"registered model {name!r} has no version in stage {ref!r}")
+    return name, str(latest[0].version)
+
+
+def load_version(name: str, version: str) -> Any:
+    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+
+class ModelCache:
+    """One per worker process: the production model, reloaded only when its alias moves."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._current: LoadedModel | None = None
+        self._checked_at = 0.0
+        self._client: MlflowClient | None = None
+
+    def _registry(self) -> MlflowClient:
+        if self._client is None:
+            self._client = configure_mlflow(self.settings)
+        return self._client
+
+    def get(self) -> LoadedModel:
+        with self._lock:
+            now = time.monotonic()
+            due = now - self._checked_at >= self.settings.MODEL_REFRESH_SECONDS
+            if self._current is not None and not due:
+                return self._current
+            try:
+                name, version = resolve_version(self._registry(), self.settings.model_uri)
+                if self._current is None or self._current.version != version:
+                    started = time.perf_counter()
+                    model = load_version(name, version)
+                    log.info(
+                        "loaded model %s version %s in %.2fs (was %s)",
+                        name,
+                        version,
+                        time.perf_counter() - started,
+                        self._current.version if self._current else "none",
+                    )
+                    self._current = LoadedModel(model, name, version, time.time())
+                self._checked_at = now
+            except Exception as exc:  # the registry may fail in many ways; all mean "not now"
+                if self._current is None:
+                    raise ModelUnavailable(f"cannot load {self.settings.model_uri}: {exc}") from exc
+                log.warning(
+                    "model registry unreachable (%s); keep serving cached version %s",
+                    exc,
+                    self._current.version,
+                )
+                self._checked_at = now
+            return self._current

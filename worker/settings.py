@@ -1,0 +1,131 @@
+"""Every setting the project reads, from the environment (or a `.env` file).
+
+The defaults need no server: an embedded filesystem broker, SQLite for the
+predictions and task results and a local MLflow store, all under LOCAL_DIR.
+Set CELERY_BROKER_URL, CELERY_RESULT_BACKEND, DATABASE_URL and
+MLFLOW_TRACKING_URI to run on Redis, PostgreSQL and an MLflow server.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class SettingsError(RuntimeError):
+    """A malformed setting; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    LOCAL_DIR: Path = Field(
+        REPO_ROOT / ".local", description="Folder for the embedded broker, SQLite files and MLflow store."
+    )
+    CELERY_BROKER_URL: str = Field("filesystem://", description="Celery broker; filesystem:// is the embedded one.")
+    CELERY_RESULT_BACKEND: str = Field("", description="Task results; empty means SQLite in LOCAL_DIR.")
+    DATABASE_URL: str = Field(
+        "", description="SQLAlchemy URL of the predictions database; empty means SQLite in LOCAL_DIR."
+    )
+    MLFLOW_TRACKING_URI: str = Field(
+        "", description="MLflow tracking server or store; empty means SQLite in LOCAL_DIR."
+    )
+    MLFLOW_EXPERIMENT: str = Field("chicago-taxi-duration", description="Experiment that training runs log to.")
+    MODEL_NAME: str = Field("chicago-taxi-duration", description="Registered model name.")
+    MODEL_ALIAS: str = Field("production", description="Alias the workers load.")
+    MODEL_URI: str = Field("", description="Overrides NAME@ALIAS, e.g. the legacy models:/NAME/Production.")
+    MODEL_REFRESH_SECONDS: float = Field(60.0, ge=0, description="How often a worker checks whether the alias moved.")
+    BATCH_INTERVAL_SECONDS: float = Field(300.0, gt=0, description="Beat interval of run_batch.")
+    RIDES_PER_BATCH: int | None = Field(
+        None, ge=1, description="Fixed rides per scheduled batch; unset means Chicago's volume."
+    )
+    MAX_RIDES_PER_REQUEST: int = Field(1_000_000, ge=1, description="Largest batch or file a request may ask for.")
+    CHUNK_SIZE: int = Field(50_000, ge=1, description="Rides per chunk; larger requests fan out across workers.")
+    TASK_SOFT_TIME_LIMIT: float = Field(210.0, gt=0, description="Seconds before a task is asked to stop.")
+    TASK_TIME_LIMIT: float = Field(240.0, gt=0, description="Seconds before a task's process is killed.")
+    VISIBILITY_TIMEOUT: float = Field(
+        900.0, gt=0, description="Seconds before Redis redelivers an unacknowledged task."
+    )
+    FLOWER_BASIC_AUTH: str = Field("", description="user:password[,user2:password2] for Flower; empty means no auth.")
+    FLOWER_ADDRESS: str = Field("127.0.0.1", description="Address Flower listens on.")
+    FLOWER_PORT: int = Field(5555, ge=1, le=65535, description="Port Flower listens on.")
+    LOG_LEVEL: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "MLFLOW_TRACKING_URI", "DATABASE_URL")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not urlsplit(value).scheme:
+            raise ValueError(f"{value!r} is not a URL (expected scheme://...)")
+        return value
+
+    @field_validator("FLOWER_BASIC_AUTH")
+    @classmethod
+    def _basic_auth(cls, value: str) -> str:
+        for pair in filter(None, value.split(",")):
+            user, _, password = pair.partition(":")
+            if not user or not password:
+                raise ValueError("expected user:password pairs separated by commas")
+        return value
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"{value!r} is not a logging level")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if self.TASK_SOFT_TIME_LIMIT >= self.TASK_TIME_LIMIT:
+            raise ValueError("TASK_SOFT_TIME_LIMIT must be below TASK_TIME_LIMIT")
+        if self.VISIBILITY_TIMEOUT <= self.TASK_TIME_LIMIT:
+            raise ValueError("VISIBILITY_TIMEOUT must exceed TASK_TIME_LIMIT, or Redis redelivers running tasks")
+        return self
+
+    # Resolved locations: the embedded defaults live under LOCAL_DIR.
+    @property
+    def broker_folder(self) -> Path:
+        return self.LOCAL_DIR / "broker"
+
+    @property
+    def result_backend(self) -> str:
+        return self.CELERY_RESULT_BACKEND or f"db+sqlite:///{self.LOCAL_DIR / 'results.db'}"
+
+    @property
+    def database_url(self) -> str:
+        return self.DATABASE_URL or f"sqlite:///{self.LOCAL_DIR / 'predictions.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.MLFLOW_TRACKING_URI or f"sqlite:///{self.LOCAL_DIR / 'mlflow.db'}"
+
+    @property
+    def local_artifact_root(self) -> Path:
+        return self.LOCAL_DIR / "mlartifacts"
+
+    @property
+    def model_uri(self) -> str:
+        return self.MODEL_URI or f"models:/{self.MODEL_NAME}@{self.MODEL_ALIAS}"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        name = ".".join(str(p) for p in error["loc"]) or "settings"
+        parts.append(f"{name}: {error['msg']}")
+    return "invalid setting " + "; ".join(parts)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None

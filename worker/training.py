@@ -1,0 +1,168 @@
+"""Training the duration model and registering it, promoting only a model that is not worse.
+
+A new version is always registered (its run keeps the evidence), but the
+alias moves only when the new version's MAE on the same held-out rides is
+not worse than the current production version's, or when forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.metrics import mean_absolute_error, root_mean_squared_error
+from sklearn.model_selection import train_test_split
+
+from worker.cleaning import CleaningReport, load_real_trips
+from worker.features import feature_pipeline
+from worker.registry import configure_mlflow, ensure_experiment, load_version, resolve_version
+from worker.rides import RIDE_COLUMNS, generate_rides
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TARGET = "trip_minutes"
+
+
+@dataclass(frozen=True)
+class ForestParams:
+    n_estimators: int = 30
+    max_depth: int = 12
+    min_samples_leaf: int = 10
+    max_features: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: str
+    run_id: str
+    mae: float
+    rmse: float
+    promoted: bool
+    previous_version: str | None
+    previous_mae: float | None
+    reason: str
+
+
+def training_frame(data: str | Path | None, rides: int, seed: int) -> tuple[pd.DataFrame, str, CleaningReport | None]:
+    """The rides to learn from: generated ones, or a real export after cleaning."""
+    if data is None:
+        frame = generate_rides(rides, seed)
+        frame[TARGET] = frame["trip_seconds"] / 60.0
+        return frame, f"generated:{rides}:seed={seed}", None
+    frame, report = load_real_trips(data)
+    return frame, f"file:{Path(data).name}", report
+
+
+def evaluate(model, frame: pd.DataFrame) -> tuple[float, float]:
+    predicted = model.predict(frame[list(RIDE_COLUMNS)])
+    return (
+        float(mean_absolute_error(frame[TARGET], predicted)),
+        float(root_mean_squared_error(frame[TARGET], predicted)),
+    )
+
+
+def fit_pipeline(frame: pd.DataFrame, params: ForestParams, seed: int):
+    forest = RandomForestRegressor(
+        n_estimators=params.n_estimators,
+        max_depth=params.max_depth,
+        min_samples_leaf=params.min_samples_leaf,
+        max_features=params.max_features,
+        n_jobs=-1,
+        random_state=seed,
+    )
+    pipeline = feature_pipeline(forest).fit(frame[list(RIDE_COLUMNS)], frame[TARGET])
+    # Workers predict in their own process per core; one job avoids oversubscribing them.
+    pipeline.set_params(forest__n_jobs=1)
+    return pipeline
+
+
+def model_signature(predictions: np.ndarray) -> ModelSignature:
+    """The raw ride columns. Areas take any value (an int, or a missing or unknown one gets a
+    prediction too), and trip_total may be left out; MLflow would otherwise refuse both."""
+    inputs = Schema(
+        [
+            ColSpec(AnyType(), "pickup_community_area"),
+            ColSpec(AnyType(), "dropoff_community_area"),
+            ColSpec(DataType.datetime, "trip_start_timestamp"),
+            ColSpec(DataType.double, "fare"),
+            ColSpec(DataType.double, "trip_total", required=False),
+            ColSpec(DataType.double, "trip_miles"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=infer_signature(None, predictions).outputs)
+
+
+def train_and_register(
+    settings: Settings,
+    data: str | Path | None = None,
+    rides: int = 200_000,
+    seed: int = 42,
+    force: bool = False,
+    params: ForestParams = ForestParams(),
+) -> TrainResult:
+    frame, source, report = training_frame(data, rides, seed)  # bad data fails here, before MLflow
+    train, test = train_test_split(frame, test_size=0.2, random_state=seed)
+
+    client = configure_mlflow(settings)
+    experiment_id = ensure_experiment(settings, client)
+    started = time.perf_counter()
+    pipeline = fit_pipeline(train, params, seed)
+    fit_seconds = time.perf_counter() - started
+    mae, rmse = evaluate(pipeline, test)
+
+    previous_version = previous_mae = None
+    try:
+        _, previous_version = resolve_version(client, settings.model_uri)
+    except Exception:  # no model, alias or stage yet
+        previous_version = None
+    if previous_version is not None:
+        previous_mae, _ = evaluate(load_version(settings.MODEL_NAME, previous_version), test)
+
+    example = test[list(RIDE_COLUMNS)].head(5)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params(
+            {**params.__dict__, "source": source, "rows_train": len(train), "rows_test": len(test), "seed": seed}
+        )
+        mlflow.log_metrics({"mae_minutes": mae, "rmse_minutes": rmse, "fit_seconds": fit_seconds})
+        if previous_mae is not None:
+            mlflow.log_metric("production_mae_minutes_same_data", previous_mae)
+        if report is not None:
+            mlflow.log_dict(
+                {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "dropped": report.dropped},
+                "cleaning.json",
+            )
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=model_signature(pipeline.predict(example)),
+            input_example=example,
+            registered_model_name=settings.MODEL_NAME,
+            serialization_format="cloudpickle",
+        )
+    version = str(info.registered_model_version)
+
+    if previous_mae is None:
+        promoted, reason = True, "no production model yet"
+    elif force:
+        promoted, reason = True, f"forced (production v{previous_version} MAE {previous_mae:.3f})"
+    elif mae <= previous_mae:
+        promoted, reason = True, f"not worse than production v{previous_version} (MAE {previous_mae:.3f})"
+    else:
+        promoted, reason = (
+            False,
+            f"worse than production v{previous_version} (MAE {previous_mae:.3f}); use --force to promote",
+        )
+    if promoted:
+        client.set_registered_model_alias(settings.MODEL_NAME, settings.MODEL_ALIAS, version)
+    client.set_model_version_tag(settings.MODEL_NAME, version, "promoted", str(promoted).lower())
+    client.set_model_version_tag(settings.MODEL_NAME, version, "mae_minutes", f"{mae:.4f}")
+    return TrainResult(version, run.info.run_id, mae, rmse, promoted, previous_version, previous_mae, reason)
