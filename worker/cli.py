@@ -18,6 +18,16 @@ from worker.settings import Settings, SettingsError, get_settings
 log = logging.getLogger("worker")
 
 
+class UsageError(ValueError):
+    """A request the user can fix; printed as one line."""
+
+
+def redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -68,6 +78,93 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.database import migrate
+
+    migrate(settings.database_url)
+    print(f"database schema is up to date ({redacted(settings.database_url)})")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    """Migrate, and register a first model if the registry has none; safe to run again."""
+    from worker.registry import configure_mlflow, resolve_version
+    from worker.training import train_and_register
+
+    cmd_migrate(args, settings)
+    try:
+        name, version = resolve_version(configure_mlflow(settings), settings.model_uri)
+        print(f"registry already has {name} version {version} at {settings.model_uri}")
+        return 0
+    except Exception as exc:  # no model, no alias: train one
+        print(f"no model at {settings.model_uri} ({type(exc).__name__}); training a first one on generated rides")
+    result = train_and_register(settings, rides=args.rides)
+    print(f"registered {settings.MODEL_NAME} version {result.version} (MAE {result.mae:.3f} min): {result.reason}")
+    return 0
+
+
+def check_request_size(rides: int, settings: Settings) -> None:
+    if rides > settings.MAX_RIDES_PER_REQUEST:
+        raise UsageError(f"--rides {rides} is over MAX_RIDES_PER_REQUEST={settings.MAX_RIDES_PER_REQUEST}")
+
+
+def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.dispatching import dispatch_batch, wait_for_batch
+
+    check_request_size(args.rides, settings)
+    task_id, batch_id = dispatch_batch(args.rides, args.seed)
+    print(f"task {task_id}")
+    print(f"batch {batch_id}")
+    if not args.wait:
+        return 0
+    return wait_for_batch(settings, batch_id, task_id, timeout=args.timeout)
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.dispatching import dispatch_file, wait_for_batch
+
+    outcome = dispatch_file(settings, args.path, skip_invalid=args.skip_invalid)
+    for row, reason in outcome.errors_shown:
+        print(f"row {row}: {reason}", file=sys.stderr)
+    if outcome.refused:
+        print(
+            f"error: {args.path}: {outcome.invalid} of {outcome.total} rows invalid; file refused, nothing written "
+            "(use --skip-invalid to write the valid rows)",
+            file=sys.stderr,
+        )
+        return 2
+    if outcome.invalid:
+        print(f"skipped {outcome.invalid} invalid rows", file=sys.stderr)
+    print(f"batch {outcome.batch_id}: {outcome.sent} rides sent in {outcome.chunks} task(s)")
+    if not args.wait or not outcome.sent:
+        return 0
+    return wait_for_batch(settings, outcome.batch_id, None, timeout=args.timeout)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.status import collect_status
+
+    report = collect_status(settings)
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        for part in ("broker", "database", "registry"):
+            info = report[part]
+            state = "up" if info["ok"] else "DOWN"
+            detail = info.get("error") or ", ".join(
+                f"{k}={v}" for k, v in info.items() if k not in ("ok", "last_batch")
+            )
+            print(f"{part:9} {state:5} {detail}")
+        last = report["database"].get("last_batch")
+        if last:
+            print(
+                f"last batch {last['batch_id']} finished {last['finished_at']}: {last['rows_written']} rows, model v{last['model_version']}"
+            )
+        elif report["database"]["ok"]:
+            print("no finished batch yet")
+    return 0 if report["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker", description="Chicago taxi trip-duration batches.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +187,31 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = sub.add_parser("calibrate", help="refit the ride generator's tables from a real export")
     calibrate.add_argument("--data", required=True)
     calibrate.set_defaults(handler=cmd_calibrate)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the database tables")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    init = sub.add_parser("init", help="migrate, and register a first model if the registry has none")
+    init.add_argument("--rides", type=_positive_int, default=200_000, help="generated rides for a first model")
+    init.set_defaults(handler=cmd_init)
+
+    dispatch = sub.add_parser("dispatch", help="enqueue a batch of generated rides")
+    dispatch.add_argument("--rides", type=_positive_int, required=True)
+    dispatch.add_argument("--seed", type=int)
+    dispatch.add_argument("--wait", action="store_true", help="show progress and the result")
+    dispatch.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
+    dispatch.set_defaults(handler=cmd_dispatch)
+
+    score = sub.add_parser("score", help="score the rides in a CSV or Parquet file")
+    score.add_argument("path")
+    score.add_argument("--skip-invalid", action="store_true", help="write the valid rows, report the rest")
+    score.add_argument("--wait", action="store_true")
+    score.add_argument("--timeout", type=float, default=600.0)
+    score.set_defaults(handler=cmd_score)
+
+    status = sub.add_parser("status", help="broker, database and registry reachability; last batch")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
     return parser
 
 
@@ -104,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, settings)
-    except DataError as exc:
+    except (DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

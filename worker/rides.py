@@ -142,7 +142,9 @@ def _dropoffs(rng: np.random.Generator, pickup_idx: np.ndarray, model: RideModel
     return np.minimum(dropoff_idx, N_AREAS - 1)
 
 
-def generate_rides(n: int, seed: int, window: Window | None = None, model: RideModel | None = None) -> pd.DataFrame:
+def generate_rides(
+    n: int, seed: int | list[int], window: Window | None = None, model: RideModel | None = None
+) -> pd.DataFrame:
     """`n` rides drawn with `seed`; starts in `window` if given, else across a year."""
     if n < 0:
         raise ValueError(f"ride count must be >= 0, got {n}")

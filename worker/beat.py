@@ -1,0 +1,63 @@
+"""Schedule slots: beat fires on wall-clock multiples of the interval and stamps the slot.
+
+The slot (e.g. 17:35:00 UTC for a 5-minute interval) names the scheduled
+batch, so two beat processes started by mistake send the same batch id and
+the second send writes nothing; a redelivered message keeps its slot.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime, timedelta
+
+from celery import schedules
+from celery.signals import beat_init, before_task_publish
+
+RUN_BATCH = "worker.tasks.run_batch"
+_IN_BEAT = {"active": False}
+
+
+def slot_start(interval_seconds: float, at: float | None = None) -> datetime:
+    now = time.time() if at is None else at
+    return datetime.fromtimestamp(math.floor(now / interval_seconds) * interval_seconds, UTC)
+
+
+class aligned_every(schedules.schedule):
+    """Due at every wall-clock multiple of `run_every` since the epoch, not `run_every` after start."""
+
+    def is_due(self, last_run_at: datetime) -> schedules.schedstate:
+        interval = self.run_every.total_seconds()
+        now = time.time()
+        current = math.floor(now / interval) * interval
+        to_next = current + interval - now
+        if last_run_at.timestamp() < current:
+            return schedules.schedstate(True, to_next)
+        return schedules.schedstate(False, to_next)
+
+    def __reduce__(self):
+        return self.__class__, (self.run_every, self.relative, self.nowfun)
+
+
+@beat_init.connect
+def _beat_started(**_: object) -> None:
+    _IN_BEAT["active"] = True
+
+
+@before_task_publish.connect
+def _stamp_slot(sender: str | None = None, body: object = None, **_: object) -> None:
+    """In the beat process, add the slot to each scheduled run_batch message it sends."""
+    if not _IN_BEAT["active"] or sender != RUN_BATCH or not isinstance(body, tuple | list) or len(body) < 2:
+        return
+    kwargs = body[1]
+    interval = kwargs.get("interval")
+    if isinstance(kwargs, dict) and isinstance(interval, int | float) and "slot" not in kwargs:
+        kwargs["slot"] = slot_start(interval).isoformat()
+
+
+def slot_window(slot: str, interval_seconds: float) -> tuple[datetime, datetime]:
+    """The Chicago-local [start, end) whose rides a slot's batch generates: the interval before it."""
+    from worker.rides import CHICAGO
+
+    end = datetime.fromisoformat(slot).astimezone(CHICAGO).replace(tzinfo=None)
+    return end - timedelta(seconds=interval_seconds), end

@@ -1,0 +1,92 @@
+"""The Celery application and its one configuration block.
+
+Each setting says why it is there; most follow from one promise: a batch is
+never lost and never written twice (see the README's reliability section).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from worker.settings import SettingsError, get_settings
+
+try:
+    settings = get_settings()
+except SettingsError as exc:  # `celery -A worker ...` with a malformed setting: one clear line
+    sys.stderr.write(f"error: {exc}\n")
+    raise SystemExit(2) from None
+
+from beat_schedule import beat_schedule
+
+VT = settings.VISIBILITY_TIMEOUT
+
+
+def _broker_transport_options() -> dict:
+    if settings.CELERY_BROKER_URL.startswith("filesystem"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        # One folder for messages in and out: every process on this machine shares the queue.
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+    return {"visibility_timeout": VT}
+
+
+app = Celery("worker", include=["worker.tasks"])
+app.conf.update(
+    broker_url=settings.CELERY_BROKER_URL,
+    result_backend=settings.result_backend,
+    # JSON only: a pickle message could run code in the worker (Celery security guide).
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    # Ack after the task ends, and requeue if its process dies: a crash loses no batch.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # Reserve only the task being run, so a dying worker holds nothing else back.
+    worker_prefetch_multiplier=1,
+    # Finish inside the visibility timeout, or Redis hands the task to a second worker.
+    task_soft_time_limit=settings.TASK_SOFT_TIME_LIMIT,
+    task_time_limit=settings.TASK_TIME_LIMIT,
+    # Redis redelivers unacked tasks after this; set for broker and result backend alike.
+    broker_transport_options=_broker_transport_options(),
+    result_backend_transport_options={"visibility_timeout": VT},
+    # Keep trying a lost broker forever instead of giving up after 100 tries.
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    # A worker that lost the broker stops long tasks, which Redis will redeliver anyway.
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # Results (and the dedup of redelivered successful tasks) live a day.
+    result_expires=86400,
+    result_extended=True,
+    worker_deduplicate_successful_tasks=not settings.CELERY_BROKER_URL.startswith("filesystem"),
+    # Events on, so Flower shows every task, its arguments and its result.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    # On a cold shutdown, hand running tasks back to the broker for 30 s first.
+    worker_soft_shutdown_timeout=30.0,
+    worker_enable_soft_shutdown_on_idle=True,
+    # A model and a 50k-ride chunk fit well below this; a leak replaces the child (KiB).
+    worker_max_memory_per_child=2_000_000,
+    beat_schedule=beat_schedule,
+    enable_utc=True,
+    timezone="UTC",
+)
+
+
+@worker_process_init.connect
+def _fresh_process(**_: object) -> None:
+    """Pool children build their own engine and model cache; pools must not cross a fork."""
+    from worker import runtime
+
+    runtime.reset()

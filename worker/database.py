@@ -1,0 +1,85 @@
+"""One SQLAlchemy engine per process, and the schema migrations.
+
+The engine is created on first use in the process that uses it: connection
+pools must not cross a fork, so a Celery pool child builds its own
+(`reset_engine` runs in `worker_process_init`). pool_pre_ping replaces
+connections a restarted PostgreSQL has closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_ENGINES: dict[str, Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers don't block the writing worker
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def build_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, pool_pre_ping=True)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
+
+
+def get_engine(url: str) -> Engine:
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = build_engine(url)
+    return engine
+
+
+def reset_engines() -> None:
+    """Forget the parent's pools in a forked child (without closing the parent's sockets)."""
+    for engine in _ENGINES.values():
+        engine.dispose(close=False)
+    _ENGINES.clear()
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with get_engine(url).begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+TABLES = frozenset({"ride_predictions", "batch_runs", "batch_chunks"})
+_CHECKED: set[int] = set()
+
+
+class SchemaMissing(RuntimeError):
+    """The tables are not there; workers never create them on their own."""
+
+
+def schema_ready(engine: Engine) -> bool:
+    return set(inspect(engine).get_table_names()) >= TABLES
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Once per engine: fail clearly if the migrations have not been run."""
+    if id(engine) in _CHECKED:
+        return
+    if not schema_ready(engine):
+        raise SchemaMissing(
+            f"database {engine.url.render_as_string()} has no ride_predictions tables: run `python -m worker migrate`"
+        )
+    _CHECKED.add(id(engine))

@@ -1,0 +1,127 @@
+"""Sending work by hand, and following it to the end.
+
+The CLI knows the batch id before it sends anything (it picks the task id),
+so it can show progress from `batch_runs` while chunks are written.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.settings import Settings
+
+SCORE_MESSAGE_ROWS = 10_000  # rides per score_rides message: ~1.5 MB of JSON
+MAX_ERRORS_SHOWN = 20
+
+
+def dispatch_batch(rides: int, seed: int | None) -> tuple[str, str]:
+    from worker.tasks import run_batch
+
+    task_id = str(uuid.uuid4())
+    kwargs = {"rides": rides} if seed is None else {"rides": rides, "seed": seed}
+    run_batch.apply_async(kwargs=kwargs, task_id=task_id)
+    return task_id, f"adhoc-{task_id}"
+
+
+@dataclass
+class FileDispatch:
+    batch_id: str
+    total: int = 0
+    invalid: int = 0
+    sent: int = 0
+    chunks: int = 0
+    refused: bool = False
+    errors_shown: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _validated_chunks(path: str | Path, rows_per_chunk: int):
+    from worker.scoring import iter_file, validate_rides
+
+    first = 1
+    for chunk in iter_file(path, rows_per_chunk):
+        yield validate_rides(chunk, first_row=first), len(chunk)
+        first += len(chunk)
+
+
+def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> FileDispatch:
+    """Validate the whole file first (streaming), then send its valid rides in chunks."""
+    from worker.cli import UsageError
+    from worker.scoring import to_records
+    from worker.tasks import score_rides
+
+    outcome = FileDispatch(batch_id=f"file-{uuid.uuid4()}")
+    valid = 0
+    for checked, rows in _validated_chunks(path, SCORE_MESSAGE_ROWS):
+        outcome.total += rows
+        outcome.invalid += len(checked.errors)
+        valid += len(checked.valid)
+        room = MAX_ERRORS_SHOWN - len(outcome.errors_shown)
+        outcome.errors_shown.extend(checked.errors[: max(room, 0)])
+        if outcome.total > settings.MAX_RIDES_PER_REQUEST:
+            raise UsageError(f"{path}: more than MAX_RIDES_PER_REQUEST={settings.MAX_RIDES_PER_REQUEST} rows")
+    if outcome.total == 0:
+        raise UsageError(f"{path}: has a header but no rows")
+    if outcome.invalid and not skip_invalid:
+        outcome.refused = True
+        return outcome
+    chunks_total = -(-valid // SCORE_MESSAGE_ROWS)
+    index = 0
+    pending = []
+    for checked, _ in _validated_chunks(path, SCORE_MESSAGE_ROWS):
+        pending.extend(to_records(checked.valid))
+        while len(pending) >= SCORE_MESSAGE_ROWS or (pending and index == chunks_total - 1):
+            part, pending = pending[:SCORE_MESSAGE_ROWS], pending[SCORE_MESSAGE_ROWS:]
+            score_rides.apply_async(
+                kwargs={
+                    "rides": part,
+                    "batch_id": outcome.batch_id,
+                    "chunk_index": index,
+                    "chunks_total": chunks_total,
+                    "rides_total": valid,
+                }
+            )
+            outcome.sent += len(part)
+            index += 1
+    outcome.chunks = index
+    return outcome
+
+
+def wait_for_batch(settings: Settings, batch_id: str, task_id: str | None, timeout: float) -> int:
+    """Print progress until the batch is written or failed; exit code 0 only on success."""
+    from celery.result import AsyncResult
+
+    from worker import storage
+    from worker.database import get_engine
+
+    engine = get_engine(settings.database_url)
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    last_line = ""
+    result = AsyncResult(task_id) if task_id else None
+    while time.monotonic() < deadline:
+        if result is not None and result.state == "FAILURE":
+            print(f"failed: {result.result!r}")
+            return 1
+        row = storage.get_batch(engine, batch_id)
+        if row is not None:
+            line = f"{row['status']}: {row['rows_written']}/{row['rides_requested']} rows, chunk {row['chunks_done']}/{row['chunks_total']}"
+            if line != last_line:
+                print(line, flush=True)
+                last_line = line
+            if row["status"] == "succeeded":
+                print(
+                    f"done: {row['rows_written']} rows written with {row['model_name']} version {row['model_version']} "
+                    f"in {time.monotonic() - started:.2f} s (batch {batch_id})"
+                )
+                return 0
+            if row["status"] == "failed":
+                print(f"failed: {row['error']}")
+                return 1
+        time.sleep(0.2)
+    print(
+        f"timed out after {timeout:.0f} s waiting for batch {batch_id}; it may still finish (python -m worker status)"
+    )
+    return 1

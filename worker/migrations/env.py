@@ -1,0 +1,15 @@
+"""Alembic environment: runs against the URL worker.database passes in."""
+
+from alembic import context
+
+from worker.schema import metadata
+
+config = context.config
+connection = config.attributes.get("connection")
+
+if connection is None:
+    raise RuntimeError("run migrations through `python -m worker migrate`")
+
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

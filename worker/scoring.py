@@ -1,0 +1,134 @@
+"""Validating rides that users bring (a file, or the `rides` list of score_rides).
+
+Every row is checked before anything is written, and each refused row is
+reported with its row number and reasons. Files are read in bounded chunks
+so a huge file never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from worker.cleaning import DataError
+from worker.geography import N_AREAS
+
+REQUIRED = ("pickup_community_area", "dropoff_community_area", "trip_start_timestamp", "fare", "trip_miles")
+OPTIONAL = ("trip_total", "trip_id")
+MAX_REPORTED_ERRORS = 20
+READ_CHUNK_ROWS = 50_000
+
+
+class BadRequest(ValueError):
+    """Arguments or rides that can never succeed; never retried."""
+
+
+@dataclass
+class Validation:
+    valid: pd.DataFrame
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (1-based row number, reasons)
+
+
+def _uuid_or_none(value: object) -> str | None:
+    try:
+        return uuid.UUID(str(value)).hex
+    except ValueError:
+        return None
+
+
+def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
+    """Split raw rides into valid, normalised rows and (row number, reasons) for the rest."""
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise BadRequest(f"missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+    n = len(frame)
+    problems = [[] for _ in range(n)]
+
+    def flag(mask: np.ndarray, reason: str) -> None:
+        for i in np.flatnonzero(mask):
+            problems[i].append(reason)
+
+    out = pd.DataFrame(index=frame.index)
+    for column in ("pickup_community_area", "dropoff_community_area"):
+        raw = frame[column]
+        area = pd.to_numeric(raw, errors="coerce")
+        blank = raw.isna() | raw.astype(str).str.strip().eq("")
+        flag((~blank & area.isna()).to_numpy(), f"{column} is not a number")
+        flag((area.notna() & ~area.between(1, N_AREAS)).to_numpy(), f"{column} outside 1..{N_AREAS}")
+        flag((area.notna() & (area != area.round())).to_numpy(), f"{column} is not a whole number")
+        out[column] = area.astype("Int64") if area.notna().all() else area.round().astype("Int64")
+    raw_ts = frame["trip_start_timestamp"]
+    stamps = pd.to_datetime(raw_ts.astype(str), errors="coerce", format="mixed")
+    flag((stamps.isna()).to_numpy(), "trip_start_timestamp is not a date and time")
+    if getattr(stamps.dt, "tz", None) is not None:
+        stamps = stamps.dt.tz_convert("America/Chicago").dt.tz_localize(None)
+    out["trip_start_timestamp"] = stamps
+    for column, required in (("fare", True), ("trip_miles", True), ("trip_total", False)):
+        if column not in frame.columns:
+            out[column] = np.nan
+            continue
+        raw = frame[column]
+        value = pd.to_numeric(raw, errors="coerce")
+        blank = raw.isna() | raw.astype(str).str.strip().eq("")
+        if required:
+            flag(blank.to_numpy(), f"{column} is missing")
+        flag((~blank & value.isna()).to_numpy(), f"{column} is not a number")
+        flag((value < 0).to_numpy(), f"{column} is negative")
+        flag((~np.isfinite(value.fillna(0))).to_numpy(), f"{column} is not finite")
+        out[column] = value.astype(float)
+    if "trip_id" in frame.columns:
+        ids = frame["trip_id"].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else _uuid_or_none(v))
+        given = frame["trip_id"].notna() & frame["trip_id"].astype(str).str.strip().ne("")
+        flag((given & ids.isna()).to_numpy(), "trip_id is not a UUID")
+        flag((ids.notna() & ids.duplicated(keep=False)).to_numpy(), "trip_id appears twice")
+        out["trip_id"] = ids
+    else:
+        out["trip_id"] = None
+
+    bad = np.array([bool(p) for p in problems])
+    errors = [(first_row + i, "; ".join(problems[i])) for i in np.flatnonzero(bad)]
+    return Validation(out[~bad].reset_index(drop=True), errors)
+
+
+def iter_file(path: str | Path, rows_per_chunk: int = READ_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """The file's rows in chunks of at most `rows_per_chunk`, as strings, so validation sees them raw."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_chunk):
+                yield batch.to_pandas()
+        elif suffix in (".csv", ".txt"):
+            yield from pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=rows_per_chunk)
+        else:
+            raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
+    except (DataError, BadRequest):
+        raise
+    except Exception as exc:  # parser errors come in many types
+        raise DataError(f"{path}: cannot be read: {exc}") from exc
+
+
+def to_records(frame: pd.DataFrame) -> list[dict]:
+    """Valid rides as JSON-safe dicts (the `rides` argument of score_rides)."""
+    out = frame.copy()
+    out["trip_start_timestamp"] = out["trip_start_timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    out = out.astype(object).where(out.notna(), None)
+    return out.to_dict("records")
+
+
+def records_to_frame(rides: object) -> pd.DataFrame:
+    if not isinstance(rides, list) or not rides:
+        raise BadRequest("rides must be a non-empty list of ride objects")
+    if not all(isinstance(r, dict) for r in rides):
+        raise BadRequest("every ride must be an object with the raw columns")
+    return pd.DataFrame.from_records(rides)

@@ -1,0 +1,65 @@
+"""`python -m worker status`: is every part reachable, and what did the last batch do?
+
+The JSON keys are part of the interface (see the README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.settings import Settings
+
+
+def _check(fn) -> dict[str, Any]:
+    try:
+        return {"ok": True, **(fn() or {})}
+    except Exception as exc:  # any failure here means "down", with its reason
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    from worker import storage
+    from worker.celery_app import app
+    from worker.database import get_engine, schema_ready
+    from worker.registry import configure_mlflow, resolve_version
+
+    def broker() -> dict[str, Any]:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+            queue = conn.default_channel.queue_declare("celery", passive=False)
+            return {"url": conn.as_uri(), "queue_length": queue.message_count}
+
+    def database() -> dict[str, Any]:
+        engine = get_engine(settings.database_url)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        ready = schema_ready(engine)
+        last = storage.last_finished_batch(engine) if ready else None
+        return {
+            "url": engine.url.render_as_string(),
+            "schema_ready": ready,
+            "last_batch": None
+            if last is None
+            else {
+                "batch_id": last["batch_id"],
+                "finished_at": last["finished_at"].isoformat() if last["finished_at"] else None,
+                "rows_written": last["rows_written"],
+                "model_version": last["model_version"],
+            },
+        }
+
+    def registry() -> dict[str, Any]:
+        client = configure_mlflow(settings)
+        name, version = resolve_version(client, settings.model_uri)
+        return {
+            "uri": settings.tracking_uri,
+            "model_uri": settings.model_uri,
+            "model_name": name,
+            "model_version": version,
+        }
+
+    report = {"broker": _check(broker), "database": _check(database), "registry": _check(registry)}
+    report["ok"] = all(part["ok"] for part in report.values())
+    return report

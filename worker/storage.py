@@ -1,0 +1,203 @@
+"""Writing predictions and batch bookkeeping, once, through SQLAlchemy.
+
+A chunk is written in one transaction that first claims its key in the
+`batch_chunks` ledger. A duplicate delivery (Celery acks late, so a task can
+run twice, even at the same time) waits on that key, finds it taken and
+writes nothing. On PostgreSQL the rows go in by COPY into a temporary table
+and one INSERT ... SELECT ... ON CONFLICT DO NOTHING (COPY itself has no ON
+CONFLICT); elsewhere by a multi-row INSERT ... ON CONFLICT DO NOTHING.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, Engine, case, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from worker.schema import batch_chunks, batch_runs, ride_predictions
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = (
+    "trip_id",
+    "pickup_community_area",
+    "dropoff_community_area",
+    "trip_start_timestamp",
+    "fare",
+    "trip_total",
+    "trip_miles",
+    "predicted_duration",
+    "model_name",
+    "model_version",
+    "batch_id",
+)
+
+
+@dataclass(frozen=True)
+class ChunkWrite:
+    batch_id: str
+    chunk_index: int
+    rows_written: int
+    duplicate: bool  # True: the ledger already had this chunk, nothing was written
+    batch_finished: bool
+
+
+def _insert(conn: Connection, table):
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def start_batch(
+    engine: Engine,
+    *,
+    batch_id: str,
+    trigger: str,
+    rides_requested: int,
+    chunks_total: int,
+    task_id: str | None,
+    seed: int | None,
+    window: tuple[datetime, datetime] | None,
+    attempt: int,
+) -> dict[str, Any]:
+    """Record the batch (first delivery) or count another attempt; returns its row as stored."""
+    with engine.begin() as conn:
+        conn.execute(
+            _insert(conn, batch_runs)
+            .values(
+                batch_id=batch_id,
+                trigger=trigger,
+                task_id=task_id,
+                seed=None if seed is None else str(seed),
+                rides_requested=rides_requested,
+                chunks_total=chunks_total,
+                window_start=window[0] if window else None,
+                window_end=window[1] if window else None,
+                status="running",
+                attempts=attempt,
+            )
+            .on_conflict_do_nothing(index_elements=["batch_id"])
+        )
+        conn.execute(
+            update(batch_runs)
+            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != "succeeded")
+            .values(attempts=case((batch_runs.c.attempts < attempt, attempt), else_=batch_runs.c.attempts))
+        )
+        row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().one()
+    return dict(row)
+
+
+def _copy_rows(conn: Connection, frame: pd.DataFrame) -> int:
+    """PostgreSQL: COPY into a temp table, then insert what is not there yet."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S")
+    buffer.seek(0)
+    columns = ", ".join(PREDICTION_COLUMNS)
+    conn.execute(
+        text(
+            "CREATE TEMP TABLE IF NOT EXISTS ride_predictions_staging "
+            "(LIKE ride_predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+    )
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(
+            f"COPY ride_predictions_staging ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')",
+            buffer,
+        )
+    finally:
+        cursor.close()
+    result = conn.execute(
+        text(
+            f"INSERT INTO ride_predictions ({columns}) SELECT {columns} FROM ride_predictions_staging "
+            "ON CONFLICT (trip_id) DO NOTHING"
+        )
+    )
+    return result.rowcount
+
+
+def _insert_rows(conn: Connection, frame: pd.DataFrame) -> int:
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    for record in records:
+        record["trip_start_timestamp"] = record["trip_start_timestamp"].to_pydatetime()
+    result = conn.execute(_insert(conn, ride_predictions).on_conflict_do_nothing(index_elements=["trip_id"]), records)
+    return result.rowcount
+
+
+def write_chunk(engine: Engine, batch_id: str, chunk_index: int, frame: pd.DataFrame) -> ChunkWrite:
+    """Write one chunk's predictions exactly once; `frame` has PREDICTION_COLUMNS."""
+    model_version = str(frame["model_version"].iloc[0]) if len(frame) else ""
+    with engine.begin() as conn:
+        claimed = conn.execute(
+            _insert(conn, batch_chunks)
+            .values(batch_id=batch_id, chunk_index=chunk_index, rows_written=0, model_version=model_version)
+            .on_conflict_do_nothing(index_elements=["batch_id", "chunk_index"])
+        ).rowcount
+        if not claimed:
+            log.info("batch %s chunk %d was already written; this delivery writes nothing", batch_id, chunk_index)
+            return ChunkWrite(batch_id, chunk_index, 0, duplicate=True, batch_finished=False)
+        ordered = frame[list(PREDICTION_COLUMNS)]
+        written = _copy_rows(conn, ordered) if conn.dialect.name == "postgresql" else _insert_rows(conn, ordered)
+        conn.execute(
+            update(batch_chunks)
+            .where(batch_chunks.c.batch_id == batch_id, batch_chunks.c.chunk_index == chunk_index)
+            .values(rows_written=written)
+        )
+        done = conn.execute(
+            update(batch_runs)
+            .where(batch_runs.c.batch_id == batch_id)
+            .values(
+                rows_written=batch_runs.c.rows_written + written,
+                chunks_done=batch_runs.c.chunks_done + 1,
+                model_name=frame["model_name"].iloc[0] if len(frame) else batch_runs.c.model_name,
+                model_version=model_version or batch_runs.c.model_version,
+            )
+            .returning(batch_runs.c.chunks_done, batch_runs.c.chunks_total)
+        ).one()
+        finished = done.chunks_done >= done.chunks_total
+        if finished:
+            conn.execute(
+                update(batch_runs)
+                .where(batch_runs.c.batch_id == batch_id)
+                .values(status="succeeded", finished_at=func.now(), error=None)
+            )
+    return ChunkWrite(batch_id, chunk_index, written, duplicate=False, batch_finished=finished)
+
+
+def mark_batch(engine: Engine, batch_id: str, status: str, error: str | None = None) -> None:
+    """Record a retry or failure; a batch that already succeeded keeps its status."""
+    values: dict[str, Any] = {"status": status, "error": error}
+    if status == "failed":
+        values["finished_at"] = func.now()
+    with engine.begin() as conn:
+        conn.execute(
+            update(batch_runs)
+            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != "succeeded")
+            .values(**values)
+        )
+
+
+def get_batch(engine: Engine, batch_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def last_finished_batch(engine: Engine) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                select(batch_runs)
+                .where(batch_runs.c.status == "succeeded")
+                .order_by(batch_runs.c.finished_at.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+    return dict(row) if row else None

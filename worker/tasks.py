@@ -1,0 +1,236 @@
+"""The Celery tasks: thin wrappers that check arguments, retry, log and report.
+
+Public task names (documented in the README): worker.tasks.run_batch and
+worker.tasks.score_rides. worker.tasks.predict_chunk is the fan-out unit of
+large batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from celery import Task, group
+from celery.exceptions import SoftTimeLimitExceeded
+from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from worker import batch, runtime, storage
+from worker.beat import slot_window
+from worker.celery_app import app
+from worker.database import ensure_schema
+from worker.registry import ModelUnavailable
+from worker.rides import Window, chicago_now, expected_rides
+from worker.scoring import BadRequest, records_to_frame, validate_rides
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (OperationalError, DBAPIError, ModelUnavailable, MlflowException, ConnectionError)
+
+
+class PipelineTask(Task):
+    """Retries what a later try can fix (database, registry); fails fast on bad arguments."""
+
+    autoretry_for = TRANSIENT
+    dont_autoretry_for = (BadRequest, TypeError, SoftTimeLimitExceeded)
+    retry_backoff = 2
+    retry_backoff_max = 300  # below the visibility timeout, so a waiting retry is not redelivered
+    retry_jitter = True
+    max_retries = 10
+
+    def on_retry(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        self._mark(kwargs, task_id, "retrying", exc)
+
+    def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        self._mark(kwargs, task_id, "failed", exc)
+
+    def _mark(self, kwargs: dict, task_id: str, status: str, exc: Exception) -> None:
+        batch_id = batch_id_for(kwargs, task_id) if self.name != predict_chunk.name else kwargs.get("batch_id")
+        if not batch_id:
+            return
+        try:
+            storage.mark_batch(runtime.engine(), batch_id, status, f"{type(exc).__name__}: {exc}"[:2000])
+        except Exception as mark_error:  # the database may be the thing that is down
+            log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
+
+
+def batch_id_for(kwargs: dict, task_id: str) -> str:
+    if kwargs.get("batch_id"):
+        return str(kwargs["batch_id"])
+    if kwargs.get("slot"):
+        return f"schedule-{kwargs['slot']}"
+    return f"adhoc-{task_id}"
+
+
+def check_count(name: str, value: object, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name} must be a whole number, got {value!r}")
+    if value < 1:
+        raise BadRequest(f"{name} must be at least 1, got {value}")
+    if value > maximum:
+        raise BadRequest(f"{name} must be at most MAX_RIDES_PER_REQUEST={maximum}, got {value}")
+    return value
+
+
+def check_seed(seed: object) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise BadRequest(f"seed must be a whole number from 0 to 2**63-1, got {seed!r}")
+    return seed
+
+
+def _window_of(row: dict) -> Window:
+    return Window(row["window_start"], row["window_end"])
+
+
+@app.task(bind=True, base=PipelineTask, name="worker.tasks.run_batch")
+def run_batch(
+    self: PipelineTask,
+    rides: int | None = None,
+    seed: int | None = None,
+    interval: float | None = None,
+    slot: str | None = None,
+) -> dict:
+    """Generate `rides` rides, predict their durations, write them (fanning out above CHUNK_SIZE).
+
+    `interval` and `slot` are set by beat; without `rides` a scheduled batch takes
+    RIDES_PER_BATCH or Chicago's volume for its window.
+    """
+    settings = get_settings()
+    started = time.perf_counter()
+    seed = check_seed(seed)
+    batch_id = batch_id_for({"slot": slot}, self.request.id)
+    if slot is not None:
+        if not isinstance(interval, int | float) or interval <= 0:
+            raise BadRequest(f"a scheduled batch needs a positive interval, got {interval!r}")
+        start, end = slot_window(slot, interval)
+    else:
+        end = chicago_now().replace(microsecond=0)
+        start = end - timedelta(seconds=settings.BATCH_INTERVAL_SECONDS)
+    if rides is None and slot is not None:
+        rides = settings.RIDES_PER_BATCH or expected_rides(end, (end - start).total_seconds() / 60)
+    rides = check_count("rides", rides, settings.MAX_RIDES_PER_REQUEST)
+    seed = seed if seed is not None else batch.seed_for(batch_id)
+    sizes = batch.chunk_sizes(rides, settings.CHUNK_SIZE)
+
+    engine = runtime.engine()
+    ensure_schema(engine)
+    row = storage.start_batch(
+        engine,
+        batch_id=batch_id,
+        trigger="schedule" if slot else "adhoc",
+        rides_requested=rides,
+        chunks_total=len(sizes),
+        task_id=self.request.id,
+        seed=seed,
+        window=(start, end),
+        attempt=self.request.retries + 1,
+    )
+    window = _window_of(row)  # the first delivery's window: a redelivery generates the same rides
+    if row["status"] == "succeeded":
+        log.info("batch %s was already written (%s rows); nothing to do", batch_id, row["rows_written"])
+        return summary(row, started, duplicate=True)
+
+    if len(sizes) > 1:
+        offsets = [window.start.isoformat(), window.end.isoformat()]
+        group(
+            predict_chunk.s(batch_id=batch_id, chunk_index=i, rides=n, seed=seed, window=offsets)
+            for i, n in enumerate(sizes)
+        ).apply_async()
+        log.info("batch %s: %d rides fanned out in %d chunks", batch_id, rides, len(sizes))
+        return {"batch_id": batch_id, "rides": rides, "chunks": len(sizes), "status": "fanned-out"}
+
+    self.update_state(state="PROGRESS", meta={"batch_id": batch_id, "stage": "predicting", "rides": rides})
+    result = batch.run_generated_chunk(
+        engine, runtime.model(), batch_id=batch_id, chunk_index=0, rides=rides, seed=seed, window=window
+    )
+    log.info(
+        "batch %s: %d rows written with %s v%s",
+        batch_id,
+        result.write.rows_written,
+        result.model_name,
+        result.model_version,
+    )
+    return summary(storage.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
+
+
+@app.task(bind=True, base=PipelineTask, name="worker.tasks.predict_chunk")
+def predict_chunk(
+    self: PipelineTask, batch_id: str, chunk_index: int, rides: int, seed: int, window: list[str]
+) -> dict:
+    """One chunk of a large batch; written once, whoever runs it and however often."""
+    result = batch.run_generated_chunk(
+        runtime.engine(),
+        runtime.model(),
+        batch_id=batch_id,
+        chunk_index=chunk_index,
+        rides=rides,
+        seed=seed,
+        window=batch.parse_window(*window),
+    )
+    return result.as_dict()
+
+
+@app.task(bind=True, base=PipelineTask, name="worker.tasks.score_rides")
+def score_rides(
+    self: PipelineTask,
+    rides: list[dict],
+    batch_id: str | None = None,
+    chunk_index: int = 0,
+    chunks_total: int = 1,
+    rides_total: int | None = None,
+) -> dict:
+    """Predict and write the given rides (raw columns); the whole list is refused if any ride is invalid."""
+    settings = get_settings()
+    started = time.perf_counter()
+    frame = records_to_frame(rides)
+    check_count("rides", len(frame), settings.MAX_RIDES_PER_REQUEST)
+    checked = validate_rides(frame)
+    if checked.errors:
+        shown = "; ".join(f"ride {i}: {why}" for i, why in checked.errors[:10])
+        raise BadRequest(f"{len(checked.errors)} of {len(frame)} rides refused, nothing written: {shown}")
+    batch_id = batch_id_for({"batch_id": batch_id}, self.request.id)
+    engine = runtime.engine()
+    ensure_schema(engine)
+    row = storage.start_batch(
+        engine,
+        batch_id=batch_id,
+        trigger="file" if chunks_total > 1 or rides_total else "adhoc",
+        rides_requested=rides_total or len(frame),
+        chunks_total=chunks_total,
+        task_id=self.request.id,
+        seed=None,
+        window=None,
+        attempt=self.request.retries + 1,
+    )
+    valid = checked.valid
+    missing_ids = valid["trip_id"].isna().to_numpy()
+    if missing_ids.any():
+        generated = batch.trip_ids(batch.seed_for(batch_id), chunk_index, len(valid))
+        valid.loc[missing_ids, "trip_id"] = generated[missing_ids]
+    result = batch.predict_and_write(engine, runtime.model(), batch_id, chunk_index, valid, {})
+    return summary(storage.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
+
+
+def summary(row: dict, started: float, duplicate: bool, chunk: batch.ChunkResult | None = None) -> dict:
+    out = {
+        "batch_id": row["batch_id"],
+        "status": row["status"],
+        "rides_requested": row["rides_requested"],
+        "rows_written": row["rows_written"],
+        "chunks_done": row["chunks_done"],
+        "chunks_total": row["chunks_total"],
+        "model_name": row["model_name"],
+        "model_version": row["model_version"],
+        "duplicate": duplicate,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if chunk is not None:
+        out["timings"] = {k: round(v, 4) for k, v in chunk.timings.items()}
+    if duplicate:
+        out["note"] = "already written by an earlier delivery; nothing written this time"
+    return out
