@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from worker.cleaning import DataError
+from worker.scoring import BadRequest
 from worker.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger("worker")
@@ -226,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, settings)
-    except (DataError, UsageError) as exc:
+    except (DataError, UsageError, BadRequest) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,48 @@
+# Every target works from a clean clone: the virtual environment is made on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit test-integration test-reliability bench lint format migrate clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the pinned requirements
+
+run: $(STAMP) ## set up, then run worker + beat + Flower and a first batch (Ctrl-C stops all)
+	$(PY) -m worker run
+
+test: $(STAMP) ## the whole suite: unit, integration and reliability tests (what CI runs)
+	$(PY) -m pytest tests
+
+test-unit: $(STAMP) ## unit tests only (no services)
+	$(PY) -m pytest tests/unit
+
+test-integration: $(STAMP) ## tests with real Redis, PostgreSQL, MLflow and Celery processes
+	$(PY) -m pytest tests/integration
+
+bench: $(STAMP) ## throughput and latency benchmark against the configured Redis and PostgreSQL
+	$(PY) -m worker bench
+
+lint: $(STAMP) ## ruff: lint, import order and formatting
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+migrate: $(STAMP) ## create or upgrade the database tables
+	$(PY) -m worker migrate
+
+clean: ## remove the embedded stores (.local) and caches, keep .venv
+	rm -rf .local .pytest_cache .ruff_cache

