@@ -54,9 +54,10 @@ def chunk_sizes(rides: int, chunk_size: int) -> list[int]:
     return [chunk_size] * full + ([rest] if rest else [])
 
 
-def trip_ids(seed: int, chunk_index: int, n: int) -> np.ndarray:
-    """`n` UUID-4-shaped ids (32 hex digits) drawn from (seed, chunk): same inputs, same ids."""
-    raw = np.random.default_rng([seed, chunk_index, 0x1D]).integers(0, 256, size=(n, 16), dtype=np.uint8)
+def trip_ids(batch_id: str, chunk_index: int, n: int) -> np.ndarray:
+    """`n` UUID-4-shaped ids (32 hex digits) drawn from (batch id, chunk): the same on every
+    retry of this batch, different in another batch even if it reuses the seed."""
+    raw = np.random.default_rng([seed_for(batch_id), chunk_index, 0x1D]).integers(0, 256, size=(n, 16), dtype=np.uint8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
     return np.frombuffer(raw.tobytes().hex().encode(), dtype="S32").astype(str)
@@ -76,20 +77,26 @@ def prediction_frame(rides: pd.DataFrame, minutes: np.ndarray, model: LoadedMode
 
 
 def predict_and_write(
-    engine: Engine, model: LoadedModel, batch_id: str, chunk_index: int, rides: pd.DataFrame, timings: dict
+    engine: Engine,
+    model: LoadedModel,
+    batch_id: str,
+    chunk_index: int,
+    rides: pd.DataFrame,
+    timings: dict,
+    ids_are_new: bool = False,
 ) -> ChunkResult:
     started = time.perf_counter()
     minutes = predict_minutes(model, rides)
     timings["predict"] = time.perf_counter() - started
     started = time.perf_counter()
-    written = write_chunk(engine, batch_id, chunk_index, prediction_frame(rides, minutes, model, batch_id))
+    written = write_chunk(engine, batch_id, chunk_index, prediction_frame(rides, minutes, model, batch_id), ids_are_new)
     timings["write"] = time.perf_counter() - started
     return ChunkResult(written, model.name, model.version, len(rides), timings)
 
 
-def generated_chunk(seed: int, chunk_index: int, n: int, window: Window) -> pd.DataFrame:
+def generated_chunk(batch_id: str, seed: int, chunk_index: int, n: int, window: Window) -> pd.DataFrame:
     rides = generate_rides(n, [seed, chunk_index], window=window)
-    rides.insert(0, "trip_id", trip_ids(seed, chunk_index, n))
+    rides.insert(0, "trip_id", trip_ids(batch_id, chunk_index, n))
     return rides
 
 
@@ -104,9 +111,9 @@ def run_generated_chunk(
     window: Window,
 ) -> ChunkResult:
     started = time.perf_counter()
-    frame = generated_chunk(seed, chunk_index, rides, window)
+    frame = generated_chunk(batch_id, seed, chunk_index, rides, window)
     timings = {"generate": time.perf_counter() - started}
-    return predict_and_write(engine, model, batch_id, chunk_index, frame, timings)
+    return predict_and_write(engine, model, batch_id, chunk_index, frame, timings, ids_are_new=True)
 
 
 def parse_window(start: str, end: str) -> Window:

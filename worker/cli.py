@@ -166,6 +166,19 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.bench import run_bench
+
+    run_bench(settings, args.sizes, args.repeat, args.latency_runs, with_worker=not args.no_worker)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.launcher import run_everything
+
+    return run_everything(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker", description="Chicago taxi trip-duration batches.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="broker, database and registry reachability; last batch")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
+
+    bench = sub.add_parser("bench", help="throughput and latency against the configured broker and database")
+    bench.add_argument("--sizes", type=_positive_int, nargs="+", default=[1000, 100_000])
+    bench.add_argument("--repeat", type=_positive_int, default=3)
+    bench.add_argument("--latency-runs", type=_positive_int, default=5)
+    bench.add_argument("--no-worker", action="store_true", help="only the in-process stages")
+    bench.set_defaults(handler=cmd_bench)
+
+    run = sub.add_parser("run", help="init, then a worker, beat and Flower, and a first batch at once")
+    run.set_defaults(handler=cmd_run)
     return parser
 
 

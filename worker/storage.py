@@ -17,6 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from sqlalchemy import Connection, Engine, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -92,26 +94,38 @@ def start_batch(
     return dict(row)
 
 
-def _copy_rows(conn: Connection, frame: pd.DataFrame) -> int:
-    """PostgreSQL: COPY into a temp table, then insert what is not there yet."""
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S")
+def _csv(frame: pd.DataFrame) -> io.BytesIO:
+    """Arrow's C++ CSV writer: ~10x faster than DataFrame.to_csv; nulls become unquoted empty fields."""
+    buffer = io.BytesIO()
+    pacsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buffer, pacsv.WriteOptions(include_header=False))
     buffer.seek(0)
+    return buffer
+
+
+def _copy(conn: Connection, table: str, frame: pd.DataFrame) -> None:
     columns = ", ".join(PREDICTION_COLUMNS)
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", _csv(frame))
+    finally:
+        cursor.close()
+
+
+def _copy_rows(conn: Connection, frame: pd.DataFrame, ids_are_new: bool) -> int:
+    """PostgreSQL COPY. Fresh random ids go straight in: the ledger already made this write the
+    only one, and a freak collision fails the whole transaction. Ids a user supplied may exist
+    already, so they go through a temporary table and INSERT ... ON CONFLICT DO NOTHING."""
+    if ids_are_new:
+        _copy(conn, "ride_predictions", frame)
+        return len(frame)
     conn.execute(
         text(
             "CREATE TEMP TABLE IF NOT EXISTS ride_predictions_staging "
             "(LIKE ride_predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
     )
-    cursor = conn.connection.dbapi_connection.cursor()
-    try:
-        cursor.copy_expert(
-            f"COPY ride_predictions_staging ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')",
-            buffer,
-        )
-    finally:
-        cursor.close()
+    _copy(conn, "ride_predictions_staging", frame)
+    columns = ", ".join(PREDICTION_COLUMNS)
     result = conn.execute(
         text(
             f"INSERT INTO ride_predictions ({columns}) SELECT {columns} FROM ride_predictions_staging "
@@ -129,8 +143,13 @@ def _insert_rows(conn: Connection, frame: pd.DataFrame) -> int:
     return result.rowcount
 
 
-def write_chunk(engine: Engine, batch_id: str, chunk_index: int, frame: pd.DataFrame) -> ChunkWrite:
-    """Write one chunk's predictions exactly once; `frame` has PREDICTION_COLUMNS."""
+def write_chunk(
+    engine: Engine, batch_id: str, chunk_index: int, frame: pd.DataFrame, ids_are_new: bool = False
+) -> ChunkWrite:
+    """Write one chunk's predictions exactly once; `frame` has PREDICTION_COLUMNS.
+
+    `ids_are_new`: every trip_id was drawn at random for this chunk (not given by a user).
+    """
     model_version = str(frame["model_version"].iloc[0]) if len(frame) else ""
     with engine.begin() as conn:
         claimed = conn.execute(
@@ -142,7 +161,10 @@ def write_chunk(engine: Engine, batch_id: str, chunk_index: int, frame: pd.DataF
             log.info("batch %s chunk %d was already written; this delivery writes nothing", batch_id, chunk_index)
             return ChunkWrite(batch_id, chunk_index, 0, duplicate=True, batch_finished=False)
         ordered = frame[list(PREDICTION_COLUMNS)]
-        written = _copy_rows(conn, ordered) if conn.dialect.name == "postgresql" else _insert_rows(conn, ordered)
+        if conn.dialect.name == "postgresql":
+            written = _copy_rows(conn, ordered, ids_are_new)
+        else:
+            written = _insert_rows(conn, ordered)
         conn.execute(
             update(batch_chunks)
             .where(batch_chunks.c.batch_id == batch_id, batch_chunks.c.chunk_index == chunk_index)

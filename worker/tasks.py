@@ -210,7 +210,7 @@ def score_rides(
     valid = checked.valid
     missing_ids = valid["trip_id"].isna().to_numpy()
     if missing_ids.any():
-        generated = batch.trip_ids(batch.seed_for(batch_id), chunk_index, len(valid))
+        generated = batch.trip_ids(batch_id, chunk_index, len(valid))
         valid.loc[missing_ids, "trip_id"] = generated[missing_ids]
     result = batch.predict_and_write(engine, runtime.model(), batch_id, chunk_index, valid, {})
     return summary(storage.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)

@@ -121,11 +121,11 @@ def train_and_register(
 
     previous_version = previous_mae = None
     try:
-        _, previous_version = resolve_version(client, settings.model_uri)
+        previous_name, previous_version = resolve_version(client, settings.model_uri)
     except Exception:  # no model, alias or stage yet
         previous_version = None
     if previous_version is not None:
-        previous_mae, _ = evaluate(load_version(settings.MODEL_NAME, previous_version), test)
+        previous_mae, _ = evaluate(load_version(previous_name, previous_version), test)
 
     example = test[list(RIDE_COLUMNS)].head(5)
     with mlflow.start_run(experiment_id=experiment_id) as run:

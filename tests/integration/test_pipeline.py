@@ -246,10 +246,7 @@ def test_status_reports_every_part(stack):
     assert json.loads(down.stdout)["database"]["ok"] is False
 
 
-def test_moved_alias_is_used_by_next_batch_without_restart(
-    make_stack, fresh_pg_url, trained_model, mlflow_server, tmp_path
-):
-    settings, first = trained_model
+def test_moved_alias_is_used_by_next_batch_without_restart(make_stack, fresh_pg_url, mlflow_server, tmp_path):
     from worker.settings import Settings
 
     own = Settings(

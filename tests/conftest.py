@@ -1,0 +1,127 @@
+"""Shared fixtures: a real MLflow tracking server, Settings pointing at it, a trained model.
+
+Nothing is mocked. `mlflow_server` runs `mlflow server` as a subprocess (SQLite
+backend store, proxied artifacts in a temporary folder); every test gets its
+own registered-model name so that tests never see each other's versions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.support import REAL_SAMPLE, free_port, stop_process_group, unique_model_name, wait_for_http
+from worker.settings import Settings
+
+if TYPE_CHECKING:  # training imports mlflow and scikit-learn; unit tests should not pay for that
+    from worker.training import TrainResult
+
+__all__ = ["free_port", "unique_model_name"]
+
+MLFLOW_STARTUP_SECONDS = 60.0
+# Small enough to train in a second or two, good enough to predict sensibly.
+SMALL_RIDES = 20_000
+SMALL_FOREST = {"n_estimators": 10, "max_depth": 10, "min_samples_leaf": 10}
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[str]:
+    """A real MLflow tracking server on a free 127.0.0.1 port; yields its tracking URI."""
+    mlflow_exe = Path(sys.executable).parent / "mlflow"
+    if not mlflow_exe.exists():
+        pytest.fail(f"mlflow executable not found next to {sys.executable}")
+    root = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
+    port = free_port()
+    log_path = root / "server.log"
+    env = dict(os.environ)
+    # The server's job runner (huey) is not needed and would spawn a dozen more processes.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    command = [
+        str(mlflow_exe),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so the uvicorn child is stopped with it
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_for_http(f"{uri}/health", process, MLFLOW_STARTUP_SECONDS):
+            output = log_path.read_text(errors="replace")[-5000:]
+            state = f"exited with {process.returncode}" if process.poll() is not None else "did not answer"
+            pytest.fail(f"mlflow server on port {port} {state} within {MLFLOW_STARTUP_SECONDS:.0f}s:\n{output}")
+        yield uri
+    finally:
+        stop_process_group(process)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_settings(mlflow_server: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Settings]:
+    """Settings(...) for the test's MLflow server, LOCAL_DIR in tmp_path and a model name of its own."""
+    default_name = unique_model_name(request.node.name)
+
+    def factory(**overrides) -> Settings:
+        values = {
+            "MLFLOW_TRACKING_URI": mlflow_server,
+            "LOCAL_DIR": tmp_path / "local",
+            "MODEL_NAME": default_name,
+            "MODEL_URI": "",
+            **overrides,
+        }
+        return Settings(**values)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def trained_model(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, TrainResult]:
+    """One small model trained on generated rides and promoted, shared by the whole session.
+
+    Its MODEL_NAME has exactly one version (1) under MODEL_ALIAS; tests must not register
+    or move the alias on this name (train on a make_settings() name of their own instead).
+    """
+    from worker.training import ForestParams, train_and_register
+
+    settings = Settings(
+        MLFLOW_TRACKING_URI=mlflow_server,
+        LOCAL_DIR=tmp_path_factory.mktemp("trained-model"),
+        MODEL_NAME=unique_model_name("session-trained"),
+        MODEL_URI="",
+    )
+    result = train_and_register(settings, rides=SMALL_RIDES, seed=7, params=ForestParams(**SMALL_FOREST))
+    assert result.promoted, result.reason
+    return settings, result
+
+
+@pytest.fixture(scope="session")
+def real_sample_path() -> Path:
+    """The shared real Chicago sample, read in place from ../shared/data (never copied)."""
+    path = REAL_SAMPLE.resolve()
+    if not path.is_file():
+        pytest.fail(f"the real sample is missing: {path} (see the README next to it)")
+    return path

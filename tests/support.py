@@ -1,0 +1,86 @@
+"""Helpers shared by fixtures and tests: free ports, waiting for HTTP services, stopping process trees."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
+REAL_SAMPLE = SHARED_DATA / "chicago_taxi_trips_2013_2014.csv"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def unique_model_name(label: str) -> str:
+    """A registered-model name no other test uses: the label made URL-safe plus a random suffix."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")[:60] or "test"
+    return f"{slug}-{uuid.uuid4().hex[:8]}"
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def wait_for_http(url: str, process: subprocess.Popen, deadline_seconds: float) -> bool:
+    """Poll `url` until it answers 200; False if the process dies or the deadline passes."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if http_ok(url):
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def stop_process_group(process: subprocess.Popen, grace_seconds: float = 15.0) -> None:
+    """Stop a process started with start_new_session=True together with every child it spawned."""
+    try:
+        pgid = os.getpgid(process.pid)
+    except ProcessLookupError:
+        pgid = None
+    if pgid is not None and pgid == process.pid:  # our own session: safe to signal the whole group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        if pgid is not None and pgid == process.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        else:
+            process.kill()
+        process.wait(timeout=grace_seconds)
+    # Children (uvicorn) may outlive the leader for a moment; make sure the group is gone.
+    if pgid is not None and pgid == process.pid:
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)

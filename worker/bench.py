@@ -1,0 +1,154 @@
+"""`python -m worker bench`: throughput and latency against the configured Redis and PostgreSQL.
+
+Two measurements, both printed with their conditions:
+1. In one process, per batch size: generate, predict, write, each timed; rides/s end to end.
+2. Through a real `celery worker` this command starts (2 processes, warm model): a 100,000-ride
+   batch fanned out in chunks, and the dispatch-to-commit latency of 1,000-ride batches.
+Rows it writes are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import delete, or_
+
+from worker.settings import REPO_ROOT, Settings
+
+
+def _cleanup(engine, batch_ids: list[str]) -> None:
+    from worker.schema import batch_chunks, batch_runs, ride_predictions
+
+    with engine.begin() as conn:
+        for table in (ride_predictions, batch_chunks, batch_runs):
+            conn.execute(delete(table).where(or_(table.c.batch_id.in_(batch_ids), table.c.batch_id.like("bench-%"))))
+
+
+def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]:
+    from worker import batch, runtime, storage
+    from worker.rides import recent_window
+
+    engine = runtime.engine()
+    model = runtime.model()
+    results = []
+    for size in sizes:
+        runs = []
+        for attempt in range(repeat + 1):  # the first run warms caches and is not counted
+            batch_id = f"bench-{uuid.uuid4()}"
+            storage.start_batch(
+                engine,
+                batch_id=batch_id,
+                trigger="adhoc",
+                rides_requested=size,
+                chunks_total=1,
+                task_id=None,
+                seed=attempt,
+                window=None,
+                attempt=1,
+            )
+            started = time.perf_counter()
+            result = batch.run_generated_chunk(
+                engine, model, batch_id=batch_id, chunk_index=0, rides=size, seed=attempt, window=recent_window(5)
+            )
+            total = time.perf_counter() - started
+            assert result.write.rows_written == size
+            if attempt:
+                runs.append({**result.timings, "total": total})
+        median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        results.append({"rides": size, **median, "rides_per_second": size / median["total"]})
+    _cleanup(engine, [])
+    return results
+
+
+def worker_bench(settings: Settings, latency_runs: int, big: int) -> dict:
+    from worker import runtime, storage
+    from worker.dispatching import dispatch_batch
+
+    engine = runtime.engine()
+    log_path = settings.LOCAL_DIR / "bench-worker.log"
+    settings.LOCAL_DIR.mkdir(parents=True, exist_ok=True)
+    celery = Path(sys.executable).parent / "celery"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                str(celery),
+                "-A",
+                "worker",
+                "worker",
+                "--concurrency=2",
+                "--loglevel=WARNING",
+                f"--hostname=bench-{uuid.uuid4().hex[:6]}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=REPO_ROOT,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    batch_ids: list[str] = []
+
+    def run(rides: int) -> float:
+        started = time.perf_counter()
+        _, batch_id = dispatch_batch(rides, seed=len(batch_ids))
+        batch_ids.append(batch_id)
+        deadline = started + 300
+        while time.perf_counter() < deadline:
+            row = storage.get_batch(engine, batch_id)
+            if row and row["status"] in ("succeeded", "failed"):
+                if row["status"] == "failed":
+                    raise RuntimeError(f"bench batch failed: {row['error']}")
+                return time.perf_counter() - started
+            time.sleep(0.005)
+        raise RuntimeError(f"bench batch {batch_id} did not finish; see {log_path}")
+
+    try:
+        for _ in range(2):  # both pool processes load the model before anything is timed
+            run(1000)
+        latencies = [run(1000) for _ in range(latency_runs)]
+        big_seconds = run(big)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        _cleanup(engine, batch_ids)
+    return {
+        "latency_1000_median": statistics.median(latencies),
+        "latency_1000_max": max(latencies),
+        "big_rides": big,
+        "big_seconds": big_seconds,
+        "big_rides_per_second": big / big_seconds,
+    }
+
+
+def run_bench(settings: Settings, sizes: list[int], repeat: int, latency_runs: int, with_worker: bool) -> None:
+    from worker.database import migrate
+
+    migrate(settings.database_url)
+    print(
+        f"machine: {os.cpu_count()} cores; broker {settings.CELERY_BROKER_URL.split('@')[-1]}; "
+        f"database {settings.database_url.split('@')[-1]}; CHUNK_SIZE={settings.CHUNK_SIZE}"
+    )
+    print(f"in one process (median of {repeat} runs after a warm-up):")
+    print(f"  {'rides':>8} {'generate s':>11} {'predict s':>10} {'write s':>8} {'total s':>8} {'rides/s':>9}")
+    for r in stage_bench(settings, sizes, repeat):
+        print(
+            f"  {r['rides']:>8} {r['generate']:>11.3f} {r['predict']:>10.3f} {r['write']:>8.3f} "
+            f"{r['total']:>8.3f} {r['rides_per_second']:>9.0f}"
+        )
+    if with_worker:
+        w = worker_bench(settings, latency_runs, max(sizes))
+        print("through a celery worker (2 processes, warm model):")
+        print(
+            f"  {w['big_rides']} rides dispatched to committed: {w['big_seconds']:.2f} s = {w['big_rides_per_second']:.0f} rides/s"
+        )
+        print(
+            f"  1000-ride batch dispatch to commit: median {w['latency_1000_median']:.3f} s, "
+            f"max {w['latency_1000_max']:.3f} s over {latency_runs} runs"
+        )
