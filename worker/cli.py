@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from worker.cleaning import DataError
+from worker.launcher import PortTaken
 from worker.scoring import BadRequest
 from worker.settings import Settings, SettingsError, get_settings
 
@@ -250,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, settings)
-    except (DataError, UsageError, BadRequest) as exc:
+    except (DataError, UsageError, BadRequest, PortTaken) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

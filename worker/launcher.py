@@ -1,0 +1,117 @@
+"""`python -m worker run` (`make run`): the whole service on one machine, stopped by Ctrl-C.
+
+It prepares what is missing (schema, a first model), starts a worker, beat and
+Flower as child processes, sends a first batch at once, says where to look,
+and on Ctrl-C or SIGTERM stops every child it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from worker.settings import REPO_ROOT, Settings
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def check_port_free(address: str, port: int, setting: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            raise PortTaken(
+                f"port {port} on {address} is already taken (is another Flower running?); "
+                f"set {setting} to a free port, e.g. {setting}={port + 1} make run"
+            ) from None
+
+
+def _start(name: str, args: list[str], logs: Path) -> tuple[subprocess.Popen, Path]:
+    log_path = logs / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), "-A", "worker", *args],
+            cwd=REPO_ROOT,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+        )
+    return process, log_path
+
+
+def _stop_all(children: list[tuple[str, subprocess.Popen]]) -> None:
+    for _, process in children:
+        if process.poll() is None:
+            process.terminate()  # warm shutdown: the main process lets its pool finish the running task
+    for name, process in children:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        print(f"stopped {name}")
+
+
+def run_everything(settings: Settings) -> int:
+    from worker.cli import cmd_init
+    from worker.dispatching import dispatch_batch, wait_for_batch
+    from worker.rides import chicago_now, expected_rides
+
+    check_port_free(settings.FLOWER_ADDRESS, settings.FLOWER_PORT, "FLOWER_PORT")
+    cmd_init(type("Args", (), {"rides": 200_000})(), settings)
+    logs = settings.LOCAL_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    children: list[tuple[str, subprocess.Popen]] = []
+    stop = {"now": False}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        worker, _ = _start("worker", ["worker", "--loglevel=INFO", "--concurrency=2"], logs)
+        children.append(("worker", worker))
+        beat, _ = _start(
+            "beat", ["beat", "--loglevel=INFO", f"--schedule={settings.LOCAL_DIR / 'celerybeat-schedule'}"], logs
+        )
+        children.append(("beat", beat))
+        flower, _ = _start(
+            "flower", ["flower", f"--port={settings.FLOWER_PORT}", f"--address={settings.FLOWER_ADDRESS}"], logs
+        )
+        children.append(("flower", flower))
+
+        rides = settings.RIDES_PER_BATCH or expected_rides(chicago_now(), settings.BATCH_INTERVAL_SECONDS / 60)
+        task_id, batch_id = dispatch_batch(rides, None)
+        print(f"first batch: {rides} rides, batch {batch_id}")
+        wait_for_batch(settings, batch_id, task_id, timeout=300)
+        auth = " (basic auth: FLOWER_BASIC_AUTH)" if settings.FLOWER_BASIC_AUTH else " (no auth: keep it on 127.0.0.1)"
+        print(
+            "\nrunning. Where to look:\n"
+            f"  Flower       http://{settings.FLOWER_ADDRESS}:{settings.FLOWER_PORT}{auth}\n"
+            "  status       .venv/bin/python -m worker status\n"
+            f"  predictions  table ride_predictions in {settings.database_url}\n"
+            f"  logs         {logs}/worker.log, beat.log, flower.log\n"
+            f"next batches every {settings.BATCH_INTERVAL_SECONDS:g} s on the clock. Ctrl-C stops everything.",
+            flush=True,
+        )
+        while not stop["now"]:
+            for name, process in children:
+                if process.poll() is not None:
+                    print(f"{name} exited with {process.returncode}; see {logs / (name + '.log')}", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("\nstopping ...")
+        _stop_all(children)
