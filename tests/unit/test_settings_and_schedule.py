@@ -1,0 +1,57 @@
+"""Settings are documented and validated; the beat schedule names registered tasks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import REPO_ROOT
+from worker.settings import Settings
+
+
+def test_every_setting_is_in_the_readme_table_and_env_example():
+    readme = (REPO_ROOT / "README.md").read_text()
+    example = (REPO_ROOT / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert f"| `{name}` |" in readme, f"{name} missing from the README configuration table"
+        assert f"{name}=" in example, f"{name} missing from .env.example"
+
+
+def test_beat_schedule_names_registered_tasks():
+    from beat_schedule import beat_schedule
+    from worker import app
+
+    app.loader.import_default_modules()  # what a worker does at start: import the `include` modules
+    assert beat_schedule, "the schedule is empty"
+    for name, entry in beat_schedule.items():
+        assert entry["task"] in app.tasks, f"{name} names unregistered task {entry['task']}"
+    assert beat_schedule["run-batch"]["task"] == "worker.tasks.run_batch"
+    assert beat_schedule["run-batch"]["schedule"].run_every.total_seconds() == 300
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("BATCH_INTERVAL_SECONDS", "five"), ("DATABASE_URL", "not a url"), ("MAX_RIDES_PER_REQUEST", "-1")],
+)
+def test_malformed_setting_stops_the_cli_naming_the_variable(variable, value, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "status"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), variable: value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert variable in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_soft_limit_must_stay_below_hard_limit_and_visibility_timeout():
+    with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT must exceed TASK_TIME_LIMIT"):
+        Settings(TASK_TIME_LIMIT=1000, TASK_SOFT_TIME_LIMIT=900, VISIBILITY_TIMEOUT=900)
+    with pytest.raises(ValueError, match="TASK_SOFT_TIME_LIMIT must be below"):
+        Settings(TASK_TIME_LIMIT=100, TASK_SOFT_TIME_LIMIT=100)
