@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from datetime import datetime
@@ -10,6 +11,8 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
+from tests.integration.conftest import CELERY
+from tests.support import REPO_ROOT
 from worker.training import ForestParams, train_and_register
 
 pytestmark = pytest.mark.integration
@@ -267,3 +270,18 @@ def test_moved_alias_is_used_by_next_batch_without_restart(make_stack, fresh_pg_
     out = client.send_task("worker.tasks.run_batch", kwargs={"rides": 20}).get(timeout=120)
     assert out["model_version"] == v2.version
     assert f"loaded model {own.MODEL_NAME} version {v2.version}" in stack.log_text("worker-alias")
+
+
+def test_celery_call_by_name_runs_a_batch(stack):
+    done = subprocess.run(
+        [str(CELERY), "-A", "worker", "call", "worker.tasks.run_batch", "--kwargs", '{"rides": 50}'],
+        cwd=REPO_ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.strip().splitlines()[-1]
+    assert stack.client().AsyncResult(task_id).get(timeout=60)["rows_written"] == 50
+    assert batch_row(stack, f"adhoc-{task_id}")["rows_written"] == 50
