@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # training imports mlflow and scikit-learn; unit tests should
 
 __all__ = ["free_port", "unique_model_name"]
 
+# PostgreSQL, Redis and Celery process fixtures, for tests/integration and tests/reliability alike.
+pytest_plugins = ["tests.stack"]
+
 MLFLOW_STARTUP_SECONDS = 60.0
 # Small enough to train in a second or two, good enough to predict sensibly.
 SMALL_RIDES = 20_000

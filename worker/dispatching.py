@@ -15,6 +15,7 @@ from worker.settings import Settings
 
 SCORE_MESSAGE_ROWS = 10_000  # rides per score_rides message: ~1.5 MB of JSON
 MAX_ERRORS_SHOWN = 20
+MAX_BYTES_PER_ROW = 400  # a ride with all raw columns and a trip_id is ~130 bytes of CSV
 
 
 def dispatch_batch(rides: int, seed: int | None) -> tuple[str, str]:
@@ -52,6 +53,13 @@ def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> F
     from worker.scoring import to_records
     from worker.tasks import score_rides
 
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    limit = settings.MAX_RIDES_PER_REQUEST * MAX_BYTES_PER_ROW
+    if size > limit:
+        raise UsageError(
+            f"{path}: {size / 1e6:.0f} MB is more than MAX_RIDES_PER_REQUEST={settings.MAX_RIDES_PER_REQUEST} "
+            f"rides can take ({limit / 1e6:.0f} MB at {MAX_BYTES_PER_ROW} bytes a ride); split the file"
+        )
     outcome = FileDispatch(batch_id=f"file-{uuid.uuid4()}")
     valid = 0
     for checked, rows in _validated_chunks(path, SCORE_MESSAGE_ROWS):

@@ -9,6 +9,7 @@ down, a worker that has a model keeps using it and logs a warning.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -35,8 +36,15 @@ class LoadedModel:
     loaded_at: float
 
 
+# MLflow retries an unreachable server 7 times with backoff (~4 minutes) by default, longer
+# than a task's time limit; Celery's own retry with backoff is the better place to wait.
+MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
 def configure_mlflow(settings: Settings) -> MlflowClient:
     """Point MLflow at the configured store; a local store gets its artifacts under LOCAL_DIR."""
+    for name, value in MLFLOW_CLIENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
         settings.LOCAL_DIR.mkdir(parents=True, exist_ok=True)

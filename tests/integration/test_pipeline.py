@@ -11,7 +11,7 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from tests.integration.conftest import CELERY
+from tests.stack import CELERY
 from tests.support import REPO_ROOT
 from worker.training import ForestParams, train_and_register
 

@@ -1,5 +1,7 @@
-"""Real services for the pipeline tests: a fresh PostgreSQL database, Redis db numbers,
-and `celery worker` / `celery beat` / Flower subprocesses run from the repository root."""
+"""Real services for pipeline and reliability tests: a fresh PostgreSQL database, Redis db
+numbers, and `celery worker` / `celery beat` / Flower subprocesses run from the repository root.
+
+The fixtures are registered in tests/conftest.py, so every test folder can use them."""
 
 from __future__ import annotations
 
