@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,26 +48,29 @@ def drop_database(name: str) -> None:
     conn.close()
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A new, migrated PostgreSQL database for the session, dropped at the end."""
+@contextmanager
+def migrated_database() -> Iterator[str]:
+    """A new PostgreSQL database with the project's schema, dropped afterwards."""
     name, url = create_database()
     try:
         migrate(url)
         yield url
     finally:
         drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """One database for the session's shared stack."""
+    with migrated_database() as url:
+        yield url
 
 
 @pytest.fixture
 def fresh_pg_url() -> Iterator[str]:
-    """A new, migrated database for one test."""
-    name, url = create_database()
-    try:
-        migrate(url)
+    """A database for one test."""
+    with migrated_database() as url:
         yield url
-    finally:
-        drop_database(name)
 
 
 def _free_redis_dbs(count: int) -> list[int]:

@@ -50,8 +50,10 @@ def _stamp_slot(sender: str | None = None, body: object = None, **_: object) -> 
     if not _IN_BEAT["active"] or sender != RUN_BATCH or not isinstance(body, tuple | list) or len(body) < 2:
         return
     kwargs = body[1]
+    if not isinstance(kwargs, dict) or "slot" in kwargs:
+        return
     interval = kwargs.get("interval")
-    if isinstance(kwargs, dict) and isinstance(interval, int | float) and "slot" not in kwargs:
+    if isinstance(interval, int | float) and interval > 0:
         kwargs["slot"] = slot_start(interval).isoformat()
 
 

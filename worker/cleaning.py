@@ -47,8 +47,8 @@ class CleaningReport:
     dropped: dict[str, int]
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, turning every way it can be unusable into a DataError."""
+def readable_file(path: str | Path) -> tuple[Path, str]:
+    """The path and its kind ("csv" or "parquet"), or a DataError naming why it cannot be read."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -57,17 +57,22 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
     suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return path, "parquet"
+    if suffix in (".csv", ".txt", ""):
+        return path, "csv"
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file, turning every way it can be unusable into a DataError."""
+    path, kind = readable_file(path)
     try:
-        if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        elif suffix in (".csv", ".txt", ""):
-            frame = pd.read_csv(path, low_memory=False)
-        else:
-            raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
+        frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, low_memory=False)
     except DataError:
         raise
     except Exception as exc:  # pandas raises many types for unreadable files
-        raise DataError(f"{path}: cannot be read as {suffix.lstrip('.') or 'csv'}: {exc}") from exc
+        raise DataError(f"{path}: cannot be read as {kind}: {exc}") from exc
     if frame.empty:
         raise DataError(f"{path}: has a header but no rows")
     return frame

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from worker.cleaning import DataError
+from worker.cleaning import DataError, readable_file
 from worker.geography import N_AREAS
 
 REQUIRED = ("pickup_community_area", "dropoff_community_area", "trip_start_timestamp", "fare", "trip_miles")
@@ -98,20 +98,13 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
 
 def iter_file(path: str | Path, rows_per_chunk: int = READ_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """The file's rows in chunks of at most `rows_per_chunk`, as strings, so validation sees them raw."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-    suffix = path.suffix.lower()
+    path, kind = readable_file(path)
     try:
-        if suffix in (".parquet", ".pq"):
+        if kind == "parquet":
             for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_chunk):
                 yield batch.to_pandas()
-        elif suffix in (".csv", ".txt"):
-            yield from pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=rows_per_chunk)
         else:
-            raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
+            yield from pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=rows_per_chunk)
     except (DataError, BadRequest):
         raise
     except Exception as exc:  # parser errors come in many types

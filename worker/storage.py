@@ -22,23 +22,13 @@ import pyarrow.csv as pacsv
 from sqlalchemy import Connection, Engine, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from worker.rides import RIDE_COLUMNS
 from worker.schema import batch_chunks, batch_runs, ride_predictions
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = (
-    "trip_id",
-    "pickup_community_area",
-    "dropoff_community_area",
-    "trip_start_timestamp",
-    "fare",
-    "trip_total",
-    "trip_miles",
-    "predicted_duration",
-    "model_name",
-    "model_version",
-    "batch_id",
-)
+# The column order of ride_predictions; COPY and the frames written follow it.
+PREDICTION_COLUMNS = ("trip_id", *RIDE_COLUMNS, "predicted_duration", "model_name", "model_version", "batch_id")
 
 
 @dataclass(frozen=True)
