@@ -177,7 +177,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.launcher import run_everything
 
-    return run_everything(settings)
+    return run_everything(settings, first_model_rides=args.first_model_rides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=cmd_bench)
 
     run = sub.add_parser("run", help="init, then a worker, beat and Flower, and a first batch at once")
+    run.add_argument("--first-model-rides", type=_positive_int, default=200_000, help="if the registry has no model")
     run.set_defaults(handler=cmd_run)
     return parser
 

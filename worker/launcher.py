@@ -7,6 +7,7 @@ and on Ctrl-C or SIGTERM stops every child it started.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -61,13 +62,13 @@ def _stop_all(children: list[tuple[str, subprocess.Popen]]) -> None:
         print(f"stopped {name}")
 
 
-def run_everything(settings: Settings) -> int:
+def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
     from worker.cli import cmd_init
     from worker.dispatching import dispatch_batch, wait_for_batch
     from worker.rides import chicago_now, expected_rides
 
     check_port_free(settings.FLOWER_ADDRESS, settings.FLOWER_PORT, "FLOWER_PORT")
-    cmd_init(type("Args", (), {"rides": 200_000})(), settings)
+    cmd_init(argparse.Namespace(rides=first_model_rides), settings)
     logs = settings.LOCAL_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     children: list[tuple[str, subprocess.Popen]] = []

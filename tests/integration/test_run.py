@@ -1,0 +1,97 @@
+"""`python -m worker run` (what `make run` starts), in the embedded mode a newcomer gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO_ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Pids whose environment holds `entry`: every child `run` started inherits its LOCAL_DIR."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if entry.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "LOCAL_DIR": str(tmp_path / "local"),
+        "FLOWER_PORT": str(port),
+        "BATCH_INTERVAL_SECONDS": "4",
+        "RIDES_PER_BATCH": "30",
+    }
+    log = tmp_path / "run.out"
+    with open(log, "wb") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--first-model-rides", "5000"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "Ctrl-C stops everything" not in log.read_text():
+            assert run.poll() is None, log.read_text()
+            time.sleep(0.5)
+        text = log.read_text()
+        assert "training a first one on generated rides" in text
+        assert "done: 30 rows written with chicago-taxi-duration version 1" in text
+        assert f"Flower       http://127.0.0.1:{port}" in text
+
+        # Beat's batches follow, on the embedded broker and SQLite.
+        deadline = time.monotonic() + 60
+        report = {}
+        while time.monotonic() < deadline:
+            status = subprocess.run(
+                [sys.executable, "-m", "worker", "status", "--json"],
+                cwd=REPO_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            report = json.loads(status.stdout)
+            last = report["database"].get("last_batch") or {}
+            if last.get("batch_id", "").startswith("schedule-"):
+                break
+            time.sleep(1)
+        assert report["ok"] is True, report
+        assert report["database"]["last_batch"]["batch_id"].startswith("schedule-"), report
+        assert report["broker"]["url"].startswith("filesystem://")
+    finally:
+        run.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        run.wait(timeout=120)
+    text = log.read_text()
+    for part in ("worker", "beat", "flower"):
+        assert f"stopped {part}" in text
+    assert run.returncode == 0, text
+    assert processes_with_env(f"LOCAL_DIR={tmp_path / 'local'}") == [], "processes left running"
+
+    # A second run reuses the model, schema and stores the first one made.
+    second = subprocess.run(
+        [sys.executable, "-m", "worker", "init"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "registry already has chicago-taxi-duration version 1" in second.stdout
