@@ -16,6 +16,9 @@ from celery.signals import beat_init, before_task_publish
 
 RUN_BATCH = "worker.tasks.run_batch"
 _IN_BEAT = {"active": False}
+# The slot each interval was last found due for, so the message names the slot beat decided on,
+# even if publishing it crosses the next boundary.
+_DUE_SLOTS: dict[float, float] = {}
 
 
 def slot_start(interval_seconds: float, at: float | None = None) -> datetime:
@@ -32,6 +35,7 @@ class aligned_every(schedules.schedule):
         current = math.floor(now / interval) * interval
         to_next = current + interval - now
         if last_run_at.timestamp() < current:
+            _DUE_SLOTS[interval] = current
             return schedules.schedstate(True, to_next)
         return schedules.schedstate(False, to_next)
 
@@ -54,7 +58,9 @@ def _stamp_slot(sender: str | None = None, body: object = None, **_: object) -> 
         return
     interval = kwargs.get("interval")
     if isinstance(interval, int | float) and interval > 0:
-        kwargs["slot"] = slot_start(interval).isoformat()
+        due = _DUE_SLOTS.get(float(interval))
+        slot = datetime.fromtimestamp(due, UTC) if due is not None else slot_start(interval)
+        kwargs["slot"] = slot.isoformat()
 
 
 def slot_window(slot: str, interval_seconds: float) -> tuple[datetime, datetime]:

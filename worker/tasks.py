@@ -148,13 +148,14 @@ def run_batch(
     result = batch.run_generated_chunk(
         engine, runtime.model(), batch_id=batch_id, chunk_index=0, rides=rides, seed=seed, window=window
     )
-    log.info(
-        "batch %s: %d rows written with %s v%s",
-        batch_id,
-        result.write.rows_written,
-        result.model_name,
-        result.model_version,
-    )
+    if not result.write.duplicate:
+        log.info(
+            "batch %s: %d rows written with %s v%s",
+            batch_id,
+            result.write.rows_written,
+            result.model_name,
+            result.model_version,
+        )
     return summary(storage.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
 
 
