@@ -30,6 +30,9 @@ test-unit: $(STAMP) ## unit tests only (no services)
 test-integration: $(STAMP) ## tests with real Redis, PostgreSQL, MLflow and Celery processes
 	$(PY) -m pytest tests/integration
 
+test-reliability: $(STAMP) ## fault-injection tests with real processes (kills, restarts, duplicates)
+	$(PY) -m pytest tests/reliability
+
 bench: $(STAMP) ## throughput and latency benchmark against the configured Redis and PostgreSQL
 	$(PY) -m worker bench
 

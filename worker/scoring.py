@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,10 @@ REQUIRED = ("pickup_community_area", "dropoff_community_area", "trip_start_times
 OPTIONAL = ("trip_total", "trip_id")
 MAX_REPORTED_ERRORS = 20
 READ_CHUNK_ROWS = 50_000
+# A ride is ~130 bytes of CSV. pandas holds a whole line in memory before it can split it, so a
+# file of one giant line (a 300 MB field passes the file-size check) would sit in memory entire,
+# several times over; such a line is refused as soon as it passes this length.
+MAX_LINE_BYTES = 1 << 16
 
 
 class BadRequest(ValueError):
@@ -91,9 +96,36 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
     else:
         out["trip_id"] = None
 
-    bad = np.array([bool(p) for p in problems])
+    bad = np.array([bool(p) for p in problems], dtype=bool)  # dtype: an empty chunk is float64 otherwise
     errors = [(first_row + i, "; ".join(problems[i])) for i in np.flatnonzero(bad)]
     return Validation(out[~bad].reset_index(drop=True), errors)
+
+
+class _LineBoundedFile:
+    """A binary file for pandas' CSV reader that refuses any line longer than MAX_LINE_BYTES."""
+
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
+        self._handle = handle
+        self._path = path
+        self._line = 1  # the line the next byte belongs to (the header is line 1)
+        self._open = 0  # bytes of that line already read
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size if size and size > 0 else 1 << 18)
+        lengths = [len(part) for part in data.split(b"\n")]
+        lengths[0] += self._open
+        for offset, length in enumerate(lengths):
+            if length > MAX_LINE_BYTES:
+                raise DataError(
+                    f"{self._path}: line {self._line + offset} is longer than {MAX_LINE_BYTES} bytes; "
+                    "a ride is one short line of CSV"
+                )
+        self._line += len(lengths) - 1
+        self._open = lengths[-1]
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:  # pandas takes only objects with read and __iter__ for files
+        return iter(self.read, b"")
 
 
 def iter_file(path: str | Path, rows_per_chunk: int = READ_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
@@ -104,7 +136,9 @@ def iter_file(path: str | Path, rows_per_chunk: int = READ_CHUNK_ROWS) -> Iterat
             for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_chunk):
                 yield batch.to_pandas()
         else:
-            yield from pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=rows_per_chunk)
+            with open(path, "rb") as handle:
+                bounded = _LineBoundedFile(handle, path)
+                yield from pd.read_csv(bounded, dtype=str, keep_default_na=False, chunksize=rows_per_chunk)
     except (DataError, BadRequest):
         raise
     except Exception as exc:  # parser errors come in many types

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from sqlalchemy import Connection, Engine, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from worker.rides import RIDE_COLUMNS
 from worker.schema import batch_chunks, batch_runs, ride_predictions
@@ -93,12 +94,24 @@ def _csv(frame: pd.DataFrame) -> io.BytesIO:
 
 
 def _copy(conn: Connection, table: str, frame: pd.DataFrame) -> None:
-    columns = ", ".join(PREDICTION_COLUMNS)
-    cursor = conn.connection.dbapi_connection.cursor()
+    statement = f"COPY {table} ({', '.join(PREDICTION_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+    dbapi_connection = conn.connection.dbapi_connection
+    cursor = dbapi_connection.cursor()
     try:
-        cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", _csv(frame))
+        cursor.copy_expert(statement, _csv(frame))
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # A raw cursor's errors bypass SQLAlchemy. Wrap them as conn.execute would, so the tasks'
+        # retry (OperationalError/DBAPIError) sees a cancelled COPY or a lost server, and a dead
+        # connection leaves the pool instead of being handed out again.
+        lost = conn.dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            statement, None, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
     finally:
-        cursor.close()
+        if not cursor.closed:
+            cursor.close()
 
 
 def _copy_rows(conn: Connection, frame: pd.DataFrame, ids_are_new: bool) -> int:
