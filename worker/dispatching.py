@@ -11,19 +11,22 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.beat import RUN_BATCH
 from worker.settings import Settings
 
+SCORE_RIDES = "worker.tasks.score_rides"
 SCORE_MESSAGE_ROWS = 10_000  # rides per score_rides message: ~1.5 MB of JSON
 MAX_ERRORS_SHOWN = 20
 MAX_BYTES_PER_ROW = 400  # a ride with all raw columns and a trip_id is ~130 bytes of CSV
 
 
 def dispatch_batch(rides: int, seed: int | None) -> tuple[str, str]:
-    from worker.tasks import run_batch
+    from worker.celery_app import app
 
     task_id = str(uuid.uuid4())
     kwargs = {"rides": rides} if seed is None else {"rides": rides, "seed": seed}
-    run_batch.apply_async(kwargs=kwargs, task_id=task_id)
+    # By name, like any remote caller: the CLI needs no model libraries to send work.
+    app.send_task(RUN_BATCH, kwargs=kwargs, task_id=task_id)
     return task_id, f"adhoc-{task_id}"
 
 
@@ -49,9 +52,9 @@ def _validated_chunks(path: str | Path, rows_per_chunk: int):
 
 def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> FileDispatch:
     """Validate the whole file first (streaming), then send its valid rides in chunks."""
+    from worker.celery_app import app
     from worker.cli import UsageError
     from worker.scoring import to_records
-    from worker.tasks import score_rides
 
     size = Path(path).stat().st_size if Path(path).is_file() else 0
     limit = settings.MAX_RIDES_PER_REQUEST * MAX_BYTES_PER_ROW
@@ -82,14 +85,15 @@ def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> F
         pending.extend(to_records(checked.valid))
         while len(pending) >= SCORE_MESSAGE_ROWS or (pending and index == chunks_total - 1):
             part, pending = pending[:SCORE_MESSAGE_ROWS], pending[SCORE_MESSAGE_ROWS:]
-            score_rides.apply_async(
+            app.send_task(
+                SCORE_RIDES,
                 kwargs={
                     "rides": part,
                     "batch_id": outcome.batch_id,
                     "chunk_index": index,
                     "chunks_total": chunks_total,
                     "rides_total": valid,
-                }
+                },
             )
             outcome.sent += len(part)
             index += 1

@@ -57,8 +57,13 @@ def start_batch(
     seed: int | None,
     window: tuple[datetime, datetime] | None,
     attempt: int,
+    redelivered: bool = False,
 ) -> dict[str, Any]:
-    """Record the batch (first delivery) or count another attempt; returns its row as stored."""
+    """Record the batch (first delivery) or count another attempt; returns its row as stored.
+
+    `attempt` is Celery's retry count + 1; a message the broker delivered again (after a lost
+    worker or the visibility timeout) counts one more attempt on top.
+    """
     with engine.begin() as conn:
         conn.execute(
             _insert(conn, batch_runs)
@@ -79,7 +84,11 @@ def start_batch(
         conn.execute(
             update(batch_runs)
             .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != "succeeded")
-            .values(attempts=case((batch_runs.c.attempts < attempt, attempt), else_=batch_runs.c.attempts))
+            .values(
+                attempts=batch_runs.c.attempts + 1
+                if redelivered
+                else case((batch_runs.c.attempts < attempt, attempt), else_=batch_runs.c.attempts)
+            )
         )
         row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().one()
     return dict(row)

@@ -65,6 +65,10 @@ def batch_id_for(kwargs: dict, task_id: str) -> str:
     return f"adhoc-{task_id}"
 
 
+def redelivered(task: Task) -> bool:
+    return bool((task.request.delivery_info or {}).get("redelivered"))
+
+
 def check_count(name: str, value: object, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{name} must be a whole number, got {value!r}")
@@ -129,6 +133,7 @@ def run_batch(
         seed=seed,
         window=(start, end),
         attempt=self.request.retries + 1,
+        redelivered=redelivered(self),
     )
     window = _window_of(row)  # the first delivery's window: a redelivery generates the same rides
     if row["status"] == "succeeded":
@@ -207,6 +212,7 @@ def score_rides(
         seed=None,
         window=None,
         attempt=self.request.retries + 1,
+        redelivered=redelivered(self),
     )
     valid = checked.valid
     missing_ids = valid["trip_id"].isna().to_numpy()

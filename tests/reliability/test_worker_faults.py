@@ -209,6 +209,7 @@ def test_pool_child_sigkilled_mid_batch_is_requeued_and_written_once(faults):
     assert ledger(stack, batch_id) == [(0, BIG_BATCH)]
     row = batch(stack, batch_id)
     assert (row["status"], row["rows_written"], row["chunks_done"]) == ("succeeded", BIG_BATCH, 1)
+    assert row["attempts"] == 2, "the redelivery is counted in batch_runs.attempts"
     text = stack.log_text("worker-faults")
     assert f"pid:{child} exited with 'signal 9 (SIGKILL)'" in text, logs(stack, "worker-faults")
     assert text.count(f"Task {RUN_BATCH}[{task_id}] received") == 2  # delivered, requeued, delivered again
@@ -255,6 +256,7 @@ def test_whole_worker_sigkilled_mid_batch_is_redelivered_after_visibility_timeou
     assert written(stack, batch_id) == (rides, rides)
     row = batch(stack, batch_id)
     assert (row["status"], row["rows_written"]) == ("succeeded", rides)
+    assert row["attempts"] == 2, "the redelivery is counted in batch_runs.attempts"
     assert r.hlen("unacked") == 0 and r.llen("celery") == 0
 
 
