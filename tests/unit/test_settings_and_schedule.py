@@ -55,3 +55,20 @@ def test_soft_limit_must_stay_below_hard_limit_and_visibility_timeout():
         Settings(TASK_TIME_LIMIT=1000, TASK_SOFT_TIME_LIMIT=900, VISIBILITY_TIMEOUT=900)
     with pytest.raises(ValueError, match="TASK_SOFT_TIME_LIMIT must be below"):
         Settings(TASK_TIME_LIMIT=100, TASK_SOFT_TIME_LIMIT=100)
+
+
+def test_every_test_the_readme_cites_exists():
+    """The README's reliability table names tests; each name (or name prefix ending in *) must exist."""
+    import re
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    defined = set()
+    for path in (REPO_ROOT / "tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
+    cited = set(re.findall(r"(test_\w+\*?)`", readme))
+    assert cited, "the README cites no tests"
+    for name in cited:
+        if name.endswith("*"):
+            assert any(d.startswith(name[:-1]) for d in defined), f"README cites {name}, no such test"
+        else:
+            assert name in defined, f"README cites {name}, no such test"
