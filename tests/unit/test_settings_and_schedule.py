@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,17 @@ def test_every_test_the_readme_cites_exists():
             assert any(d.startswith(name[:-1]) for d in defined), f"README cites {name}, no such test"
         else:
             assert name in defined, f"README cites {name}, no such test"
+
+
+@pytest.mark.parametrize("command", ["worker", "beat", "flower"])
+def test_malformed_setting_stops_celery_naming_the_variable(command, tmp_path):
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "celery"), "-A", "worker", command],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), "FLOWER_PORT": "99999"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "invalid setting FLOWER_PORT" in done.stderr
