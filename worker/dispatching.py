@@ -42,11 +42,23 @@ class FileDispatch:
 
 
 def _validated_chunks(path: str | Path, rows_per_chunk: int):
+    """Validated chunks of the file; a trip_id seen in an earlier chunk makes the row invalid too.
+
+    Both passes of dispatch_file call this, so they refuse and keep exactly the same rows."""
     from worker.scoring import iter_file, validate_rides
 
     first = 1
+    seen: set[str] = set()
     for chunk in iter_file(path, rows_per_chunk):
-        yield validate_rides(chunk, first_row=first), len(chunk)
+        checked = validate_rides(chunk, first_row=first)
+        ids = checked.valid["trip_id"]
+        repeated = ids.notna() & ids.isin(seen)
+        if repeated.any():
+            rows = [int(r) for r in checked.valid.index[repeated]]
+            checked.errors.extend((first + r, "trip_id appears earlier in the file") for r in rows)
+            checked.valid = checked.valid[~repeated]
+        seen.update(ids[ids.notna()])
+        yield checked, len(chunk)
         first += len(chunk)
 
 
@@ -78,26 +90,32 @@ def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> F
     if outcome.invalid and not skip_invalid:
         outcome.refused = True
         return outcome
+    if valid == 0:
+        raise UsageError(f"{path}: none of its {outcome.total} rows is valid; nothing to score")
     chunks_total = -(-valid // SCORE_MESSAGE_ROWS)
-    index = 0
-    pending = []
+
+    def send(part: list[dict]) -> None:
+        kwargs = {
+            "rides": part,
+            "batch_id": outcome.batch_id,
+            "chunk_index": outcome.chunks,
+            "chunks_total": chunks_total,
+            "rides_total": valid,
+        }
+        # Events and Flower show a summary, not 10,000 rides.
+        summary = {**kwargs, "rides": f"<{len(part)} rides>"}
+        app.send_task(SCORE_RIDES, kwargs=kwargs, kwargsrepr=repr(summary))
+        outcome.sent += len(part)
+        outcome.chunks += 1
+
+    pending: list[dict] = []
     for checked, _ in _validated_chunks(path, SCORE_MESSAGE_ROWS):
         pending.extend(to_records(checked.valid))
-        while len(pending) >= SCORE_MESSAGE_ROWS or (pending and index == chunks_total - 1):
-            part, pending = pending[:SCORE_MESSAGE_ROWS], pending[SCORE_MESSAGE_ROWS:]
-            app.send_task(
-                SCORE_RIDES,
-                kwargs={
-                    "rides": part,
-                    "batch_id": outcome.batch_id,
-                    "chunk_index": index,
-                    "chunks_total": chunks_total,
-                    "rides_total": valid,
-                },
-            )
-            outcome.sent += len(part)
-            index += 1
-    outcome.chunks = index
+        while len(pending) >= SCORE_MESSAGE_ROWS:
+            send(pending[:SCORE_MESSAGE_ROWS])
+            pending = pending[SCORE_MESSAGE_ROWS:]
+    if pending:
+        send(pending)
     return outcome
 
 

@@ -21,8 +21,6 @@ from worker.cleaning import DataError, readable_file
 from worker.geography import N_AREAS
 
 REQUIRED = ("pickup_community_area", "dropoff_community_area", "trip_start_timestamp", "fare", "trip_miles")
-OPTIONAL = ("trip_total", "trip_id")
-MAX_REPORTED_ERRORS = 20
 READ_CHUNK_ROWS = 50_000
 # A ride is ~130 bytes of CSV. pandas holds a whole line in memory before it can split it, so a
 # file of one giant line (a 300 MB field passes the file-size check) would sit in memory entire,
@@ -47,11 +45,29 @@ def _uuid_or_none(value: object) -> str | None:
         return None
 
 
+_OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})$"
+
+
+def parse_chicago_times(raw: pd.Series) -> pd.Series:
+    """Naive Chicago-local datetimes. Values with a UTC offset (either side of a DST change, or
+    mixed with naive ones) are converted to Chicago time; naive values are taken as Chicago time."""
+    text = raw.astype(str).str.strip()
+    aware = text.str.contains(_OFFSET, regex=True)
+    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+    if (~aware).any():
+        out[~aware] = pd.to_datetime(text[~aware], errors="coerce", format="mixed")
+    if aware.any():
+        utc = pd.to_datetime(text[aware], errors="coerce", format="mixed", utc=True)
+        out[aware] = utc.dt.tz_convert("America/Chicago").dt.tz_localize(None)
+    return out
+
+
 def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
     """Split raw rides into valid, normalised rows and (row number, reasons) for the rest."""
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise BadRequest(f"missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+    frame = frame.reset_index(drop=True)
     n = len(frame)
     problems = [[] for _ in range(n)]
 
@@ -67,12 +83,14 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
         flag((~blank & area.isna()).to_numpy(), f"{column} is not a number")
         flag((area.notna() & ~area.between(1, N_AREAS)).to_numpy(), f"{column} outside 1..{N_AREAS}")
         flag((area.notna() & (area != area.round())).to_numpy(), f"{column} is not a whole number")
-        out[column] = area.astype("Int64") if area.notna().all() else area.round().astype("Int64")
+        usable = area.where(area.between(1, N_AREAS) & (area == area.round()))  # bad rows are dropped anyway
+        out[column] = usable.astype("Int64")
     raw_ts = frame["trip_start_timestamp"]
-    stamps = pd.to_datetime(raw_ts.astype(str), errors="coerce", format="mixed")
-    flag((stamps.isna()).to_numpy(), "trip_start_timestamp is not a date and time")
-    if getattr(stamps.dt, "tz", None) is not None:
-        stamps = stamps.dt.tz_convert("America/Chicago").dt.tz_localize(None)
+    stamps = parse_chicago_times(raw_ts)
+    flag(
+        (stamps.isna() & raw_ts.notna()).to_numpy() | raw_ts.isna().to_numpy(),
+        "trip_start_timestamp is not a date and time",
+    )
     out["trip_start_timestamp"] = stamps
     for column, required in (("fare", True), ("trip_miles", True), ("trip_total", False)):
         if column not in frame.columns:
@@ -97,8 +115,8 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
         out["trip_id"] = None
 
     bad = np.array([bool(p) for p in problems], dtype=bool)  # dtype: an empty chunk is float64 otherwise
-    errors = [(first_row + i, "; ".join(problems[i])) for i in np.flatnonzero(bad)]
-    return Validation(out[~bad].reset_index(drop=True), errors)
+    errors = [(first_row + int(i), "; ".join(problems[i])) for i in np.flatnonzero(bad)]
+    return Validation(out[~bad], errors)  # index = row position in `frame`
 
 
 class _LineBoundedFile:

@@ -292,3 +292,25 @@ def test_celery_call_by_name_runs_a_batch(stack):
     task_id = done.stdout.strip().splitlines()[-1]
     assert stack.client().AsyncResult(task_id).get(timeout=60)["rows_written"] == 50
     assert batch_row(stack, f"adhoc-{task_id}")["rows_written"] == 50
+
+
+def test_skip_invalid_on_a_file_of_several_messages_writes_every_valid_row(stack, tmp_path):
+    """10,500 rows read in two chunks of up to 10,000, 1,000 invalid, and one trip id that repeats
+    across the chunk boundary: every other valid row is written (9,499), the repeat is refused."""
+    repeated = str(uuid.uuid4())
+    rows = [{**GOOD, "trip_id": ""} for _ in range(10_500)]
+    for i in range(0, 10_500, 21)[:500]:
+        rows[i] = {**GOOD, "fare": "cheap", "trip_id": ""}
+    for i in range(1, 10_500, 21)[:500]:
+        rows[i] = {**GOOD, "pickup_community_area": 999, "trip_id": ""}
+    rows[5] = {**GOOD, "trip_id": repeated}
+    rows[10_400] = {**GOOD, "trip_id": repeated}
+    path = _rides_file(tmp_path, rows)
+    done = stack.cli("score", str(path), "--skip-invalid", "--wait", timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "skipped 1001 invalid rows" in done.stderr
+    batch_id = done.stdout.split()[1].rstrip(":")
+    assert "9499 rides sent in 1 task(s)" in done.stdout
+    count = stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=batch_id)[0][0]
+    assert count == 9_499
+    assert batch_row(stack, batch_id)["rows_written"] == 9_499

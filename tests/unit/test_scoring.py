@@ -1,0 +1,89 @@
+"""Validation of user-supplied rides: every bad row named with its reasons, no crash."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from worker.scoring import BadRequest, records_to_frame, to_records, validate_rides
+
+GOOD = {
+    "pickup_community_area": "8",
+    "dropoff_community_area": "32",
+    "trip_start_timestamp": "2026-11-26 10:00:00",
+    "fare": "9.25",
+    "trip_miles": "1.9",
+}
+
+
+def frame(*overrides: dict) -> pd.DataFrame:
+    return pd.DataFrame([{**GOOD, **o} for o in overrides])
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"pickup_community_area": "8.5"}, "pickup_community_area is not a whole number"),
+        ({"pickup_community_area": "1e20"}, "pickup_community_area outside 1..77"),
+        ({"dropoff_community_area": "999"}, "dropoff_community_area outside 1..77"),
+        ({"dropoff_community_area": "north"}, "dropoff_community_area is not a number"),
+        ({"trip_start_timestamp": "yesterday"}, "trip_start_timestamp is not a date and time"),
+        ({"trip_start_timestamp": ""}, "trip_start_timestamp is not a date and time"),
+        ({"fare": "cheap"}, "fare is not a number"),
+        ({"fare": ""}, "fare is missing"),
+        ({"trip_miles": "-1"}, "trip_miles is negative"),
+        ({"fare": "inf"}, "fare is not finite"),
+        ({"trip_total": "x"}, "trip_total is not a number"),
+        ({"trip_id": "not-a-uuid"}, "trip_id is not a UUID"),
+    ],
+)
+def test_each_bad_value_is_named_with_its_row(override, reason):
+    checked = validate_rides(frame({}, override), first_row=10)
+    assert len(checked.valid) == 1
+    assert len(checked.errors) == 1
+    row, why = checked.errors[0]
+    assert row == 11 and reason in why
+
+
+def test_missing_area_is_allowed_like_the_city_suppresses_it():
+    checked = validate_rides(frame({"pickup_community_area": ""}))
+    assert checked.errors == [] and checked.valid["pickup_community_area"].isna().all()
+
+
+def test_offsets_either_side_of_a_dst_change_and_naive_times_mix():
+    checked = validate_rides(
+        frame(
+            {"trip_start_timestamp": "2026-11-01T01:30:00-05:00"},  # CDT
+            {"trip_start_timestamp": "2026-11-01T01:30:00-06:00"},  # CST, an hour later
+            {"trip_start_timestamp": "2026-11-26T16:00:00Z"},
+            {"trip_start_timestamp": "2026-11-26 10:00:00"},  # naive: already Chicago time
+        )
+    )
+    assert checked.errors == []
+    stamps = checked.valid["trip_start_timestamp"].dt.strftime("%Y-%m-%d %H:%M").tolist()
+    assert stamps == ["2026-11-01 01:30", "2026-11-01 01:30", "2026-11-26 10:00", "2026-11-26 10:00"]
+
+
+def test_duplicate_trip_ids_are_refused():
+    same = "5f0c3e9e-9a8b-4c1f-8a47-1f2d3c4b5a69"
+    checked = validate_rides(frame({"trip_id": same}, {"trip_id": same}))
+    assert [why for _, why in checked.errors] == ["trip_id appears twice", "trip_id appears twice"]
+
+
+def test_missing_columns_refuse_the_whole_request():
+    with pytest.raises(BadRequest, match="missing column"):
+        validate_rides(pd.DataFrame([{"fare": 1}]))
+
+
+def test_records_round_trip_as_json_values():
+    checked = validate_rides(frame({"trip_total": "11.5"}))
+    records = to_records(checked.valid)
+    assert records[0]["trip_start_timestamp"] == "2026-11-26T10:00:00"
+    again = validate_rides(records_to_frame(records))
+    assert again.errors == [] and again.valid["trip_total"].iloc[0] == 11.5
+
+
+@pytest.mark.parametrize("rides", [None, [], "rides", [1, 2]])
+def test_ride_list_must_be_a_list_of_objects(rides):
+    with pytest.raises(BadRequest):
+        records_to_frame(rides)
