@@ -178,6 +178,7 @@ class Stack:
             self.stop(process)
         for db in self.redis_dbs:
             redis.Redis(host=REDIS_HOST, db=db).flushdb()
+        self.redis_dbs.clear()  # handed back: a second close must not flush numbers another stack took since
 
 
 @pytest.fixture(scope="session")
@@ -211,6 +212,20 @@ def make_stack(trained_model, tmp_path_factory) -> Iterator[Callable[..., Stack]
 
     yield factory
     for stack in stacks:
+        stack.close()
+
+
+@pytest.fixture
+def new_stack(make_stack, fresh_pg_url) -> Iterator[Callable[..., Stack]]:
+    """make_stack on the test's own database, closed (processes stopped, Redis dbs freed) after the test."""
+    made: list[Stack] = []
+
+    def factory(**env: str) -> Stack:
+        made.append(make_stack(fresh_pg_url, **env))
+        return made[-1]
+
+    yield factory
+    for stack in made:
         stack.close()
 
 

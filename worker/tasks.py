@@ -13,12 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task, group
-from celery.exceptions import SoftTimeLimitExceeded
-from mlflow.exceptions import MlflowException
-from sqlalchemy.exc import DBAPIError, OperationalError
+from celery.signals import task_revoked
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import batch, runtime, storage
-from worker.beat import slot_window
+from worker.beat import RUN_BATCH, slot_window
 from worker.celery_app import app
 from worker.database import ensure_schema
 from worker.registry import ModelUnavailable
@@ -28,14 +27,16 @@ from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (OperationalError, DBAPIError, ModelUnavailable, MlflowException, ConnectionError)
+# What a later try can fix: a lost or refused database connection, an unreachable registry.
+# Not IntegrityError, DataError or ProgrammingError: those fail the same way every time.
+TRANSIENT = (OperationalError, InterfaceError, ModelUnavailable, ConnectionError)
+MAX_BATCH_ID = 120  # batch_runs.batch_id is VARCHAR(120)
 
 
 class PipelineTask(Task):
     """Retries what a later try can fix (database, registry); fails fast on bad arguments."""
 
     autoretry_for = TRANSIENT
-    dont_autoretry_for = (BadRequest, TypeError, SoftTimeLimitExceeded)
     retry_backoff = 2
     retry_backoff_max = 300  # below the visibility timeout, so a waiting retry is not redelivered
     retry_jitter = True
@@ -48,21 +49,37 @@ class PipelineTask(Task):
         self._mark(kwargs, task_id, "failed", exc)
 
     def _mark(self, kwargs: dict, task_id: str, status: str, exc: Exception) -> None:
-        batch_id = batch_id_for(kwargs, task_id) if self.name != predict_chunk.name else kwargs.get("batch_id")
-        if not batch_id:
-            return
-        try:
-            storage.mark_batch(runtime.engine(), batch_id, status, f"{type(exc).__name__}: {exc}"[:2000])
-        except Exception as mark_error:  # the database may be the thing that is down
-            log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
+        mark(self.name, kwargs, task_id, status, f"{type(exc).__name__}: {exc}")
 
 
-def batch_id_for(kwargs: dict, task_id: str) -> str:
-    if kwargs.get("batch_id"):
-        return str(kwargs["batch_id"])
-    if kwargs.get("slot"):
-        return f"schedule-{kwargs['slot']}"
-    return f"adhoc-{task_id}"
+def run_batch_id(slot: object, task_id: str) -> str:
+    return f"schedule-{slot}" if slot else f"adhoc-{task_id}"
+
+
+def given_batch_id(batch_id: object, task_id: str) -> str:
+    return str(batch_id) if batch_id else f"adhoc-{task_id}"
+
+
+def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) -> None:
+    """Record a retry or failure on the task's batch, named as the task itself names it."""
+    if task_name == RUN_BATCH:
+        batch_id = run_batch_id(kwargs.get("slot"), task_id)  # never a stray batch_id kwarg
+    else:
+        batch_id = given_batch_id(kwargs.get("batch_id"), task_id)
+    try:
+        storage.mark_batch(runtime.engine(), batch_id, status, error[:2000])
+    except Exception as mark_error:  # the database may be the thing that is down
+        log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
+
+
+@task_revoked.connect
+def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: object) -> None:
+    """A retry that outlived its message's expiry is revoked without on_failure: record it."""
+    name = getattr(sender, "name", "") or ""
+    if request is None or not name.startswith("worker.tasks."):
+        return
+    why = "expired before it could run again" if expired else "revoked"
+    mark(name, getattr(request, "kwargs", None) or {}, request.id, "failed", f"TaskRevoked: {why}")
 
 
 def redelivered(task: Task) -> bool:
@@ -107,7 +124,7 @@ def run_batch(
     settings = get_settings()
     started = time.perf_counter()
     seed = check_seed(seed)
-    batch_id = batch_id_for({"slot": slot}, self.request.id)
+    batch_id = run_batch_id(slot, self.request.id)
     if slot is not None:
         if not isinstance(interval, int | float) or interval <= 0:
             raise BadRequest(f"a scheduled batch needs a positive interval, got {interval!r}")
@@ -199,7 +216,9 @@ def score_rides(
     if checked.errors:
         shown = "; ".join(f"ride {i}: {why}" for i, why in checked.errors[:10])
         raise BadRequest(f"{len(checked.errors)} of {len(frame)} rides refused, nothing written: {shown}")
-    batch_id = batch_id_for({"batch_id": batch_id}, self.request.id)
+    if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= MAX_BATCH_ID):
+        raise BadRequest(f"batch_id must be a string of 1 to {MAX_BATCH_ID} characters, got {batch_id!r}")
+    batch_id = given_batch_id(batch_id, self.request.id)
     engine = runtime.engine()
     ensure_schema(engine)
     row = storage.start_batch(

@@ -249,7 +249,7 @@ def test_status_reports_every_part(stack):
     assert json.loads(down.stdout)["database"]["ok"] is False
 
 
-def test_moved_alias_is_used_by_next_batch_without_restart(make_stack, fresh_pg_url, mlflow_server, tmp_path):
+def test_moved_alias_is_used_by_next_batch_without_restart(new_stack, mlflow_server, tmp_path):
     from worker.settings import Settings
 
     own = Settings(
@@ -257,7 +257,7 @@ def test_moved_alias_is_used_by_next_batch_without_restart(make_stack, fresh_pg_
     )
     small = ForestParams(n_estimators=5, max_depth=8, min_samples_leaf=10)
     v1 = train_and_register(own, rides=5000, seed=1, params=small)
-    stack = make_stack(fresh_pg_url, MODEL_NAME=own.MODEL_NAME)
+    stack = new_stack(MODEL_NAME=own.MODEL_NAME)
     stack.start_worker("alias", concurrency=1)
     client = stack.client()
     assert (
@@ -314,3 +314,25 @@ def test_skip_invalid_on_a_file_of_several_messages_writes_every_valid_row(stack
     count = stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=batch_id)[0][0]
     assert count == 9_499
     assert batch_row(stack, batch_id)["rows_written"] == 9_499
+
+
+def test_retrying_batch_whose_message_expires_is_marked_failed(new_stack):
+    """No model under this name: the batch retries with backoff until its message expires; the
+    revoked retry must not leave batch_runs saying 'retrying' forever."""
+    stack = new_stack(MODEL_NAME=f"no-such-model-{uuid.uuid4().hex[:6]}")
+    stack.start_worker("expiry", concurrency=1)
+    sent = stack.client().send_task("worker.tasks.run_batch", kwargs={"rides": 10}, expires=8)
+    batch_id = f"adhoc-{sent.id}"
+    deadline = time.monotonic() + 90
+    row = {}
+    while time.monotonic() < deadline:
+        rows = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=batch_id)
+        row = rows[0]._asdict() if rows else {}
+        if row.get("status") == "failed":
+            break
+        time.sleep(0.5)
+    assert row.get("status") == "failed", f"{row}\n{stack.log_text('worker-expiry')[-3000:]}"
+    assert "expired" in row["error"]
+    assert row["attempts"] >= 2  # it did retry before the message expired
+    assert row["rows_written"] == 0
+    assert stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=batch_id)[0][0] == 0

@@ -15,8 +15,8 @@ from tests.support import free_port, wait_for_http
 pytestmark = pytest.mark.integration
 
 
-def test_beat_batches_land_on_their_slots(make_stack, fresh_pg_url):
-    stack = make_stack(fresh_pg_url, BATCH_INTERVAL_SECONDS="3", RIDES_PER_BATCH="40")
+def test_beat_batches_land_on_their_slots(new_stack):
+    stack = new_stack(BATCH_INTERVAL_SECONDS="3", RIDES_PER_BATCH="40")
     stack.start_worker("sched", concurrency=1)
     stack.start("beat", "--loglevel=INFO", f"--schedule={stack.logs / 'beat-schedule'}", name="beat")
     deadline = time.monotonic() + 60

@@ -235,29 +235,36 @@ class Measured:
     peak_rss_mb: float
 
 
+# Runs the command as its own child and reports that child's peak RSS. Measuring the command as a
+# direct child of pytest would not do: ru_maxrss survives exec, so a child forked from a 400 MB
+# pytest starts with a 400 MB "peak" however small the command is. The wrapper is small when it forks.
+_PEAK_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[2:]).returncode\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_measured(command: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> Measured:
-    """Run a command to the end; its own peak resident memory from wait4's rusage (exact, per child)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run a command to the end; its own peak resident memory (KiB from getrusage, exact per child)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak"
         started = time.monotonic()
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        deadline = started + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.05)
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), *command],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         seconds = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
-        out.seek(0)
-        err.seek(0)
         return Measured(
-            returncode=process.returncode,
-            stdout=out.read().decode(errors="replace"),
-            stderr=err.read().decode(errors="replace"),
+            returncode=done.returncode,
+            stdout=done.stdout,
+            stderr=done.stderr,
             seconds=seconds,
-            peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+            peak_rss_mb=int(peak_file.read_text()) / 1024,  # KiB on Linux
         )

@@ -170,20 +170,6 @@ def faults(make_stack, module_db) -> Iterator[Stack]:
         stack.close()  # frees its Redis db numbers for later stacks of the session
 
 
-@pytest.fixture
-def new_stack(make_stack, fresh_pg_url) -> Iterator[Callable[..., Stack]]:
-    """make_stack on the test's own database, closed (processes stopped, Redis dbs freed) after the test."""
-    made: list[Stack] = []
-
-    def factory(**env: str) -> Stack:
-        made.append(make_stack(fresh_pg_url, **env))
-        return made[-1]
-
-    yield factory
-    for stack in made:
-        stack.close()
-
-
 # --- 1. pool child SIGKILL -----------------------------------------------------------------
 
 
