@@ -17,7 +17,21 @@ from worker.launcher import PortTaken
 from worker.scoring import BadRequest
 from worker.settings import Settings, SettingsError, get_settings
 
-log = logging.getLogger("worker")
+# Errors that mean a service is down or refusing, by class path, so that catching them does not
+# import mlflow or SQLAlchemy into commands that never use them.
+UNREACHABLE = {
+    "kombu.exceptions.OperationalError",
+    "mlflow.exceptions.MlflowException",
+    "sqlalchemy.exc.DBAPIError",
+    "worker.registry.ModelUnavailable",
+    "worker.database.SchemaMissing",
+    "builtins.ConnectionError",
+    "builtins.TimeoutError",
+}
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    return any(f"{k.__module__}.{k.__qualname__}" in UNREACHABLE for k in type(exc).__mro__)
 
 
 class UsageError(ValueError):
@@ -37,6 +51,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63-1, got {value}")
     return value
 
 
@@ -90,16 +114,15 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     """Migrate, and register a first model if the registry has none; safe to run again."""
-    from worker.registry import configure_mlflow, resolve_version
+    from worker.registry import configure_mlflow, find_version
     from worker.training import train_and_register
 
     cmd_migrate(args, settings)
-    try:
-        name, version = resolve_version(configure_mlflow(settings), settings.model_uri)
-        print(f"registry already has {name} version {version} at {settings.model_uri}")
+    found = find_version(configure_mlflow(settings), settings.model_uri)
+    if found is not None:
+        print(f"registry already has {found[0]} version {found[1]} at {settings.model_uri}")
         return 0
-    except Exception as exc:  # no model, no alias: train one
-        print(f"no model at {settings.model_uri} ({type(exc).__name__}); training a first one on generated rides")
+    print(f"no model at {settings.model_uri}; training a first one on generated rides")
     result = train_and_register(settings, rides=args.rides)
     print(f"registered {settings.MODEL_NAME} version {result.version} (MAE {result.mae:.3f} min): {result.reason}")
     return 0
@@ -212,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dispatch = sub.add_parser("dispatch", help="enqueue a batch of generated rides")
     dispatch.add_argument("--rides", type=_positive_int, required=True)
-    dispatch.add_argument("--seed", type=int)
+    dispatch.add_argument("--seed", type=_seed, help="0 to 2**63-1; the same seed gives the same rides")
     dispatch.add_argument("--wait", action="store_true", help="show progress and the result")
     dispatch.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
     dispatch.set_defaults(handler=cmd_dispatch)
@@ -249,11 +272,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic's INFO lines and urllib3's retry warnings would drown the command's own output.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, settings)
     except (DataError, UsageError, BadRequest, PortTaken) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        # A service is down or refuses: one line, and where to look.
+        detail = (str(exc).strip().splitlines() or [""])[0][:400]
+        print(f"error: {type(exc).__name__}: {detail} (python -m worker status shows what is down)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

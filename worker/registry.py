@@ -17,6 +17,7 @@ from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from worker.settings import Settings
@@ -78,17 +79,32 @@ def parse_model_uri(uri: str) -> tuple[str, str, str]:
     return name, ("version" if ref.isdigit() else "stage"), ref
 
 
-def resolve_version(client: MlflowClient, uri: str) -> tuple[str, str]:
-    """The (name, version) a registry URI points at right now."""
+def find_version(client: MlflowClient, uri: str) -> tuple[str, str] | None:
+    """The (name, version) a registry URI points at now, or None if there is no such model,
+    alias, stage or version. Any other registry error (unreachable, refused) propagates."""
     name, kind, ref = parse_model_uri(uri)
-    if kind == "version":
-        return name, ref
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
     if kind == "alias":
-        return name, str(client.get_model_version_by_alias(name, ref).version)
-    latest = client.get_latest_versions(name, stages=[ref])
-    if not latest:
-        raise MlflowException(f"registered model {name!r} has no version in stage {ref!r}")
-    return name, str(latest[0].version)
+        version = model.aliases.get(ref)
+        return (name, str(version)) if version is not None else None
+    if kind == "stage":
+        latest = client.get_latest_versions(name, stages=[ref])
+        return (name, str(latest[0].version)) if latest else None
+    versions = {str(v.version) for v in client.search_model_versions(f"name='{name}'")}
+    return (name, ref) if ref in versions else None
+
+
+def resolve_version(client: MlflowClient, uri: str) -> tuple[str, str]:
+    """Like find_version, but a missing model is an error that names the URI."""
+    found = find_version(client, uri)
+    if found is None:
+        raise MlflowException(f"the registry has no model at {uri}: run `python -m worker init` or `train`")
+    return found
 
 
 def load_version(name: str, version: str) -> Any:

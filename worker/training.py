@@ -23,7 +23,7 @@ from sklearn.model_selection import train_test_split
 
 from worker.cleaning import CleaningReport, load_real_trips
 from worker.features import feature_pipeline
-from worker.registry import configure_mlflow, ensure_experiment, load_version, resolve_version
+from worker.registry import configure_mlflow, ensure_experiment, find_version, load_version
 from worker.rides import RIDE_COLUMNS, generate_rides
 from worker.settings import Settings
 
@@ -120,10 +120,11 @@ def train_and_register(
     mae, rmse = evaluate(pipeline, test)
 
     previous_version = previous_mae = None
-    try:
-        previous_name, previous_version = resolve_version(client, settings.model_uri)
-    except Exception:  # no model, alias or stage yet
-        previous_version = None
+    # Only "no such model, alias or stage" means there is nothing to beat; any other registry error
+    # stops training here, before anything is registered, so a worse model is never promoted blind.
+    current = find_version(client, settings.model_uri)
+    if current is not None:
+        previous_name, previous_version = current
     if previous_version is not None:
         previous_mae, _ = evaluate(load_version(previous_name, previous_version), test)
 
@@ -151,7 +152,7 @@ def train_and_register(
     version = str(info.registered_model_version)
 
     if previous_mae is None:
-        promoted, reason = True, "no production model yet"
+        promoted, reason = True, f"nothing at {settings.model_uri} yet"
     elif force:
         promoted, reason = True, f"forced (production v{previous_version} MAE {previous_mae:.3f})"
     elif mae <= previous_mae:

@@ -1,0 +1,60 @@
+"""A service that is down gives one line naming it, exit code 1, no traceback.
+
+The services are 'down' by pointing at 127.0.0.1:1, where nothing listens."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import REPO_ROOT
+
+DOWN = "127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "names"),
+    [
+        (
+            ["dispatch", "--rides", "5"],
+            {"CELERY_BROKER_URL": f"redis://{DOWN}/0"},
+            "Error 111 connecting to 127.0.0.1:1",
+        ),
+        (
+            ["migrate"],
+            {"DATABASE_URL": f"postgresql+psycopg2://u@{DOWN}/x"},
+            'connection to server at "127.0.0.1", port 1',
+        ),
+        (["train", "--rides", "500"], {"MLFLOW_TRACKING_URI": f"http://{DOWN}"}, "API request to http://127.0.0.1:1"),
+    ],
+)
+def test_service_down_is_one_clear_line(args, env, names, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and names in lines[0]
+    assert "python -m worker status" in lines[0]
+
+
+def test_negative_seed_is_refused_before_anything_is_sent(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "dispatch", "--rides", "5", "--seed", "-1"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), "CELERY_BROKER_URL": f"redis://{DOWN}/0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--seed" in done.stderr and "-1" in done.stderr
