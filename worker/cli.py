@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from worker.cleaning import DataError
 from worker.launcher import PortTaken
 from worker.scoring import BadRequest
-from worker.settings import Settings, SettingsError, get_settings
+from worker.settings import Settings, SettingsError, get_settings, hide_passwords, redact
 
 # Errors that mean a service is down or refusing, by class path, so that catching them does not
 # import mlflow or SQLAlchemy into commands that never use them.
@@ -36,12 +36,6 @@ def is_unreachable(exc: BaseException) -> bool:
 
 class UsageError(ValueError):
     """A request the user can fix; printed as one line."""
-
-
-def redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _positive_int(text: str) -> int:
@@ -108,7 +102,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from worker.database import migrate
 
     migrate(settings.database_url)
-    print(f"database schema is up to date ({redacted(settings.database_url)})")
+    print(f"database schema is up to date ({redact(settings.database_url)})")
     return 0
 
 
@@ -285,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_unreachable(exc):
             raise
         # A service is down or refuses: one line, and where to look.
-        detail = (str(exc).strip().splitlines() or [""])[0][:400]
+        detail = hide_passwords((str(exc).strip().splitlines() or [""])[0][:400], settings)
         print(f"error: {type(exc).__name__}: {detail} (python -m worker status shows what is down)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.settings import REPO_ROOT, Settings
+from worker.settings import REPO_ROOT, Settings, redact
 
 
 class PortTaken(RuntimeError):
@@ -99,7 +99,7 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
             "\nrunning. Where to look:\n"
             f"  Flower       http://{settings.FLOWER_ADDRESS}:{settings.FLOWER_PORT}{auth}\n"
             "  status       .venv/bin/python -m worker status\n"
-            f"  predictions  table ride_predictions in {settings.database_url}\n"
+            f"  predictions  table ride_predictions in {redact(settings.database_url)}\n"
             f"  logs         {logs}/worker.log, beat.log, flower.log\n"
             f"next batches every {settings.BATCH_INTERVAL_SECONDS:g} s on the clock. Ctrl-C stops everything.",
             flush=True,

@@ -115,6 +115,24 @@ class Settings(BaseSettings):
         return self.MODEL_URI or f"models:/{self.MODEL_NAME}@{self.MODEL_ALIAS}"
 
 
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for anything printed or logged."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def hide_passwords(text: str, settings: Settings) -> str:
+    """`text` (an error message, say) with any password of the configured URLs replaced by ***."""
+    for url in (settings.CELERY_BROKER_URL, settings.result_backend, settings.database_url, settings.tracking_uri):
+        password = urlsplit(url).password
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():

@@ -5,16 +5,17 @@ The JSON keys are part of the interface (see the README).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from worker.settings import Settings
+from worker.settings import Settings, hide_passwords, redact
 
 
-def _check(fn) -> dict[str, Any]:
+def _check(settings: Settings, probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
-        return {"ok": True, **(fn() or {})}
+        return {"ok": True, **probe()}
     except Exception as exc:  # any failure here means "down", with its reason
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        return {"ok": False, "error": hide_passwords(f"{type(exc).__name__}: {exc}", settings)[:500]}
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
             queue = conn.default_channel.queue_declare("celery", passive=False)
-            return {"url": conn.as_uri(), "queue_length": queue.message_count}
+            return {"url": redact(settings.CELERY_BROKER_URL), "queue_length": queue.message_count}
 
     def database() -> dict[str, Any]:
         engine = get_engine(settings.database_url)
@@ -38,7 +39,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         ready = schema_ready(engine)
         last = storage.last_finished_batch(engine) if ready else None
         return {
-            "url": engine.url.render_as_string(),
+            "url": redact(settings.database_url),
             "schema_ready": ready,
             "last_batch": None
             if last is None
@@ -60,6 +61,9 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "model_version": version,
         }
 
-    report = {"broker": _check(broker), "database": _check(database), "registry": _check(registry)}
+    report = {
+        part: _check(settings, probe)
+        for part, probe in (("broker", broker), ("database", database), ("registry", registry))
+    }
     report["ok"] = all(part["ok"] for part in report.values())
     return report

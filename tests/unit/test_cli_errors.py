@@ -58,3 +58,27 @@ def test_negative_seed_is_refused_before_anything_is_sent(tmp_path):
     )
     assert done.returncode == 2
     assert "--seed" in done.stderr and "-1" in done.stderr
+
+
+def test_status_masks_every_password(tmp_path):
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "status", "--json"],
+        cwd=REPO_ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "LOCAL_DIR": str(tmp_path),
+            "CELERY_BROKER_URL": f"redis://:broker-s3cret@{DOWN}/0",
+            "DATABASE_URL": f"postgresql+psycopg2://taxi:db-s3cret@{DOWN}/taxi",
+            "MLFLOW_TRACKING_URI": f"http://ops:mlflow-s3cret@{DOWN}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert not report["ok"] and not any(report[p]["ok"] for p in ("broker", "database", "registry"))
+    for secret in ("broker-s3cret", "db-s3cret", "mlflow-s3cret"):
+        assert secret not in done.stdout + done.stderr
