@@ -20,9 +20,9 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
-# The application. .dockerignore is an allow-list: only worker/, beat_schedule.py,
-# alembic.ini, migrations/ and requirements.txt reach the build context, and only
-# those that exist; so this works before the migrations are written.
+# The application. .dockerignore is an allow-list: only worker/ (with its Alembic
+# migrations and calibration tables), beat_schedule.py, flowerconfig.py and
+# requirements.txt reach the build context.
 # Code stays owned by root: the app user can read it, not change it.
 COPY . ./
 

@@ -87,3 +87,14 @@ def test_malformed_setting_stops_celery_naming_the_variable(command, tmp_path):
     )
     assert done.returncode == 2
     assert "invalid setting FLOWER_PORT" in done.stderr
+
+
+def test_flower_config_follows_the_settings(tmp_path):
+    """flowerconfig.py (Flower loads it from the working directory) carries address, port and auth."""
+    script = "import runpy; c = runpy.run_path('flowerconfig.py'); print(c['address'], c['port'], c.get('basic_auth'))"
+    base = {"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path)}
+    default = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=base, capture_output=True, text=True)
+    assert default.stdout.split() == ["127.0.0.1", "5555", "None"], default.stderr
+    env = {**base, "FLOWER_BASIC_AUTH": "ops:pw1,viewer:pw2", "FLOWER_PORT": "5601"}
+    secured = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert secured.stdout.strip() == "127.0.0.1 5601 ['ops:pw1', 'viewer:pw2']", secured.stderr
