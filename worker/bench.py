@@ -10,6 +10,7 @@ Rows it writes are deleted afterwards.
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -116,7 +117,11 @@ def worker_bench(settings: Settings, latency_runs: int, big: int) -> dict:
         big_seconds = run(big)
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         _cleanup(engine, batch_ids)
     return {
         "latency_1000_median": statistics.median(latencies),

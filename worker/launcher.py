@@ -72,12 +72,11 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
     logs = settings.LOCAL_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     children: list[tuple[str, subprocess.Popen]] = []
-    stop = {"now": False}
 
-    def on_signal(signum: int, _frame: object) -> None:
-        stop["now"] = True
+    def on_sigterm(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops everything the same way Ctrl-C does
 
-    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         worker, _ = _start("worker", ["worker", "--loglevel=INFO", "--concurrency=2"], logs)
         children.append(("worker", worker))
@@ -93,7 +92,9 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
         rides = settings.RIDES_PER_BATCH or expected_rides(chicago_now(), settings.BATCH_INTERVAL_SECONDS / 60)
         task_id, batch_id = dispatch_batch(rides, None)
         print(f"first batch: {rides} rides, batch {batch_id}")
-        wait_for_batch(settings, batch_id, task_id, timeout=300)
+        if wait_for_batch(settings, batch_id, task_id, timeout=300) != 0:
+            print(f"the first batch did not complete; see {logs / 'worker.log'}", file=sys.stderr)
+            return 1
         auth = " (basic auth: FLOWER_BASIC_AUTH)" if settings.FLOWER_BASIC_AUTH else " (no auth: keep it on 127.0.0.1)"
         print(
             "\nrunning. Where to look:\n"
@@ -104,13 +105,12 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
             f"next batches every {settings.BATCH_INTERVAL_SECONDS:g} s on the clock. Ctrl-C stops everything.",
             flush=True,
         )
-        while not stop["now"]:
+        while True:
             for name, process in children:
                 if process.poll() is not None:
                     print(f"{name} exited with {process.returncode}; see {logs / (name + '.log')}", file=sys.stderr)
                     return 1
             time.sleep(0.5)
-        return 0
     except KeyboardInterrupt:
         return 0
     finally:
