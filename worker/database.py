@@ -2,21 +2,18 @@
 
 The engine is created on first use in the process that uses it: connection
 pools must not cross a fork, so a Celery pool child builds its own
-(`reset_engine` runs in `worker_process_init`). pool_pre_ping replaces
+(`reset_engines` runs in `worker_process_init`). pool_pre_ping replaces
 connections a restarted PostgreSQL has closed.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-
-log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _ENGINES: dict[str, Engine] = {}
@@ -63,7 +60,7 @@ def migrate(url: str, revision: str = "head") -> None:
 
 
 TABLES = frozenset({"ride_predictions", "batch_runs", "batch_chunks"})
-_CHECKED: set[int] = set()
+_CHECKED: set[str] = set()  # URLs whose schema was found complete
 
 
 class SchemaMissing(RuntimeError):
@@ -76,10 +73,11 @@ def schema_ready(engine: Engine) -> bool:
 
 def ensure_schema(engine: Engine) -> None:
     """Once per engine: fail clearly if the migrations have not been run."""
-    if id(engine) in _CHECKED:
+    url = engine.url.render_as_string(hide_password=False)
+    if url in _CHECKED:
         return
     if not schema_ready(engine):
         raise SchemaMissing(
             f"database {engine.url.render_as_string()} has no ride_predictions tables: run `python -m worker migrate`"
         )
-    _CHECKED.add(id(engine))
+    _CHECKED.add(url)

@@ -34,7 +34,6 @@ class LoadedModel:
     model: Any  # a fitted sklearn Pipeline
     name: str
     version: str
-    loaded_at: float
 
 
 # MLflow retries an unreachable server 7 times with backoff (~4 minutes) by default, longer
@@ -144,7 +143,7 @@ class ModelCache:
                         time.perf_counter() - started,
                         self._current.version if self._current else "none",
                     )
-                    self._current = LoadedModel(model, name, version, time.time())
+                    self._current = LoadedModel(model, name, version)
                 self._checked_at = now
             except Exception as exc:  # the registry may fail in many ways; all mean "not now"
                 if self._current is None:

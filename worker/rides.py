@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -95,11 +95,10 @@ class Window:
     end: datetime
 
 
+@cache
 def ride_model() -> RideModel:
-    return _RIDE_MODEL_CACHE.setdefault("model", RideModel(load_calibration()))
-
-
-_RIDE_MODEL_CACHE: dict[str, RideModel] = {}
+    """One per process: its sampling tables are built on first use and kept."""
+    return RideModel(load_calibration())
 
 
 def chicago_now() -> datetime:

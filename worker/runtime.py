@@ -12,7 +12,7 @@ from worker.database import get_engine, reset_engines
 from worker.registry import LoadedModel, ModelCache
 from worker.settings import get_settings
 
-_MODEL_CACHE: dict[str, ModelCache] = {}
+_model_cache: ModelCache | None = None
 
 
 def engine() -> Engine:
@@ -20,12 +20,13 @@ def engine() -> Engine:
 
 
 def model() -> LoadedModel:
-    cache = _MODEL_CACHE.get("production")
-    if cache is None:
-        cache = _MODEL_CACHE["production"] = ModelCache(get_settings())
-    return cache.get()
+    global _model_cache
+    if _model_cache is None:
+        _model_cache = ModelCache(get_settings())
+    return _model_cache.get()
 
 
 def reset() -> None:
+    global _model_cache
     reset_engines()
-    _MODEL_CACHE.clear()
+    _model_cache = None

@@ -3,9 +3,11 @@
 A chunk is written in one transaction that first claims its key in the
 `batch_chunks` ledger. A duplicate delivery (Celery acks late, so a task can
 run twice, even at the same time) waits on that key, finds it taken and
-writes nothing. On PostgreSQL the rows go in by COPY into a temporary table
-and one INSERT ... SELECT ... ON CONFLICT DO NOTHING (COPY itself has no ON
-CONFLICT); elsewhere by a multi-row INSERT ... ON CONFLICT DO NOTHING.
+writes nothing. On PostgreSQL fresh rows go in by COPY straight into the
+table (the ledger already made this write the only one); rows whose trip ids
+a user supplied go by COPY into a temporary table and one INSERT ... SELECT
+... ON CONFLICT DO NOTHING, since COPY has no ON CONFLICT. Elsewhere (SQLite)
+a multi-row INSERT ... ON CONFLICT DO NOTHING.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ not worse than the current production version's, or when forced.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,6 @@ from worker.features import feature_pipeline
 from worker.registry import configure_mlflow, ensure_experiment, find_version, load_version
 from worker.rides import RIDE_COLUMNS, generate_rides
 from worker.settings import Settings
-
-log = logging.getLogger(__name__)
 
 TARGET = "trip_minutes"
 
