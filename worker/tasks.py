@@ -158,9 +158,9 @@ def run_batch(
         return summary(row, started, duplicate=True)
 
     if len(sizes) > 1:
-        offsets = [window.start.isoformat(), window.end.isoformat()]
+        window_iso = [window.start.isoformat(), window.end.isoformat()]
         group(
-            predict_chunk.s(batch_id=batch_id, chunk_index=i, rides=n, seed=seed, window=offsets)
+            predict_chunk.s(batch_id=batch_id, chunk_index=i, rides=n, seed=seed, window=window_iso)
             for i, n in enumerate(sizes)
         ).apply_async()
         log.info("batch %s: %d rides fanned out in %d chunks", batch_id, rides, len(sizes))
