@@ -127,7 +127,7 @@ def test_happy_path_registers_and_promotes_version_1(mlflow_server, tmp_path):
     assert "Traceback" not in result.stderr
     out = result.stdout.splitlines()
     assert any(line.startswith(f"registered {name} version 1:") and "MAE" in line for line in out), result.stdout
-    assert any(line.startswith("promoted to @production: no production model yet") for line in out), result.stdout
+    assert f"promoted to @production: nothing at models:/{name}@production yet" in out, result.stdout
     models = registered(mlflow_server, name)
     assert len(models) == 1
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)

@@ -68,7 +68,7 @@ def test_training_registers_a_version_and_sets_the_alias(trained_model):
     client = client_for(settings)
     assert result.version == "1"
     assert result.promoted and result.previous_version is None and result.previous_mae is None
-    assert result.reason == "no production model yet"
+    assert result.reason == f"nothing at {settings.model_uri} yet"
     assert 0 < result.mae < result.rmse
     assert alias_version(settings) == "1"
     version = client.get_model_version(settings.MODEL_NAME, "1")
