@@ -77,6 +77,8 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
         raise KeyboardInterrupt  # SIGTERM stops everything the same way Ctrl-C does
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C must work even if we were started with SIGINT ignored (a shell's background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         worker, _ = _start("worker", ["worker", "--loglevel=INFO", "--concurrency=2"], logs)
         children.append(("worker", worker))
