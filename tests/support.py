@@ -12,11 +12,25 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
 REAL_SAMPLE = SHARED_DATA / "chicago_taxi_trips_2013_2014.csv"
+
+
+def wait_until(what: str, check: Callable[[], Any], seconds: float, every: float = 0.25) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
+        time.sleep(every)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import pytest
 from celery import states
 
 from tests.reliability.services import MlflowServer, PostgresServer, RedisServer, run_measured
-from tests.support import REPO_ROOT, unique_model_name
+from tests.support import REPO_ROOT, unique_model_name, wait_until
 from worker.database import get_engine, migrate
 from worker.settings import Settings
 
@@ -36,18 +36,6 @@ MAX_CLI_RSS_MB = 300  # measured 127 MB refusing a file, 184 MB streaming 200,00
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def wait_until(what: str, check: Callable[[], object], seconds: float, every: float = 0.25) -> object:
-    """Poll `check` until it returns something truthy; fail naming `what` after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 @contextlib.contextmanager

@@ -30,9 +30,8 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
-from tests.stack import CELERY, Stack, create_database, drop_database
-from tests.support import REPO_ROOT
-from worker.database import migrate
+from tests.stack import CELERY, Stack, migrated_database
+from tests.support import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -55,14 +54,10 @@ def logs(stack: Stack, *names: str) -> str:
 
 def wait_for(check: Callable[[], Any], seconds: float, what: str, stack: Stack, *names: str, every: float = 0.2) -> Any:
     """Poll `check` until it returns something truthy; fail with the named logs after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {seconds:.0f}s{logs(stack, *names)}")
-        time.sleep(every)
+    try:
+        return wait_until(what, check, seconds, every)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{logs(stack, *names)}") from None
 
 
 def batch(stack: Stack, batch_id: str) -> dict | None:
@@ -149,12 +144,8 @@ def sigkill_group(stack: Stack, process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def module_db() -> Iterator[str]:
-    name, url = create_database()
-    try:
-        migrate(url)
+    with migrated_database() as url:
         yield url
-    finally:
-        drop_database(name)
 
 
 @pytest.fixture(scope="module")
