@@ -27,6 +27,8 @@ from tests.support import free_port, stop_process_group, wait_for_http
 
 STARTUP_SECONDS = 60.0
 NO_PERSISTENCE = ("--save", "", "--appendonly", "no", "--daemonize", "no")
+# What the compose file runs, but fsync on every write so a test's kill -9 loses nothing by timing.
+APPEND_ONLY = ("--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no")
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
@@ -34,9 +36,10 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 
 class RedisServer:
-    """`redis-server` on a free 127.0.0.1 port, without persistence; crash it and start it again."""
+    """`redis-server` on a free 127.0.0.1 port, without persistence unless asked; crash it and start it again."""
 
-    def __init__(self) -> None:
+    def __init__(self, append_only: bool = False) -> None:
+        self.append_only = append_only
         self.root = Path(tempfile.mkdtemp(prefix="ctb-redis-"))
         self.port = free_port()
         self.log = self.root / "redis.log"
@@ -54,7 +57,8 @@ class RedisServer:
     @property
     def command(self) -> list[str]:
         port, folder = str(self.port), str(self.root)
-        return ["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", folder, *NO_PERSISTENCE]
+        persistence = APPEND_ONLY if self.append_only else NO_PERSISTENCE
+        return ["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", folder, *persistence]
 
     def start(self) -> None:
         with open(self.log, "ab") as log:

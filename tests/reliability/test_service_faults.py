@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
+import redis
 from celery import states
 
 from tests.reliability.services import MlflowServer, PostgresServer, RedisServer, run_measured
@@ -200,6 +201,38 @@ def copy_backend(pg: PostgresServer, batch_id: str, seconds: float = 60) -> int:
 
 def retry_errors(log: str, task_id: str) -> list[str]:
     return re.findall(rf"\[{re.escape(task_id)}\] retry: Retry in [0-9.]+s: (\w+\(.{{0,150}})", log)
+
+
+@pytest.mark.parametrize(("append_only", "survives"), [(True, True), (False, False)])
+def test_queued_batch_survives_a_redis_crash_only_with_append_only_persistence(
+    make_stack, fresh_pg_url, append_only, survives
+):
+    """A batch waits in the queue (no worker yet) when redis-server is killed -9 and restarted.
+    With append-only persistence (as the compose file runs Redis) it is still there and a worker
+    then writes it; without (as this machine's Redis runs) it is gone."""
+    with RedisServer(append_only=append_only) as broker:
+        stack = make_stack(fresh_pg_url, CELERY_BROKER_URL=broker.url(0), CELERY_RESULT_BACKEND=broker.url(1))
+        release(stack)  # this stack runs on our own Redis
+        try:
+            with logs_on_failure(stack, broker.log):
+                done = stack.cli("dispatch", "--rides", "60")
+                assert done.returncode == 0, done.stderr
+                batch_id = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("batch "))
+                queue = redis.Redis.from_url(broker.url(0))
+                assert queue.llen("celery") == 1
+                broker.crash()
+                broker.start()
+                assert queue.llen("celery") == (1 if survives else 0)
+                stack.start_worker("aof", concurrency=1)
+                if survives:
+                    wait_until("the queued batch written after the restart", lambda: batch_run(stack, batch_id), 60)
+                    wait_until("the batch to succeed", lambda: batch_run(stack, batch_id)["status"] == "succeeded", 60)
+                    assert batch_run(stack, batch_id)["rows_written"] == 60
+                else:
+                    time.sleep(3)  # a worker that had anything to run would have started it by now
+                    assert batch_run(stack, batch_id) is None
+        finally:
+            release(stack)
 
 
 def test_postgres_crash_mid_batch_retries_with_backoff_and_writes_once(make_stack):
