@@ -20,6 +20,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
 REAL_SAMPLE = SHARED_DATA / "chicago_taxi_trips_2013_2014.csv"
 
+# One clean trip as the city's export spells it (portal column names), for hand-made data files.
+REAL_TRIP_ROW = {
+    "trip_start_timestamp": "2013-06-01T12:15:00",
+    "trip_seconds": 600,
+    "trip_miles": 2.0,
+    "pickup_community_area": 8,
+    "dropoff_community_area": 32,
+    "fare": 9.45,
+}
+
 
 def wait_until(what: str, check: Callable[[], Any], seconds: float, every: float = 0.25) -> Any:
     """Poll `check` until it returns something truthy; fail naming `what` after `seconds`."""

@@ -11,21 +11,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.support import REPO_ROOT, unique_model_name
+from tests.support import REAL_TRIP_ROW, REPO_ROOT, unique_model_name
 from worker.cleaning import REQUIRED_COLUMNS
 
 pytestmark = pytest.mark.integration
 
 CLI_TIMEOUT_SECONDS = 300  # a safety net against hangs, not a performance assertion
-
-GOOD_ROW = {
-    "trip_start_timestamp": "2013-06-01T12:15:00",
-    "trip_seconds": 600,
-    "trip_miles": 2.0,
-    "pickup_community_area": 8,
-    "dropoff_community_area": 32,
-    "fare": 9.45,
-}
 
 
 def run_train(tracking_uri: str, model_name: str, local_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -65,13 +56,13 @@ def _empty(tmp: Path) -> Path:
 
 def _header_only(tmp: Path) -> Path:
     path = tmp / "header-only.csv"
-    path.write_text(",".join(GOOD_ROW) + "\n")
+    path.write_text(",".join(REAL_TRIP_ROW) + "\n")
     return path
 
 
 def _missing_column(tmp: Path) -> Path:
     path = tmp / "no-fare.csv"
-    pd.DataFrame([GOOD_ROW] * 3).drop(columns=["fare"]).to_csv(path, index=False)
+    pd.DataFrame([REAL_TRIP_ROW] * 3).drop(columns=["fare"]).to_csv(path, index=False)
     return path
 
 
@@ -83,7 +74,11 @@ def _wrong_columns(tmp: Path) -> Path:
 
 def _no_usable_rows(tmp: Path) -> Path:
     path = tmp / "useless.csv"
-    rows = [dict(GOOD_ROW, trip_miles=0.0), dict(GOOD_ROW, trip_seconds=0), dict(GOOD_ROW, pickup_community_area="")]
+    rows = [
+        dict(REAL_TRIP_ROW, trip_miles=0.0),
+        dict(REAL_TRIP_ROW, trip_seconds=0),
+        dict(REAL_TRIP_ROW, pickup_community_area=""),
+    ]
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support import REAL_TRIP_ROW
 from worker.cleaning import (
     CLEANING_RULES,
     REQUIRED_COLUMNS,
@@ -17,16 +18,7 @@ from worker.cleaning import (
     read_table,
 )
 
-GOOD = {
-    "trip_start_timestamp": "2013-06-01T12:15:00",
-    "trip_seconds": 600,
-    "trip_miles": 2.0,
-    "pickup_community_area": 8,
-    "dropoff_community_area": 32,
-    "fare": 9.45,
-    "tips": 2.0,
-    "payment_type": "Credit Card",
-}
+GOOD = {**REAL_TRIP_ROW, "tips": 2.0, "payment_type": "Credit Card"}
 
 
 def trips(*changes: dict) -> pd.DataFrame:
