@@ -210,3 +210,21 @@ def test_model_trained_on_generated_rides_predicts_real_trips(make_settings, rea
     assert evaluation.mae_minutes <= MAX_REAL_MAE_MINUTES
     assert evaluation.mae_minutes < evaluation.median_baseline_mae_minutes / 2
     assert 0 < evaluation.model_megabytes <= MAX_MODEL_MEGABYTES
+
+
+def test_legacy_stage_uri_serves_the_version_in_that_stage(make_settings):
+    """README: MODEL_URI=models:/NAME/Production still works (stages are deprecated in MLflow)."""
+    from worker.registry import ModelCache, find_version
+
+    settings = make_settings()
+    small = ForestParams(n_estimators=3, max_depth=6, min_samples_leaf=10)
+    first = train_and_register(settings, rides=3000, seed=1, params=small)
+    second = train_and_register(settings, rides=3000, seed=2, params=small, force=True)
+    client = client_for(settings)
+    client.transition_model_version_stage(settings.MODEL_NAME, first.version, "Production")
+
+    legacy = make_settings(MODEL_NAME=settings.MODEL_NAME, MODEL_URI=f"models:/{settings.MODEL_NAME}/Production")
+    assert find_version(client, legacy.model_uri) == (settings.MODEL_NAME, first.version)
+    assert ModelCache(legacy).get().version == first.version != second.version  # not the alias's version
+    empty = make_settings(MODEL_NAME=settings.MODEL_NAME, MODEL_URI=f"models:/{settings.MODEL_NAME}/Staging")
+    assert find_version(client, empty.model_uri) is None

@@ -98,3 +98,19 @@ def test_flower_config_follows_the_settings(tmp_path):
     env = {**base, "FLOWER_BASIC_AUTH": "ops:pw1,viewer:pw2", "FLOWER_PORT": "5601"}
     secured = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert secured.stdout.strip() == "127.0.0.1 5601 ['ops:pw1', 'viewer:pw2']", secured.stderr
+
+
+def test_mlflow_client_retries_are_bounded_unless_the_user_set_them(tmp_path):
+    """README: MLflow's ~4-minute retry of an unreachable server is cut to 2 tries, 20 s each,
+    unless MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT are set."""
+    script = (
+        "import os; from worker.registry import configure_mlflow; from worker.settings import Settings; "
+        "configure_mlflow(Settings()); "
+        "print(os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'])"
+    )
+    base = {"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path)}
+    ours = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=base, capture_output=True, text=True)
+    assert ours.stdout.split() == ["2", "20"], ours.stderr
+    env = {**base, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5"}
+    theirs = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert theirs.stdout.split() == ["5", "20"], theirs.stderr
