@@ -22,7 +22,7 @@ from tests.support import REAL_SAMPLE, free_port, stop_process_group, unique_mod
 from worker.settings import Settings
 
 if TYPE_CHECKING:  # training imports mlflow and scikit-learn; unit tests should not pay for that
-    from worker.training import TrainResult
+    from worker.model.training import TrainResult
 
 __all__ = ["free_port", "unique_model_name"]
 
@@ -108,7 +108,7 @@ def trained_model(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) 
     Its MODEL_NAME has exactly one version (1) under MODEL_ALIAS; tests must not register
     or move the alias on this name (train on a make_settings() name of their own instead).
     """
-    from worker.training import ForestParams, train_and_register
+    from worker.model.training import ForestParams, train_and_register
 
     settings = Settings(
         MLFLOW_TRACKING_URI=mlflow_server,

@@ -22,7 +22,7 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 
 from tests.support import REPO_ROOT, stop_process_group
-from worker.database import migrate
+from worker.store.database import migrate
 
 PG_ADMIN = dict(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
 REDIS_HOST = "127.0.0.1"

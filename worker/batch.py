@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from worker.registry import LoadedModel
-from worker.rides import RIDE_COLUMNS, Window, generate_rides
-from worker.storage import PREDICTION_COLUMNS, ChunkWrite, write_chunk
+from worker.model.registry import LoadedModel
+from worker.rides.generator import RIDE_COLUMNS, Window, generate_rides
+from worker.store.writes import PREDICTION_COLUMNS, ChunkWrite, write_chunk
 
 
 @dataclass

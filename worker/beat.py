@@ -65,7 +65,7 @@ def _stamp_slot(sender: str | None = None, body: object = None, **_: object) -> 
 
 def slot_window(slot: str, interval_seconds: float) -> tuple[datetime, datetime]:
     """The Chicago-local [start, end) whose rides a slot's batch generates: the interval before it."""
-    from worker.rides import CHICAGO
+    from worker.rides.generator import CHICAGO
 
     end = datetime.fromisoformat(slot).astimezone(CHICAGO).replace(tzinfo=None)
     return end - timedelta(seconds=interval_seconds), end

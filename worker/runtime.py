@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from worker.database import get_engine, reset_engines
-from worker.registry import LoadedModel, ModelCache
+from worker.model.registry import LoadedModel, ModelCache
 from worker.settings import get_settings
+from worker.store.database import get_engine, reset_engines
 
 _model_cache: ModelCache | None = None
 

@@ -16,14 +16,15 @@ from celery import Task, group
 from celery.signals import task_revoked
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from worker import batch, runtime, storage
+from worker import batch, runtime
 from worker.beat import RUN_BATCH, slot_window
 from worker.celery_app import app
-from worker.database import ensure_schema
-from worker.registry import ModelUnavailable
-from worker.rides import Window, chicago_now, expected_rides
-from worker.scoring import BadRequest, records_to_frame, validate_rides
+from worker.model.registry import ModelUnavailable
+from worker.rides.generator import Window, chicago_now, expected_rides
+from worker.rides.validation import BadRequest, records_to_frame, validate_rides
 from worker.settings import get_settings
+from worker.store import writes as storage
+from worker.store.database import ensure_schema
 
 log = logging.getLogger(__name__)
 

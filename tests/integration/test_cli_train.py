@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.support import REAL_TRIP_ROW, REPO_ROOT, unique_model_name
-from worker.cleaning import REQUIRED_COLUMNS
+from worker.rides.cleaning import REQUIRED_COLUMNS
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.stack import CELERY
 from tests.support import REPO_ROOT
-from worker.training import ForestParams, train_and_register
+from worker.model.training import ForestParams, train_and_register
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from worker.cleaning import DataError
-from worker.evaluation import evaluate_production
-from worker.registry import configure_mlflow, load_version
-from worker.rides import RIDE_COLUMNS
-from worker.training import ForestParams, train_and_register
+from worker.model.evaluation import evaluate_production
+from worker.model.registry import configure_mlflow, load_version
+from worker.model.training import ForestParams, train_and_register
+from worker.rides.cleaning import DataError
+from worker.rides.generator import RIDE_COLUMNS
 
 pytestmark = pytest.mark.integration
 
@@ -214,7 +214,7 @@ def test_model_trained_on_generated_rides_predicts_real_trips(make_settings, rea
 
 def test_legacy_stage_uri_serves_the_version_in_that_stage(make_settings):
     """README: MODEL_URI=models:/NAME/Production still works (stages are deprecated in MLflow)."""
-    from worker.registry import ModelCache, find_version
+    from worker.model.registry import ModelCache, find_version
 
     settings = make_settings()
     small = ForestParams(n_estimators=3, max_depth=6, min_samples_leaf=10)

@@ -27,8 +27,8 @@ from celery import states
 
 from tests.reliability.services import MlflowServer, PostgresServer, RedisServer, run_measured
 from tests.support import REPO_ROOT, unique_model_name, wait_until
-from worker.database import get_engine, migrate
 from worker.settings import Settings
+from worker.store.database import get_engine, migrate
 
 pytestmark = pytest.mark.reliability
 
@@ -313,7 +313,7 @@ def test_postgres_crash_mid_batch_retries_with_backoff_and_writes_once(make_stac
 @pytest.fixture(scope="module")
 def own_registry(tmp_path_factory) -> Iterator[tuple[MlflowServer, Settings, str]]:
     """Our own MLflow server with one small model registered under @production."""
-    from worker.training import ForestParams, train_and_register
+    from worker.model.training import ForestParams, train_and_register
 
     with MlflowServer() as server:
         settings = Settings(

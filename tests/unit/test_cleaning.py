@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.support import REAL_TRIP_ROW
-from worker.cleaning import (
+from worker.rides.cleaning import (
     CLEANING_RULES,
     REQUIRED_COLUMNS,
     DataError,

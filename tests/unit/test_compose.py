@@ -458,7 +458,7 @@ def test_dockerignore_sends_only_the_app(tmp_path: Path) -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     runtime = {"requirements.txt", "beat_schedule.py", "flowerconfig.py"}
     wanted = [name for name in tracked if name.startswith("worker/") or name in runtime]
-    assert "worker/migrations/versions/0001_initial.py" in wanted and "worker/calibration.json" in wanted
+    assert "worker/store/migrations/versions/0001_initial.py" in wanted and "worker/rides/calibration.json" in wanted
     unwanted = [name for name in tracked if name.startswith("tests/")] + [
         ".env",
         "worker/.env",

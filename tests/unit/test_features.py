@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import RandomForestRegressor
 
-from worker.features import FEATURE_NAMES, MISSING, build_features, feature_pipeline
-from worker.geography import DISTANCE_MATRIX
-from worker.rides import RIDE_COLUMNS, generate_rides
+from worker.model.features import FEATURE_NAMES, MISSING, build_features, feature_pipeline
+from worker.rides.generator import RIDE_COLUMNS, generate_rides
+from worker.rides.geography import DISTANCE_MATRIX
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from worker.geography import (
+from worker.rides.geography import (
     AIRPORT_AREAS,
     AREA_IDS,
     AREA_NAMES,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.meter import FLAG_PULL, INCREMENT, PER_MILE, PER_MINUTE, meter_fare
+from worker.rides.meter import FLAG_PULL, INCREMENT, PER_MILE, PER_MINUTE, meter_fare
 
 
 def fare(miles: float, minutes: float) -> float:

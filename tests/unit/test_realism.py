@@ -33,10 +33,10 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp, wasserstein_distance
 
-from worker.cleaning import load_real_trips
-from worker.geography import N_AREAS
-from worker.meter import FLAG_PULL, PER_MILE
-from worker.rides import generate_rides
+from worker.rides.cleaning import load_real_trips
+from worker.rides.generator import generate_rides
+from worker.rides.geography import N_AREAS
+from worker.rides.meter import FLAG_PULL, PER_MILE
 
 SEED = 42
 SEEDS = (42, 7)

@@ -8,10 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from worker.cleaning import clean_trips
-from worker.geography import N_AREAS
-from worker.meter import FLAG_PULL, INCREMENT
-from worker.rides import GENERATED_COLUMNS, RIDE_COLUMNS, Window, expected_rides, generate_rides, recent_window
+from worker.rides.cleaning import clean_trips
+from worker.rides.generator import (
+    GENERATED_COLUMNS,
+    RIDE_COLUMNS,
+    Window,
+    expected_rides,
+    generate_rides,
+    recent_window,
+)
+from worker.rides.geography import N_AREAS
+from worker.rides.meter import FLAG_PULL, INCREMENT
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from worker.scoring import BadRequest, records_to_frame, to_records, validate_rides
+from worker.rides.validation import BadRequest, records_to_frame, to_records, validate_rides
 
 GOOD = {
     "pickup_community_area": "8",

@@ -104,7 +104,7 @@ def test_mlflow_client_retries_are_bounded_unless_the_user_set_them(tmp_path):
     """README: MLflow's ~4-minute retry of an unreachable server is cut to 2 tries, 20 s each,
     unless MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT are set."""
     script = (
-        "import os; from worker.registry import configure_mlflow; from worker.settings import Settings; "
+        "import os; from worker.model.registry import configure_mlflow; from worker.settings import Settings; "
         "configure_mlflow(Settings()); "
         "print(os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'])"
     )

@@ -20,10 +20,10 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.metrics import mean_absolute_error, root_mean_squared_error
 from sklearn.model_selection import train_test_split
 
-from worker.cleaning import CleaningReport, load_real_trips
-from worker.features import feature_pipeline
-from worker.registry import configure_mlflow, ensure_experiment, find_version, load_version
-from worker.rides import RIDE_COLUMNS, generate_rides
+from worker.model.features import feature_pipeline
+from worker.model.registry import configure_mlflow, ensure_experiment, find_version, load_version
+from worker.rides.cleaning import CleaningReport, load_real_trips
+from worker.rides.generator import RIDE_COLUMNS, generate_rides
 from worker.settings import Settings
 
 TARGET = "trip_minutes"

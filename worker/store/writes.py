@@ -25,8 +25,8 @@ from sqlalchemy import Connection, Engine, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from worker.rides import RIDE_COLUMNS
-from worker.schema import batch_chunks, batch_runs, ride_predictions
+from worker.rides.generator import RIDE_COLUMNS
+from worker.store.schema import batch_chunks, batch_runs, ride_predictions
 
 log = logging.getLogger(__name__)
 

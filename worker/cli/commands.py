@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from worker.cleaning import DataError
-from worker.launcher import PortTaken
-from worker.scoring import BadRequest
+from worker.cli.launcher import PortTaken
+from worker.rides.cleaning import DataError
+from worker.rides.validation import BadRequest
 from worker.settings import Settings, SettingsError, get_settings, hide_passwords, redact
 
 # Errors that mean a service is down or refusing, by class path, so that catching them does not
@@ -23,8 +23,8 @@ UNREACHABLE = {
     "kombu.exceptions.OperationalError",
     "mlflow.exceptions.MlflowException",
     "sqlalchemy.exc.DBAPIError",
-    "worker.registry.ModelUnavailable",
-    "worker.database.SchemaMissing",
+    "worker.model.registry.ModelUnavailable",
+    "worker.store.database.SchemaMissing",
     "builtins.ConnectionError",
     "builtins.TimeoutError",
 }
@@ -59,7 +59,7 @@ def _seed(text: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.training import ForestParams, train_and_register
+    from worker.model.training import ForestParams, train_and_register
 
     params = ForestParams(n_estimators=args.trees, max_depth=args.max_depth, min_samples_leaf=args.min_samples_leaf)
     result = train_and_register(
@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.evaluation import evaluate_production
+    from worker.model.evaluation import evaluate_production
 
     result = evaluate_production(settings, args.data)
     if args.json:
@@ -91,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.calibration import CALIBRATION_PATH, calibrate
+    from worker.rides.calibration import CALIBRATION_PATH, calibrate
 
     params = calibrate(args.data)
     print(f"fitted {CALIBRATION_PATH} from {params['source_rows']} cleaned trips ({args.data})")
@@ -99,7 +99,7 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.database import migrate
+    from worker.store.database import migrate
 
     migrate(settings.database_url)
     print(f"database schema is up to date ({redact(settings.database_url)})")
@@ -108,8 +108,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     """Migrate, and register a first model if the registry has none; safe to run again."""
-    from worker.registry import configure_mlflow, find_version
-    from worker.training import train_and_register
+    from worker.model.registry import configure_mlflow, find_version
+    from worker.model.training import train_and_register
 
     cmd_migrate(args, settings)
     found = find_version(configure_mlflow(settings), settings.model_uri)
@@ -128,7 +128,7 @@ def check_request_size(rides: int, settings: Settings) -> None:
 
 
 def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.dispatching import dispatch_batch, wait_for_batch
+    from worker.cli.dispatching import dispatch_batch, wait_for_batch
 
     check_request_size(args.rides, settings)
     task_id, batch_id = dispatch_batch(args.rides, args.seed)
@@ -140,7 +140,7 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.dispatching import dispatch_file, wait_for_batch
+    from worker.cli.dispatching import dispatch_file, wait_for_batch
 
     outcome = dispatch_file(settings, args.path, skip_invalid=args.skip_invalid)
     for row, reason in outcome.errors_shown:
@@ -161,7 +161,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.status import collect_status
+    from worker.cli.status import collect_status
 
     report = collect_status(settings)
     if args.json:
@@ -185,14 +185,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.bench import run_bench
+    from worker.cli.bench import run_bench
 
     run_bench(settings, args.sizes, args.repeat, args.latency_runs, with_worker=not args.no_worker)
     return 0
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.launcher import run_everything
+    from worker.cli.launcher import run_everything
 
     return run_everything(settings, first_model_rides=args.first_model_rides)
 

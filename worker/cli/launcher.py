@@ -63,9 +63,9 @@ def _stop_all(children: list[tuple[str, subprocess.Popen]]) -> None:
 
 
 def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
-    from worker.cli import cmd_init
-    from worker.dispatching import dispatch_batch, wait_for_batch
-    from worker.rides import chicago_now, expected_rides
+    from worker.cli.commands import cmd_init
+    from worker.cli.dispatching import dispatch_batch, wait_for_batch
+    from worker.rides.generator import chicago_now, expected_rides
 
     check_port_free(settings.FLOWER_ADDRESS, settings.FLOWER_PORT, "FLOWER_PORT")
     cmd_init(argparse.Namespace(rides=first_model_rides), settings)

@@ -1,8 +1,8 @@
-"""Alembic environment: runs against the URL worker.database passes in."""
+"""Alembic environment: runs against the URL worker.store.database passes in."""
 
 from alembic import context
 
-from worker.schema import metadata
+from worker.store.schema import metadata
 
 config = context.config
 connection = config.attributes.get("connection")

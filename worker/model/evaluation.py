@@ -15,9 +15,9 @@ import mlflow
 import numpy as np
 from sklearn.metrics import mean_absolute_error
 
-from worker.cleaning import load_real_trips
-from worker.registry import configure_mlflow, resolve_version
-from worker.rides import RIDE_COLUMNS
+from worker.model.registry import configure_mlflow, resolve_version
+from worker.rides.cleaning import load_real_trips
+from worker.rides.generator import RIDE_COLUMNS
 from worker.settings import Settings
 
 

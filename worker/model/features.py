@@ -12,8 +12,8 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from worker.geography import AIRPORT_AREAS, DISTANCE_MATRIX, N_AREAS
-from worker.meter import FLAG_PULL, PER_MILE, PER_MINUTE
+from worker.rides.geography import AIRPORT_AREAS, DISTANCE_MATRIX, N_AREAS
+from worker.rides.meter import FLAG_PULL, PER_MILE, PER_MINUTE
 
 MISSING = -1.0
 

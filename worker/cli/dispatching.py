@@ -45,7 +45,8 @@ def _validated_chunks(path: str | Path, rows_per_chunk: int):
     """Validated chunks of the file; a trip_id seen in an earlier chunk makes the row invalid too.
 
     Both passes of dispatch_file call this, so they refuse and keep exactly the same rows."""
-    from worker.scoring import iter_file, validate_rides
+    from worker.cli.file_reader import iter_file
+    from worker.rides.validation import validate_rides
 
     first = 1
     seen: set[str] = set()
@@ -65,8 +66,8 @@ def _validated_chunks(path: str | Path, rows_per_chunk: int):
 def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> FileDispatch:
     """Validate the whole file first (streaming), then send its valid rides in chunks."""
     from worker.celery_app import app
-    from worker.cli import UsageError
-    from worker.scoring import to_records
+    from worker.cli.commands import UsageError
+    from worker.rides.validation import to_records
 
     size = Path(path).stat().st_size if Path(path).is_file() else 0
     limit = settings.MAX_RIDES_PER_REQUEST * MAX_BYTES_PER_ROW
@@ -123,8 +124,8 @@ def wait_for_batch(settings: Settings, batch_id: str, task_id: str | None, timeo
     """Print progress until the batch is written or failed; exit code 0 only on success."""
     from celery.result import AsyncResult
 
-    from worker import storage
-    from worker.database import get_engine
+    from worker.store import writes as storage
+    from worker.store.database import get_engine
 
     engine = get_engine(settings.database_url)
     deadline = time.monotonic() + timeout

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from worker.calibration import load_calibration
-from worker.geography import DISTANCE_MATRIX, N_AREAS
-from worker.meter import meter_fare
+from worker.rides.calibration import load_calibration
+from worker.rides.geography import DISTANCE_MATRIX, N_AREAS
+from worker.rides.meter import meter_fare
 
 CHICAGO = ZoneInfo("America/Chicago")
 

@@ -21,10 +21,10 @@ def _check(settings: Settings, probe: Callable[[], dict[str, Any]]) -> dict[str,
 def collect_status(settings: Settings) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from worker import storage
     from worker.celery_app import app
-    from worker.database import get_engine, schema_ready
-    from worker.registry import configure_mlflow, resolve_version
+    from worker.model.registry import configure_mlflow, resolve_version
+    from worker.store import writes as storage
+    from worker.store.database import get_engine, schema_ready
 
     def broker() -> dict[str, Any]:
         with app.connection_for_write() as conn:

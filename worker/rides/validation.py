@@ -1,31 +1,20 @@
 """Validating rides that users bring (a file, or the `rides` list of score_rides).
 
 Every row is checked before anything is written, and each refused row is
-reported with its row number and reasons. Files are read in bounded chunks
-so a huge file never sits in memory whole.
+reported with its row number and reasons.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
-from worker.cleaning import DataError, readable_file
-from worker.geography import N_AREAS
+from worker.rides.geography import N_AREAS
 
 REQUIRED = ("pickup_community_area", "dropoff_community_area", "trip_start_timestamp", "fare", "trip_miles")
-READ_CHUNK_ROWS = 50_000
-# A ride is ~130 bytes of CSV. pandas holds a whole line in memory before it can split it, so a
-# file of one giant line (a 300 MB field passes the file-size check) would sit in memory entire,
-# several times over; such a line is refused as soon as it passes this length.
-MAX_LINE_BYTES = 1 << 16
 
 
 class BadRequest(ValueError):
@@ -117,50 +106,6 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
     bad = np.array([bool(p) for p in problems], dtype=bool)  # dtype: an empty chunk is float64 otherwise
     errors = [(first_row + int(i), "; ".join(problems[i])) for i in np.flatnonzero(bad)]
     return Validation(out[~bad], errors)  # index = row position in `frame`
-
-
-class _LineBoundedFile:
-    """A binary file for pandas' CSV reader that refuses any line longer than MAX_LINE_BYTES."""
-
-    def __init__(self, handle: BinaryIO, path: Path) -> None:
-        self._handle = handle
-        self._path = path
-        self._line = 1  # the line the next byte belongs to (the header is line 1)
-        self._open = 0  # bytes of that line already read
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._handle.read(size if size and size > 0 else 1 << 18)
-        lengths = [len(part) for part in data.split(b"\n")]
-        lengths[0] += self._open
-        for offset, length in enumerate(lengths):
-            if length > MAX_LINE_BYTES:
-                raise DataError(
-                    f"{self._path}: line {self._line + offset} is longer than {MAX_LINE_BYTES} bytes; "
-                    "a ride is one short line of CSV"
-                )
-        self._line += len(lengths) - 1
-        self._open = lengths[-1]
-        return data
-
-    def __iter__(self) -> Iterator[bytes]:  # pandas takes only objects with read and __iter__ for files
-        return iter(self.read, b"")
-
-
-def iter_file(path: str | Path, rows_per_chunk: int = READ_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """The file's rows in chunks of at most `rows_per_chunk`, as strings, so validation sees them raw."""
-    path, kind = readable_file(path)
-    try:
-        if kind == "parquet":
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_chunk):
-                yield batch.to_pandas()
-        else:
-            with open(path, "rb") as handle:
-                bounded = _LineBoundedFile(handle, path)
-                yield from pd.read_csv(bounded, dtype=str, keep_default_na=False, chunksize=rows_per_chunk)
-    except (DataError, BadRequest):
-        raise
-    except Exception as exc:  # parser errors come in many types
-        raise DataError(f"{path}: cannot be read: {exc}") from exc
 
 
 def to_records(frame: pd.DataFrame) -> list[dict]:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from worker.cleaning import clean_trips, read_table
-from worker.geography import N_AREAS, centroid_distance_miles
-from worker.meter import FLAG_PULL, PER_MILE, PER_MINUTE
+from worker.rides.cleaning import clean_trips, read_table
+from worker.rides.geography import N_AREAS, centroid_distance_miles
+from worker.rides.meter import FLAG_PULL, PER_MILE, PER_MINUTE
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
 

@@ -24,7 +24,7 @@ from worker.settings import REPO_ROOT, Settings
 
 
 def _cleanup(engine, batch_ids: list[str]) -> None:
-    from worker.schema import batch_chunks, batch_runs, ride_predictions
+    from worker.store.schema import batch_chunks, batch_runs, ride_predictions
 
     with engine.begin() as conn:
         for table in (ride_predictions, batch_chunks, batch_runs):
@@ -32,8 +32,9 @@ def _cleanup(engine, batch_ids: list[str]) -> None:
 
 
 def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]:
-    from worker import batch, runtime, storage
-    from worker.rides import recent_window
+    from worker import batch, runtime
+    from worker.rides.generator import recent_window
+    from worker.store import writes as storage
 
     engine = runtime.engine()
     model = runtime.model()
@@ -68,8 +69,9 @@ def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]
 
 
 def worker_bench(settings: Settings, latency_runs: int, big: int) -> dict:
-    from worker import runtime, storage
-    from worker.dispatching import dispatch_batch
+    from worker import runtime
+    from worker.cli.dispatching import dispatch_batch
+    from worker.store import writes as storage
 
     engine = runtime.engine()
     log_path = settings.LOCAL_DIR / "bench-worker.log"
@@ -133,7 +135,7 @@ def worker_bench(settings: Settings, latency_runs: int, big: int) -> dict:
 
 
 def run_bench(settings: Settings, sizes: list[int], repeat: int, latency_runs: int, with_worker: bool) -> None:
-    from worker.database import migrate
+    from worker.store.database import migrate
 
     migrate(settings.database_url)
     print(

@@ -1,0 +1,1 @@
+"""Watching the predictions after they are written: drift, live accuracy and the data behind the report."""

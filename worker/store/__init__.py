@@ -1,0 +1,1 @@
+"""PostgreSQL (or SQLite): the engine and schema check, the tables and their Alembic migrations, and the exactly-once writes."""
