@@ -36,9 +36,10 @@ test-reliability: $(STAMP) ## fault-injection tests with real processes (kills, 
 bench: $(STAMP) ## throughput and latency benchmark against the configured Redis and PostgreSQL
 	$(PY) -m worker bench
 
-lint: $(STAMP) ## ruff: lint, import order and formatting
+lint: $(STAMP) ## ruff (lint, import order, formatting) and the import-linter contracts (rooms import one way)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -23,7 +23,7 @@ from worker.model.registry import ModelUnavailable
 from worker.rides.generator import Window, chicago_now, expected_rides
 from worker.rides.validation import BadRequest, records_to_frame, validate_rides
 from worker.settings import get_settings
-from worker.store import writes as storage
+from worker.store import writes
 from worker.store.database import ensure_schema
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) ->
     else:
         batch_id = given_batch_id(kwargs.get("batch_id"), task_id)
     try:
-        storage.mark_batch(runtime.engine(), batch_id, status, error[:2000])
+        writes.mark_batch(runtime.engine(), batch_id, status, error[:2000])
     except Exception as mark_error:  # the database may be the thing that is down
         log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
 
@@ -141,7 +141,7 @@ def run_batch(
 
     engine = runtime.engine()
     ensure_schema(engine)
-    row = storage.start_batch(
+    row = writes.start_batch(
         engine,
         batch_id=batch_id,
         trigger="schedule" if slot else "adhoc",
@@ -179,7 +179,7 @@ def run_batch(
             result.model_name,
             result.model_version,
         )
-    return summary(storage.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
+    return summary(writes.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
 
 
 @app.task(bind=True, base=PipelineTask, name="worker.tasks.predict_chunk")
@@ -222,7 +222,7 @@ def score_rides(
     batch_id = given_batch_id(batch_id, self.request.id)
     engine = runtime.engine()
     ensure_schema(engine)
-    row = storage.start_batch(
+    row = writes.start_batch(
         engine,
         batch_id=batch_id,
         trigger="file" if chunks_total > 1 or rides_total else "adhoc",
@@ -240,7 +240,7 @@ def score_rides(
         generated = batch.trip_ids(batch_id, chunk_index, len(valid))
         valid.loc[missing_ids, "trip_id"] = generated[missing_ids]
     result = batch.predict_and_write(engine, runtime.model(), batch_id, chunk_index, valid, {})
-    return summary(storage.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
+    return summary(writes.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
 
 
 def summary(row: dict, started: float, duplicate: bool, chunk: batch.ChunkResult | None = None) -> dict:

@@ -34,7 +34,7 @@ def _cleanup(engine, batch_ids: list[str]) -> None:
 def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]:
     from worker import batch, runtime
     from worker.rides.generator import recent_window
-    from worker.store import writes as storage
+    from worker.store import writes
 
     engine = runtime.engine()
     model = runtime.model()
@@ -43,7 +43,7 @@ def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]
         runs = []
         for attempt in range(repeat + 1):  # the first run warms caches and is not counted
             batch_id = f"bench-{uuid.uuid4()}"
-            storage.start_batch(
+            writes.start_batch(
                 engine,
                 batch_id=batch_id,
                 trigger="adhoc",
@@ -71,7 +71,7 @@ def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]
 def worker_bench(settings: Settings, latency_runs: int, big: int) -> dict:
     from worker import runtime
     from worker.cli.dispatching import dispatch_batch
-    from worker.store import writes as storage
+    from worker.store import writes
 
     engine = runtime.engine()
     log_path = settings.LOCAL_DIR / "bench-worker.log"
@@ -104,7 +104,7 @@ def worker_bench(settings: Settings, latency_runs: int, big: int) -> dict:
         batch_ids.append(batch_id)
         deadline = started + 300
         while time.perf_counter() < deadline:
-            row = storage.get_batch(engine, batch_id)
+            row = writes.get_batch(engine, batch_id)
             if row and row["status"] in ("succeeded", "failed"):
                 if row["status"] == "failed":
                     raise RuntimeError(f"bench batch failed: {row['error']}")

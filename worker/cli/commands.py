@@ -12,10 +12,10 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from worker.cli.launcher import PortTaken
+from worker.cli.errors import PortTaken, UsageError
 from worker.rides.cleaning import DataError
 from worker.rides.validation import BadRequest
-from worker.settings import Settings, SettingsError, get_settings, hide_passwords, redact
+from worker.settings import Settings, SettingsError, get_settings, hide_passwords
 
 # Errors that mean a service is down or refusing, by class path, so that catching them does not
 # import mlflow or SQLAlchemy into commands that never use them.
@@ -32,10 +32,6 @@ UNREACHABLE = {
 
 def is_unreachable(exc: BaseException) -> bool:
     return any(f"{k.__module__}.{k.__qualname__}" in UNREACHABLE for k in type(exc).__mro__)
-
-
-class UsageError(ValueError):
-    """A request the user can fix; printed as one line."""
 
 
 def _positive_int(text: str) -> int:
@@ -99,26 +95,16 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.store.database import migrate
+    from worker.cli.preparation import migrate_database
 
-    migrate(settings.database_url)
-    print(f"database schema is up to date ({redact(settings.database_url)})")
+    migrate_database(settings)
     return 0
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    """Migrate, and register a first model if the registry has none; safe to run again."""
-    from worker.model.registry import configure_mlflow, find_version
-    from worker.model.training import train_and_register
+    from worker.cli.preparation import initialize
 
-    cmd_migrate(args, settings)
-    found = find_version(configure_mlflow(settings), settings.model_uri)
-    if found is not None:
-        print(f"registry already has {found[0]} version {found[1]} at {settings.model_uri}")
-        return 0
-    print(f"no model at {settings.model_uri}; training a first one on generated rides")
-    result = train_and_register(settings, rides=args.rides)
-    print(f"registered {settings.MODEL_NAME} version {result.version} (MAE {result.mae:.3f} min): {result.reason}")
+    initialize(settings, first_model_rides=args.rides)
     return 0
 
 

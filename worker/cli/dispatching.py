@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.beat import RUN_BATCH
+from worker.cli.errors import UsageError
 from worker.settings import Settings
 
 SCORE_RIDES = "worker.tasks.score_rides"
@@ -66,7 +67,6 @@ def _validated_chunks(path: str | Path, rows_per_chunk: int):
 def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> FileDispatch:
     """Validate the whole file first (streaming), then send its valid rides in chunks."""
     from worker.celery_app import app
-    from worker.cli.commands import UsageError
     from worker.rides.validation import to_records
 
     size = Path(path).stat().st_size if Path(path).is_file() else 0
@@ -124,7 +124,7 @@ def wait_for_batch(settings: Settings, batch_id: str, task_id: str | None, timeo
     """Print progress until the batch is written or failed; exit code 0 only on success."""
     from celery.result import AsyncResult
 
-    from worker.store import writes as storage
+    from worker.store import writes
     from worker.store.database import get_engine
 
     engine = get_engine(settings.database_url)
@@ -136,7 +136,7 @@ def wait_for_batch(settings: Settings, batch_id: str, task_id: str | None, timeo
         if result is not None and result.state == "FAILURE":
             print(f"failed: {result.result!r}")
             return 1
-        row = storage.get_batch(engine, batch_id)
+        row = writes.get_batch(engine, batch_id)
         if row is not None:
             line = f"{row['status']}: {row['rows_written']}/{row['rides_requested']} rows, chunk {row['chunks_done']}/{row['chunks_total']}"
             if line != last_line:

@@ -7,7 +7,6 @@ and on Ctrl-C or SIGTERM stops every child it started.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -16,11 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from worker.cli.errors import PortTaken
 from worker.settings import REPO_ROOT, Settings, redact
-
-
-class PortTaken(RuntimeError):
-    pass
 
 
 def check_port_free(address: str, port: int, setting: str) -> None:
@@ -63,12 +59,12 @@ def _stop_all(children: list[tuple[str, subprocess.Popen]]) -> None:
 
 
 def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
-    from worker.cli.commands import cmd_init
     from worker.cli.dispatching import dispatch_batch, wait_for_batch
+    from worker.cli.preparation import initialize
     from worker.rides.generator import chicago_now, expected_rides
 
     check_port_free(settings.FLOWER_ADDRESS, settings.FLOWER_PORT, "FLOWER_PORT")
-    cmd_init(argparse.Namespace(rides=first_model_rides), settings)
+    initialize(settings, first_model_rides)
     logs = settings.LOCAL_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     children: list[tuple[str, subprocess.Popen]] = []

@@ -23,7 +23,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
     from worker.celery_app import app
     from worker.model.registry import configure_mlflow, resolve_version
-    from worker.store import writes as storage
+    from worker.store import writes
     from worker.store.database import get_engine, schema_ready
 
     def broker() -> dict[str, Any]:
@@ -37,7 +37,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         ready = schema_ready(engine)
-        last = storage.last_finished_batch(engine) if ready else None
+        last = writes.last_finished_batch(engine) if ready else None
         return {
             "url": redact(settings.database_url),
             "schema_ready": ready,
