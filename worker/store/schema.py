@@ -1,15 +1,23 @@
-"""The database tables. Alembic migrations (worker/migrations) create and change them.
+"""The database tables. Alembic migrations (worker/store/migrations) create and change them.
 
 `ride_predictions` keeps the original system's columns and meanings, plus lineage.
 `batch_chunks` is the ledger that makes a chunk's write happen once: its key is
 inserted in the same transaction as the chunk's rows, so a redelivered or
 parallel duplicate finds the key taken and writes nothing.
+
+Times: ride and window times are naive Chicago local time, as in the city's
+data; bookkeeping times (`created_at`, `started_at`, `slot`, ...) are UTC.
+The monitoring tables (`ride_outcomes`, `batch_metrics`, `column_drift`,
+`window_metrics`, `window_column_drift`, `daily_accuracy`) are keyed by batch or
+window and model version, never by anything that a retry would change.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     Index,
@@ -63,7 +71,14 @@ batch_runs = Table(
     Column("error", Text),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True)),
+    Column("speed_factor", Float, nullable=False, server_default="1.0", comment="generated speeds x this"),
+    Column("fare_factor", Float, nullable=False, server_default="1.0", comment="meter rates x this"),
+    Column("slot", DateTime(timezone=True), comment="UTC beat slot of a scheduled batch"),
+    Column("model_pinned_by", String(20), comment="alias, fallback, fixed or given: how model_version was chosen"),
     Index("ix_batch_runs_finished_at", "finished_at"),
+    Index("ix_batch_runs_started_at", "started_at"),
+    Index("ix_batch_runs_slot", "slot"),
+    Index("ix_batch_runs_status", "status"),
 )
 
 batch_chunks = Table(
@@ -74,4 +89,106 @@ batch_chunks = Table(
     Column("rows_written", Integer, nullable=False),
     Column("model_version", String(40), nullable=False),
     Column("written_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("hostname", String(255), comment="the worker that wrote the chunk"),
+)
+
+# What actually happened: the true duration, known once the trip ended.
+ride_outcomes = Table(
+    "ride_outcomes",
+    metadata,
+    Column("trip_id", Uuid(as_uuid=False), primary_key=True),
+    Column("actual_duration", Float, nullable=False, comment="minutes"),
+    Column("observed_at", DateTime(timezone=False), nullable=False, comment="Chicago local: trip start + duration"),
+    Column("source", String(20), nullable=False, comment="generated or file"),
+    Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.now(), comment="UTC"),
+    Index("ix_ride_outcomes_observed_at", "observed_at"),
+)
+
+# One row per batch: its predictions, its drift against the reference of the version that
+# scored it, and (once outcomes are observed) its live accuracy.
+batch_metrics = Table(
+    "batch_metrics",
+    metadata,
+    Column("batch_id", String(120), primary_key=True),
+    Column("model_version", String(40)),
+    Column("window_start", DateTime(timezone=False), comment="Chicago local"),
+    Column("window_end", DateTime(timezone=False), comment="Chicago local"),
+    Column("rows", Integer, nullable=False, server_default="0"),
+    Column("prediction_mean", Float),
+    Column("prediction_p10", Float),
+    Column("prediction_p50", Float),
+    Column("prediction_p90", Float),
+    Column("missing_share", Float, comment="share of missing values in the input columns"),
+    Column("columns_checked", Integer, comment="columns counted toward dataset drift"),
+    Column("drifted_columns", Integer),
+    Column("dataset_drift", Boolean),
+    Column("reference", String(80), comment="which reference rows the batch was compared with"),
+    Column("monitor_status", String(20), nullable=False, comment="ok, no_reference, waiting or failed"),
+    Column("monitor_error", Text),
+    Column("monitored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("outcomes", Integer, comment="rides whose true duration is known"),
+    Column("mae", Float, comment="minutes"),
+    Column("rmse", Float, comment="minutes"),
+    Column("bias", Float, comment="mean(predicted - actual), minutes"),
+    Column("quality_at", DateTime(timezone=True)),
+    Index("ix_batch_metrics_window_end", "window_end"),
+    Index("ix_batch_metrics_monitored_at", "monitored_at"),
+)
+
+column_drift = Table(
+    "column_drift",
+    metadata,
+    Column("batch_id", String(120), primary_key=True),
+    Column("column_name", String(60), primary_key=True),
+    Column("method", String(40), nullable=False, comment="Evidently's name of the test"),
+    Column("score", Float),
+    Column("threshold", Float, nullable=False),
+    Column("drifted", Boolean, nullable=False),
+)
+
+# Rolling windows (a clock hour of scheduled batches, per model version): the like-for-like
+# comparison with enough rides to see a shift that single night slots are too small for.
+window_metrics = Table(
+    "window_metrics",
+    metadata,
+    Column("window_end", DateTime(timezone=False), primary_key=True, comment="Chicago local"),
+    Column("window_minutes", Integer, primary_key=True),
+    Column("model_version", String(40), primary_key=True),
+    Column("window_start", DateTime(timezone=False), nullable=False, comment="Chicago local"),
+    Column("batches", Integer, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("columns_checked", Integer),
+    Column("drifted_columns", Integer),
+    Column("dataset_drift", Boolean),
+    Column("reference", String(80)),
+    Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+window_column_drift = Table(
+    "window_column_drift",
+    metadata,
+    Column("window_end", DateTime(timezone=False), primary_key=True, comment="Chicago local"),
+    Column("window_minutes", Integer, primary_key=True),
+    Column("model_version", String(40), primary_key=True),
+    Column("column_name", String(60), primary_key=True),
+    Column("method", String(40), nullable=False),
+    Column("score", Float),
+    Column("threshold", Float, nullable=False),
+    Column("drifted", Boolean, nullable=False),
+)
+
+# Live accuracy per Chicago-local day of trip start and model version, beside what the version
+# promised (its held-out MAE) and what always guessing the median would have scored.
+daily_accuracy = Table(
+    "daily_accuracy",
+    metadata,
+    Column("day", Date, primary_key=True, comment="Chicago local date of the trips' start"),
+    Column("model_version", String(40), primary_key=True),
+    Column("outcomes", Integer, nullable=False),
+    Column("mae", Float, nullable=False),
+    Column("rmse", Float, nullable=False),
+    Column("bias", Float, nullable=False),
+    Column("baseline_mae", Float, comment="always-the-median baseline on the same rides"),
+    Column("heldout_mae", Float, comment="the version's MAE on held-out rides at training"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
