@@ -34,7 +34,10 @@ from worker.monitor.overview import ACCURACY_MARGIN, MARGIN_CAP, Overview, gaps,
 TIME_LABEL = "Chicago local time (America/Chicago)"
 LEGEND_ROW = 17.0  # points a legend row takes between an axes and its title
 WIDTH = 10.0  # inches; the page scales the SVG to its column
-DENSE = 4000  # marks above which a series is drawn as an embedded image instead of SVG shapes
+DENSE = 1200  # marks above which a series is drawn as an embedded image instead of SVG shapes (a week of slots)
+RASTER_DPI = 150  # resolution of those images
+COORDINATES = re.compile(r'\b(d|x|y|x1|x2|y1|y2|width|height)="([^"]*)"')
+DECIMALS = re.compile(r"(\d\.\d)\d+")
 
 STATUS_COLORS = {"succeeded": "#4a7fb0", "failed": "#d1495b", "running": "#edae49", "retrying": "#edae49"}
 DRIFT_COLOR = "#d1495b"
@@ -75,7 +78,8 @@ STYLE = {
 @dataclass(frozen=True)
 class Chart:
     """One chart of the report: its key (the HTML id), its title, a caption that says how to read
-    it, and either the SVG or, when there is nothing to draw, a sentence saying why."""
+    it, and either the SVG or, when there is nothing to draw, a sentence saying why (commands in
+    `backticks`)."""
 
     key: str
     title: str
@@ -92,14 +96,25 @@ def _style() -> Iterator[None]:
 
 
 def _svg(figure: Figure, key: str, label: str) -> str:
-    """The figure as an SVG element to inline in HTML: no XML prolog, no metadata, ids salted with
-    the chart's key (so two charts never share an id), scaled to the page's width."""
+    """The figure as an SVG element to inline in HTML: no XML prolog, no metadata, every id unique in
+    the page (salted and prefixed with the chart's key), scaled to the page's width."""
     buffer = io.StringIO()
     with matplotlib.rc_context({**STYLE, "svg.hashsalt": key}):
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
+        figure.savefig(buffer, format="svg", metadata={"Date": None}, dpi=RASTER_DPI)
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
+    # A tenth of a point is finer than any screen shows; matplotlib writes six decimals.
+    text = COORDINATES.sub(lambda m: m.group(1) + '="' + DECIMALS.sub(r"\1", m.group(2)) + '"', text)
     text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
+    # matplotlib numbers its groups per figure (figure_1, axes_1, ...): five inline SVGs would repeat
+    # them, so every id not already the chart's own gets the chart's key in front, references too.
+    ids = {name for name in re.findall(r'\bid="([^"]+)"', text) if not name.startswith(f"{key}-")}
+    text = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{key}_{m.group(1)}"' if m.group(1) in ids else m.group(0), text)
+    text = re.sub(
+        r'(url\(#|href="#)([^")]+)',
+        lambda m: f"{m.group(1)}{key}_{m.group(2)}" if m.group(2) in ids else m.group(0),
+        text,
+    )
     text = re.sub(
         r'<svg ([^>]*?)width="[\d.]+pt" height="[\d.]+pt"',
         lambda m: f'<svg {m.group(1)}width="100%" role="img" aria-label="{label}"',
@@ -162,6 +177,25 @@ def _headline(ax: Axes, title: str, handles: list, per_row: int = 5) -> None:
     ax.set_title(title, pad=4 + LEGEND_ROW * rows)
 
 
+def _dots(ax: Axes, x: np.ndarray, y: np.ndarray, drifted: np.ndarray, marker: str, size: float, gid: str) -> None:
+    """Grey dots, and red ones where `drifted`: two marker lines (one shape defined once and reused,
+    the smallest SVG for many points), ids `gid` and `gid-drifted`."""
+    for chosen, color, name in ((~drifted, CALM_COLOR, gid), (drifted, DRIFT_COLOR, f"{gid}-drifted")):
+        if chosen.any():
+            ax.plot(
+                x[chosen],
+                y[chosen],
+                marker,
+                linestyle="",
+                color=color,
+                markersize=size,
+                markeredgewidth=0,
+                alpha=0.8,
+                gid=name,
+                rasterized=_dense(int(chosen.sum())),
+            )
+
+
 def _dense(count: int) -> bool:
     return count > DENSE
 
@@ -194,7 +228,7 @@ def batches_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
             caption,
             None,
             "No batches in this period yet: beat sends one every slot, or "
-            "run python -m worker dispatch --rides 1000 --wait.",
+            "run `python -m worker dispatch --rides 1000 --wait`.",
         )
     with _style():
         figure = Figure(figsize=(WIDTH, 3.4), layout="constrained")
@@ -315,21 +349,18 @@ def predictions_chart(overview: Overview, span: tuple[datetime, datetime]) -> Ch
         if not others.empty:
             x = _num(others["at"])
             mid = others["prediction_p50"].to_numpy(dtype=float)
-            ax.errorbar(
+            ax.vlines(
                 x,
-                mid,
-                yerr=[
-                    mid - others["prediction_p10"].to_numpy(dtype=float),
-                    others["prediction_p90"].to_numpy(dtype=float) - mid,
-                ],
-                fmt="D",
+                others["prediction_p10"].to_numpy(dtype=float),
+                others["prediction_p90"].to_numpy(dtype=float),
                 color="#e07a1f",
-                markersize=4,
-                elinewidth=1.2,
-                capsize=2,
-                gid=f"{key}-adhoc",
+                linewidth=1.4,
+                gid=f"{key}-adhoc-range",
             )
-            handles.append(Line2D([], [], color="#e07a1f", marker="D", markersize=4, label="ad-hoc / file batch"))
+            ax.plot(x, mid, "D", color="#e07a1f", markersize=4.5, gid=f"{key}-adhoc")
+            handles.append(
+                Line2D([], [], color="#e07a1f", marker="D", markersize=4, label="ad-hoc / file batch (10–90 %)")
+            )
         ax.set_ylabel("predicted trip minutes")
         ax.set_ylim(bottom=0)
         _time_axis(ax, span)
@@ -376,7 +407,7 @@ def drift_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
             None,
             "No drift results in this period yet: batches are compared with "
             "the reference of the model version that scored them once they are written (a version "
-            "without a reference gets none: python -m worker reference --version N).",
+            "without a reference gets none: `python -m worker reference --version N`).",
         )
     columns = [*DATASET_COLUMNS, TARGET]
     shown = [c for c in columns if c in set(drift["column_name"]) | set(overview.window_drift["column_name"])]
@@ -409,16 +440,14 @@ def _dataset_panel(
             date2num(window["window_start"]), date2num(window["window_end"]), color=DRIFT_COLOR, alpha=0.12, linewidth=0
         )
     if not batches.empty:
-        drifted = batches["dataset_drift"].eq(True).to_numpy()
-        ax.scatter(
+        _dots(
+            ax,
             _num(batches["at"]),
-            batches["drifted_columns"].astype(float),
-            s=14,
-            c=np.where(drifted, DRIFT_COLOR, CALM_COLOR),
-            alpha=0.75,
-            linewidths=0,
-            gid="drift-dataset-batches",
-            rasterized=_dense(len(batches)),
+            batches["drifted_columns"].to_numpy(dtype=float),
+            batches["dataset_drift"].eq(True).to_numpy(),
+            "o",
+            4.0,
+            "drift-dataset-batches",
         )
     if not windows.empty:
         for version, part in windows.groupby("model_version"):
@@ -467,16 +496,14 @@ def _column_panel(
             chosen = distance == is_distance
             if not chosen.any():
                 continue
-            ax.scatter(
+            _dots(
+                ax,
                 _num(part["at"][chosen]),
                 part["margin"].to_numpy(dtype=float)[chosen].clip(*limits),
-                s=12,
-                marker=marker,
-                c=np.where(drifted[chosen], DRIFT_COLOR, CALM_COLOR),
-                alpha=0.7,
-                linewidths=0,
-                gid=f"{key}-{column}-{'distance' if is_distance else 'pvalue'}",
-                rasterized=_dense(int(chosen.sum())),
+                drifted[chosen],
+                marker,
+                3.8,
+                f"{key}-{column}-{'distance' if is_distance else 'pvalue'}",
             )
     windows = window_drift[window_drift["column_name"] == column].dropna(subset=["margin"])
     for version, rows in windows.groupby("model_version"):
@@ -529,7 +556,7 @@ def accuracy_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart
             None,
             "No outcomes observed in this period yet: a trip's true duration "
             "is known only once it ended; the quality pass (every QUALITY_INTERVAL_SECONDS) fills live "
-            "accuracy then, and python -m worker outcomes FILE loads real ones.",
+            "accuracy then, and `python -m worker outcomes FILE` loads real ones.",
         )
     colors = _versions(overview)
     with _style():

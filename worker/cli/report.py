@@ -11,16 +11,20 @@ from __future__ import annotations
 import html
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from worker.cli.charts import Chart, all_charts
 from worker.cli.errors import UsageError
 from worker.cli.status import fill_command
 from worker.monitor.overview import ACCURACY_MARGIN, MIN_OUTCOMES, RECENT, Alert, Overview
 from worker.settings import Settings, redact
+
+if TYPE_CHECKING:  # matplotlib is imported only when a report is drawn, not by `make run` naming the command
+    from worker.cli.charts import Chart
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,11 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _prose(text: object) -> str:
+    """Our own sentences: escaped, with `commands` set as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
+
+
 def _alert_item(alert: Alert, overview: Overview) -> str:
     detail = "".join(f"<li>{_e(item)}</li>" for item in alert.items)
     if alert.kind == "missed" and overview.missed:
@@ -77,7 +86,7 @@ def _alert_item(alert: Alert, overview: Overview) -> str:
         detail += f"<li>fill them: <code>{_e(command)}</code></li>"
     return (
         f'<li class="alert" data-kind="{_e(alert.kind)}"><span class="kind">{_e(KIND_LABELS.get(alert.kind, alert.kind))}'
-        f"</span>{_e(alert.text)}" + (f"<ul>{detail}</ul>" if detail else "") + "</li>"
+        f"</span>{_prose(alert.text)}" + (f"<ul>{detail}</ul>" if detail else "") + "</li>"
     )
 
 
@@ -102,7 +111,7 @@ def _warnings(overview: Overview) -> str:
 
 
 def _chart(number: int, chart: Chart) -> str:
-    body = chart.svg if chart.svg is not None else f'<p class="empty">{_e(chart.empty)}</p>'
+    body = chart.svg if chart.svg is not None else f'<p class="empty">{_prose(chart.empty)}</p>'
     return (
         f'<section class="chart" id="chart-{chart.key}" data-empty="{str(chart.svg is None).lower()}" '
         f'data-marks="{chart.marks}"><h2>{number}. {_e(chart.title)}</h2>'
@@ -164,11 +173,14 @@ def default_output(settings: Settings) -> Path:
 def make_report(settings: Settings, period: timedelta, output: Path, now: datetime | None = None) -> Written:
     """Read the period before `now` from the configured database, draw it, and write `output`."""
     from worker.beat import slot_start
+    from worker.cli.charts import all_charts
     from worker.monitor.overview import collect
     from worker.store.database import ensure_schema, get_engine
 
     if output.is_dir():
         raise UsageError(f"-o {output} is a folder; give a file name, e.g. {output / 'report.html'}")
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: folder {output.parent} does not exist")
     now = now or datetime.now(UTC)
     engine = get_engine(settings.database_url)
     ensure_schema(engine)

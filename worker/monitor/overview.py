@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
+from worker.monitor.drift import DATASET_COLUMNS
 from worker.rides.generator import CHICAGO
 from worker.store import history, timelines
 
@@ -40,8 +41,8 @@ SHOWN_ITEMS = 5  # items listed under one warning
 
 @dataclass(frozen=True)
 class Alert:
-    """One warning of the report: what kind (drift, accuracy, failed, missed, monitoring), one line,
-    and the first few items it is about."""
+    """One warning of the report: what kind (drift, accuracy, failed, missed, monitoring), one line
+    (commands in `backticks`), and the first few items it is about."""
 
     kind: str
     text: str
@@ -125,9 +126,7 @@ def collect(
     batches["start"] = pd.to_datetime(batches["window_start"]).where(batches["window_start"].notna(), fallback_start)
 
     drift = _with_margins(timelines.column_drift_since(engine, since_local, since))
-    placed = batches.set_index("batch_id")
-    drift["at"] = pd.to_datetime(drift["batch_id"].map(placed["at"]))
-    drift["model_version"] = drift["batch_id"].map(placed["model_version"])
+    drift = drift.merge(batches[["batch_id", "at", "model_version"]], on="batch_id", how="left")
 
     windows = timelines.windows_since(engine, since_local)
     windows["window_start"] = pd.to_datetime(windows["window_start"])
@@ -166,7 +165,7 @@ def alerts(overview: Overview) -> list[Alert]:
         *missed_slots(overview.missed),
         *accuracy_alerts(overview.daily),
         *window_drift_alerts(overview.windows, overview.window_drift, now_local - RECENT),
-        *batch_drift_alerts(overview.batches, now_local - RECENT),
+        *batch_drift_alerts(overview.batches, overview.column_drift, now_local - RECENT),
         *monitoring_alerts(overview.batches),
     ]
 
@@ -192,7 +191,7 @@ def failed_batches(batches: pd.DataFrame) -> list[Alert]:
         Alert(
             "failed",
             f"{len(failed)} failed batch{'es' if len(failed) > 1 else ''} in the period "
-            "(python -m worker rerun BATCH_ID sends one again)",
+            "(`python -m worker rerun BATCH_ID` sends one again)",
             _more(items, len(items)),
         )
     ]
@@ -228,7 +227,7 @@ def accuracy_alerts(
                 Alert(
                     "accuracy",
                     f"model v{version}: live MAE {latest['mae']:.2f} min on {latest['day']} "
-                    f"({int(latest['outcomes'])} outcomes) is {worse:.0%} above its held-out MAE "
+                    f"({int(latest['outcomes'])} outcomes) is {worse:.1%} above its held-out MAE "
                     f"{latest['heldout_mae']:.2f} min (warning above {margin:.0%}, from {min_outcomes} outcomes)",
                 )
             )
@@ -265,14 +264,16 @@ def window_drift_alerts(windows: pd.DataFrame, window_drift: pd.DataFrame, since
     ]
 
 
-def batch_drift_alerts(batches: pd.DataFrame, since_local: datetime) -> list[Alert]:
+def batch_drift_alerts(batches: pd.DataFrame, column_drift: pd.DataFrame, since_local: datetime) -> list[Alert]:
     recent = batches[(batches["at"] > since_local) & batches["dataset_drift"].notna()]
     drifted = recent[recent["dataset_drift"].eq(True)].sort_values("at", ascending=False)
     if drifted.empty:
         return []
+    counted = column_drift[column_drift["drifted"].eq(True) & column_drift["column_name"].isin(DATASET_COLUMNS)]
+    columns = counted.groupby("batch_id")["column_name"].agg(sorted)
     items = [
         f"{row.batch_id} ({row.at:%H:%M}, {int(row.rows_written)} rides): "
-        f"{row.drifted_columns} of {row.columns_checked} columns drifted"
+        f"{row.drifted_columns} of {row.columns_checked} columns drifted ({', '.join(columns.get(row.batch_id, []))})"
         for row in drifted.itertuples()
     ]
     return [
@@ -313,8 +314,8 @@ def monitoring_alerts(batches: pd.DataFrame) -> list[Alert]:
             Alert(
                 "monitoring",
                 f"{len(missing)} batch{'es' if len(missing) > 1 else ''} scored by a version without a drift "
-                f"reference (v{', v'.join(versions)}): python -m worker reference --version "
-                f"{versions[0] if versions else 'N'} adds one",
+                f"reference (v{', v'.join(versions)}): `python -m worker reference --version "
+                f"{versions[0] if versions else 'N'}` adds one",
             )
         )
     return found
