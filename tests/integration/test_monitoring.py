@@ -243,3 +243,34 @@ def test_a_failing_monitor_leaves_the_batch_succeeded_and_says_why(stack):
     assert stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=batch_id)[0][0] == 500
     status = json.loads(stack.cli("status", "--json").stdout)
     assert status["ok"] is True
+
+
+def test_a_version_without_a_reference_is_reported_and_the_reference_command_adds_one(
+    make_stack, fresh_pg_url, make_settings, monkeypatch
+):
+    from tests.conftest import SMALL_FOREST, SMALL_RIDES
+    from worker.model import training
+
+    settings = make_settings()
+    # A version registered before references existed: the same training, without the reference.
+    monkeypatch.setattr(training, "log_reference", lambda frame: None)
+    old = training.train_and_register(settings, rides=SMALL_RIDES, seed=5, params=training.ForestParams(**SMALL_FOREST))
+    monkeypatch.undo()
+    stack = make_stack(fresh_pg_url, MODEL_NAME=settings.MODEL_NAME)
+    worker = stack.start_worker("noref", concurrency=1)
+    first = _batch_of(stack.cli("dispatch", "--rides", "200", "--wait"))
+    metrics = wait_until("the batch's metrics", lambda: _metrics(stack, first), 60)
+    assert (metrics.monitor_status, metrics.reference, metrics.dataset_drift) == ("no_reference", "none", None)
+    assert metrics.rows == 200 and metrics.prediction_p50 is not None  # the summary does not need a reference
+    assert stack.sql("SELECT count(*) FROM column_drift WHERE batch_id = :b", b=first)[0][0] == 0
+
+    added = stack.cli("reference", "--version", old.version, "--rides", "20000")
+    assert added.returncode == 0, added.stderr
+    assert f"logged a reference of 20000 rows for {settings.MODEL_NAME} version {old.version}" in added.stdout
+    stack.stop(worker)
+    stack.start_worker("withref", concurrency=1)
+    second = _batch_of(stack.cli("dispatch", "--rides", "200", "--wait"))
+    metrics = wait_until("the next batch's metrics", lambda: _metrics(stack, second), 60)
+    assert metrics.monitor_status == "ok" and metrics.columns_checked == 6
+    missing = stack.cli("reference", "--version", "999")
+    assert missing.returncode == 1 and "999" in missing.stderr and "Traceback" not in missing.stderr
