@@ -429,6 +429,8 @@ def test_a_month_of_slots_stays_a_small_file(database):
     [
         (["--since", "yesterday"], "error: --since 'yesterday' is not a duration such as 90m, 6h, 2d or 1w"),
         (["--since", "0h"], "error: --since '0h' is not a duration"),
+        (["--since", "100000w"], "error: --since reaches back more than 100 years"),
+        (["--since", "9" * 20 + "d"], "is longer than any duration this can count"),
         (
             ["-o", "/no/such/folder/report.html"],
             "error: -o /no/such/folder/report.html: folder /no/such/folder does not exist",
@@ -445,5 +447,6 @@ def test_bad_options_are_refused_in_one_line(args, message, tmp_path):
         timeout=120,
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith(message), done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
     assert not list(tmp_path.glob("*.html"))

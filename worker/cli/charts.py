@@ -4,12 +4,14 @@ from anywhere), one function per chart, each returning a Chart that says what it
 Every chart shares one time axis, Chicago local time (what users think in; ride windows are
 stored that way, UTC bookkeeping times are converted before they get here), over the same range,
 so a moment lines up from chart to chart. Every artist that plots data carries an SVG id starting
-with the chart's key (`batches-rows`, `drift-fare-batches`, ...), so the browser test can find the
-marks of each chart. Dense series are rasterized inside the SVG to keep a month's report small.
+with the chart's key (`batches-succeeded`, `drift-fare-pvalue`, `accuracy-daily-v3`, ...), so the
+browser test can find the marks of each chart. Series of more than DENSE marks are drawn as an image
+inside the SVG instead (and so have no such id), which keeps a month's report near 1 MB.
 """
 
 from __future__ import annotations
 
+import html
 import io
 import re
 from collections.abc import Iterator
@@ -117,7 +119,7 @@ def _svg(figure: Figure, key: str, label: str) -> str:
     )
     text = re.sub(
         r'<svg ([^>]*?)width="[\d.]+pt" height="[\d.]+pt"',
-        lambda m: f'<svg {m.group(1)}width="100%" role="img" aria-label="{label}"',
+        lambda m: f'<svg {m.group(1)}width="100%" role="img" aria-label="{html.escape(label)}"',
         text,
         count=1,
     )
@@ -190,7 +192,8 @@ def _dots(ax: Axes, x: np.ndarray, y: np.ndarray, drifted: np.ndarray, marker: s
                 color=color,
                 markersize=size,
                 markeredgewidth=0,
-                alpha=0.8,
+                alpha=0.85,
+                zorder=3,  # above the hour windows' lines
                 gid=name,
                 rasterized=_dense(int(chosen.sum())),
             )

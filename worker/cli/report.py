@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # matplotlib is imported only when a report is drawn, not by 
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PERIOD = "24h"
+MAX_PERIOD = timedelta(days=100 * 365)  # far enough back for any data; far less than the calendar can count
 KIND_LABELS = {
     "failed": "failed batches",
     "missed": "missed slots",
@@ -177,6 +177,8 @@ def make_report(settings: Settings, period: timedelta, output: Path, now: dateti
     from worker.monitor.overview import collect
     from worker.store.database import ensure_schema, get_engine
 
+    if period > MAX_PERIOD:
+        raise UsageError(f"--since reaches back more than {MAX_PERIOD.days // 365} years")
     if output.is_dir():
         raise UsageError(f"-o {output} is a folder; give a file name, e.g. {output / 'report.html'}")
     if not output.parent.is_dir():
