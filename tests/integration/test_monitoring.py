@@ -138,6 +138,7 @@ def test_a_changed_world_drifts_and_the_calibrated_one_does_not(new_stack):
     windows = stack.sql("SELECT * FROM window_metrics w WHERE w.rows >= 400 ORDER BY window_end")
     assert windows and all(w.window_minutes == 60 and w.batches >= 1 for w in windows)
     assert sum(w.rows for w in windows) == 10 * 400  # all ten slots, each in the hour it ends in
+
     def holding(rows):
         return [w for w in windows if any(w.window_start < r.window_end <= w.window_end for r in rows)]
 

@@ -252,8 +252,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_outcomes(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli.outcomes import load_outcomes_file
-    from worker.cli.quality import refresh_quality
+    from worker.cli.outcomes import load_outcomes_file, refresh_quality
     from worker.store.database import ensure_schema, get_engine
 
     engine = get_engine(settings.database_url)
@@ -288,7 +287,7 @@ def cmd_reference(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_monitor_check(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli.quality import run_trial
+    from worker.cli.monitor_check import run_trial
 
     run_trial(settings, days=args.days, seed=args.seed)
     return 0
