@@ -41,9 +41,17 @@ def _broker_transport_options() -> dict:
     return {"visibility_timeout": VT, "unacked_restore_interval": 10, "unacked_restore_throttle": 1}
 
 
+def _broker_url() -> str:
+    """The broker URL for kombu. The embedded filesystem:// has no host, and kombu then warns
+    "No hostname was supplied. Reverting to default 'localhost'" in every process, a warning
+    nobody can act on: name that same default host here instead."""
+    url = settings.CELERY_BROKER_URL
+    return "filesystem://localhost/" if url.rstrip("/") == "filesystem:" else url
+
+
 app = Celery("worker", include=["worker.tasks"])
 app.conf.update(
-    broker_url=settings.CELERY_BROKER_URL,
+    broker_url=_broker_url(),
     result_backend=settings.result_backend,
     # JSON only: a pickle message could run code in the worker (Celery security guide).
     task_serializer="json",
