@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from worker.settings import SettingsError, get_settings
 
@@ -99,3 +99,13 @@ def _fresh_process(**_: object) -> None:
     from worker import runtime
 
     runtime.reset()
+
+
+@worker_init.connect
+def _preload_model_reader(**_: object) -> None:
+    """Import skops in the main worker process, before the pool forks: its import lists every
+    scikit-learn estimator (~1 s here), which each pool child would otherwise pay on its first
+    model load."""
+    from worker.model.trust import preload_reader
+
+    preload_reader()
