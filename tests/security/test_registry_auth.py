@@ -33,6 +33,14 @@ TRAINER_PASSWORD = "trainer-secret-3a6e0f"
 SMALL = ForestParams(n_estimators=3, max_depth=6, min_samples_leaf=10)
 
 
+@pytest.fixture(autouse=True)
+def _credentials_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """configure_mlflow puts a user's credentials into os.environ (where MLflow's client reads
+    them); take them out again after each test, so later tests and their workers start clean."""
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+
+
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     folder = tmp_path_factory.mktemp("mlflow-auth")

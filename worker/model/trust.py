@@ -112,30 +112,37 @@ def check_pipeline(model: Any, name: str, version: str) -> Any:
     return model
 
 
+def check_format(model_dir: Path, name: str, version: str, allow_pickle: bool = False) -> str:
+    """The version's serialization format, read from its MLmodel file alone (nothing deserialized);
+    ModelRefused if the workers would refuse it for its format. Cheap enough for a status check."""
+    flavor = sklearn_flavor(model_dir, name, version)
+    # MLflow itself reads a flavor without a format as pickle; so does this check.
+    serialization = flavor.get("serialization_format", "pickle")
+    if serialization in PICKLE_FORMATS and not allow_pickle:
+        raise ModelRefused(
+            name,
+            version,
+            f"it is a {serialization} artifact, and unpickling runs any code its author chose; "
+            f"re-log it as skops (python -m worker convert-model --version {version}) or retrain "
+            "(python -m worker train --force); ALLOW_PICKLE_MODELS=true loads it anyway, only for a migration",
+        )
+    if serialization not in (*PICKLE_FORMATS, SKOPS):
+        raise ModelRefused(name, version, f"unknown serialization format {serialization!r}")
+    return serialization
+
+
 def load_checked(model_dir: Path, name: str, version: str, allow_pickle: bool = False) -> Any:
     """Load a downloaded model version, refusing (ModelRefused) anything the workers must not run.
 
     `allow_pickle` is the ALLOW_PICKLE_MODELS setting: only for migrating old versions, since
     reading a pickle runs whatever code its author put in it.
     """
-    flavor = sklearn_flavor(model_dir, name, version)
-    # MLflow itself reads a flavor without a format as pickle; so does this check.
-    serialization = flavor.get("serialization_format", "pickle")
-    path = model_file(model_dir, flavor, name, version)
+    serialization = check_format(model_dir, name, version, allow_pickle)
+    path = model_file(model_dir, sklearn_flavor(model_dir, name, version), name, version)
     if serialization in PICKLE_FORMATS:
-        if not allow_pickle:
-            raise ModelRefused(
-                name,
-                version,
-                f"it is a {serialization} artifact, and unpickling runs any code its author chose; "
-                f"re-log it as skops (python -m worker convert-model --version {version}) or retrain "
-                "(python -m worker train --force); ALLOW_PICKLE_MODELS=true loads it anyway, only for a migration",
-            )
         import mlflow.sklearn
 
         return check_pipeline(mlflow.sklearn.load_model(str(model_dir)), name, version)
-    if serialization != SKOPS:
-        raise ModelRefused(name, version, f"unknown serialization format {serialization!r}")
 
     import skops.io
     from skops.io.exceptions import UntrustedTypesFoundException
