@@ -155,7 +155,7 @@ def test_trainer_registers_and_moves_the_alias_reader_only_loads(auth_server, na
 
     # The reader loads the production model, as the workers do (registry lookup, artifact download).
     cache = ModelCache(reader)
-    loaded = cache.get()
+    loaded = cache.current()
     assert (loaded.name, loaded.version) == (names["MODEL_NAME"], "1")
     assert load_version(names["MODEL_NAME"], "1") is not None  # configure_mlflow(reader) set the credentials
 
