@@ -14,12 +14,14 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import skops.io
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from tests.support import wait_until
+from worker.model.reference import load_reference, log_reference
 from worker.model.registry import configure_mlflow, load_version
 from worker.model.training import ForestParams, train_and_register
 from worker.model.trust import TRUSTED_TYPES, ModelRefused
@@ -47,10 +49,13 @@ class CreatesFile:
         return np.zeros(len(rides))
 
 
-def register_pickle(settings, payload: object, serialization: str = "cloudpickle") -> str:
-    """Log `payload` as a pickle-format sklearn model and register it; the alias is not moved."""
+def register_pickle(settings, payload: object, serialization: str = "cloudpickle", reference=None) -> str:
+    """Log `payload` as a pickle-format sklearn model and register it; the alias is not moved.
+    With `reference`, the run also gets a reference sample, as `train` logged one before skops."""
     client = configure_mlflow(settings)
     with mlflow.start_run():
+        if reference is not None:
+            log_reference(reference)
         info = mlflow.sklearn.log_model(
             payload,
             name="model",
@@ -177,7 +182,10 @@ def test_convert_model_relogs_a_pickle_version_as_skops_and_moves_the_alias(make
     settings = make_settings()
     trained = train_and_register(settings, rides=3000, seed=4, params=SMALL)
     pipeline = load_version(settings.MODEL_NAME, trained.version)
-    legacy = register_pickle(settings, pipeline, "cloudpickle")
+    client = configure_mlflow(settings)
+    reference = load_reference(client, settings.MODEL_NAME, trained.version)
+    assert reference is not None
+    legacy = register_pickle(settings, pipeline, "cloudpickle", reference=reference)
     move_alias(settings, legacy)
     with pytest.raises(ModelRefused):
         load_version(settings.MODEL_NAME, legacy)
@@ -187,6 +195,8 @@ def test_convert_model_relogs_a_pickle_version_as_skops_and_moves_the_alias(make
     client = configure_mlflow(settings)
     assert str(client.get_model_version_by_alias(settings.MODEL_NAME, settings.MODEL_ALIAS).version) == result.version
     assert client.get_model_version(settings.MODEL_NAME, result.version).tags["converted_from_version"] == legacy
+    # The copy carries the original's reference sample, which drift is measured against.
+    pd.testing.assert_frame_equal(load_reference(client, settings.MODEL_NAME, result.version), reference)
     rides = generate_rides(500, seed=5)[list(RIDE_COLUMNS)]
     np.testing.assert_array_equal(
         load_version(settings.MODEL_NAME, result.version).predict(rides), pipeline.predict(rides)

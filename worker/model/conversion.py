@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from worker.model.reference import REFERENCE_DIR, REFERENCE_FILE
 from worker.model.registry import configure_mlflow, ensure_experiment, load_version, resolve_version
 from worker.model.training import log_pipeline
 from worker.model.trust import SKOPS, load_checked, sklearn_flavor
@@ -39,6 +40,16 @@ class Conversion:
     reason: str
 
 
+def copy_reference(client, run_id: str | None) -> bool:
+    """Log the source run's reference sample into the active run; False if it has none."""
+    if not run_id or not any(f.path.endswith(REFERENCE_FILE) for f in client.list_artifacts(run_id, REFERENCE_DIR)):
+        return False
+    with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
+        local = client.download_artifacts(run_id, f"{REFERENCE_DIR}/{REFERENCE_FILE}", tmp)
+        mlflow.log_artifact(local, artifact_path=REFERENCE_DIR)
+    return True
+
+
 def convert_to_skops(settings: Settings, version: str | None = None) -> Conversion:
     """Register `version` (default: the one MODEL_URI points at) again as skops; move the alias if it was there."""
     client = configure_mlflow(settings)
@@ -59,6 +70,9 @@ def convert_to_skops(settings: Settings, version: str | None = None) -> Conversi
     source = client.get_model_version(name, version)
     with mlflow.start_run(experiment_id=ensure_experiment(settings, client), run_name=f"convert-v{version}"):
         mlflow.set_tags({"converted_from_version": version, "converted_from_run": source.run_id or ""})
+        # Drift is measured against the reference of the version that scored a batch: the copy
+        # predicts exactly as the original, so it gets the original's reference (if it has one).
+        copy_reference(client, source.run_id)
         new_version = log_pipeline(pipeline, rides.head(5), name)
     for key, value in (source.tags or {}).items():
         client.set_model_version_tag(name, new_version, key, value)
