@@ -48,6 +48,11 @@ class ModelRefused(Exception):
         self.reason = reason
         super().__init__(f"model {name} version {version} refused: {reason}")
 
+    def __reduce__(self):
+        # Celery hands a failed task's exception from the pool process to the main one by pickling
+        # it; without this, the error would read "UnpickleableExceptionWrapper: ModelRefused(...)".
+        return type(self), (self.name, self.version, self.reason)
+
 
 def preload_reader() -> None:
     """Import what reading a skops model needs (skops's import alone takes ~1 s: it lists every
