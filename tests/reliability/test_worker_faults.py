@@ -316,6 +316,9 @@ def test_same_chunk_run_twice_in_parallel_writes_once(faults):
             "rides": rides,
             "seed": 42,
             "window": ["2026-11-26T09:00:00", "2026-11-26T09:05:00"],
+            # The version run_batch pinned, as it sends it with every chunk.
+            "model_name": stack.env["MODEL_NAME"],
+            "model_version": "1",
         }
         with holder.begin() as conn:  # the batch_runs row run_batch makes before it fans out
             conn.execute(
