@@ -200,7 +200,14 @@ def test_whole_worker_sigkilled_mid_batch_is_redelivered_after_visibility_timeou
     """SIGKILL a worker's whole process group mid-batch: the message stays unacked in Redis and a
     new worker's sweep puts it back once it is older than VISIBILITY_TIMEOUT; written once."""
     vt = 15
-    stack = new_stack(VISIBILITY_TIMEOUT=str(vt), TASK_TIME_LIMIT="12", TASK_SOFT_TIME_LIMIT="10", **ONE_CHUNK)
+    stack = new_stack(
+        VISIBILITY_TIMEOUT=str(vt),
+        TASK_TIME_LIMIT="12",
+        TASK_SOFT_TIME_LIMIT="10",
+        DATABASE_STATEMENT_TIMEOUT="8",
+        DATABASE_LOCK_TIMEOUT="5",
+        **ONE_CHUNK,
+    )
     rides = 150_000  # well inside the 10 s soft limit
     doomed = stack.start_worker("doomed", concurrency=1)
     task_id = str(uuid.uuid4())
