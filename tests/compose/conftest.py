@@ -58,6 +58,16 @@ def _require_engine() -> None:
         pytest.skip(message)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """When a scenario fails, keep every container's log as it is at that moment."""
+    outcome = yield
+    report = outcome.get_result()
+    stack = getattr(item, "funcargs", {}).get("project")
+    if report.when == "call" and report.failed and isinstance(stack, Project):
+        stack.keep_logs(item.name)
+
+
 @pytest.fixture(scope="session")
 def project(request: pytest.FixtureRequest) -> Iterator[Project]:
     _require_engine()
@@ -109,13 +119,8 @@ def project(request: pytest.FixtureRequest) -> Iterator[Project]:
         stack.measured["up_build_seconds"] = round(time.monotonic() - started)
         yield stack
     finally:
-        failed = request.session.testsfailed
-        if failed:
-            keep = Path(tempfile.mkdtemp(prefix="ctb-compose-logs-"))
-            for container in stack.containers(every=True):
-                (keep / f"{container['Name']}.log").write_text(stack.logs(container["Id"]))
-            (keep / "podman-service.log").write_bytes(service.log.read_bytes() if service.log.exists() else b"")
-            sys.stderr.write(f"\ncompose test failed: container logs kept in {keep}\n")
+        if request.session.testsfailed and service.log.exists():
+            shutil.copy2(service.log, stack.keep_logs("teardown") / "podman-service.log")
         leftovers = stack.cleanup()
         driver.stop()
         service.stop()

@@ -11,6 +11,8 @@ import contextlib
 import json
 import re
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +33,7 @@ OVERRIDE_FILE = Path(__file__).resolve().parent / "compose.test.yaml"
 # The Celery worker's healthcheck asks the node by this name.
 APP_UID = "10001"
 STAGING_COPY = "COPY ride_predictions_staging%"
+LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}):")
 # A Celery worker's log line about a task: its time (UTC in the containers), task id and what happened.
 TASK_LINE = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^]]*\] Task [\w.]+\[([0-9a-f-]{36})\] (received|succeeded)"
@@ -89,6 +92,14 @@ class Project:
         done = podman("logs", container, check=False, timeout=60)
         return done.stdout + done.stderr
 
+    def keep_logs(self, label: str) -> Path:
+        """Write every container's log to a folder that outlives the test; returns the folder."""
+        folder = Path(tempfile.mkdtemp(prefix=f"ctb-compose-logs-{label[:40]}-"))
+        for container in self.containers(every=True):
+            (folder / f"{container['Name'].lstrip('/')}.log").write_text(self.logs(container["Id"]))
+        sys.stderr.write(f"\n[compose] {label}: container logs kept in {folder}\n")
+        return folder
+
     def task_log(self, container: str) -> dict[str, dict[str, list[float]]]:
         """Per task id, the epoch seconds at which this worker logged it `received` and `succeeded`."""
         tasks: dict[str, dict[str, list[float]]] = {}
@@ -98,6 +109,17 @@ class Project:
                 stamp = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC).timestamp()
                 tasks.setdefault(match[2], {"received": [], "succeeded": []})[match[3]].append(stamp)
         return tasks
+
+    def retries_since(self, since: float) -> int:
+        """How many `Retry in` lines the worker containers logged at or after `since` (epoch seconds)."""
+        count = 0
+        for container in self.containers("worker"):
+            for line in self.logs(container["Id"]).splitlines():
+                match = LOG_TIME.match(line)
+                if match and "Retry in" in line:
+                    stamp = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC).timestamp()
+                    count += stamp >= since
+        return count
 
     def redeliveries(
         self, victim_log: dict[str, dict[str, list[float]]], victim_id: str, since: float

@@ -180,10 +180,11 @@ def test_frozen_worker_mid_copy_is_redelivered_and_its_late_write_changes_nothin
     podman("unpause", frozen["Id"])
     unpaused_at = time.time()
     deadline = time.monotonic() + 60
-    while project.backend(pid) is not None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    gone_after = time.time() - unpaused_at
-    assert project.backend(pid) is None, "the frozen COPY's session outlived the unpause by a minute"
+    while (backend := project.backend(pid)) is not None and backend[0] != "idle" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    settled_after = time.time() - unpaused_at
+    # Gone (its process was killed) or back in the pool, idle: no longer in the COPY or its transaction.
+    assert backend is None or backend[0] == "idle", f"the zombie's session is still busy a minute on: {backend}"
     time.sleep(5)
     assert project.assert_written_once(batch_id, FAN_OUT_RIDES) == chunks  # the zombie wrote nothing
 
@@ -199,7 +200,8 @@ def test_frozen_worker_mid_copy_is_redelivered_and_its_late_write_changes_nothin
         "statement_timeout_seconds": statement_timeout,
         # PostgreSQL does not cancel a COPY whose client sends nothing: the timeout fires only on new data.
         "frozen_copy_backend_after_redelivery": still_copying,
-        "frozen_copy_session_gone_after_unpause_seconds": round(gone_after, 1),
+        "zombie_session_after_unpause": backend,
+        "zombie_session_settled_after_unpause_seconds": round(settled_after, 1),
         "zombie_log_says": outcome,
     }
     project.wait_healthy(["worker"], HEALTHY_SECONDS)
@@ -229,13 +231,12 @@ def test_worker_cut_off_the_network_mid_copy(project: Project) -> None:
 
     podman("network", "connect", project.network, cut["Id"])
     reconnected = time.monotonic()
-    try:
-        project.wait_healthy(["worker"], 120)
-        recovered = round(time.monotonic() - reconnected, 1)
-    except AssertionError:
-        recovered = None  # reported; the worker is restarted below so the next scenarios have three
-        project.compose("restart", "worker", timeout=300)
-        project.wait_healthy(["worker"], HEALTHY_SECONDS)
+    # Its own healthcheck, run now (the driver's last verdict may predate the cut): the worker answers
+    # `celery inspect ping` through Redis again.
+    while podman("healthcheck", "run", cut["Id"], check=False, timeout=90).returncode != 0:
+        assert time.monotonic() - reconnected < 180, "the reconnected worker never answered its healthcheck"
+        time.sleep(3)
+    recovered = round(time.monotonic() - reconnected, 1)
     time.sleep(5)
     assert project.assert_written_once(batch_id, FAN_OUT_RIDES) == chunks
     project.measured["network_cut"] = {
@@ -273,13 +274,13 @@ def test_queued_batches_survive_a_redis_restart(project: Project) -> None:
 def test_postgres_restart_during_a_batch_is_retried_and_written_once(project: Project) -> None:
     batch_id = project.dispatch(FAN_OUT_RIDES)
     project.worker_of_copy(60)
-    started = time.monotonic()
+    started, restart_at = time.monotonic(), time.time()
     project.compose("restart", "postgres", timeout=180)
     restarted = time.monotonic() - started
     project.wait_batch(batch_id, 240)
     written = time.monotonic() - started
     project.assert_written_once(batch_id, FAN_OUT_RIDES)
-    retried = sum(project.logs(c["Id"]).count("Retry in") for c in project.containers("worker"))
+    retried = project.retries_since(restart_at)
     assert retried >= 1, "no task was retried: the restart missed the batch"
     project.measured["postgres_restart"] = {
         "restart_seconds": round(restarted, 1),
