@@ -30,7 +30,8 @@ def _vt(project: Project) -> float:
 
 
 def _restore_workers(project: Project, count: int = 3) -> None:
-    project.compose("up", "-d", "--scale", f"worker={count}", "--no-recreate", timeout=600)
+    # --no-deps: `up` would otherwise start the exited one-shot `init` again before the workers.
+    project.compose("up", "-d", "--no-deps", "--no-recreate", "--scale", f"worker={count}", "worker", timeout=600)
     project.wait_healthy(["worker"], HEALTHY_SECONDS)
 
 
