@@ -121,6 +121,19 @@ class Project:
                     count += stamp >= since
         return count
 
+    def log_events(self, container: str, since: float, needles: tuple[str, ...]) -> list[tuple[float, str]]:
+        """(seconds after `since`, needle) for each log line of the container at or after `since` naming one."""
+        found = []
+        for line in self.logs(container).splitlines():
+            match = LOG_TIME.match(line)
+            if not match:
+                continue
+            stamp = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC).timestamp()
+            for needle in needles:
+                if stamp >= since and needle in line:
+                    found.append((round(stamp - since, 1), needle))
+        return found
+
     def redeliveries(
         self, victim_log: dict[str, dict[str, list[float]]], victim_id: str, since: float
     ) -> dict[str, dict]:

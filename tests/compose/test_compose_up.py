@@ -170,7 +170,15 @@ def test_frozen_worker_mid_copy_is_redelivered_and_its_late_write_changes_nothin
     frozen_log = project.task_log(frozen["Id"])
 
     # Frozen for longer than the visibility timeout: Redis hands the chunks to the other workers.
-    project.wait_batch(batch_id, _vt(project) + 120)
+    # Meanwhile, what PostgreSQL does with the frozen COPY's session: (seconds after the pause, state).
+    timeline = [(0.0, backend)]
+    deadline = time.monotonic() + _vt(project) + 120
+    while (project.batch(batch_id) or {}).get("status") != "succeeded":
+        assert time.monotonic() < deadline, f"batch {batch_id} not written while the worker was frozen"
+        now = project.backend(pid)
+        if now != timeline[-1][1]:
+            timeline.append((round(time.time() - paused_at, 1), now))
+        time.sleep(0.5)
     written_while_frozen = time.time() - paused_at
     chunks = project.assert_written_once(batch_id, FAN_OUT_RIDES)
     still_copying = project.backend(pid)
@@ -200,6 +208,7 @@ def test_frozen_worker_mid_copy_is_redelivered_and_its_late_write_changes_nothin
         "batch_written_while_frozen_after_seconds": round(written_while_frozen, 1),
         "statement_timeout_seconds": statement_timeout,
         # PostgreSQL does not cancel a COPY whose client sends nothing: the timeout fires only on new data.
+        "frozen_copy_session_timeline": timeline,
         "frozen_copy_backend_after_redelivery": still_copying,
         "zombie_session_after_unpause": backend,
         "zombie_session_settled_after_unpause_seconds": round(settled_after, 1),
@@ -246,6 +255,11 @@ def test_worker_cut_off_the_network_mid_copy(project: Project) -> None:
         "redelivered_after_first_delivery_seconds": delays,
         "batch_written_after_cut_seconds": round(written_after, 1),
         "worker_healthy_after_reconnect_seconds": recovered,
+        "cut_worker_logged": project.log_events(
+            cut["Id"],
+            cut_at,
+            ("Hard time limit", "WorkerLostError", "Connection to broker lost", "BRPOP got no reply", "ready."),
+        ),
     }
 
 
