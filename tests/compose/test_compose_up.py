@@ -305,6 +305,25 @@ def test_postgres_restart_during_a_batch_is_retried_and_written_once(project: Pr
     project.wait_healthy(list(SERVICES_UP), HEALTHY_SECONDS)
 
 
+def test_after_every_fault_each_batch_holds_exactly_its_rides(project: Project) -> None:
+    """Across all the scenarios above, and every scheduled batch written meanwhile: each batch that
+    succeeded has exactly as many predictions as rides requested, one per trip id and ledger row sums
+    that match (a zombie's late write or a retried chunk would show up here, however late it came)."""
+    time.sleep(10)  # let any late retry of the earlier scenarios run
+    mismatched = project.sql(
+        "SELECT b.batch_id, b.rides_requested, b.rows_written, count(p.trip_id), "
+        "  (SELECT coalesce(sum(rows_written), 0) FROM batch_chunks c WHERE c.batch_id = b.batch_id) "
+        "FROM batch_runs b LEFT JOIN ride_predictions p ON p.batch_id = b.batch_id "
+        "WHERE b.status = 'succeeded' GROUP BY b.batch_id "
+        "HAVING count(p.trip_id) <> b.rides_requested OR b.rows_written <> b.rides_requested "
+        "  OR (SELECT coalesce(sum(rows_written), 0) FROM batch_chunks c WHERE c.batch_id = b.batch_id) <> b.rides_requested"
+    )
+    assert mismatched == []
+    statuses = dict(project.sql("SELECT status, count(*) FROM batch_runs GROUP BY status"))
+    project.measured["batches_by_status_after_faults"] = statuses
+    assert statuses.get("succeeded", 0) >= 20
+
+
 def test_down_then_up_keeps_predictions_history_registry_and_artifacts(project: Project) -> None:
     version = project.production_version()
     rows_before, batches_before = project.sql(
