@@ -84,12 +84,13 @@ def ledger(stack: Stack, batch_id: str) -> list[tuple[int, int]]:
 
 
 def wait_for_copy(stack: Stack, seconds: float, *names: str) -> None:
-    """Wait until a worker is inside a chunk's write transaction: its COPY into ride_predictions
-    runs (the ledger key is claimed but not committed). A kill now must roll both back."""
+    """Wait until a worker is inside a chunk's write transaction: its COPY into the staging table,
+    or the move into ride_predictions under the claimed ledger key, runs. A kill now must roll
+    the whole transaction back."""
     engine = create_engine(stack.db_url, isolation_level="AUTOCOMMIT")  # a fresh activity snapshot per poll
     query = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND state = 'active' AND query LIKE 'COPY ride_predictions %'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+        "AND (query LIKE 'COPY ride_predictions_staging %' OR query LIKE 'INSERT INTO ride_predictions %')"
     )
     try:
         with engine.connect() as conn:
