@@ -56,7 +56,10 @@ class Plan:
 
     @classmethod
     def of(cls, row: dict, chunk_size: int) -> Plan:
+        """The stored plan; `chunk_size` (the worker's CHUNK_SIZE) only for batches recorded before
+        the chunk size was stored, so a changed setting never changes a batch in flight."""
         rides = int(row["rides_requested"])
+        chunk_size = int(row.get("chunk_size") or chunk_size)
         return cls(
             rides=rides,
             seed=int(row["seed"]),

@@ -64,8 +64,13 @@ def _stamp_slot(sender: str | None = None, body: object = None, **_: object) -> 
 
 
 def slot_window(slot: str, interval_seconds: float) -> tuple[datetime, datetime]:
-    """The Chicago-local [start, end) whose rides a slot's batch generates: the interval before it."""
+    """The Chicago-local [start, end) whose rides a slot's batch generates: the interval before it.
+
+    The start is the real start converted to local time, and the window is `interval` long in
+    local time, so it is never inverted or an hour long across a daylight-saving change: the
+    slot at 08:00 UTC on 2026-03-08 covers [01:55, 02:00) local, not the nonexistent 02:55."""
     from worker.rides.generator import CHICAGO
 
-    end = datetime.fromisoformat(slot).astimezone(CHICAGO).replace(tzinfo=None)
-    return end - timedelta(seconds=interval_seconds), end
+    start = (datetime.fromisoformat(slot) - timedelta(seconds=interval_seconds)).astimezone(CHICAGO)
+    start = start.replace(tzinfo=None, fold=0)
+    return start, start + timedelta(seconds=interval_seconds)

@@ -178,6 +178,7 @@ def run_batch(
         speed_factor=world.speed_factor,
         fare_factor=world.fare_factor,
         slot=slot_at,
+        chunk_size=settings.CHUNK_SIZE,
     )
     if row["status"] == "succeeded":
         log.info("batch %s was already written (%s rows); nothing to do", batch_id, row["rows_written"])
@@ -384,7 +385,8 @@ def update_quality(self: Task) -> dict:
     engine = runtime.engine()
     now = datetime.now(UTC)
     swept = 0
-    for batch_id in monitoring_store.unmonitored_batches(engine, now - timedelta(minutes=2), limit=20):
+    recent = now - quality.LOOKBACK
+    for batch_id in monitoring_store.unmonitored_batches(engine, recent, now - timedelta(minutes=2), limit=20):
         try:
             monitoring_batches.monitor_batch(engine, batch_id, runtime.reference, chicago_now())
         except Exception as exc:
@@ -395,12 +397,14 @@ def update_quality(self: Task) -> dict:
     return {**done, "swept": swept}
 
 
-@app.task(bind=True, base=PipelineTask, name="worker.tasks.prune_batches")
-def prune_batches(self: PipelineTask, older_than_days: float) -> dict:
-    """Delete batches older than `older_than_days` with all their rows (RETENTION_DAYS, daily from beat)."""
+@app.task(bind=True, name="worker.tasks.prune_batches")
+def prune_batches(self: Task, older_than_days: float) -> dict:
+    """Delete batches older than `older_than_days` with all their rows (RETENTION_DAYS, daily from beat).
+    It stops well inside the soft time limit; a large backlog is finished by the following days."""
     if isinstance(older_than_days, bool) or not isinstance(older_than_days, int | float) or older_than_days <= 0:
         raise BadRequest(f"older_than_days must be a positive number, got {older_than_days!r}")
-    removed = retention.prune(runtime.engine(), older_than_days, datetime.now(UTC))
+    budget = get_settings().TASK_SOFT_TIME_LIMIT / 2
+    removed = retention.prune(runtime.engine(), older_than_days, datetime.now(UTC), seconds=budget)
     log.info("pruned batches older than %g days: %s", older_than_days, removed or "nothing")
     return removed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from tests.stack import migrated_database
-from worker.store.database import migrate
+from worker.store.database import migrate, revisions
 from worker.store.schema import metadata
 
 pytestmark = pytest.mark.integration
@@ -65,5 +66,34 @@ def test_upgrading_a_0001_database_keeps_its_batches_and_fills_their_slot() -> N
             ("adhoc-1", None, 1.0, 1.0),
             ("schedule-2026-11-26T16:00:00+00:00", datetime(2026, 11, 26, 16, tzinfo=UTC), 1.0, 1.0),
         ]
+    finally:
+        drop_database(name)
+
+
+def test_a_database_behind_the_code_is_refused_naming_the_revision_and_the_fix(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.stack import create_database, drop_database
+    from tests.support import REPO_ROOT
+
+    name, url = create_database()
+    try:
+        migrate(url, "0001")
+        env = {"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), "DATABASE_URL": url}
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "worker", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+            )
+
+        listed = cli("batches")
+        assert listed.returncode == 1, listed.stdout + listed.stderr
+        head = revisions()[0]
+        assert f"is at schema revision 0001, this code needs {head}: run `python -m worker migrate`" in listed.stderr
+        status = json.loads(cli("status", "--json").stdout)["database"]
+        assert status["schema_ready"] is False and "revision 0001" in status["schema_problem"]
+        assert cli("migrate").returncode == 0
+        assert cli("batches").returncode == 0
     finally:
         drop_database(name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -160,7 +161,11 @@ def _planned_rows(row, chunk_size: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def test_a_failed_knobbed_batch_is_rerun_to_exactly_its_planned_rows(stack):
+def test_a_failed_knobbed_batch_is_rerun_to_exactly_its_planned_rows(new_stack):
+    """Failed twice (the database refuses one chunk), then rerun by a worker whose CHUNK_SIZE was
+    changed meanwhile: it still writes exactly the rows of the batch's stored plan."""
+    stack = new_stack(CHUNK_SIZE="2000")
+    worker = stack.start_worker("knobs", concurrency=2)
     _fail_chunk(stack, 2)
     try:
         sent = stack.cli("dispatch", "--rides", "9000", "--seed", "77", "--speed-factor", "0.7", "--fare-factor", "1.1")
@@ -192,6 +197,8 @@ def test_a_failed_knobbed_batch_is_rerun_to_exactly_its_planned_rows(stack):
         )
     finally:
         _heal(stack)
+    stack.stop(worker)
+    stack.start_worker("resized", concurrency=2, extra_env={"CHUNK_SIZE": "3000"})
     rerun = stack.cli("rerun", batch_id, "--wait", timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "done: 9000 rows written" in rerun.stdout
@@ -231,13 +238,34 @@ def test_a_failed_knobbed_batch_is_rerun_to_exactly_its_planned_rows(stack):
 
 @pytest.mark.parametrize(
     ("batch_id", "message"),
-    [("adhoc-no-such-batch", "there is no batch"), ("{succeeded}", "there is nothing to rerun")],
+    [
+        ("adhoc-no-such-batch", "there is no batch"),
+        ("{succeeded}", "there is nothing to rerun"),
+        ("{scored}", "which are not kept"),
+        ("{running}", "a worker may still be writing it"),
+    ],
 )
-def test_rerun_refuses_unknown_and_succeeded_batches(stack, batch_id, message):
-    if "{succeeded}" in batch_id:
-        sent = stack.cli("dispatch", "--rides", "5", "--wait")
-        assert sent.returncode == 0, sent.stderr
-        batch_id = next(line.split()[1] for line in sent.stdout.splitlines() if line.startswith("batch "))
+def test_rerun_refuses_what_it_cannot_or_must_not_do(stack, batch_id, message):
+    if batch_id == "{succeeded}":
+        batch_id = _batch_of(stack.cli("dispatch", "--rides", "5", "--wait"))
+    elif batch_id == "{scored}":  # rides a caller gave by `celery call`: nothing to regenerate them from
+        ride = {
+            "pickup_community_area": 8,
+            "dropoff_community_area": 32,
+            "trip_start_timestamp": "2026-11-26T08:00:00",
+            "fare": 9.0,
+            "trip_miles": 2.0,
+        }
+        done = stack.client().send_task("worker.tasks.score_rides", kwargs={"rides": [ride]}).get(timeout=60)
+        batch_id = done["batch_id"]
+        stack.sql_exec("UPDATE batch_runs SET status = 'failed' WHERE batch_id = :b", b=batch_id)
+    elif batch_id == "{running}":
+        batch_id = f"adhoc-{uuid.uuid4()}"
+        stack.sql_exec(
+            "INSERT INTO batch_runs (batch_id, trigger, seed, rides_requested, status, window_start, window_end, "
+            "attempt_started_at) VALUES (:b, 'adhoc', '1', 10, 'running', now(), now(), now())",
+            b=batch_id,
+        )
     before = stack.queue_length()
     result = stack.cli("rerun", batch_id)
     assert result.returncode == 2 and message in result.stderr, result.stderr
@@ -249,16 +277,39 @@ def test_the_same_seed_in_a_slower_world_takes_longer_and_costs_more(stack):
     for factor in ("1.0", "0.7"):
         sent = stack.cli("dispatch", "--rides", "3000", "--seed", "5", "--speed-factor", factor, "--wait")
         assert sent.returncode == 0, sent.stdout + sent.stderr
-        batch_id = next(line.split()[1] for line in sent.stdout.splitlines() if line.startswith("batch "))
+        batch_id = _batch_of(sent)
         results[factor] = stack.sql(
-            "SELECT avg(fare) AS fare, avg(predicted_duration) AS minutes, avg(trip_miles) AS miles "
-            "FROM ride_predictions WHERE batch_id = :b",
+            "SELECT avg(p.fare) AS fare, avg(p.predicted_duration) AS predicted, avg(p.trip_miles) AS miles, "
+            "avg(o.actual_duration) AS actual, count(o.trip_id) AS outcomes "
+            "FROM ride_predictions p JOIN ride_outcomes o USING (trip_id) WHERE p.batch_id = :b",
             b=batch_id,
         )[0]
     calm, jam = results["1.0"], results["0.7"]
+    assert calm.outcomes == jam.outcomes == 3000
     assert jam.miles == pytest.approx(calm.miles)  # the same trips ...
-    assert jam.fare > calm.fare * 1.05  # ... crawl, so the meter charges more time
-    assert jam.minutes > calm.minutes * 1.1  # and the model, reading the fare, predicts longer trips
+    assert jam.actual > calm.actual * 1.3  # ... take longer in slower traffic (speeds x 0.7: ~1.4x) ...
+    assert jam.fare > calm.fare * 1.05  # ... so the meter charges more waiting time
+    assert jam.predicted > calm.predicted * 1.1  # and the model, reading the fare, predicts longer trips
+
+
+def test_a_redelivered_knobbed_batch_writes_the_same_rows_once(stack):
+    task_id = str(uuid.uuid4())
+    kwargs = {"rides": 500, "seed": 9, "speed_factor": 0.7, "fare_factor": 1.25}
+    first = stack.client().send_task("worker.tasks.run_batch", kwargs=kwargs, task_id=task_id).get(timeout=120)
+    trips = stack.sql("SELECT trip_id, fare FROM ride_predictions WHERE batch_id = :b ORDER BY 1", b=first["batch_id"])
+    stack.client().send_task("worker.tasks.run_batch", kwargs=kwargs, task_id=task_id)
+    # The backend keeps the first SUCCESS for this task id; the second delivery says so in its log.
+    stack.wait_for_log("worker-shared", f"batch {first['batch_id']} was already written (500 rows)", 60)
+    assert first["duplicate"] is False
+    assert (first["speed_factor"], first["fare_factor"], first["rows_written"]) == (0.7, 1.25, 500)
+    assert (
+        stack.sql("SELECT trip_id, fare FROM ride_predictions WHERE batch_id = :b ORDER BY 1", b=first["batch_id"])
+        == trips
+    )
+    # The same plan regenerated: the stored knobs give back exactly these rides.
+    row = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=first["batch_id"])[0]
+    planned = _planned_rows(row, chunk_size=2000)
+    assert sorted(planned["fare"]) == sorted(fare for _, fare in trips)
 
 
 def test_prune_deletes_old_batches_with_all_their_rows(stack):
@@ -282,6 +333,15 @@ def test_prune_deletes_old_batches_with_all_their_rows(stack):
         assert stack.sql(f"SELECT count(*) FROM {table} WHERE batch_id = :b", b=batch_id)[0][0] == 0
     assert stack.sql("SELECT count(*) FROM ride_outcomes WHERE trip_id = ANY(:t)", t=trips)[0][0] == 0
     assert stack.sql("SELECT rows_written FROM batch_runs WHERE batch_id = :b", b=young) == [(20,)]  # younger ones stay
+
+    # What beat sends daily with RETENTION_DAYS: the same, through the task.
+    stack.sql_exec("UPDATE batch_runs SET started_at = now() - interval '40 days' WHERE batch_id = :b", b=young)
+    removed = stack.client().send_task("worker.tasks.prune_batches", kwargs={"older_than_days": 30}).get(timeout=120)
+    assert removed["batch_runs"] == 1 and removed["ride_predictions"] == 20
+    assert stack.sql("SELECT count(*) FROM batch_runs WHERE batch_id = :b", b=young)[0][0] == 0
+    bad = stack.client().send_task("worker.tasks.prune_batches", kwargs={"older_than_days": -1})
+    with pytest.raises(Exception, match="older_than_days must be a positive number"):
+        bad.get(timeout=60)
 
 
 def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_version_is_deleted(
@@ -308,7 +368,10 @@ def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_vers
         120,
         every=0.05,
     )
+    in_flight = stack.sql("SELECT chunks_done, chunks_total FROM batch_runs WHERE batch_id = :b", b=batch_id)[0]
     registry.set_registered_model_alias(settings.MODEL_NAME, "production", second.version)
+    moved_at = stack.sql("SELECT now()")[0][0]
+    assert in_flight.chunks_done < in_flight.chunks_total, "the batch finished before the alias moved"
     row = wait_until(
         "the batch to finish",
         lambda: next(
@@ -321,6 +384,10 @@ def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_vers
         (first.version,)
     ]
     assert (row.model_version, row.model_pinned_by) == (first.version, "alias")
+    later_chunks = stack.sql(
+        "SELECT count(*) FROM batch_chunks WHERE batch_id = :b AND written_at > :t", b=batch_id, t=moved_at
+    )[0][0]
+    assert later_chunks > 0  # chunks written after the move still used the pinned version
     later = stack.cli("dispatch", "--rides", "10", "--wait")
     assert f"with {settings.MODEL_NAME} version {second.version}" in later.stdout, later.stdout
 
@@ -348,3 +415,83 @@ def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_vers
     row = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=pinned)[0]
     assert (row.status, row.model_version, row.attempts, row.chunks_done) == ("failed", first.version, 2, 2)
     assert "ModelVersionGone" in row.error
+
+
+def test_backfill_reruns_a_failed_slot_reports_it_honestly_and_old_slots_are_never_missed(new_stack):
+    """A fresh install whose first scheduled batches are backfilled ones from yesterday: nothing is
+    missed since. A slot that failed is sent again by the next backfill (and counted as written only
+    once it really is); a slot still running is left alone."""
+    stack = new_stack(BATCH_INTERVAL_SECONDS="300", RIDES_PER_BATCH="30")
+    stack.start_worker("fill", concurrency=2)
+    end = _slot(time.time(), 300) - timedelta(days=1)
+    start = end - timedelta(minutes=15)
+    ids = [f"schedule-{(start + timedelta(minutes=5 * k)).isoformat()}" for k in range(3)]
+    _fail_chunk(stack, 0)
+    try:
+        first = stack.cli("backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", timeout=300)
+        assert first.returncode == 1 and "0 written (0 rows), 0 already there, 3 failed" in first.stdout, first.stdout
+    finally:
+        _heal(stack)
+    status = json.loads(stack.cli("status", "--json").stdout)["database"]
+    assert status["missed_slots_24h"] == []  # backfilled yesterday: the schedule was never seen running
+    # One slot is still running on another worker: the backfill must leave it to that worker.
+    stack.sql_exec("UPDATE batch_runs SET status = 'running' WHERE batch_id = :b", b=ids[2])
+    again = stack.cli(
+        "backfill", "--from", start.isoformat(), "--to", ids[2].removeprefix("schedule-"), "--wait", timeout=300
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 to send, 0 already written, 0 in flight" in again.stdout
+    assert "2 written (60 rows), 0 already there, 0 failed" in again.stdout
+    rows = {r.batch_id: r for r in stack.sql("SELECT * FROM batch_runs WHERE batch_id = ANY(:ids)", ids=ids)}
+    assert [(rows[b].status, rows[b].attempts) for b in ids[:2]] == [("succeeded", 2), ("succeeded", 2)]
+    in_flight = stack.cli("backfill", "--from", ids[2].removeprefix("schedule-"), "--to", end.isoformat())
+    assert "1 slots from" in in_flight.stdout and "0 to send, 0 already written, 1 in flight" in in_flight.stdout
+
+
+def test_a_chunk_message_without_a_pinned_version_pins_one_like_run_batch(stack, trained_model):
+    """Messages queued before versions were pinned carry none: the chunk pins the batch's version first."""
+    _, trained = trained_model
+    batch_id = f"adhoc-legacy-{uuid.uuid4().hex[:8]}"
+    stack.sql_exec(
+        "INSERT INTO batch_runs (batch_id, trigger, seed, rides_requested, chunks_total, status, window_start, "
+        "window_end) VALUES (:b, 'adhoc', '3', 100, 1, 'running', '2026-11-26T09:00', '2026-11-26T09:05')",
+        b=batch_id,
+    )
+    kwargs = {
+        "batch_id": batch_id,
+        "chunk_index": 0,
+        "rides": 100,
+        "seed": 3,
+        "window": ["2026-11-26T09:00:00", "2026-11-26T09:05:00"],
+    }
+    done = stack.client().send_task("worker.tasks.predict_chunk", kwargs=kwargs).get(timeout=120)
+    assert (done["rows_written"], done["model_version"]) == (100, trained.version)
+    row = stack.sql("SELECT status, model_version, model_pinned_by FROM batch_runs WHERE batch_id = :b", b=batch_id)[0]
+    assert tuple(row) == ("succeeded", trained.version, "alias")
+
+
+def test_operations_work_in_embedded_mode_without_any_server(tmp_path):
+    """No Redis, PostgreSQL or MLflow: the filesystem broker and SQLite, as `make run` uses them."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO_ROOT
+
+    env = {"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path / "local"), "BATCH_INTERVAL_SECONDS": "300"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert cli("migrate").returncode == 0
+    end = _slot(time.time(), 300) - timedelta(hours=2)
+    sent = cli("backfill", "--from", (end - timedelta(minutes=30)).isoformat(), "--to", end.isoformat())
+    assert sent.returncode == 0, sent.stderr
+    assert "6 to send" in sent.stdout and "sent 6/6 slots" in sent.stdout
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["broker"]["queue_length"] == 6  # waiting for a worker, in the embedded queue
+    listed = cli("batches", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    pruned = cli("prune", "--older-than", "1", "--yes")
+    assert pruned.returncode == 0 and "deleted nothing" in pruned.stdout, pruned.stdout + pruned.stderr

@@ -223,3 +223,24 @@ def test_registry_users_needs_a_server_and_every_password(tmp_path):
     )
     assert missing.returncode == 2
     assert missing.stderr.strip() == "error: registry-users needs MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_TRAINER_PASSWORD"
+
+
+@pytest.mark.parametrize(
+    ("slot", "window"),
+    [
+        ("2026-11-26T16:00:00+00:00", ("2026-11-26T09:55:00", "2026-11-26T10:00:00")),
+        # Spring forward: 02:00 local does not exist; the slot covers the real five minutes before it.
+        ("2026-03-08T08:00:00+00:00", ("2026-03-08T01:55:00", "2026-03-08T02:00:00")),
+        ("2026-03-08T08:05:00+00:00", ("2026-03-08T03:00:00", "2026-03-08T03:05:00")),
+        # Fall back: 01:00-02:00 local happens twice; neither slot's window is inverted or an hour long.
+        ("2026-11-01T07:00:00+00:00", ("2026-11-01T01:55:00", "2026-11-01T02:00:00")),
+        ("2026-11-01T07:05:00+00:00", ("2026-11-01T01:00:00", "2026-11-01T01:05:00")),
+    ],
+)
+def test_a_slots_window_is_its_interval_in_chicago_local_time_across_daylight_saving(slot, window):
+    from worker.beat import slot_window
+
+    start, end = slot_window(slot, 300)
+    assert (start.isoformat(), end.isoformat()) == window
+    assert start.tzinfo is None and end.tzinfo is None and start.fold == 0
+    assert (end - start).total_seconds() == 300

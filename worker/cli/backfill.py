@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from worker.beat import slot_start
 from worker.cli.dispatching import dispatch_slot, queue_length
 from worker.cli.errors import UsageError
 from worker.rides.generator import CALIBRATED, World
 from worker.settings import Settings
-from worker.store.history import slot_grid
-from worker.store.schema import batch_runs
+from worker.store import writes
+from worker.store.history import finished, slot_grid, statuses
 
 MAX_SLOTS = 2016  # one week of 5-minute slots; more needs --yes
 DEFAULT_MAX_QUEUED = 10
@@ -36,6 +36,7 @@ class BackfillPlan:
     already_written: list[datetime] = field(default_factory=list)
     in_flight: list[datetime] = field(default_factory=list)
     to_send: list[datetime] = field(default_factory=list)
+    failed: set[datetime] = field(default_factory=set)  # among to_send: they ran and failed
 
 
 def batch_id_of(slot: datetime) -> str:
@@ -62,11 +63,7 @@ def plan_backfill(
             f"{len(slots)} slots is more than {MAX_SLOTS} (one week of 5-minute slots); add --yes to send them all"
         )
     ids = {batch_id_of(slot): slot for slot in slots}
-    status: dict[str, str] = {}
-    with engine.connect() as conn:
-        for part in _parts(list(ids), 1000):
-            query = select(batch_runs.c.batch_id, batch_runs.c.status).where(batch_runs.c.batch_id.in_(part))
-            status.update({row.batch_id: row.status for row in conn.execute(query)})
+    status = statuses(engine, list(ids))
     plan = BackfillPlan(slots)
     for batch_id, slot in ids.items():
         state = status.get(batch_id)
@@ -76,12 +73,9 @@ def plan_backfill(
             plan.in_flight.append(slot)
         else:  # never ran, or failed: sending it runs the batch with its stored plan
             plan.to_send.append(slot)
+            if state == "failed":
+                plan.failed.add(slot)
     return plan
-
-
-def _parts(items: list[str], size: int) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def send_slots(
@@ -92,12 +86,25 @@ def send_slots(
     max_queued: int = DEFAULT_MAX_QUEUED,
     progress: Callable[[int, int], None] | None = None,
     queued: Callable[[], int] = queue_length,
+    before_send: Callable[[datetime], None] | None = None,
+    stall_seconds: float = 600.0,
 ) -> list[str]:
-    """Send each slot, waiting while `max_queued` or more messages are still waiting for a worker."""
+    """Send each slot, waiting while `max_queued` or more messages are still waiting for a worker.
+
+    If no worker takes a message for `stall_seconds`, stop with a UsageError that says so (the
+    slots sent so far are in the queue and will be written once a worker runs)."""
     sent = []
     for done, slot in enumerate(slots, start=1):
-        while queued() >= max_queued:
+        stalled_since = time.monotonic()
+        while (waiting := queued()) >= max_queued:
+            if time.monotonic() - stalled_since > stall_seconds:
+                raise UsageError(
+                    f"{waiting} messages have waited in the queue for {stall_seconds:.0f} s and no worker took one; "
+                    f"sent {len(sent)} of {len(slots)} slots (is a worker running? then run the same backfill again)"
+                )
             time.sleep(0.2)
+        if before_send is not None:
+            before_send(slot)
         sent.append(dispatch_slot(slot, interval, rides, world))
         if progress is not None:
             progress(done, len(slots))
@@ -137,19 +144,14 @@ def wait_for_slots(engine: Engine, batch_ids: list[str], timeout: float) -> Outc
     pending = set(batch_ids)
     outcome = Outcome()
     while pending and time.monotonic() < deadline:
-        with engine.connect() as conn:
-            for part in _parts(sorted(pending), 1000):
-                query = select(batch_runs.c.batch_id, batch_runs.c.status, batch_runs.c.rows_written).where(
-                    batch_runs.c.batch_id.in_(part), batch_runs.c.status.in_(("succeeded", "failed"))
-                )
-                for row in conn.execute(query):
-                    pending.discard(row.batch_id)
-                    if row.status == "succeeded":
-                        outcome.written += 1
-                        outcome.rows += row.rows_written
-                    else:
-                        outcome.failed += 1
-                        outcome.failed_ids.append(row.batch_id)
+        for batch_id, status, rows in finished(engine, sorted(pending)):
+            pending.discard(batch_id)
+            if status == "succeeded":
+                outcome.written += 1
+                outcome.rows += rows
+            else:
+                outcome.failed += 1
+                outcome.failed_ids.append(batch_id)
         if pending:
             time.sleep(0.5)
     outcome.waiting = len(pending)
@@ -174,14 +176,29 @@ def run_backfill(
         f"{len(plan.slots)} slots from {plan.slots[0].isoformat()} to {plan.slots[-1].isoformat()}: "
         f"{len(plan.to_send)} to send, {len(plan.already_written)} already written, {len(plan.in_flight)} in flight"
     )
+
+    def reopen(slot: datetime) -> None:
+        # A failed slot shows as retrying until a worker runs it again, so --wait does not count
+        # the old failure as this backfill's result (and it counts one more attempt).
+        if slot in plan.failed:
+            writes.mark_rerun(engine, batch_id_of(slot), "backfill requested")
+
+    sent: list[str] = []
     if plan.to_send:
         update, stop = progress_printer(len(plan.to_send))
         try:
-            sent = send_slots(plan.to_send, interval, rides, world, max_queued, update)
+            sent = send_slots(
+                plan.to_send,
+                interval,
+                rides,
+                world,
+                max_queued,
+                update,
+                before_send=reopen,
+                stall_seconds=min(timeout, 600.0),
+            )
         finally:
             stop()
-    else:
-        sent = []
     if not wait:
         return 0
     outcome = wait_for_slots(engine, sent + [batch_id_of(s) for s in plan.in_flight], timeout)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 COLUMNS = ("batch", "trigger", "status", "rows", "model", "tries", "started (UTC)", "took", "error")
@@ -11,9 +11,19 @@ ERROR_CHARS = 60
 
 
 def _took(row: dict[str, Any]) -> str:
-    if row["finished_at"] is None or row["started_at"] is None:
+    """How long the latest attempt took (a rerun hours later is not hours of work)."""
+    started = row.get("attempt_started_at") or row["started_at"]
+    if row["finished_at"] is None or started is None:
         return ""
-    return f"{(row['finished_at'] - row['started_at']).total_seconds():.1f}s"
+    return f"{max(0.0, (row['finished_at'] - started).total_seconds()):.1f}s"
+
+
+def _utc(moment: datetime | None) -> str:
+    """A database timestamp in UTC (PostgreSQL hands it back in the session's time zone)."""
+    if moment is None:
+        return ""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _knobs(row: dict[str, Any]) -> str:
@@ -38,7 +48,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 f"{row['rows_written']}/{row['rides_requested']}",
                 model,
                 str(row["attempts"]),
-                row["started_at"].strftime("%Y-%m-%d %H:%M:%S") if row["started_at"] else "",
+                _utc(row["started_at"]),
                 _took(row),
                 error if len(error) <= ERROR_CHARS else error[: ERROR_CHARS - 1] + "…",
             )

@@ -320,6 +320,8 @@ def cmd_reference(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_monitor_check(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.monitor_check import run_trial
 
+    if args.days < 1 / 24:
+        raise UsageError(f"--days {args.days:g} is less than one hour; the hour windows need at least 1/24")
     run_trial(settings, days=args.days, seed=args.seed)
     return 0
 
@@ -356,9 +358,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             info = report[part]
             state = "up" if info["ok"] else "DOWN"
             detail = info.get("error") or ", ".join(
-                f"{k}={v}" for k, v in info.items() if k not in ("ok", "last_batch", "missed_slots_24h", "fill_command")
+                f"{k}={v}"
+                for k, v in info.items()
+                if k not in ("ok", "last_batch", "missed_slots_24h", "fill_command", "schema_problem")
             )
             print(f"{part:9} {state:5} {detail}")
+        if report["database"].get("schema_problem"):
+            print(f"schema    {report['database']['schema_problem']}")
         last = report["database"].get("last_batch")
         if last:
             print(
@@ -546,8 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "monitor-check", help="measure false alarms, detection, live MAE and cost of the monitor on simulated days"
     )
-    check.add_argument("--days", type=_positive_float, default=2.0, help="simulated days per world")
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--days", type=_positive_float, default=2.0, help="simulated days per world (at least 1/24)")
+    check.add_argument("--seed", type=_seed, default=0, help="0 to 2**63-1")
     check.set_defaults(handler=cmd_monitor_check)
 
     status = sub.add_parser("status", help="broker, database and registry reachability; last batch")

@@ -27,17 +27,19 @@ def rerun_batch(settings: Settings, engine: Engine, batch_id: str, now: datetime
     status = row["status"]
     if status == "succeeded":
         raise UsageError(f"batch {batch_id} succeeded ({row['rows_written']} rows); there is nothing to rerun")
-    if row["trigger"] == "file" or not batch_id.startswith(("schedule-", "adhoc-")):
+    given = row["trigger"] == "file" or row["seed"] is None or row["window_start"] is None
+    if given or not batch_id.startswith(("schedule-", "adhoc-")):
         raise UsageError(
-            f"batch {batch_id} scored rides from a file, which are not kept; score the file again "
-            "(rows whose trip_id is already written are skipped)"
+            f"batch {batch_id} scored rides its caller gave (a file, or a score_rides call), which are not kept; "
+            "send them again (rows whose trip_id is already written are skipped)"
         )
     if status == "running":
-        started = row["started_at"] if row["started_at"].tzinfo else row["started_at"].replace(tzinfo=UTC)
+        started = row["attempt_started_at"] or row["started_at"]
+        started = started if started.tzinfo else started.replace(tzinfo=UTC)
         age = ((now or datetime.now(UTC)) - started).total_seconds()
         if age < settings.VISIBILITY_TIMEOUT:
             raise UsageError(
-                f"batch {batch_id} is running (started {age:.0f} s ago); a worker may still be writing it. "
+                f"batch {batch_id} is running (its latest attempt started {age:.0f} s ago); a worker may still be writing it. "
                 f"Wait for VISIBILITY_TIMEOUT={settings.VISIBILITY_TIMEOUT:g} s, after which Redis redelivers it anyway"
             )
     world = World(float(row["speed_factor"]), float(row["fare_factor"]))

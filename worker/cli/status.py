@@ -45,7 +45,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     from worker.cli.dispatching import queue_length
     from worker.model.registry import configure_mlflow, resolve_version
     from worker.store import writes
-    from worker.store.database import get_engine, schema_ready
+    from worker.store.database import get_engine, schema_problem, schema_ready
 
     def broker() -> dict[str, Any]:
         return {"url": redact(settings.CELERY_BROKER_URL), "queue_length": queue_length()}
@@ -54,12 +54,14 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         engine = get_engine(settings.database_url)
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        ready = schema_ready(engine)
+        problem = schema_problem(engine)
+        ready = problem is None
         last = writes.last_finished_batch(engine) if ready else None
         missed = missed_in_last_day(settings, engine) if ready else []
         return {
             "url": redact(settings.database_url),
             "schema_ready": ready,
+            **({} if ready else {"schema_problem": problem}),
             "missed_slots_24h": [slot.isoformat() for slot in missed],
             "fill_command": fill_command(missed, settings.BATCH_INTERVAL_SECONDS) if missed else None,
             "last_batch": None

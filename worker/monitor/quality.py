@@ -1,7 +1,7 @@
 """Live accuracy: once trips have ended, how far the predictions were from what happened.
 
 A batch's `outcomes`, `mae`, `rmse` and `bias` count only outcomes observed by the time of the
-pass (trip start + duration for made-up rides, load time for a city export), and a daily
+pass (trip start + duration, whether made up or loaded from a city export), and a daily
 accuracy per model version is kept beside the version's held-out MAE and the always-the-median
 baseline on the same rides. Target drift (the true duration against the reference) is stored
 once all of a batch's outcomes are in.
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 from sqlalchemy import Engine
 
 from worker.monitor.batches import ReferenceLookup
@@ -23,13 +24,23 @@ from worker.store import monitoring, writes
 
 log = logging.getLogger(__name__)
 
+# Asking the registry for a reference failed in a way a later pass can get past.
+REGISTRY_ERRORS = (MlflowException, OSError)
+
+
+class RegistryDown(RuntimeError):
+    """The registry could not be asked now; what needed it is left for a later pass."""
+
+
 # (model name, version) -> the MAE the version scored on held-out rides when trained, if known.
 HeldoutLookup = Callable[[str, str], float | None]
 LOOKBACK = timedelta(hours=6)  # made-up trips last at most 3 h; files get theirs through `outcomes`
 
 
 def update_batch(engine: Engine, batch_id: str, known_at: datetime, references: ReferenceLookup | None = None) -> dict:
-    """Fill the batch's quality columns from the outcomes known at `known_at` (Chicago local)."""
+    """Fill the batch's quality columns from the outcomes known at `known_at` (Chicago local), and
+    its target drift once all its outcomes are in. A registry that cannot be asked for the reference
+    leaves the target drift for a later pass (RegistryDown), never the quality figures."""
     found = monitoring.batch_quality(engine, batch_id, known_at)
     values = {
         "outcomes": int(found["outcomes"] or 0),
@@ -40,7 +51,10 @@ def update_batch(engine: Engine, batch_id: str, known_at: datetime, references: 
     monitoring.save_batch_quality(engine, batch_id, values)
     metrics = monitoring.get_batch_metrics(engine, batch_id)
     if references is not None and metrics and values["outcomes"] and values["outcomes"] >= (metrics["rows"] or 0):
-        _target_drift(engine, batch_id, known_at, references)
+        try:
+            _target_drift(engine, batch_id, known_at, references)
+        except REGISTRY_ERRORS as exc:
+            raise RegistryDown(f"target drift of {batch_id} waits for the registry: {exc}") from exc
     return values
 
 
@@ -105,14 +119,22 @@ def update_quality(
     batch_ids: list[str] | None = None,
     now_utc: datetime | None = None,
 ) -> dict:
-    """One pass: every recent batch still waiting for outcomes (or the given ones), then their days."""
+    """One pass: every recent batch still waiting for outcomes (or the given ones), then their days.
+    After the first registry failure the pass stops asking the registry (each try can take many
+    seconds against a host that drops packets) and leaves target drift for the next pass."""
     if batch_ids is None:
         since = (now_utc or datetime.now().astimezone()) - LOOKBACK
         batch_ids = monitoring.batches_awaiting_outcomes(engine, since)
+    waiting = 0
     for batch_id in batch_ids:
-        update_batch(engine, batch_id, known_at, references)
+        try:
+            update_batch(engine, batch_id, known_at, references)
+        except RegistryDown as exc:
+            log.warning("%s; later batches of this pass skip their target drift", exc)
+            references = None
+            waiting += 1
     days = monitoring.days_of_batches(engine, batch_ids) if batch_ids else []
-    return {"batches": len(batch_ids), "days": update_days(engine, days, known_at, heldout)}
+    return {"batches": len(batch_ids), "days": update_days(engine, days, known_at, heldout), "target_waiting": waiting}
 
 
 def _float(value: object) -> float | None:

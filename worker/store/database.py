@@ -12,7 +12,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -51,33 +53,64 @@ def reset_engines() -> None:
     _ENGINES.clear()
 
 
-def migrate(url: str, revision: str = "head") -> None:
+def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    config = _config()
     with get_engine(url).begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
 
-TABLES = frozenset({"ride_predictions", "batch_runs", "batch_chunks"})
-_CHECKED: set[str] = set()  # URLs whose schema was found complete
+_CHECKED: set[str] = set()  # URLs whose schema was found at this code's revision
 
 
 class SchemaMissing(RuntimeError):
-    """The tables are not there; workers never create them on their own."""
+    """The tables are missing or older than this code; workers never migrate on their own."""
+
+
+def revisions() -> tuple[str, set[str]]:
+    """This code's head revision, and every revision it knows."""
+    scripts = ScriptDirectory.from_config(_config())
+    return scripts.get_current_head(), {script.revision for script in scripts.walk_revisions()}
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """Why this code cannot use the database's tables, or None if it can. A revision this code does
+    not know is newer (a later release migrated it) and is accepted: migrations only add."""
+    head, known = revisions()
+    current = current_revision(engine)
+    if current is None:
+        return (
+            f"database {engine.url.render_as_string()} has no ride_predictions tables: run `python -m worker migrate`"
+        )
+    if current != head and current in known:
+        return (
+            f"database {engine.url.render_as_string()} is at schema revision {current}, this code needs {head}: "
+            "run `python -m worker migrate`"
+        )
+    return None
 
 
 def schema_ready(engine: Engine) -> bool:
-    return set(inspect(engine).get_table_names()) >= TABLES
+    return schema_problem(engine) is None
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Once per engine: fail clearly if the migrations have not been run."""
+    """Once per engine: fail clearly if the migrations have not been run (or not all of them)."""
     url = engine.url.render_as_string(hide_password=False)
     if url in _CHECKED:
         return
-    if not schema_ready(engine):
-        raise SchemaMissing(
-            f"database {engine.url.render_as_string()} has no ride_predictions tables: run `python -m worker migrate`"
-        )
+    problem = schema_problem(engine)
+    if problem is not None:
+        raise SchemaMissing(problem)
     _CHECKED.add(url)

@@ -7,10 +7,10 @@ first scheduled batch recorded), so a fresh install has nothing missing.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from worker.store.schema import batch_runs
 
@@ -26,21 +26,31 @@ def slot_grid(start: datetime, end: datetime, interval_seconds: float) -> list[d
     return out
 
 
-def first_scheduled_slot(engine: Engine) -> datetime | None:
+def schedule_first_seen(engine: Engine, on_time_seconds: float) -> datetime | None:
+    """When beat was first seen running: the start of the earliest scheduled batch that ran within
+    `on_time_seconds` of its slot. A backfilled slot runs long after its slot, so backfilling old
+    slots never moves this back (and never makes the slots since then look missed)."""
+    query = (
+        select(batch_runs.c.slot, batch_runs.c.started_at)
+        .where(batch_runs.c.trigger == "schedule", batch_runs.c.slot.is_not(None))
+        .order_by(batch_runs.c.started_at)
+    )
     with engine.connect() as conn:
-        return conn.execute(select(func.min(batch_runs.c.slot))).scalar()
+        for slot, started in conn.execute(query.execution_options(yield_per=500)):
+            if (_utc(started) - _utc(slot)).total_seconds() <= on_time_seconds:
+                return _utc(started)
+    return None
 
 
 def missed_slots(engine: Engine, interval_seconds: float, since: datetime, until: datetime) -> list[datetime]:
-    """Slots in [since, until) after the schedule's first recorded slot that have no batch at all.
+    """Slots in [since, until) after beat was first seen running that have no batch at all.
 
     `until` is usually the current slot: it is still beat's to send. A failed batch is not
     missed (it ran; `rerun` redoes it)."""
-    first = first_scheduled_slot(engine)
+    first = schedule_first_seen(engine, on_time_seconds=max(2 * interval_seconds, 60.0))
     if first is None:
         return []
-    first = _utc(first)
-    start = max(_utc(since), first + timedelta(seconds=interval_seconds))
+    start = max(_utc(since), first)
     grid = slot_grid(start, _utc(until), interval_seconds)
     if not grid:
         return []
@@ -70,3 +80,27 @@ def list_batches(
         query = query.where(batch_runs.c.started_at >= since)
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def statuses(engine: Engine, batch_ids: list[str]) -> dict[str, str]:
+    """The status of each of these batches that exists."""
+    found: dict[str, str] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(batch_ids), 1000):
+            query = select(batch_runs.c.batch_id, batch_runs.c.status).where(
+                batch_runs.c.batch_id.in_(batch_ids[i : i + 1000])
+            )
+            found.update({row.batch_id: row.status for row in conn.execute(query)})
+    return found
+
+
+def finished(engine: Engine, batch_ids: list[str]) -> list[tuple[str, str, int]]:
+    """(batch id, status, rows written) of those of these batches that succeeded or failed."""
+    out: list[tuple[str, str, int]] = []
+    with engine.connect() as conn:
+        for i in range(0, len(batch_ids), 1000):
+            query = select(batch_runs.c.batch_id, batch_runs.c.status, batch_runs.c.rows_written).where(
+                batch_runs.c.batch_id.in_(batch_ids[i : i + 1000]), batch_runs.c.status.in_(("succeeded", "failed"))
+            )
+            out.extend((row.batch_id, row.status, row.rows_written) for row in conn.execute(query))
+    return out

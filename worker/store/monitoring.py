@@ -103,19 +103,22 @@ def get_batch_metrics(engine: Engine, batch_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def unmonitored_batches(engine: Engine, finished_before: datetime, limit: int = 50) -> list[str]:
-    """Succeeded batches with no metrics yet (their monitoring task was lost), or still waiting for
-    the registry since before `finished_before`, oldest first."""
+def unmonitored_batches(
+    engine: Engine, finished_after: datetime, finished_before: datetime, limit: int = 50
+) -> list[str]:
+    """Recent succeeded batches with no metrics (their monitoring message was lost), or still waiting
+    for the registry, newest first. Older ones (e.g. from before monitoring existed) stay as they are."""
     query = (
         select(batch_runs.c.batch_id)
         .select_from(batch_runs.outerjoin(batch_metrics, batch_metrics.c.batch_id == batch_runs.c.batch_id))
         .where(
             batch_runs.c.status == "succeeded",
+            batch_runs.c.finished_at >= finished_after,
             batch_runs.c.finished_at < finished_before,
             batch_metrics.c.batch_id.is_(None)
             | ((batch_metrics.c.monitor_status == "waiting") & (batch_metrics.c.monitored_at < finished_before)),
         )
-        .order_by(batch_runs.c.finished_at)
+        .order_by(batch_runs.c.finished_at.desc())
         .limit(limit)
     )
     with engine.connect() as conn:
@@ -123,11 +126,19 @@ def unmonitored_batches(engine: Engine, finished_before: datetime, limit: int = 
 
 
 def batches_awaiting_outcomes(engine: Engine, monitored_since: datetime) -> list[str]:
-    """Monitored batches whose outcomes are not all known yet (or never counted)."""
+    """Monitored batches whose outcomes are not all known yet (or never counted), and those with all
+    outcomes in whose target drift is still to be computed (the registry was down)."""
+    target = (
+        select(column_drift.c.batch_id)
+        .where(column_drift.c.batch_id == batch_metrics.c.batch_id, column_drift.c.column_name == "actual_duration")
+        .exists()
+    )
     query = select(batch_metrics.c.batch_id).where(
         batch_metrics.c.monitored_at >= monitored_since,
         batch_metrics.c.rows > 0,
-        (batch_metrics.c.outcomes.is_(None)) | (batch_metrics.c.outcomes < batch_metrics.c.rows),
+        (batch_metrics.c.outcomes.is_(None))
+        | (batch_metrics.c.outcomes < batch_metrics.c.rows)
+        | ((batch_metrics.c.monitor_status == "ok") & ~target),
     )
     with engine.connect() as conn:
         return list(conn.execute(query).scalars())

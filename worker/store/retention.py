@@ -9,11 +9,13 @@ leaves a batch that the next prune finishes, never rows without their batch.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, func, select
 
+from worker.rides.generator import CHICAGO
 from worker.store.schema import (
     batch_chunks,
     batch_metrics,
@@ -70,10 +72,16 @@ def _delete_rows_of(engine: Engine, batch_id: str, counts: Counter) -> None:
             ).rowcount
 
 
-def delete_batches(engine: Engine, batch_ids: list[str], counts: Counter | None = None) -> Counter:
-    """Delete these batches with every row keyed by them (their own batch_runs row last)."""
+def delete_batches(
+    engine: Engine, batch_ids: list[str], counts: Counter | None = None, deadline: float | None = None
+) -> Counter:
+    """Delete these batches with every row keyed by them (their own batch_runs row last), stopping
+    between batches once time.monotonic() passes `deadline` (`counts["left"]` says how many remain)."""
     counts = Counter() if counts is None else counts
-    for batch_id in batch_ids:
+    for done, batch_id in enumerate(batch_ids):
+        if deadline is not None and time.monotonic() > deadline:
+            counts["left"] += len(batch_ids) - done
+            break
         _delete_rows_of(engine, batch_id, counts)
         with engine.begin() as conn:
             for table in (column_drift, batch_metrics, batch_chunks):
@@ -82,18 +90,20 @@ def delete_batches(engine: Engine, batch_ids: list[str], counts: Counter | None 
     return counts
 
 
-def prune(engine: Engine, older_than_days: float, now: datetime) -> dict[str, int]:
-    """Delete batches started more than `older_than_days` before `now` (UTC), and their rows."""
+def prune(engine: Engine, older_than_days: float, now: datetime, seconds: float | None = None) -> dict[str, int]:
+    """Delete batches started more than `older_than_days` before `now` (UTC), and their rows, for at
+    most `seconds` (the rest is left for the next run; `left` in the result says how many)."""
     cutoff = now - timedelta(days=older_than_days)
-    counts = delete_batches(engine, old_batches(engine, cutoff))
-    # Window and daily tables are keyed by (Chicago-local) time; a day's margin keeps the
-    # windows of batches that were not old enough to go.
-    local_cutoff = (cutoff - timedelta(days=1)).replace(tzinfo=None)
+    deadline = None if seconds is None else time.monotonic() + seconds
+    counts = delete_batches(engine, old_batches(engine, cutoff), deadline=deadline)
+    # Window and daily tables are keyed by Chicago-local time; a day's margin keeps the windows of
+    # batches that were not old enough to go.
+    local_cutoff = (cutoff - timedelta(days=1)).astimezone(CHICAGO).replace(tzinfo=None)
     with engine.begin() as conn:
         for table in (window_column_drift, window_metrics):
             counts[table.name] += conn.execute(delete(table).where(table.c.window_end < local_cutoff)).rowcount
         counts["daily_accuracy"] += conn.execute(
             delete(daily_accuracy).where(daily_accuracy.c.day < local_cutoff.date())
         ).rowcount
-    log.info("pruned batches started before %s: %s", cutoff.isoformat(), dict(counts))
+    log.debug("pruned batches started before %s: %s", cutoff.isoformat(), dict(counts))
     return {name: n for name, n in counts.items() if n}

@@ -49,6 +49,7 @@ ride_predictions = Table(
     Column("batch_id", String(120), nullable=False),
     Index("ix_ride_predictions_batch_id", "batch_id"),
     Index("ix_ride_predictions_created_at", "created_at"),
+    Index("ix_ride_predictions_trip_start_timestamp", "trip_start_timestamp"),
 )
 
 batch_runs = Table(
@@ -75,6 +76,8 @@ batch_runs = Table(
     Column("fare_factor", Float, nullable=False, server_default="1.0", comment="meter rates x this"),
     Column("slot", DateTime(timezone=True), comment="UTC beat slot of a scheduled batch"),
     Column("model_pinned_by", String(20), comment="alias, fallback, fixed or given: how model_version was chosen"),
+    Column("chunk_size", Integer, comment="rides per chunk the first delivery planned with"),
+    Column("attempt_started_at", DateTime(timezone=True), comment="UTC start of the latest attempt"),
     Index("ix_batch_runs_finished_at", "finished_at"),
     Index("ix_batch_runs_started_at", "started_at"),
     Index("ix_batch_runs_slot", "slot"),

@@ -96,13 +96,16 @@ def start_batch(
     speed_factor: float = 1.0,
     fare_factor: float = 1.0,
     slot: datetime | None = None,
+    chunk_size: int | None = None,
 ) -> dict[str, Any]:
     """Record the batch (first delivery) or count another attempt; returns its row as stored.
 
-    The first delivery's plan (seed, window, size, knobs) is what every later attempt must
-    follow, so callers take those from the returned row, not from their own arguments.
+    The first delivery's plan (seed, window, size, chunk size, knobs) is what every later attempt
+    must follow, so callers take those from the returned row, not from their own arguments.
     `attempt` is Celery's retry count + 1; a message the broker delivered again (after a lost
-    worker or the visibility timeout) counts one more attempt on top.
+    worker or the visibility timeout) counts one more attempt on top. A `failed` batch stays
+    failed: only `rerun` and `backfill` reopen one (they mark it `retrying` first), so a late
+    message of a batch that failed cannot leave it `running` for ever.
     """
     with engine.begin() as conn:
         conn.execute(
@@ -121,21 +124,20 @@ def start_batch(
                 speed_factor=speed_factor,
                 fare_factor=fare_factor,
                 slot=slot,
+                chunk_size=chunk_size,
+                attempt_started_at=func.now(),
             )
             .on_conflict_do_nothing(index_elements=["batch_id"])
         )
         conn.execute(
             update(batch_runs)
-            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != "succeeded")
+            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status.not_in(("succeeded", "failed")))
             .values(
                 status="running",
-                # A failed batch run again (`rerun`, `backfill`) is one more attempt, whatever Celery counts.
-                attempts=case(
-                    (batch_runs.c.status == "failed", batch_runs.c.attempts + 1),
-                    else_=batch_runs.c.attempts + 1
-                    if redelivered
-                    else case((batch_runs.c.attempts < attempt, attempt), else_=batch_runs.c.attempts),
-                ),
+                attempt_started_at=func.now(),
+                attempts=batch_runs.c.attempts + 1
+                if redelivered
+                else case((batch_runs.c.attempts < attempt, attempt), else_=batch_runs.c.attempts),
             )
         )
         row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().one()
