@@ -503,7 +503,7 @@ def serve(settings: Settings, port: int | None = None) -> int:
     """Serve /metrics until SIGTERM or Ctrl-C."""
     port = port or settings.EXPORTER_PORT
     address = settings.EXPORTER_ADDRESS
-    check_port_free(address, port, "EXPORTER_PORT")
+    check_port_free(address, port, "EXPORTER_PORT", owner="exporter")
     # Import the Celery app and MLflow now: their first import takes seconds, longer than a scrape may.
     import worker.celery_app
     import worker.model.registry  # noqa: F401
