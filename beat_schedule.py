@@ -5,9 +5,13 @@ minutes by default). Beat stamps each message with its slot (worker/beat.py),
 which becomes the batch id. A message nobody picks up in time expires rather
 than piling up behind a stopped worker: the expiry leaves room for one
 redelivery after a crash (visibility timeout + hard time limit).
+
+With RETENTION_DAYS set, prune_batches deletes old batches once a day.
 """
 
 from __future__ import annotations
+
+from celery.schedules import crontab
 
 from worker.beat import aligned_every
 from worker.settings import get_settings
@@ -23,3 +27,12 @@ beat_schedule = {
         "options": {"expires": _settings.VISIBILITY_TIMEOUT + _settings.TASK_TIME_LIMIT + _interval},
     },
 }
+
+if _settings.RETENTION_DAYS is not None:
+    # Once a day at 09:30 UTC (03:30 or 04:30 in Chicago), when the city's taxis are quietest.
+    beat_schedule["prune-old-batches"] = {
+        "task": "worker.tasks.prune_batches",
+        "schedule": crontab(minute=30, hour=9),
+        "kwargs": {"older_than_days": _settings.RETENTION_DAYS},
+        "options": {"expires": 3600},
+    }

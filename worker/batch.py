@@ -18,7 +18,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from worker.model.registry import LoadedModel
-from worker.rides.generator import RIDE_COLUMNS, Window, generate_rides
+from worker.rides.generator import CALIBRATED, RIDE_COLUMNS, Window, World, generate_rides
 from worker.store.writes import PREDICTION_COLUMNS, ChunkWrite, write_chunk
 
 
@@ -42,6 +42,28 @@ class ChunkResult:
             "model_version": self.model_version,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a generated batch contains, as its first delivery stored it in batch_runs."""
+
+    rides: int
+    seed: int
+    window: Window
+    world: World
+    sizes: list[int]
+
+    @classmethod
+    def of(cls, row: dict, chunk_size: int) -> Plan:
+        rides = int(row["rides_requested"])
+        return cls(
+            rides=rides,
+            seed=int(row["seed"]),
+            window=Window(row["window_start"], row["window_end"]),
+            world=World(float(row["speed_factor"]), float(row["fare_factor"])),
+            sizes=chunk_sizes(rides, chunk_size),
+        )
 
 
 def seed_for(batch_id: str) -> int:
@@ -94,8 +116,10 @@ def predict_and_write(
     return ChunkResult(written, model.name, model.version, len(rides), timings)
 
 
-def generated_chunk(batch_id: str, seed: int, chunk_index: int, n: int, window: Window) -> pd.DataFrame:
-    rides = generate_rides(n, [seed, chunk_index], window=window)
+def generated_chunk(
+    batch_id: str, seed: int, chunk_index: int, n: int, window: Window, world: World = CALIBRATED
+) -> pd.DataFrame:
+    rides = generate_rides(n, [seed, chunk_index], window=window, world=world)
     rides.insert(0, "trip_id", trip_ids(batch_id, chunk_index, n))
     return rides
 
@@ -109,9 +133,10 @@ def run_generated_chunk(
     rides: int,
     seed: int,
     window: Window,
+    world: World = CALIBRATED,
 ) -> ChunkResult:
     started = time.perf_counter()
-    frame = generated_chunk(batch_id, seed, chunk_index, rides, window)
+    frame = generated_chunk(batch_id, seed, chunk_index, rides, window, world)
     timings = {"generate": time.perf_counter() - started}
     return predict_and_write(engine, model, batch_id, chunk_index, frame, timings, ids_are_new=True)
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     VISIBILITY_TIMEOUT: float = Field(
         900.0, gt=0, description="Seconds before Redis redelivers an unacknowledged task."
     )
+    RETENTION_DAYS: float | None = Field(
+        None, gt=0, description="Beat prunes batches older than this once a day; unset keeps everything."
+    )
     FLOWER_BASIC_AUTH: str = Field("", description="user:password[,user2:password2] for Flower; empty means no auth.")
     FLOWER_ADDRESS: str = Field("127.0.0.1", description="Address Flower listens on.")
     FLOWER_PORT: int = Field(5555, ge=1, le=65535, description="Port Flower listens on.")

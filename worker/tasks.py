@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task, group
@@ -20,10 +20,10 @@ from worker import batch, runtime
 from worker.beat import RUN_BATCH, slot_window
 from worker.celery_app import app
 from worker.model.registry import ModelUnavailable
-from worker.rides.generator import Window, chicago_now, expected_rides
+from worker.rides.generator import World, chicago_now, expected_rides
 from worker.rides.validation import BadRequest, records_to_frame, validate_rides
 from worker.settings import get_settings
-from worker.store import writes
+from worker.store import retention, writes
 from worker.store.database import ensure_schema
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,24 @@ def check_seed(seed: object) -> int | None:
     return seed
 
 
-def _window_of(row: dict) -> Window:
-    return Window(row["window_start"], row["window_end"])
+def check_world(speed_factor: object, fare_factor: object) -> World:
+    try:
+        return World(speed_factor=speed_factor, fare_factor=fare_factor)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def scheduled_window(slot: object, interval: object) -> tuple[datetime, tuple[datetime, datetime]]:
+    """The slot as a UTC instant, and the Chicago-local window of rides its batch generates."""
+    if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
+        raise BadRequest(f"a scheduled batch needs a positive interval, got {interval!r}")
+    try:
+        instant = datetime.fromisoformat(str(slot))
+    except ValueError:
+        raise BadRequest(f"slot must be an ISO 8601 time with its UTC offset, got {slot!r}") from None
+    if instant.tzinfo is None:
+        raise BadRequest(f"slot must carry its UTC offset, got {slot!r}")
+    return instant, slot_window(str(slot), interval)
 
 
 @app.task(bind=True, base=PipelineTask, name="worker.tasks.run_batch")
@@ -116,20 +132,23 @@ def run_batch(
     seed: int | None = None,
     interval: float | None = None,
     slot: str | None = None,
+    speed_factor: float = 1.0,
+    fare_factor: float = 1.0,
 ) -> dict:
     """Generate `rides` rides, predict their durations, write them (fanning out above CHUNK_SIZE).
 
-    `interval` and `slot` are set by beat; without `rides` a scheduled batch takes
-    RIDES_PER_BATCH or Chicago's volume for its window.
+    `interval` and `slot` are set by beat (and by `backfill`, with the ids beat would have used);
+    without `rides` a scheduled batch takes RIDES_PER_BATCH or Chicago's volume for its window.
+    A batch that exists already (a retry, a redelivery, a rerun) follows its stored plan.
     """
     settings = get_settings()
     started = time.perf_counter()
     seed = check_seed(seed)
+    world = check_world(speed_factor, fare_factor)
     batch_id = run_batch_id(slot, self.request.id)
+    slot_at = None
     if slot is not None:
-        if not isinstance(interval, int | float) or interval <= 0:
-            raise BadRequest(f"a scheduled batch needs a positive interval, got {interval!r}")
-        start, end = slot_window(slot, interval)
+        slot_at, (start, end) = scheduled_window(slot, interval)
     else:
         end = chicago_now().replace(microsecond=0)
         start = end - timedelta(seconds=settings.BATCH_INTERVAL_SECONDS)
@@ -137,7 +156,6 @@ def run_batch(
         rides = settings.RIDES_PER_BATCH or expected_rides(end, (end - start).total_seconds() / 60)
     rides = check_count("rides", rides, settings.MAX_RIDES_PER_REQUEST)
     seed = seed if seed is not None else batch.seed_for(batch_id)
-    sizes = batch.chunk_sizes(rides, settings.CHUNK_SIZE)
 
     engine = runtime.engine()
     ensure_schema(engine)
@@ -146,30 +164,65 @@ def run_batch(
         batch_id=batch_id,
         trigger="schedule" if slot else "adhoc",
         rides_requested=rides,
-        chunks_total=len(sizes),
+        chunks_total=len(batch.chunk_sizes(rides, settings.CHUNK_SIZE)),
         task_id=self.request.id,
         seed=seed,
         window=(start, end),
         attempt=self.request.retries + 1,
         redelivered=redelivered(self),
+        speed_factor=world.speed_factor,
+        fare_factor=world.fare_factor,
+        slot=slot_at,
     )
-    window = _window_of(row)  # the first delivery's window: a redelivery generates the same rides
     if row["status"] == "succeeded":
         log.info("batch %s was already written (%s rows); nothing to do", batch_id, row["rows_written"])
         return summary(row, started, duplicate=True)
+    # The first delivery's plan: a retry, redelivery or rerun generates the very same rides.
+    plan = batch.Plan.of(row, settings.CHUNK_SIZE)
+    row, model = runtime.pinned_model(engine, row)
 
-    if len(sizes) > 1:
-        window_iso = [window.start.isoformat(), window.end.isoformat()]
+    if len(plan.sizes) > 1:
         group(
-            predict_chunk.s(batch_id=batch_id, chunk_index=i, rides=n, seed=seed, window=window_iso)
-            for i, n in enumerate(sizes)
+            predict_chunk.s(
+                batch_id=batch_id,
+                chunk_index=i,
+                rides=n,
+                seed=plan.seed,
+                window=[plan.window.start.isoformat(), plan.window.end.isoformat()],
+                speed_factor=plan.world.speed_factor,
+                fare_factor=plan.world.fare_factor,
+                model_name=model.name,
+                model_version=model.version,
+            )
+            for i, n in enumerate(plan.sizes)
         ).apply_async()
-        log.info("batch %s: %d rides fanned out in %d chunks", batch_id, rides, len(sizes))
-        return {"batch_id": batch_id, "rides": rides, "chunks": len(sizes), "status": "fanned-out"}
+        log.info(
+            "batch %s: %d rides fanned out in %d chunks, model v%s",
+            batch_id,
+            plan.rides,
+            len(plan.sizes),
+            model.version,
+        )
+        return {
+            "batch_id": batch_id,
+            "rides": plan.rides,
+            "chunks": len(plan.sizes),
+            "status": "fanned-out",
+            "model_version": model.version,
+            "speed_factor": plan.world.speed_factor,
+            "fare_factor": plan.world.fare_factor,
+        }
 
-    self.update_state(state="PROGRESS", meta={"batch_id": batch_id, "stage": "predicting", "rides": rides})
+    self.update_state(state="PROGRESS", meta={"batch_id": batch_id, "stage": "predicting", "rides": plan.rides})
     result = batch.run_generated_chunk(
-        engine, runtime.model(), batch_id=batch_id, chunk_index=0, rides=rides, seed=seed, window=window
+        engine,
+        model,
+        batch_id=batch_id,
+        chunk_index=0,
+        rides=plan.rides,
+        seed=plan.seed,
+        window=plan.window,
+        world=plan.world,
     )
     if not result.write.duplicate:
         log.info(
@@ -184,17 +237,36 @@ def run_batch(
 
 @app.task(bind=True, base=PipelineTask, name="worker.tasks.predict_chunk")
 def predict_chunk(
-    self: PipelineTask, batch_id: str, chunk_index: int, rides: int, seed: int, window: list[str]
+    self: PipelineTask,
+    batch_id: str,
+    chunk_index: int,
+    rides: int,
+    seed: int,
+    window: list[str],
+    speed_factor: float = 1.0,
+    fare_factor: float = 1.0,
+    model_name: str | None = None,
+    model_version: str | None = None,
 ) -> dict:
-    """One chunk of a large batch; written once, whoever runs it and however often."""
+    """One chunk of a large batch; written once, whoever runs it and however often, with the
+    version the batch was pinned to."""
+    engine = runtime.engine()
+    if model_name and model_version:
+        model = runtime.model(model_name, model_version)
+    else:  # a message from before versions were pinned: pin now, like run_batch
+        row = writes.get_batch(engine, batch_id)
+        if row is None:
+            raise BadRequest(f"batch {batch_id!r} is not recorded; predict_chunk belongs to a run_batch")
+        _, model = runtime.pinned_model(engine, row)
     result = batch.run_generated_chunk(
-        runtime.engine(),
-        runtime.model(),
+        engine,
+        model,
         batch_id=batch_id,
         chunk_index=chunk_index,
         rides=rides,
         seed=seed,
         window=batch.parse_window(*window),
+        world=check_world(speed_factor, fare_factor),
     )
     return result.as_dict()
 
@@ -234,13 +306,24 @@ def score_rides(
         attempt=self.request.retries + 1,
         redelivered=redelivered(self),
     )
+    row, model = runtime.pinned_model(engine, row)  # every chunk of a file scores with one version
     valid = checked.valid
     missing_ids = valid["trip_id"].isna().to_numpy()
     if missing_ids.any():
         generated = batch.trip_ids(batch_id, chunk_index, len(valid))
         valid.loc[missing_ids, "trip_id"] = generated[missing_ids]
-    result = batch.predict_and_write(engine, runtime.model(), batch_id, chunk_index, valid, {})
+    result = batch.predict_and_write(engine, model, batch_id, chunk_index, valid, {})
     return summary(writes.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
+
+
+@app.task(bind=True, base=PipelineTask, name="worker.tasks.prune_batches")
+def prune_batches(self: PipelineTask, older_than_days: float) -> dict:
+    """Delete batches older than `older_than_days` with all their rows (RETENTION_DAYS, daily from beat)."""
+    if isinstance(older_than_days, bool) or not isinstance(older_than_days, int | float) or older_than_days <= 0:
+        raise BadRequest(f"older_than_days must be a positive number, got {older_than_days!r}")
+    removed = retention.prune(runtime.engine(), older_than_days, datetime.now(UTC))
+    log.info("pruned batches older than %g days: %s", older_than_days, removed or "nothing")
+    return removed
 
 
 def summary(row: dict, started: float, duplicate: bool, chunk: batch.ChunkResult | None = None) -> dict:
@@ -253,6 +336,9 @@ def summary(row: dict, started: float, duplicate: bool, chunk: batch.ChunkResult
         "chunks_total": row["chunks_total"],
         "model_name": row["model_name"],
         "model_version": row["model_version"],
+        "model_pinned_by": row.get("model_pinned_by"),
+        "speed_factor": row.get("speed_factor", 1.0),
+        "fare_factor": row.get("fare_factor", 1.0),
         "duplicate": duplicate,
         "seconds": round(time.perf_counter() - started, 3),
     }

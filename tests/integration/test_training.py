@@ -225,6 +225,6 @@ def test_legacy_stage_uri_serves_the_version_in_that_stage(make_settings):
 
     legacy = make_settings(MODEL_NAME=settings.MODEL_NAME, MODEL_URI=f"models:/{settings.MODEL_NAME}/Production")
     assert find_version(client, legacy.model_uri) == (settings.MODEL_NAME, first.version)
-    assert ModelCache(legacy).get().version == first.version != second.version  # not the alias's version
+    assert ModelCache(legacy).current().version == first.version != second.version  # not the alias's version
     empty = make_settings(MODEL_NAME=settings.MODEL_NAME, MODEL_URI=f"models:/{settings.MODEL_NAME}/Staging")
     assert find_version(client, empty.model_uri) is None

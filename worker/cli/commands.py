@@ -12,8 +12,11 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from worker.cli.backfill import MAX_SLOTS as MAX_BACKFILL_SLOTS
 from worker.cli.errors import PortTaken, UsageError
+from worker.cli.times import TIME_HELP
 from worker.rides.cleaning import DataError
+from worker.rides.generator import FACTOR_RANGE
 from worker.rides.validation import BadRequest
 from worker.settings import Settings, SettingsError, get_settings, hide_passwords
 
@@ -59,6 +62,45 @@ def _port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be from 1 to 65535, got {value}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _factor(text: str) -> float:
+    low, high = FACTOR_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+    return value
+
+
+def _world_options(parser: argparse.ArgumentParser) -> None:
+    low, high = FACTOR_RANGE
+    parser.add_argument(
+        "--speed-factor",
+        type=_factor,
+        default=1.0,
+        metavar="F",
+        help=f"a world that changed: every generated speed x F ({low:g}..{high:g}; 0.7 = heavy traffic)",
+    )
+    parser.add_argument(
+        "--fare-factor",
+        type=_factor,
+        default=1.0,
+        metavar="F",
+        help=f"a world that changed: meter rates x F ({low:g}..{high:g}; 1.25 = a 25%% fare increase)",
+    )
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -124,12 +166,96 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.dispatching import dispatch_batch, wait_for_batch
 
     check_request_size(args.rides, settings)
-    task_id, batch_id = dispatch_batch(args.rides, args.seed)
+    task_id, batch_id = dispatch_batch(args.rides, args.seed, _world(args))
     print(f"task {task_id}")
     print(f"batch {batch_id}")
     if not args.wait:
         return 0
     return wait_for_batch(settings, batch_id, task_id, timeout=args.timeout)
+
+
+def _world(args: argparse.Namespace):
+    from worker.rides.generator import World
+
+    return World(speed_factor=args.speed_factor, fare_factor=args.fare_factor)
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.backfill import run_backfill
+    from worker.cli.times import parse_time
+    from worker.store.database import ensure_schema, get_engine
+
+    start, end = parse_time(args.start, "--from"), parse_time(args.end, "--to")
+    if args.rides is not None:
+        check_request_size(args.rides, settings)
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    return run_backfill(
+        settings,
+        engine,
+        start,
+        end,
+        rides=args.rides,
+        world=_world(args),
+        wait=args.wait,
+        allow_many=args.yes,
+        timeout=args.timeout,
+        max_queued=args.max_queued,
+    )
+
+
+def cmd_batches(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.batches import render_json, render_table
+    from worker.cli.times import parse_time
+    from worker.store.database import ensure_schema, get_engine
+    from worker.store.history import list_batches
+
+    since = parse_time(args.since, "--since") if args.since else None
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    rows = list_batches(engine, last=args.last, status=args.status, since=since)
+    print(render_json(rows) if args.json else render_table(rows))
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.dispatching import wait_for_batch
+    from worker.cli.rerun import rerun_batch
+    from worker.store.database import ensure_schema, get_engine
+
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    batch_id = rerun_batch(settings, engine, args.batch_id)
+    print(f"batch {batch_id} sent again")
+    if not args.wait:
+        return 0
+    return wait_for_batch(settings, batch_id, None, timeout=args.timeout)
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from worker.store.database import ensure_schema, get_engine
+    from worker.store.retention import preview, prune
+
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(days=args.older_than)
+    if not args.yes:
+        found = preview(engine, cutoff)
+        print(
+            f"{found['batch_runs']} batches started before {cutoff:%Y-%m-%d %H:%M} UTC, "
+            f"with {found.get('ride_predictions', 0)} predictions, would be deleted"
+        )
+        if not found["batch_runs"]:
+            return 0
+        if not sys.stdin.isatty() or input("delete them? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted (add --yes to delete without asking)")
+            return 0
+    removed = prune(engine, args.older_than, now)
+    print("deleted " + (", ".join(f"{n} {table}" for table, n in removed.items()) if removed else "nothing"))
+    return 0
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
@@ -164,7 +290,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             info = report[part]
             state = "up" if info["ok"] else "DOWN"
             detail = info.get("error") or ", ".join(
-                f"{k}={v}" for k, v in info.items() if k not in ("ok", "last_batch")
+                f"{k}={v}" for k, v in info.items() if k not in ("ok", "last_batch", "missed_slots_24h", "fill_command")
             )
             print(f"{part:9} {state:5} {detail}")
         last = report["database"].get("last_batch")
@@ -174,6 +300,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             )
         elif report["database"]["ok"]:
             print("no finished batch yet")
+        missed = report["database"].get("missed_slots_24h") or []
+        if missed:
+            shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
+            print(f"missed slots in the last 24 h: {len(missed)} ({shown})")
+            print(f"  fill them: {report['database']['fill_command']}")
+        elif report["database"]["ok"]:
+            print("missed slots in the last 24 h: none")
     return 0 if report["ok"] else 1
 
 
@@ -231,7 +364,46 @@ def build_parser() -> argparse.ArgumentParser:
     dispatch.add_argument("--seed", type=_seed, help="0 to 2**63-1; the same seed gives the same rides")
     dispatch.add_argument("--wait", action="store_true", help="show progress and the result")
     dispatch.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
+    _world_options(dispatch)
     dispatch.set_defaults(handler=cmd_dispatch)
+
+    backfill = sub.add_parser(
+        "backfill",
+        help="send the beat slots of a past range, with the ids beat would have used",
+        description="Send one run_batch per beat slot in [--from, --to), as beat would have sent it: "
+        "slots already written are skipped, missed ones are filled. Times are " + TIME_HELP + ".",
+    )
+    backfill.add_argument("--from", dest="start", required=True, metavar="TIME", help=TIME_HELP)
+    backfill.add_argument("--to", dest="end", required=True, metavar="TIME", help="end of the range (not included)")
+    backfill.add_argument(
+        "--rides", type=_positive_int, help="rides per slot (default: RIDES_PER_BATCH, else Chicago's volume)"
+    )
+    backfill.add_argument("--wait", action="store_true", help="wait for every slot and print a summary")
+    backfill.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits")
+    backfill.add_argument("--yes", action="store_true", help=f"allow more than {MAX_BACKFILL_SLOTS} slots")
+    backfill.add_argument(
+        "--max-queued", type=_positive_int, default=10, help="send only while fewer messages wait in the queue"
+    )
+    _world_options(backfill)
+    backfill.set_defaults(handler=cmd_backfill)
+
+    batches = sub.add_parser("batches", help="the batch history (newest first)")
+    batches.add_argument("--last", type=_positive_int, default=20, help="how many batches")
+    batches.add_argument("--status", choices=("running", "retrying", "succeeded", "failed"))
+    batches.add_argument("--since", metavar="TIME", help="batches started at or after TIME (" + TIME_HELP + ")")
+    batches.add_argument("--json", action="store_true")
+    batches.set_defaults(handler=cmd_batches)
+
+    rerun = sub.add_parser("rerun", help="send a failed (or stuck) batch again, exactly as planned")
+    rerun.add_argument("batch_id")
+    rerun.add_argument("--wait", action="store_true")
+    rerun.add_argument("--timeout", type=float, default=600.0)
+    rerun.set_defaults(handler=cmd_rerun)
+
+    prune = sub.add_parser("prune", help="delete batches older than DAYS with all their rows")
+    prune.add_argument("--older-than", type=_positive_float, required=True, metavar="DAYS")
+    prune.add_argument("--yes", action="store_true", help="delete without asking")
+    prune.set_defaults(handler=cmd_prune)
 
     score = sub.add_parser("score", help="score the rides in a CSV or Parquet file")
     score.add_argument("path")

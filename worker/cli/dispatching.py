@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from worker.beat import RUN_BATCH
 from worker.cli.errors import UsageError
+from worker.rides.generator import CALIBRATED, World
 from worker.settings import Settings
 
 SCORE_RIDES = "worker.tasks.score_rides"
@@ -21,14 +23,48 @@ MAX_ERRORS_SHOWN = 20
 MAX_BYTES_PER_ROW = 400  # a ride with all raw columns and a trip_id is ~130 bytes of CSV
 
 
-def dispatch_batch(rides: int, seed: int | None) -> tuple[str, str]:
+def world_kwargs(world: World) -> dict[str, float]:
+    """The knobs as run_batch takes them; left out when calibrated, so messages stay as before."""
+    out = {}
+    if world.speed_factor != 1.0:
+        out["speed_factor"] = world.speed_factor
+    if world.fare_factor != 1.0:
+        out["fare_factor"] = world.fare_factor
+    return out
+
+
+def dispatch_batch(
+    rides: int, seed: int | None, world: World = CALIBRATED, task_id: str | None = None
+) -> tuple[str, str]:
+    """Send one ad-hoc run_batch; `task_id` names the batch (`adhoc-<task id>`), so a rerun
+    that reuses it continues the same batch."""
     from worker.celery_app import app
 
-    task_id = str(uuid.uuid4())
-    kwargs = {"rides": rides} if seed is None else {"rides": rides, "seed": seed}
+    task_id = task_id or str(uuid.uuid4())
+    kwargs: dict = {"rides": rides, **world_kwargs(world)}
+    if seed is not None:
+        kwargs["seed"] = seed
     # By name, like any remote caller: the CLI needs no model libraries to send work.
     app.send_task(RUN_BATCH, kwargs=kwargs, task_id=task_id)
     return task_id, f"adhoc-{task_id}"
+
+
+def dispatch_slot(slot: datetime, interval: float, rides: int | None, world: World = CALIBRATED) -> str:
+    """Send run_batch for one beat slot exactly as beat would (same kwargs, same batch id)."""
+    from worker.celery_app import app
+
+    kwargs = {"rides": rides, "interval": interval, "slot": slot.isoformat(), **world_kwargs(world)}
+    app.send_task(RUN_BATCH, kwargs=kwargs)
+    return f"schedule-{slot.isoformat()}"
+
+
+def queue_length() -> int:
+    """Messages waiting in the default queue (what workers have not taken yet)."""
+    from worker.celery_app import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=3)
+        return conn.default_channel.queue_declare("celery", passive=False).message_count
 
 
 @dataclass

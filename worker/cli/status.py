@@ -6,9 +6,13 @@ The JSON keys are part of the interface (see the README).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from worker.settings import Settings, hide_passwords, redact
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def _check(settings: Settings, probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -18,19 +22,33 @@ def _check(settings: Settings, probe: Callable[[], dict[str, Any]]) -> dict[str,
         return {"ok": False, "error": hide_passwords(f"{type(exc).__name__}: {exc}", settings)[:500]}
 
 
+def missed_in_last_day(settings: Settings, engine: Engine) -> list[datetime]:
+    """Beat slots of the last 24 hours that never ran (the current slot is still beat's)."""
+    from worker.beat import slot_start
+    from worker.store.history import missed_slots
+
+    now = datetime.now(UTC)
+    return missed_slots(
+        engine, settings.BATCH_INTERVAL_SECONDS, now - timedelta(days=1), slot_start(settings.BATCH_INTERVAL_SECONDS)
+    )
+
+
+def fill_command(missed: list[datetime], interval: float) -> str:
+    """The backfill that fills `missed` (it skips the slots in between that were written)."""
+    end = missed[-1] + timedelta(seconds=interval)
+    return f"python -m worker backfill --from {missed[0].isoformat()} --to {end.isoformat()} --wait"
+
+
 def collect_status(settings: Settings) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from worker.celery_app import app
+    from worker.cli.dispatching import queue_length
     from worker.model.registry import configure_mlflow, resolve_version
     from worker.store import writes
     from worker.store.database import get_engine, schema_ready
 
     def broker() -> dict[str, Any]:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=3)
-            queue = conn.default_channel.queue_declare("celery", passive=False)
-            return {"url": redact(settings.CELERY_BROKER_URL), "queue_length": queue.message_count}
+        return {"url": redact(settings.CELERY_BROKER_URL), "queue_length": queue_length()}
 
     def database() -> dict[str, Any]:
         engine = get_engine(settings.database_url)
@@ -38,9 +56,12 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             conn.execute(text("SELECT 1"))
         ready = schema_ready(engine)
         last = writes.last_finished_batch(engine) if ready else None
+        missed = missed_in_last_day(settings, engine) if ready else []
         return {
             "url": redact(settings.database_url),
             "schema_ready": ready,
+            "missed_slots_24h": [slot.isoformat() for slot in missed],
+            "fill_command": fill_command(missed, settings.BATCH_INTERVAL_SECONDS) if missed else None,
             "last_batch": None
             if last is None
             else {

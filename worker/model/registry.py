@@ -1,9 +1,10 @@
 """The MLflow Model Registry: where models are logged, and the per-process model cache.
 
-Workers load the model once per process and keep it; every
+Workers load a model once per process, keyed by version, and keep it; every
 MODEL_REFRESH_SECONDS they ask the registry which version the alias points to
-(one small request) and load again only when it moved. If the registry is
-down, a worker that has a model keeps using it and logs a warning.
+(one small request). A batch pins the version it started with. If the registry
+is down, a worker that resolved the alias before keeps using that version,
+records the batch as pinned by `fallback` and logs a warning.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class ModelUnavailable(RuntimeError):
-    """No model could be loaded: the registry is unreachable or has no such version."""
+    """No model could be loaded now: the registry is unreachable or has no model yet. Transient."""
+
+
+class ModelVersionGone(RuntimeError):
+    """The version a batch is pinned to is no longer in the registry. Permanent: never retried."""
 
 
 @dataclass(frozen=True)
@@ -110,14 +116,33 @@ def load_version(name: str, version: str) -> Any:
     return mlflow.sklearn.load_model(f"models:/{name}/{version}")
 
 
-class ModelCache:
-    """One per worker process: the production model, reloaded only when its alias moves."""
+@dataclass(frozen=True)
+class Resolved:
+    """Which version a batch should use, and how that was decided: `alias` (the alias or stage
+    MODEL_URI names, asked now), `fixed` (MODEL_URI names a version) or `fallback` (the registry
+    could not be asked; the version this process last resolved)."""
 
-    def __init__(self, settings: Settings) -> None:
+    name: str
+    version: str
+    pinned_by: str
+
+
+class ModelCache:
+    """One per worker process: the alias's current version, and the models loaded so far by version.
+
+    A batch resolves the alias once and pins that version; every chunk and retry then asks for
+    the pinned version, so a worker holds the old and the new model while batches drain after
+    the alias moved. At most `keep` models stay loaded.
+    """
+
+    def __init__(self, settings: Settings, keep: int = 3) -> None:
         self.settings = settings
+        self.keep = keep
         self._lock = threading.Lock()
-        self._current: LoadedModel | None = None
+        self._resolved: Resolved | None = None
         self._checked_at = 0.0
+        self._fallback = False
+        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._client: MlflowClient | None = None
 
     def _registry(self) -> MlflowClient:
@@ -125,33 +150,64 @@ class ModelCache:
             self._client = configure_mlflow(self.settings)
         return self._client
 
-    def get(self) -> LoadedModel:
+    def resolve(self) -> Resolved:
+        """The version MODEL_URI points at, asked at most every MODEL_REFRESH_SECONDS."""
         with self._lock:
             now = time.monotonic()
-            due = now - self._checked_at >= self.settings.MODEL_REFRESH_SECONDS
-            if self._current is not None and not due:
-                return self._current
+            if self._resolved is not None and now - self._checked_at < self.settings.MODEL_REFRESH_SECONDS:
+                return self._current_resolution()
             try:
                 name, version = resolve_version(self._registry(), self.settings.model_uri)
-                if self._current is None or self._current.version != version:
-                    started = time.perf_counter()
-                    model = load_version(name, version)
-                    log.info(
-                        "loaded model %s version %s in %.2fs (was %s)",
-                        name,
-                        version,
-                        time.perf_counter() - started,
-                        self._current.version if self._current else "none",
-                    )
-                    self._current = LoadedModel(model, name, version)
-                self._checked_at = now
             except Exception as exc:  # the registry may fail in many ways; all mean "not now"
-                if self._current is None:
+                if self._resolved is None:
                     raise ModelUnavailable(f"cannot load {self.settings.model_uri}: {exc}") from exc
                 log.warning(
-                    "model registry unreachable (%s); keep serving cached version %s",
-                    exc,
-                    self._current.version,
+                    "model registry unreachable (%s); keep serving cached version %s", exc, self._resolved.version
                 )
                 self._checked_at = now
-            return self._current
+                self._fallback = True
+                return self._current_resolution()
+            kind = parse_model_uri(self.settings.model_uri)[1]
+            if self._resolved is not None and self._resolved.version != version:
+                log.info("%s moved from version %s to %s", self.settings.model_uri, self._resolved.version, version)
+            self._resolved = Resolved(name, version, "fixed" if kind == "version" else "alias")
+            self._checked_at = now
+            self._fallback = False
+            return self._resolved
+
+    def _current_resolution(self) -> Resolved:
+        assert self._resolved is not None
+        if self._fallback:
+            return Resolved(self._resolved.name, self._resolved.version, "fallback")
+        return self._resolved
+
+    def get(self, name: str, version: str) -> LoadedModel:
+        """The model of `models:/NAME/VERSION`, loaded on first use and kept."""
+        key = (name, version)
+        with self._lock:
+            cached = self._models.get(key)
+            if cached is not None:
+                self._models.move_to_end(key)
+                return cached
+            started = time.perf_counter()
+            try:
+                model = load_version(name, version)
+            except MlflowException as exc:
+                if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                    raise ModelVersionGone(
+                        f"model {name} version {version} is not in the registry (deleted?); "
+                        "the batch was pinned to it and is not switched to another version"
+                    ) from exc
+                raise ModelUnavailable(f"cannot load {name} version {version}: {exc}") from exc
+            except Exception as exc:
+                raise ModelUnavailable(f"cannot load {name} version {version}: {exc}") from exc
+            log.info("loaded model %s version %s in %.2fs", name, version, time.perf_counter() - started)
+            loaded = self._models[key] = LoadedModel(model, name, version)
+            while len(self._models) > self.keep:
+                self._models.popitem(last=False)
+            return loaded
+
+    def current(self) -> LoadedModel:
+        """The model MODEL_URI points at now (for callers that are not pinned to a batch)."""
+        resolved = self.resolve()
+        return self.get(resolved.name, resolved.version)

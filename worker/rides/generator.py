@@ -87,6 +87,29 @@ class RideModel:
         return np.interp(u, levels, np.asarray(self.params[key]))
 
 
+# The knobs `dispatch` and `backfill` take, so that monitoring can be shown a world that changed.
+FACTOR_RANGE = (0.2, 5.0)
+
+
+@dataclass(frozen=True)
+class World:
+    """How the city differs from the calibrated one: every speed x speed_factor (0.7 = a
+    traffic jam), every meter rate x fare_factor (1.25 = a 25 % fare increase)."""
+
+    speed_factor: float = 1.0
+    fare_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        low, high = FACTOR_RANGE
+        for name in ("speed_factor", "fare_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+                raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+
+
+CALIBRATED = World()
+
+
 @dataclass(frozen=True)
 class Window:
     """Trips start uniformly in [start, end), both Chicago-local naive datetimes."""
@@ -142,9 +165,16 @@ def _dropoffs(rng: np.random.Generator, pickup_idx: np.ndarray, model: RideModel
 
 
 def generate_rides(
-    n: int, seed: int | list[int], window: Window | None = None, model: RideModel | None = None
+    n: int,
+    seed: int | list[int],
+    window: Window | None = None,
+    model: RideModel | None = None,
+    world: World = CALIBRATED,
 ) -> pd.DataFrame:
-    """`n` rides drawn with `seed`; starts in `window` if given, else across a year."""
+    """`n` rides drawn with `seed`; starts in `window` if given, else across a year.
+
+    `world` changes the city the rides come from (slower traffic, dearer meters) without
+    changing the random draws, so the same seed gives the same trips in another world."""
     if n < 0:
         raise ValueError(f"ride count must be >= 0, got {n}")
     model = model or ride_model()
@@ -172,7 +202,7 @@ def generate_rides(
         + params["speed_log_miles_slope"] * np.log(miles)
         + params["speed_sigma"] * rng.standard_normal(n)
     )
-    speed = np.clip(np.exp(log_speed), 0.5, 60.0)
+    speed = np.clip(np.exp(log_speed) * world.speed_factor, 0.5, 60.0)
     minutes = np.clip(miles / speed * 60.0, 1.0, 180.0)
 
     # Meter: a speed-dependent share of the minutes is crawled and charged as time.
@@ -180,7 +210,7 @@ def generate_rides(
     logit = m_intercept + m_slope * np.log(speed) + m_sigma * rng.standard_normal(n)
     waiting_minutes = minutes / (1.0 + np.exp(-logit))
     crawled_miles = np.minimum(params["crawl_speed_mph"] / 60.0 * waiting_minutes, miles)
-    fare = meter_fare(miles - crawled_miles, waiting_minutes)
+    fare = meter_fare(miles - crawled_miles, waiting_minutes, world.fare_factor)
 
     # Recorded distance: some meters record a small fraction of the true miles (seen in the real data).
     under = rng.random(n) < params["under_recorded_share"]

@@ -17,9 +17,12 @@ PER_MINUTE = 0.20 / 0.6  # $0.20 per 36 seconds
 INCREMENT = 0.20
 
 
-def meter_fare(miles_moving: np.ndarray, minutes_waiting: np.ndarray) -> np.ndarray:
-    """Fare for the distance driven above, and the minutes spent below, the crossover speed."""
-    charge = PER_MILE * np.maximum(miles_moving, 0.0) + PER_MINUTE * np.maximum(minutes_waiting, 0.0)
+def meter_fare(miles_moving: np.ndarray, minutes_waiting: np.ndarray, rate_factor: float = 1.0) -> np.ndarray:
+    """Fare for the distance driven above, and the minutes spent below, the crossover speed.
+
+    `rate_factor` scales the flag pull and both rates (a fare increase of 25 % is 1.25); the meter
+    still clicks in $0.20 steps."""
+    charge = rate_factor * (PER_MILE * np.maximum(miles_moving, 0.0) + PER_MINUTE * np.maximum(minutes_waiting, 0.0))
     # The meter clicks in whole $0.20 steps; the epsilon keeps exact multiples exact.
     steps = np.floor(charge / INCREMENT + 1e-9)
-    return np.round(FLAG_PULL + INCREMENT * steps, 2)
+    return np.round(rate_factor * FLAG_PULL + INCREMENT * steps, 2)

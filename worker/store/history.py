@@ -17,12 +17,12 @@ from worker.store.schema import batch_runs
 
 def slot_grid(start: datetime, end: datetime, interval_seconds: float) -> list[datetime]:
     """Beat's wall-clock slots (UTC multiples of the interval since the epoch) in [start, end)."""
-    first = math.ceil(start.timestamp() / interval_seconds) * interval_seconds
+    # k * interval, as beat computes it, so the UTC isoformat (the batch id) is exactly beat's.
+    k = math.ceil(start.timestamp() / interval_seconds)
     out = []
-    at = first
-    while at < end.timestamp():
-        out.append(datetime.fromtimestamp(at, UTC))
-        at += interval_seconds
+    while k * interval_seconds < end.timestamp():
+        out.append(datetime.fromtimestamp(k * interval_seconds, UTC))
+        k += 1
     return out
 
 

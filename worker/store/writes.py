@@ -60,9 +60,14 @@ def start_batch(
     window: tuple[datetime, datetime] | None,
     attempt: int,
     redelivered: bool = False,
+    speed_factor: float = 1.0,
+    fare_factor: float = 1.0,
+    slot: datetime | None = None,
 ) -> dict[str, Any]:
     """Record the batch (first delivery) or count another attempt; returns its row as stored.
 
+    The first delivery's plan (seed, window, size, knobs) is what every later attempt must
+    follow, so callers take those from the returned row, not from their own arguments.
     `attempt` is Celery's retry count + 1; a message the broker delivered again (after a lost
     worker or the visibility timeout) counts one more attempt on top.
     """
@@ -80,6 +85,9 @@ def start_batch(
                 window_end=window[1] if window else None,
                 status="running",
                 attempts=attempt,
+                speed_factor=speed_factor,
+                fare_factor=fare_factor,
+                slot=slot,
             )
             .on_conflict_do_nothing(index_elements=["batch_id"])
         )
@@ -87,10 +95,28 @@ def start_batch(
             update(batch_runs)
             .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != "succeeded")
             .values(
-                attempts=batch_runs.c.attempts + 1
-                if redelivered
-                else case((batch_runs.c.attempts < attempt, attempt), else_=batch_runs.c.attempts)
+                status="running",
+                # A failed batch run again (`rerun`, `backfill`) is one more attempt, whatever Celery counts.
+                attempts=case(
+                    (batch_runs.c.status == "failed", batch_runs.c.attempts + 1),
+                    else_=batch_runs.c.attempts + 1
+                    if redelivered
+                    else case((batch_runs.c.attempts < attempt, attempt), else_=batch_runs.c.attempts),
+                ),
             )
+        )
+        row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().one()
+    return dict(row)
+
+
+def pin_model(engine: Engine, batch_id: str, name: str, version: str, pinned_by: str) -> dict[str, Any]:
+    """Pin the batch to a model version unless an earlier attempt (or a parallel chunk) already
+    did; returns the row, whose model_version is the one every chunk of the batch must use."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(batch_runs)
+            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.model_version.is_(None))
+            .values(model_name=name, model_version=version, model_pinned_by=pinned_by)
         )
         row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().one()
     return dict(row)

@@ -1,0 +1,194 @@
+"""`python -m worker backfill`: send the beat slots of a past range that never ran.
+
+Each slot is sent exactly as beat would have sent it (same kwargs, batch id
+`schedule-<slot>`), so the exactly-once machinery treats a backfilled slot and
+beat's own alike: a slot already written is skipped, a missed one is filled,
+and two backfills of one range write each slot once. Messages go out only
+while the queue is short, so a week of slots never buries beat's current one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, select
+
+from worker.beat import slot_start
+from worker.cli.dispatching import dispatch_slot, queue_length
+from worker.cli.errors import UsageError
+from worker.rides.generator import CALIBRATED, World
+from worker.settings import Settings
+from worker.store.history import slot_grid
+from worker.store.schema import batch_runs
+
+MAX_SLOTS = 2016  # one week of 5-minute slots; more needs --yes
+DEFAULT_MAX_QUEUED = 10
+IN_FLIGHT = ("running", "retrying")
+
+
+@dataclass
+class BackfillPlan:
+    slots: list[datetime]
+    already_written: list[datetime] = field(default_factory=list)
+    in_flight: list[datetime] = field(default_factory=list)
+    to_send: list[datetime] = field(default_factory=list)
+
+
+def batch_id_of(slot: datetime) -> str:
+    return f"schedule-{slot.isoformat()}"
+
+
+def plan_backfill(
+    engine: Engine, interval: float, start: datetime, end: datetime, now: datetime, allow_many: bool
+) -> BackfillPlan:
+    """The slots of [start, end) and what each needs; refuses a range that is empty, in the future or too big."""
+    if end <= start:
+        raise UsageError(f"--to {end.isoformat()} is not after --from {start.isoformat()}")
+    current = slot_start(interval, now.timestamp())
+    slots = slot_grid(start, end, interval)
+    if not slots:
+        raise UsageError(f"no beat slot (every {interval:g} s on the clock) lies in [--from, --to)")
+    if slots[-1] > current:
+        raise UsageError(
+            f"the range reaches past the current slot {current.isoformat()}: future slots are beat's job; "
+            f"end --to at {datetime.fromtimestamp(current.timestamp() + interval, UTC).isoformat()} or earlier"
+        )
+    if len(slots) > MAX_SLOTS and not allow_many:
+        raise UsageError(
+            f"{len(slots)} slots is more than {MAX_SLOTS} (one week of 5-minute slots); add --yes to send them all"
+        )
+    ids = {batch_id_of(slot): slot for slot in slots}
+    status: dict[str, str] = {}
+    with engine.connect() as conn:
+        for part in _parts(list(ids), 1000):
+            query = select(batch_runs.c.batch_id, batch_runs.c.status).where(batch_runs.c.batch_id.in_(part))
+            status.update({row.batch_id: row.status for row in conn.execute(query)})
+    plan = BackfillPlan(slots)
+    for batch_id, slot in ids.items():
+        state = status.get(batch_id)
+        if state == "succeeded":
+            plan.already_written.append(slot)
+        elif state in IN_FLIGHT:
+            plan.in_flight.append(slot)
+        else:  # never ran, or failed: sending it runs the batch with its stored plan
+            plan.to_send.append(slot)
+    return plan
+
+
+def _parts(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def send_slots(
+    slots: list[datetime],
+    interval: float,
+    rides: int | None,
+    world: World = CALIBRATED,
+    max_queued: int = DEFAULT_MAX_QUEUED,
+    progress: Callable[[int, int], None] | None = None,
+    queued: Callable[[], int] = queue_length,
+) -> list[str]:
+    """Send each slot, waiting while `max_queued` or more messages are still waiting for a worker."""
+    sent = []
+    for done, slot in enumerate(slots, start=1):
+        while queued() >= max_queued:
+            time.sleep(0.2)
+        sent.append(dispatch_slot(slot, interval, rides, world))
+        if progress is not None:
+            progress(done, len(slots))
+    return sent
+
+
+def progress_printer(total: int) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A progress bar on a terminal; plain lines (about every 5 %) otherwise."""
+    if sys.stdout.isatty():
+        from rich.progress import Progress
+
+        bar = Progress(transient=False)
+        task = bar.add_task("sending slots", total=total)
+        bar.start()
+        return (lambda done, _total: bar.update(task, completed=done)), bar.stop
+    step = max(1, total // 20)
+
+    def line(done: int, all_: int) -> None:
+        if done % step == 0 or done == all_:
+            print(f"sent {done}/{all_} slots", flush=True)
+
+    return line, lambda: None
+
+
+@dataclass
+class Outcome:
+    written: int = 0
+    rows: int = 0
+    failed: int = 0
+    waiting: int = 0
+    failed_ids: list[str] = field(default_factory=list)
+
+
+def wait_for_slots(engine: Engine, batch_ids: list[str], timeout: float) -> Outcome:
+    """Until every sent batch has succeeded or failed (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    pending = set(batch_ids)
+    outcome = Outcome()
+    while pending and time.monotonic() < deadline:
+        with engine.connect() as conn:
+            for part in _parts(sorted(pending), 1000):
+                query = select(batch_runs.c.batch_id, batch_runs.c.status, batch_runs.c.rows_written).where(
+                    batch_runs.c.batch_id.in_(part), batch_runs.c.status.in_(("succeeded", "failed"))
+                )
+                for row in conn.execute(query):
+                    pending.discard(row.batch_id)
+                    if row.status == "succeeded":
+                        outcome.written += 1
+                        outcome.rows += row.rows_written
+                    else:
+                        outcome.failed += 1
+                        outcome.failed_ids.append(row.batch_id)
+        if pending:
+            time.sleep(0.5)
+    outcome.waiting = len(pending)
+    return outcome
+
+
+def run_backfill(
+    settings: Settings,
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    rides: int | None,
+    world: World,
+    wait: bool,
+    allow_many: bool,
+    timeout: float,
+    max_queued: int = DEFAULT_MAX_QUEUED,
+) -> int:
+    interval = settings.BATCH_INTERVAL_SECONDS
+    plan = plan_backfill(engine, interval, start, end, datetime.now().astimezone(), allow_many)
+    print(
+        f"{len(plan.slots)} slots from {plan.slots[0].isoformat()} to {plan.slots[-1].isoformat()}: "
+        f"{len(plan.to_send)} to send, {len(plan.already_written)} already written, {len(plan.in_flight)} in flight"
+    )
+    if plan.to_send:
+        update, stop = progress_printer(len(plan.to_send))
+        try:
+            sent = send_slots(plan.to_send, interval, rides, world, max_queued, update)
+        finally:
+            stop()
+    else:
+        sent = []
+    if not wait:
+        return 0
+    outcome = wait_for_slots(engine, sent + [batch_id_of(s) for s in plan.in_flight], timeout)
+    print(
+        f"backfill done: {outcome.written} written ({outcome.rows} rows), "
+        f"{len(plan.already_written)} already there, {outcome.failed} failed"
+        + (f", {outcome.waiting} still running after {timeout:.0f} s" if outcome.waiting else "")
+        + (f" (rerun with: python -m worker rerun {outcome.failed_ids[0]})" if outcome.failed_ids else "")
+    )
+    return 0 if not outcome.failed and not outcome.waiting else 1

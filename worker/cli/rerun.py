@@ -1,0 +1,50 @@
+"""`python -m worker rerun BATCH_ID`: run a failed (or stuck) batch again, as it was planned.
+
+The batch is sent under its own identity (the slot of a scheduled batch, the
+task id of an ad-hoc one), so run_batch finds its stored seed, window, size,
+knobs and model version and regenerates exactly the rides it would have
+written; chunks already in the ledger are not written again.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from worker.cli.dispatching import dispatch_batch, dispatch_slot
+from worker.cli.errors import UsageError
+from worker.rides.generator import World
+from worker.settings import Settings
+from worker.store import writes
+
+
+def rerun_batch(settings: Settings, engine: Engine, batch_id: str, now: datetime | None = None) -> str:
+    """Send the batch again; returns the batch id. Refuses what a rerun cannot or must not do."""
+    row = writes.get_batch(engine, batch_id)
+    if row is None:
+        raise UsageError(f"there is no batch {batch_id!r} (python -m worker batches lists them)")
+    status = row["status"]
+    if status == "succeeded":
+        raise UsageError(f"batch {batch_id} succeeded ({row['rows_written']} rows); there is nothing to rerun")
+    if row["trigger"] == "file" or not batch_id.startswith(("schedule-", "adhoc-")):
+        raise UsageError(
+            f"batch {batch_id} scored rides from a file, which are not kept; score the file again "
+            "(rows whose trip_id is already written are skipped)"
+        )
+    if status == "running":
+        started = row["started_at"] if row["started_at"].tzinfo else row["started_at"].replace(tzinfo=UTC)
+        age = ((now or datetime.now(UTC)) - started).total_seconds()
+        if age < settings.VISIBILITY_TIMEOUT:
+            raise UsageError(
+                f"batch {batch_id} is running (started {age:.0f} s ago); a worker may still be writing it. "
+                f"Wait for VISIBILITY_TIMEOUT={settings.VISIBILITY_TIMEOUT:g} s, after which Redis redelivers it anyway"
+            )
+    world = World(float(row["speed_factor"]), float(row["fare_factor"]))
+    rides = int(row["rides_requested"])
+    if batch_id.startswith("schedule-"):
+        slot = datetime.fromisoformat(batch_id.removeprefix("schedule-"))
+        interval = (row["window_end"] - row["window_start"]).total_seconds()
+        return dispatch_slot(slot, interval, rides, world)
+    _, sent = dispatch_batch(rides, int(row["seed"]), world, task_id=batch_id.removeprefix("adhoc-"))
+    return sent

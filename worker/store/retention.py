@@ -1,0 +1,93 @@
+"""Deleting old batches with every row keyed by them, in small transactions.
+
+At Chicago's volume ride_predictions grows by about 75,000 rows a day. Rows go
+in slices of DELETE_ROWS per transaction, so a writer waits at most for one
+slice; a batch's own row in batch_runs goes last, so an interrupted prune
+leaves a batch that the next prune finishes, never rows without their batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete, func, select
+
+from worker.store.schema import (
+    batch_chunks,
+    batch_metrics,
+    batch_runs,
+    column_drift,
+    daily_accuracy,
+    ride_outcomes,
+    ride_predictions,
+    window_column_drift,
+    window_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+DELETE_ROWS = 10_000
+FINISHED = ("succeeded", "failed")
+
+
+def old_batches(engine: Engine, cutoff: datetime) -> list[str]:
+    """Finished batches started before `cutoff` (UTC); running ones are never pruned."""
+    with engine.connect() as conn:
+        query = select(batch_runs.c.batch_id).where(batch_runs.c.started_at < cutoff, batch_runs.c.status.in_(FINISHED))
+        return list(conn.execute(query.order_by(batch_runs.c.started_at)).scalars())
+
+
+def preview(engine: Engine, cutoff: datetime) -> dict[str, int]:
+    """What prune would delete, without deleting it."""
+    ids = old_batches(engine, cutoff)
+    counts = Counter({"batch_runs": len(ids)})
+    with engine.connect() as conn:
+        for i in range(0, len(ids), 1000):
+            part = ids[i : i + 1000]
+            counts["ride_predictions"] += conn.execute(
+                select(func.count()).where(ride_predictions.c.batch_id.in_(part))
+            ).scalar_one()
+    return dict(counts)
+
+
+def _delete_rows_of(engine: Engine, batch_id: str, counts: Counter) -> None:
+    while True:
+        with engine.begin() as conn:
+            trip_ids = list(
+                conn.execute(
+                    select(ride_predictions.c.trip_id).where(ride_predictions.c.batch_id == batch_id).limit(DELETE_ROWS)
+                ).scalars()
+            )
+            if not trip_ids:
+                return
+            counts["ride_outcomes"] += conn.execute(
+                delete(ride_outcomes).where(ride_outcomes.c.trip_id.in_(trip_ids))
+            ).rowcount
+            counts["ride_predictions"] += conn.execute(
+                delete(ride_predictions).where(ride_predictions.c.trip_id.in_(trip_ids))
+            ).rowcount
+
+
+def prune(engine: Engine, older_than_days: float, now: datetime) -> dict[str, int]:
+    """Delete batches started more than `older_than_days` before `now` (UTC), and their rows."""
+    cutoff = now - timedelta(days=older_than_days)
+    counts: Counter = Counter()
+    for batch_id in old_batches(engine, cutoff):
+        _delete_rows_of(engine, batch_id, counts)
+        with engine.begin() as conn:
+            for table in (column_drift, batch_metrics, batch_chunks):
+                counts[table.name] += conn.execute(delete(table).where(table.c.batch_id == batch_id)).rowcount
+            counts["batch_runs"] += conn.execute(delete(batch_runs).where(batch_runs.c.batch_id == batch_id)).rowcount
+    # Window and daily tables are keyed by (Chicago-local) time; a day's margin keeps the
+    # windows of batches that were not old enough to go.
+    local_cutoff = (cutoff - timedelta(days=1)).replace(tzinfo=None)
+    with engine.begin() as conn:
+        for table in (window_column_drift, window_metrics):
+            counts[table.name] += conn.execute(delete(table).where(table.c.window_end < local_cutoff)).rowcount
+        counts["daily_accuracy"] += conn.execute(
+            delete(daily_accuracy).where(daily_accuracy.c.day < local_cutoff.date())
+        ).rowcount
+    log.info("pruned batches started before %s: %s", cutoff.isoformat(), dict(counts))
+    return {name: n for name, n in counts.items() if n}
