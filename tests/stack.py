@@ -170,6 +170,19 @@ class Stack:
         finally:
             engine.dispose()
 
+    def sql_exec(self, statement: str, **params) -> None:
+        """Run a statement (or several, without parameters) and commit."""
+        engine = create_engine(self.db_url)
+        try:
+            with engine.begin() as conn:
+                if params:
+                    conn.execute(text(statement), params)
+                else:  # straight to psycopg2, which then leaves % signs (PL/pgSQL's RAISE) alone
+                    with conn.connection.dbapi_connection.cursor() as cursor:
+                        cursor.execute(statement)
+        finally:
+            engine.dispose()
+
     def queue_length(self) -> int:
         return redis.Redis.from_url(self.broker_url).llen("celery")
 

@@ -408,6 +408,7 @@ def test_registry_down_while_worker_runs_keeps_serving_the_cached_model(make_sta
             second = client.send_task(RUN_BATCH, kwargs={"rides": 100}).get(timeout=120)
             took = time.monotonic() - started
             assert second["status"] == "succeeded" and second["model_version"] == version
+            assert first["model_pinned_by"] == "alias" and second["model_pinned_by"] == "fallback"
             assert second["rows_written"] == 100 and not second["duplicate"]
             assert rows_of(stack, second["batch_id"]) == (100, 100)
             stack.wait_for_log("worker-cached", "model registry unreachable", 10)

@@ -244,6 +244,20 @@ def mark_batch(engine: Engine, batch_id: str, status: str, error: str | None = N
         )
 
 
+def mark_rerun(engine: Engine, batch_id: str, note: str, undo: bool = False) -> None:
+    """Count the coming rerun as one more attempt and show the batch as retrying until it runs
+    (`undo` puts the batch back as it was when the rerun could not be sent)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(batch_runs)
+            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != "succeeded")
+            .values(
+                attempts=batch_runs.c.attempts + (-1 if undo else 1),
+                **({} if undo else {"status": "retrying", "error": note[:2000]}),
+            )
+        )
+
+
 def get_batch(engine: Engine, batch_id: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().first()

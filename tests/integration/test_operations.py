@@ -1,0 +1,338 @@
+"""Operating the schedule with real Redis, PostgreSQL, MLflow, worker and beat processes:
+backfill, missed slots in status, batches, rerun, prune, the world knobs, one model version per batch."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from tests.support import wait_until
+from worker import batch
+from worker.rides.generator import Window, World
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 4  # seconds between beat slots in these tests
+
+
+def _slot(at: float, interval: float = INTERVAL) -> datetime:
+    return datetime.fromtimestamp(math.floor(at / interval) * interval, UTC)
+
+
+def _scheduled(stack) -> dict[str, tuple]:
+    rows = stack.sql(
+        "SELECT batch_id, status, rows_written, rides_requested, attempts FROM batch_runs WHERE trigger = 'schedule'"
+    )
+    return {row.batch_id: row for row in rows}
+
+
+def _assert_each_slot_written_once(stack, batch_ids: list[str]) -> None:
+    rows = {r.batch_id: r for r in stack.sql("SELECT * FROM batch_runs WHERE batch_id = ANY(:ids)", ids=batch_ids)}
+    assert set(rows) == set(batch_ids)
+    for batch_id, row in rows.items():
+        assert row.status == "succeeded", (batch_id, row.status, row.error)
+        assert row.rows_written == row.rides_requested
+    counts = dict(
+        stack.sql(
+            "SELECT batch_id, count(*) FROM ride_predictions WHERE batch_id = ANY(:ids) GROUP BY 1", ids=batch_ids
+        )
+    )
+    assert counts == {b: rows[b].rows_written for b in batch_ids}
+    dupes = stack.sql("SELECT trip_id FROM ride_predictions GROUP BY 1 HAVING count(*) > 1")
+    assert dupes == []
+    ledger = stack.sql(
+        "SELECT batch_id, count(*) FROM batch_chunks WHERE batch_id = ANY(:ids) GROUP BY 1", ids=batch_ids
+    )
+    assert dict(ledger) == {b: rows[b].chunks_total for b in batch_ids}
+
+
+def test_backfill_fills_the_slots_beat_missed_and_skips_the_ones_it_wrote(new_stack):
+    stack = new_stack(BATCH_INTERVAL_SECONDS=str(INTERVAL), RIDES_PER_BATCH="25")
+    stack.start_worker("ops", concurrency=2)
+    beat = stack.start("beat", "--loglevel=INFO", f"--schedule={stack.logs / 'beat-schedule'}", name="beat")
+    wait_until(
+        "beat to write two slots",
+        lambda: sum(r.status == "succeeded" for r in _scheduled(stack).values()) >= 2,
+        90,
+    )
+    stack.stop(beat)
+    beat_slots = sorted(_scheduled(stack))
+    first = datetime.fromisoformat(beat_slots[0].removeprefix("schedule-"))
+    time.sleep(4 * INTERVAL)  # beat is down: these slots are missed
+
+    status = json.loads(stack.cli("status", "--json").stdout)
+    missed = status["database"]["missed_slots_24h"]
+    assert len(missed) >= 3, status
+    assert all(f"schedule-{slot}" not in beat_slots for slot in missed)
+    assert status["database"]["fill_command"].startswith("python -m worker backfill --from ")
+
+    # From two slots before beat's first one up to the current slot: overlaps beat's slots, fills the gap.
+    start = first - timedelta(seconds=2 * INTERVAL)
+    end = _slot(time.time())
+    done = stack.cli("backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = [start + timedelta(seconds=INTERVAL * k) for k in range(int((end - start).total_seconds()) // INTERVAL)]
+    ids = [f"schedule-{slot.isoformat()}" for slot in expected]
+    already = sum(b in beat_slots for b in ids)
+    assert f"{len(ids) - already} written" in done.stdout, done.stdout
+    assert f"{already} already there, 0 failed" in done.stdout, done.stdout
+    assert already == len(beat_slots)
+    _assert_each_slot_written_once(stack, ids)
+
+    # Every missed slot before `end` is filled; only slots since then may still be listed.
+    status = json.loads(stack.cli("status", "--json").stdout)
+    assert all(datetime.fromisoformat(slot) >= end for slot in status["database"]["missed_slots_24h"]), status
+
+    # The same range again: everything is already there, nothing is written twice.
+    again = stack.cli("backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"0 to send, {len(ids)} already written" in again.stdout
+    assert f"0 written (0 rows), {len(ids)} already there, 0 failed" in again.stdout
+    _assert_each_slot_written_once(stack, ids)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "2026-11-26T10:00", "--to", "2026-11-26T10:00"], "is not after --from"),
+        (["--from", "2026-11-26T10:05", "--to", "2026-11-26T10:00"], "is not after --from"),
+        (["--from", "{past}", "--to", "{future}"], "future slots are beat's job"),
+        (["--from", "2026-01-01T00:00", "--to", "2026-01-08T00:01"], "is more than 2016"),
+        (["--from", "yesterday", "--to", "2026-11-26T10:00"], "--from 'yesterday' is not an ISO 8601 time"),
+        (["--from", "2026-11-01T01:30", "--to", "2026-11-01T03:00"], "happens twice in Chicago"),
+        (["--from", "2026-03-08T02:30", "--to", "2026-03-08T04:00"], "does not exist in Chicago"),
+        (["--from", "2026-11-26T10:00", "--to", "2026-11-26T11:00", "--speed-factor", "9"], "must be from 0.2 to 5"),
+        (["--from", "2026-11-26T10:00", "--to", "2026-11-26T11:00", "--rides", "0"], "must be at least 1"),
+    ],
+)
+def test_refused_backfills_send_nothing(new_stack, args, message):
+    stack = new_stack()  # no worker: anything sent would stay in the queue
+    now = datetime.now(UTC)
+    args = [
+        a.format(past=(now - timedelta(hours=1)).isoformat(), future=(now + timedelta(hours=1)).isoformat())
+        for a in args
+    ]
+    before = stack.queue_length()
+    result = stack.cli("backfill", *args, extra_env={"BATCH_INTERVAL_SECONDS": "300"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr  # one line (after argparse's usage)
+    assert "Traceback" not in result.stderr
+    assert stack.queue_length() == before == 0
+    assert stack.sql("SELECT count(*) FROM batch_runs")[0][0] == 0
+
+
+def _fail_chunk(stack, chunk_index: int) -> None:
+    """The database refuses the ledger key of one chunk, as a broken database would, every time."""
+    stack.sql_exec(
+        f"""
+        CREATE FUNCTION refuse_chunk() RETURNS trigger AS $$
+        BEGIN
+          IF NEW.chunk_index = {chunk_index} THEN RAISE EXCEPTION 'test: chunk % refused', NEW.chunk_index; END IF;
+          RETURN NEW;
+        END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER refuse_chunk BEFORE INSERT ON batch_chunks FOR EACH ROW EXECUTE FUNCTION refuse_chunk();
+        """
+    )
+
+
+def _heal(stack) -> None:
+    stack.sql_exec("DROP TRIGGER refuse_chunk ON batch_chunks; DROP FUNCTION refuse_chunk();")
+
+
+def _planned_rows(row, chunk_size: int) -> pd.DataFrame:
+    """The rides a clean run of this batch would write: from its id, seed, window and knobs alone."""
+    world = World(row.speed_factor, row.fare_factor)
+    window = Window(row.window_start, row.window_end)
+    frames = [
+        batch.generated_chunk(row.batch_id, int(row.seed), i, n, window, world)
+        for i, n in enumerate(batch.chunk_sizes(row.rides_requested, chunk_size))
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_failed_knobbed_batch_is_rerun_to_exactly_its_planned_rows(stack):
+    _fail_chunk(stack, 2)
+    try:
+        sent = stack.cli("dispatch", "--rides", "9000", "--seed", "77", "--speed-factor", "0.7", "--fare-factor", "1.1")
+        assert sent.returncode == 0, sent.stderr
+        batch_id = next(line.split()[1] for line in sent.stdout.splitlines() if line.startswith("batch "))
+        failed = wait_until(
+            "the batch to fail, its other four chunks written",
+            lambda: next(
+                iter(
+                    stack.sql(
+                        "SELECT * FROM batch_runs WHERE batch_id = :b AND status = 'failed' AND chunks_done = 4",
+                        b=batch_id,
+                    )
+                ),
+                None,
+            ),
+            120,
+        )
+        assert "chunk 2 refused" in failed.error
+        assert failed.chunks_done == 4 and failed.rows_written == 7000
+
+        again = stack.cli(
+            "rerun", batch_id, "--wait", timeout=300
+        )  # still broken: it fails again, writes nothing twice
+        assert again.returncode == 1 and "chunk 2 refused" in again.stdout, again.stdout + again.stderr
+        row = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=batch_id)[0]
+        assert (row.status, row.attempts, row.chunks_done, row.rows_written) == ("failed", 2, 4, 7000), (
+            again.stdout + again.stderr
+        )
+    finally:
+        _heal(stack)
+    rerun = stack.cli("rerun", batch_id, "--wait", timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "done: 9000 rows written" in rerun.stdout
+
+    row = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=batch_id)[0]
+    assert (row.status, row.speed_factor, row.fare_factor, row.chunks_done) == ("succeeded", 0.7, 1.1, 5)
+    written = pd.DataFrame(
+        stack.sql(
+            "SELECT trip_id::text AS trip_id, pickup_community_area, dropoff_community_area, trip_start_timestamp, "
+            "fare, trip_miles FROM ride_predictions WHERE batch_id = :b",
+            b=batch_id,
+        )
+    )
+    planned = _planned_rows(row, chunk_size=2000)
+    planned["trip_id"] = planned["trip_id"].map(lambda h: f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    columns = [
+        "trip_id",
+        "pickup_community_area",
+        "dropoff_community_area",
+        "trip_start_timestamp",
+        "fare",
+        "trip_miles",
+    ]
+    merged = planned[columns].merge(written, on="trip_id", suffixes=("", "_db"), how="outer", indicator=True)
+    assert (merged["_merge"] == "both").all() and len(merged) == 9000
+    for column in columns[1:]:
+        assert (merged[column] == merged[column + "_db"]).all(), column
+    ledger = stack.sql("SELECT chunk_index, rows_written FROM batch_chunks WHERE batch_id = :b ORDER BY 1", b=batch_id)
+    assert [tuple(r) for r in ledger] == [(0, 2000), (1, 2000), (2, 2000), (3, 2000), (4, 1000)]
+
+    history = json.loads(stack.cli("batches", "--json", "--last", "50").stdout)
+    mine = next(b for b in history if b["batch_id"] == batch_id)
+    assert (mine["speed_factor"], mine["fare_factor"], mine["status"]) == (0.7, 1.1, "succeeded")
+    table = stack.cli("batches", "--status", "succeeded").stdout
+    assert f"{batch_id} [speed=0.7, fare=1.1]" in table and "9000/9000" in table
+
+
+@pytest.mark.parametrize(
+    ("batch_id", "message"),
+    [("adhoc-no-such-batch", "there is no batch"), ("{succeeded}", "there is nothing to rerun")],
+)
+def test_rerun_refuses_unknown_and_succeeded_batches(stack, batch_id, message):
+    if "{succeeded}" in batch_id:
+        sent = stack.cli("dispatch", "--rides", "5", "--wait")
+        assert sent.returncode == 0, sent.stderr
+        batch_id = next(line.split()[1] for line in sent.stdout.splitlines() if line.startswith("batch "))
+    before = stack.queue_length()
+    result = stack.cli("rerun", batch_id)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert stack.queue_length() == before
+
+
+def test_the_same_seed_in_a_slower_world_takes_longer_and_costs_more(stack):
+    results = {}
+    for factor in ("1.0", "0.7"):
+        sent = stack.cli("dispatch", "--rides", "3000", "--seed", "5", "--speed-factor", factor, "--wait")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        batch_id = next(line.split()[1] for line in sent.stdout.splitlines() if line.startswith("batch "))
+        results[factor] = stack.sql(
+            "SELECT avg(fare) AS fare, avg(predicted_duration) AS minutes, avg(trip_miles) AS miles "
+            "FROM ride_predictions WHERE batch_id = :b",
+            b=batch_id,
+        )[0]
+    calm, jam = results["1.0"], results["0.7"]
+    assert jam.miles == pytest.approx(calm.miles)  # the same trips ...
+    assert jam.fare > calm.fare * 1.05  # ... crawl, so the meter charges more time
+    assert jam.minutes > calm.minutes * 1.1  # and the model, reading the fare, predicts longer trips
+
+
+def test_prune_deletes_old_batches_with_all_their_rows(stack):
+    sent = stack.cli("dispatch", "--rides", "50", "--wait")
+    batch_id = next(line.split()[1] for line in sent.stdout.splitlines() if line.startswith("batch "))
+    stack.sql_exec("UPDATE batch_runs SET started_at = now() - interval '40 days' WHERE batch_id = :b", b=batch_id)
+    asked = stack.cli("prune", "--older-than", "30")
+    assert "1 batches started before" in asked.stdout and "50 predictions, would be deleted" in asked.stdout
+    assert "nothing deleted" in asked.stdout
+    assert stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=batch_id)[0][0] == 50
+    done = stack.cli("prune", "--older-than", "30", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "50 ride_predictions" in done.stdout and "1 batch_runs" in done.stdout
+    for table in ("ride_predictions", "batch_chunks", "batch_runs"):
+        assert stack.sql(f"SELECT count(*) FROM {table} WHERE batch_id = :b", b=batch_id)[0][0] == 0
+    assert stack.sql("SELECT count(*) FROM batch_runs")[0][0] > 0  # younger batches stay
+
+
+def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_version_is_deleted(
+    make_stack, fresh_pg_url, make_settings
+):
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import SMALL_FOREST, SMALL_RIDES
+    from worker.model.training import ForestParams, train_and_register
+
+    settings = make_settings()
+    first = train_and_register(settings, rides=SMALL_RIDES, seed=1, params=ForestParams(**SMALL_FOREST))
+    second = train_and_register(settings, rides=SMALL_RIDES, seed=2, force=True, params=ForestParams(**SMALL_FOREST))
+    registry = MlflowClient(settings.MLFLOW_TRACKING_URI)
+    registry.set_registered_model_alias(settings.MODEL_NAME, "production", first.version)
+
+    stack = make_stack(fresh_pg_url, MODEL_NAME=settings.MODEL_NAME, CHUNK_SIZE="2000", MODEL_REFRESH_SECONDS="0.5")
+    worker = stack.start_worker("pinned", concurrency=1)
+    sent = stack.cli("dispatch", "--rides", "100000")  # 50 chunks, one at a time
+    batch_id = next(line.split()[1] for line in sent.stdout.splitlines() if line.startswith("batch "))
+    wait_until(
+        "two chunks written",
+        lambda: stack.sql("SELECT 1 FROM batch_runs WHERE batch_id = :b AND chunks_done >= 2", b=batch_id),
+        120,
+        every=0.05,
+    )
+    registry.set_registered_model_alias(settings.MODEL_NAME, "production", second.version)
+    row = wait_until(
+        "the batch to finish",
+        lambda: next(
+            iter(stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b AND status <> 'running'", b=batch_id)), None
+        ),
+        300,
+    )
+    assert row.status == "succeeded" and row.rows_written == 100_000
+    assert stack.sql("SELECT DISTINCT model_version FROM ride_predictions WHERE batch_id = :b", b=batch_id) == [
+        (first.version,)
+    ]
+    assert (row.model_version, row.model_pinned_by) == (first.version, "alias")
+    later = stack.cli("dispatch", "--rides", "10", "--wait")
+    assert f"with {settings.MODEL_NAME} version {second.version}" in later.stdout, later.stdout
+
+    # A batch pinned to a version that then disappears from the registry fails clearly, without retries.
+    registry.set_registered_model_alias(settings.MODEL_NAME, "production", first.version)
+    time.sleep(1)  # past MODEL_REFRESH_SECONDS
+    _fail_chunk(stack, 1)
+    try:
+        sent = stack.cli("dispatch", "--rides", "5000")
+        pinned = next(line.split()[1] for line in sent.stdout.splitlines() if line.startswith("batch "))
+        wait_until(
+            "the batch pinned to the first version to fail",
+            lambda: stack.sql("SELECT 1 FROM batch_runs WHERE batch_id = :b AND status = 'failed'", b=pinned),
+            120,
+        )
+    finally:
+        _heal(stack)
+    registry.set_registered_model_alias(settings.MODEL_NAME, "production", second.version)
+    registry.delete_model_version(settings.MODEL_NAME, first.version)
+    stack.stop(worker)
+    stack.start_worker("fresh", concurrency=1)  # a process that never loaded the deleted version
+    rerun = stack.cli("rerun", pinned, "--wait", timeout=120)
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr
+    assert f"model {settings.MODEL_NAME} version {first.version} is not in the registry" in rerun.stdout
+    row = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=pinned)[0]
+    assert (row.status, row.model_version, row.attempts, row.chunks_done) == ("failed", first.version, 2, 2)
+    assert "ModelVersionGone" in row.error
