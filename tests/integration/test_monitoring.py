@@ -359,6 +359,11 @@ def test_the_exporters_output_passes_promtool_check_metrics(monitored: Monitored
         [tool("promtool"), "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    readme = (REPO_ROOT / "README.md").read_text()
+    samples = {sample.name for family in text_string_to_metric_families(body) for sample in family.samples}
+    for name in sorted(samples):
+        if name.startswith("taxi_"):
+            assert f"`{name}`" in readme, f"{name} is not in the README's metric table"
 
 
 @pytest.mark.parametrize("query", queries("promql"), ids=lambda q: q.label)

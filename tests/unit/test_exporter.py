@@ -248,6 +248,12 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     assert not any(labels == (("model_version", "0"),) for _, labels in found)  # 9 days old
     assert "taxi_production_model_info" not in names(found)  # registry down: no guess
 
+    # The README lists every metric.
+    readme = (REPO_ROOT / "README.md").read_text()
+    for name in names(found):
+        if name.startswith("taxi_"):
+            assert f"`{name}`" in readme, f"{name} is not in the README's metric table"
+
     # No batch ids as label values, anywhere.
     label_values = {v for _, labels in found for _, v in labels}
     assert not label_values & expected["batch_ids"], label_values & expected["batch_ids"]
