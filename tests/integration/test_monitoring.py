@@ -366,18 +366,6 @@ def test_the_exporters_output_passes_promtool_check_metrics(monitored: Monitored
             assert f"`{name}`" in readme, f"{name} is not in the README's metric table"
 
 
-@pytest.mark.parametrize("query", queries("promql"), ids=lambda q: q.label)
-def test_every_dashboard_promql_expression_returns_a_series(monitored: Monitored, query):
-    expr = substitute_variables(query.target["expr"], interval="4s", rate_interval="1m")
-
-    def answered() -> dict[str, Any] | None:
-        answer = monitored.query_range(expr, 120)
-        return answer if answer["status"] == "success" and answer["data"]["result"] else None
-
-    answer = wait_until(f"{query.label}: {expr} to return a series", answered, 60, every=2)
-    assert answer["data"]["resultType"] == "matrix"
-
-
 def test_unshifted_batches_keep_the_drift_alert_silent(monitored: Monitored):
     m = monitored
     wait_until(
@@ -402,6 +390,30 @@ def test_a_stopped_beat_fires_the_no_batch_alert_and_not_the_worker_alert(monito
     assert took >= 2 * INTERVAL - SCRAPE  # not before the schedule really was overdue
     assert m.firing("TaxiWorkerOffline") == []
     assert m.firing("TaxiNoWorkerAnswering") == []
+    # The slots beat did not send are missed (the newest two are not counted yet: they may be queued).
+    wait_until("TaxiSlotsMissed to fire", lambda: m.firing("TaxiSlotsMissed"), 30, every=1)
+    assert m.value("taxi_missed_slots_last_day") >= 1
+
+
+def test_backfilled_past_slots_bring_outcomes_and_live_accuracy(monitored: Monitored):
+    """Slots of 40 minutes ago: their trips have ended, so their true durations are observed and
+    the live MAE of the version appears beside its held-out MAE (and the dashboards have accuracy)."""
+    m = monitored
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=40)
+    done = m.stack.cli(
+        "backfill", "--from", start.isoformat(), "--to", (start + timedelta(seconds=6 * INTERVAL)).isoformat(),
+        "--wait", timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    live = wait_until("a live MAE in Prometheus", lambda: m.query("taxi_live_mae_seconds"), 150, every=2)
+    version = live[0]["metric"]["model_version"]
+    assert version == "1"
+    heldout = m.value(f'taxi_heldout_mae_seconds{{model_version="{version}"}}')
+    assert heldout is not None and heldout > 0
+    assert m.value(f'taxi_live_outcomes{{model_version="{version}"}}') > 0
+    # Unshifted rides: the live MAE stays well inside the alert's margin.
+    assert float(live[0]["value"][1]) < 1.25 * heldout
+    assert m.firing("TaxiLiveMaeWorseThanHeldout") == []
 
 
 def test_a_world_with_dearer_fares_fires_the_drift_alert(monitored: Monitored):
@@ -418,6 +430,18 @@ def test_a_world_with_dearer_fares_fires_the_drift_alert(monitored: Monitored):
     assert float(firing[0]["value"]) >= 3
     # Ad-hoc batches succeeded meanwhile, but the schedule is still down: that alert keeps firing.
     assert m.firing("TaxiNoBatchSucceeded")
+
+
+@pytest.mark.parametrize("query", queries("promql"), ids=lambda q: q.label)
+def test_every_dashboard_promql_expression_returns_a_series(monitored: Monitored, query):
+    expr = substitute_variables(query.target["expr"], interval="4s", rate_interval="1m")
+
+    def answered() -> dict[str, Any] | None:
+        answer = monitored.query_range(expr, 120)
+        return answer if answer["status"] == "success" and answer["data"]["result"] else None
+
+    answer = wait_until(f"{query.label}: {expr} to return a series", answered, 60, every=2)
+    assert answer["data"]["resultType"] == "matrix"
 
 
 def test_a_sigkilled_worker_fires_the_worker_alert_though_flower_still_counts_it(monitored: Monitored):
