@@ -4,7 +4,7 @@ What these check: fixed and unique uids, datasources that panels use exist in th
 with the right type, unique panel ids, a grid that fits 24 columns without overlaps, a time
 filter in every SQL query, only macros Grafana knows (expanded by a port of its macro engine),
 explicit time-zone conversion of Chicago-local columns, and every PromQL expression parsed by
-promtool. The queries are run for real in tests/integration/test_monitoring.py. Not checked
+promtool. The queries are run for real in tests/integration/test_production_monitoring.py. Not checked
 anywhere: how Grafana renders the panels.
 """
 
