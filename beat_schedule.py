@@ -6,7 +6,8 @@ which becomes the batch id. A message nobody picks up in time expires rather
 than piling up behind a stopped worker: the expiry leaves room for one
 redelivery after a crash (visibility timeout + hard time limit).
 
-With RETENTION_DAYS set, prune_batches deletes old batches once a day.
+update_quality fills live accuracy every QUALITY_INTERVAL_SECONDS; with
+RETENTION_DAYS set, prune_batches deletes old batches once a day.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ beat_schedule = {
         "options": {"expires": _settings.VISIBILITY_TIMEOUT + _settings.TASK_TIME_LIMIT + _interval},
     },
 }
+
+if _settings.MONITORING:
+    # Live accuracy as outcomes become observed; also monitors any batch whose monitoring was lost.
+    beat_schedule["update-quality"] = {
+        "task": "worker.tasks.update_quality",
+        "schedule": _settings.QUALITY_INTERVAL_SECONDS,
+        "options": {"expires": _settings.QUALITY_INTERVAL_SECONDS},
+    }
 
 if _settings.RETENTION_DAYS is not None:
     # Once a day at 09:30 UTC (03:30 or 04:30 in Chicago), when the city's taxis are quietest.

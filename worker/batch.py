@@ -1,14 +1,13 @@
 """A batch, as plain functions: plan chunks, generate or take rides, predict, write.
 
 Everything that decides *what* a batch contains is a function of its id,
-seed, chunk index and time window, so any retry or redelivery recomputes the
-very same rows (same trip ids) and the ledger in storage.write_chunk keeps
-the second write out.
+seed, chunk index, time window and world (worker/rides/batch_rides.py), so any
+retry or redelivery recomputes the very same rows (same trip ids) and the
+ledger in worker/store/writes.py keeps the second write out.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +17,8 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from worker.model.registry import LoadedModel
-from worker.rides.generator import CALIBRATED, RIDE_COLUMNS, Window, World, generate_rides
+from worker.rides.batch_rides import generated_chunk
+from worker.rides.generator import CALIBRATED, RIDE_COLUMNS, Window, World
 from worker.store.writes import PREDICTION_COLUMNS, ChunkWrite, write_chunk
 
 
@@ -66,23 +66,9 @@ class Plan:
         )
 
 
-def seed_for(batch_id: str) -> int:
-    """A stable 63-bit seed from a batch id, so a batch without an explicit seed is still reproducible."""
-    return int.from_bytes(hashlib.sha256(batch_id.encode()).digest()[:8], "big") >> 1
-
-
 def chunk_sizes(rides: int, chunk_size: int) -> list[int]:
     full, rest = divmod(rides, chunk_size)
     return [chunk_size] * full + ([rest] if rest else [])
-
-
-def trip_ids(batch_id: str, chunk_index: int, n: int) -> np.ndarray:
-    """`n` UUID-4-shaped ids (32 hex digits) drawn from (batch id, chunk): the same on every
-    retry of this batch, different in another batch even if it reuses the seed."""
-    raw = np.random.default_rng([seed_for(batch_id), chunk_index, 0x1D]).integers(0, 256, size=(n, 16), dtype=np.uint8)
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    return np.frombuffer(raw.tobytes().hex().encode(), dtype="S32").astype(str)
 
 
 def predict_minutes(model: LoadedModel, rides: pd.DataFrame) -> np.ndarray:
@@ -98,6 +84,20 @@ def prediction_frame(rides: pd.DataFrame, minutes: np.ndarray, model: LoadedMode
     return frame[list(PREDICTION_COLUMNS)]
 
 
+def outcome_frame(rides: pd.DataFrame) -> pd.DataFrame:
+    """What actually happened to made-up rides: their true duration, known (observed) once the
+    trip has ended, so that "what was known at time T" stays honest."""
+    seconds = rides["trip_seconds"].to_numpy(dtype="int64")
+    return pd.DataFrame(
+        {
+            "trip_id": rides["trip_id"].to_numpy(),
+            "actual_duration": seconds / 60.0,
+            "observed_at": pd.to_datetime(rides["trip_start_timestamp"]) + pd.to_timedelta(seconds, unit="s"),
+            "source": "generated",
+        }
+    )
+
+
 def predict_and_write(
     engine: Engine,
     model: LoadedModel,
@@ -111,17 +111,16 @@ def predict_and_write(
     minutes = predict_minutes(model, rides)
     timings["predict"] = time.perf_counter() - started
     started = time.perf_counter()
-    written = write_chunk(engine, batch_id, chunk_index, prediction_frame(rides, minutes, model, batch_id), ids_are_new)
+    written = write_chunk(
+        engine,
+        batch_id,
+        chunk_index,
+        prediction_frame(rides, minutes, model, batch_id),
+        ids_are_new,
+        outcome_frame(rides) if "trip_seconds" in rides else None,
+    )
     timings["write"] = time.perf_counter() - started
     return ChunkResult(written, model.name, model.version, len(rides), timings)
-
-
-def generated_chunk(
-    batch_id: str, seed: int, chunk_index: int, n: int, window: Window, world: World = CALIBRATED
-) -> pd.DataFrame:
-    rides = generate_rides(n, [seed, chunk_index], window=window, world=world)
-    rides.insert(0, "trip_id", trip_ids(batch_id, chunk_index, n))
-    return rides
 
 
 def run_generated_chunk(

@@ -7,16 +7,20 @@ by `reset` when a pool child starts.
 from __future__ import annotations
 
 import logging
+import time
 
+import pandas as pd
 from sqlalchemy import Engine
 
-from worker.model.registry import LoadedModel, ModelCache, Resolved
+from worker.model.reference import ReferenceCache
+from worker.model.registry import LoadedModel, ModelCache, Resolved, configure_mlflow
 from worker.settings import get_settings
 from worker.store import writes
 from worker.store.database import get_engine, reset_engines
 
 log = logging.getLogger(__name__)
 _model_cache: ModelCache | None = None
+_reference_cache: ReferenceCache | None = None
 
 
 def engine() -> Engine:
@@ -53,7 +57,25 @@ def pinned_model(engine: Engine, row: dict) -> tuple[dict, LoadedModel]:
     return row, model(row["model_name"], row["model_version"])
 
 
+def references() -> ReferenceCache:
+    """The per-process reference cache (references never change once logged)."""
+    global _reference_cache
+    if _reference_cache is None:
+        settings = get_settings()
+        _reference_cache = ReferenceCache(lambda: configure_mlflow(settings))
+    return _reference_cache
+
+
+def reference(name: str, version: str) -> pd.DataFrame | None:
+    return references().get(name, version, time.monotonic())
+
+
+def heldout_mae(name: str, version: str) -> float | None:
+    return references().heldout_mae(name, version)
+
+
 def reset() -> None:
-    global _model_cache
+    global _model_cache, _reference_cache
     reset_engines()
     _model_cache = None
+    _reference_cache = None

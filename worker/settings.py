@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     VISIBILITY_TIMEOUT: float = Field(
         900.0, gt=0, description="Seconds before Redis redelivers an unacknowledged task."
     )
+    MONITORING: bool = Field(
+        True, description="Monitor each batch after its commit (drift, live accuracy); off only to measure its cost."
+    )
+    QUALITY_INTERVAL_SECONDS: float = Field(
+        60.0, gt=0, description="How often beat asks for live accuracy from newly observed outcomes."
+    )
     RETENTION_DAYS: float | None = Field(
         None, gt=0, description="Beat prunes batches older than this once a day; unset keeps everything."
     )

@@ -14,15 +14,20 @@ from typing import Any
 
 from celery import Task, group
 from celery.signals import task_revoked
+from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import batch, runtime
 from worker.beat import RUN_BATCH, slot_window
 from worker.celery_app import app
 from worker.model.registry import ModelUnavailable
+from worker.monitor import batches as monitoring_batches
+from worker.monitor import quality
+from worker.rides.batch_rides import seed_for, trip_ids
 from worker.rides.generator import World, chicago_now, expected_rides
 from worker.rides.validation import BadRequest, records_to_frame, validate_rides
 from worker.settings import get_settings
+from worker.store import monitoring as monitoring_store
 from worker.store import retention, writes
 from worker.store.database import ensure_schema
 
@@ -155,7 +160,7 @@ def run_batch(
     if rides is None and slot is not None:
         rides = settings.RIDES_PER_BATCH or expected_rides(end, (end - start).total_seconds() / 60)
     rides = check_count("rides", rides, settings.MAX_RIDES_PER_REQUEST)
-    seed = seed if seed is not None else batch.seed_for(batch_id)
+    seed = seed if seed is not None else seed_for(batch_id)
 
     engine = runtime.engine()
     ensure_schema(engine)
@@ -224,6 +229,7 @@ def run_batch(
         window=plan.window,
         world=plan.world,
     )
+    after_write(result)
     if not result.write.duplicate:
         log.info(
             "batch %s: %d rows written with %s v%s",
@@ -268,6 +274,7 @@ def predict_chunk(
         window=batch.parse_window(*window),
         world=check_world(speed_factor, fare_factor),
     )
+    after_write(result)
     return result.as_dict()
 
 
@@ -310,10 +317,82 @@ def score_rides(
     valid = checked.valid
     missing_ids = valid["trip_id"].isna().to_numpy()
     if missing_ids.any():
-        generated = batch.trip_ids(batch_id, chunk_index, len(valid))
+        generated = trip_ids(batch_id, chunk_index, len(valid))
         valid.loc[missing_ids, "trip_id"] = generated[missing_ids]
     result = batch.predict_and_write(engine, model, batch_id, chunk_index, valid, {})
+    after_write(result)
     return summary(writes.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
+
+
+def after_write(result: batch.ChunkResult) -> None:
+    """The write that finished a batch queues its monitoring; a lost message is caught up by
+    update_quality's sweep, so a broker hiccup here never fails the batch."""
+    if not result.write.batch_finished or not get_settings().MONITORING:
+        return
+    try:
+        monitor_batch.apply_async(kwargs={"batch_id": result.write.batch_id})
+    except Exception as exc:
+        log.warning("could not queue monitoring of batch %s (the sweep will): %s", result.write.batch_id, exc)
+
+
+# The registry (or the database) cannot be asked now: monitoring waits and tries again.
+MONITOR_WAITS = (OperationalError, InterfaceError, MlflowException, OSError)
+
+
+@app.task(bind=True, name="worker.tasks.monitor_batch", max_retries=12)
+def monitor_batch(self: Task, batch_id: str) -> dict:
+    """Drift and summary of a written batch. Never fails, retries or slows the batch itself: its
+    errors land in batch_metrics (monitor_status, monitor_error), the batch stays succeeded."""
+    if not isinstance(batch_id, str) or not batch_id:
+        raise BadRequest(f"batch_id must be a batch id, got {batch_id!r}")
+    engine = runtime.engine()
+    try:
+        report = monitoring_batches.monitor_batch(engine, batch_id, runtime.reference, chicago_now())
+    except MONITOR_WAITS as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        if self.request.retries >= self.max_retries:
+            _monitor_failed(engine, batch_id, "failed", why)
+            return {"batch_id": batch_id, "monitor_status": "failed"}
+        _monitor_failed(engine, batch_id, "waiting", why)
+        raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from None
+    except Exception as exc:
+        log.exception("monitoring batch %s failed", batch_id)
+        _monitor_failed(engine, batch_id, "failed", f"{type(exc).__name__}: {exc}")
+        return {"batch_id": batch_id, "monitor_status": "failed"}
+    return {
+        "batch_id": batch_id,
+        "monitor_status": report.status,
+        "rows": report.rows,
+        "dataset_drift": report.drift.dataset_drift if report.drift else None,
+        "drifted_columns": report.drift.drifted if report.drift else None,
+    }
+
+
+def _monitor_failed(engine, batch_id: str, status: str, why: str) -> None:
+    try:
+        monitoring_batches.record_failure(engine, batch_id, status, why)
+    except Exception as exc:  # the database may be what is down
+        log.warning("could not record monitoring %s for batch %s: %s", status, batch_id, exc)
+
+
+@app.task(bind=True, name="worker.tasks.update_quality")
+def update_quality(self: Task) -> dict:
+    """Live accuracy from the outcomes observed so far (beat, every QUALITY_INTERVAL_SECONDS), and
+    monitoring for any finished batch whose monitoring message was lost."""
+    if not get_settings().MONITORING:
+        return {"skipped": "MONITORING is off"}
+    engine = runtime.engine()
+    now = datetime.now(UTC)
+    swept = 0
+    for batch_id in monitoring_store.unmonitored_batches(engine, now - timedelta(minutes=2), limit=20):
+        try:
+            monitoring_batches.monitor_batch(engine, batch_id, runtime.reference, chicago_now())
+        except Exception as exc:
+            status = "waiting" if isinstance(exc, MONITOR_WAITS) else "failed"
+            _monitor_failed(engine, batch_id, status, f"{type(exc).__name__}: {exc}")
+        swept += 1
+    done = quality.update_quality(engine, chicago_now(), runtime.heldout_mae, runtime.reference, now_utc=now)
+    return {**done, "swept": swept}
 
 
 @app.task(bind=True, base=PipelineTask, name="worker.tasks.prune_batches")

@@ -13,6 +13,7 @@ import pytest
 
 from tests.support import wait_until
 from worker import batch
+from worker.rides.batch_rides import generated_chunk
 from worker.rides.generator import Window, World
 
 pytestmark = pytest.mark.integration
@@ -149,7 +150,7 @@ def _planned_rows(row, chunk_size: int) -> pd.DataFrame:
     world = World(row.speed_factor, row.fare_factor)
     window = Window(row.window_start, row.window_end)
     frames = [
-        batch.generated_chunk(row.batch_id, int(row.seed), i, n, window, world)
+        generated_chunk(row.batch_id, int(row.seed), i, n, window, world)
         for i, n in enumerate(batch.chunk_sizes(row.rides_requested, chunk_size))
     ]
     return pd.concat(frames, ignore_index=True)

@@ -258,6 +258,49 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_outcomes(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.outcomes import load_outcomes_file
+    from worker.cli.quality import refresh_quality
+    from worker.store.database import ensure_schema, get_engine
+
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    load = load_outcomes_file(settings, engine, args.path, skip_invalid=args.skip_invalid)
+    for row, reason in load.errors_shown:
+        print(f"row {row}: {reason}", file=sys.stderr)
+    if load.refused:
+        print(
+            f"error: {args.path}: {load.invalid} of {load.total} rows invalid; file refused, nothing written "
+            "(use --skip-invalid to load the valid rows)",
+            file=sys.stderr,
+        )
+        return 2
+    if load.invalid:
+        print(f"skipped {load.invalid} invalid rows", file=sys.stderr)
+    print(
+        f"{load.written} outcomes written, {load.already_known} already known, "
+        f"{load.unknown} with trip ids never predicted here (not stored)"
+    )
+    for line in refresh_quality(settings, engine, load.batches):
+        print(line)
+    return 0
+
+
+def cmd_reference(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.model.training import add_reference
+
+    rows = add_reference(settings, args.version, rides=args.rides)
+    print(f"logged a reference of {rows} rows for {settings.MODEL_NAME} version {args.version}")
+    return 0
+
+
+def cmd_monitor_check(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.quality import run_trial
+
+    run_trial(settings, days=args.days, seed=args.seed)
+    return 0
+
+
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.dispatching import dispatch_file, wait_for_batch
 
@@ -307,7 +350,40 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  fill them: {report['database']['fill_command']}")
         elif report["database"]["ok"]:
             print("missed slots in the last 24 h: none")
+        for line in _monitoring_lines(report["monitoring"]):
+            print(line)
     return 0 if report["ok"] else 1
+
+
+def _monitoring_lines(part: dict) -> list[str]:
+    if not part["ok"]:
+        return [f"monitoring unknown: {part['error']}"]
+    lines = []
+    last = part.get("last_batch")
+    if last is None:
+        lines.append("monitoring: no batch monitored yet")
+    elif last["monitor_status"] != "ok":
+        detail = f": {last['error']}" if last["error"] else ""
+        lines.append(f"monitoring of {last['batch_id']}: {last['monitor_status']}{detail}")
+    else:
+        verdict = "DATASET DRIFT" if last["dataset_drift"] else "no dataset drift"
+        lines.append(
+            f"monitoring of {last['batch_id']}: {verdict} ({last['drifted_columns']} of {last['columns_checked']} "
+            f"columns drifted, against {last['reference']})"
+        )
+    live = part.get("live_mae")
+    if live is not None:
+        lines.append(
+            f"live MAE {live['mae']:.2f} min over {live['outcomes']} outcomes of {live['batch_id']} "
+            f"(model v{live['model_version']})"
+        )
+    day = part.get("daily")
+    if day is not None and day["heldout_mae"] is not None:
+        lines.append(
+            f"day {day['day']}: MAE {day['mae']:.2f} min, v{day['model_version']} promised {day['heldout_mae']:.2f} "
+            f"(always-the-median {day['baseline_mae']:.2f})"
+        )
+    return lines
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -411,6 +487,25 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--wait", action="store_true")
     score.add_argument("--timeout", type=float, default=600.0)
     score.set_defaults(handler=cmd_score)
+
+    outcomes = sub.add_parser("outcomes", help="load real trip durations (trip_id, trip_seconds) for live accuracy")
+    outcomes.add_argument("path", help="CSV or Parquet with trip_id and trip_seconds, as in the city's export")
+    outcomes.add_argument("--skip-invalid", action="store_true", help="load the valid rows, report the rest")
+    outcomes.set_defaults(handler=cmd_outcomes)
+
+    reference = sub.add_parser(
+        "reference", help="log a drift reference for a model version registered without one (training credentials)"
+    )
+    reference.add_argument("--version", required=True, help="the registered version of MODEL_NAME")
+    reference.add_argument("--rides", type=_positive_int, default=50_000, help="generated rides it scores")
+    reference.set_defaults(handler=cmd_reference)
+
+    check = sub.add_parser(
+        "monitor-check", help="measure false alarms, detection, live MAE and cost of the monitor on simulated days"
+    )
+    check.add_argument("--days", type=_positive_float, default=2.0, help="simulated days per world")
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(handler=cmd_monitor_check)
 
     status = sub.add_parser("status", help="broker, database and registry reachability; last batch")
     status.add_argument("--json", action="store_true")

@@ -82,9 +82,19 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "model_version": version,
         }
 
+    def monitoring() -> dict[str, Any]:
+        from worker.store.monitoring import latest_summary
+
+        engine = get_engine(settings.database_url)
+        if not schema_ready(engine):
+            return {"last_batch": None, "live_mae": None, "daily": None}
+        return latest_summary(engine)
+
     report = {
         part: _check(settings, probe)
         for part, probe in (("broker", broker), ("database", database), ("registry", registry))
     }
     report["ok"] = all(part["ok"] for part in report.values())
+    # Monitoring is information, not health: a monitoring part that cannot be read does not make status fail.
+    report["monitoring"] = _check(settings, monitoring)
     return report

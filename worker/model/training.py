@@ -21,6 +21,14 @@ from sklearn.metrics import mean_absolute_error, root_mean_squared_error
 from sklearn.model_selection import train_test_split
 
 from worker.model.features import feature_pipeline
+from worker.model.reference import (
+    HELDOUT_MAE_TAG,
+    REFERENCE_DIR,
+    REFERENCE_FILE,
+    REFERENCE_TAG,
+    build_reference,
+    log_reference,
+)
 from worker.model.registry import configure_mlflow, ensure_experiment, find_version, load_version
 from worker.rides.cleaning import CleaningReport, load_real_trips
 from worker.rides.generator import RIDE_COLUMNS, generate_rides
@@ -138,6 +146,8 @@ def train_and_register(
                 {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "dropped": report.dropped},
                 "cleaning.json",
             )
+        # What this version was trained on, for drift: held-out rows with its predictions and the truth.
+        log_reference(build_reference(test, pipeline.predict(test[list(RIDE_COLUMNS)]), test[TARGET], seed))
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -162,5 +172,22 @@ def train_and_register(
     if promoted:
         client.set_registered_model_alias(settings.MODEL_NAME, settings.MODEL_ALIAS, version)
     client.set_model_version_tag(settings.MODEL_NAME, version, "promoted", str(promoted).lower())
-    client.set_model_version_tag(settings.MODEL_NAME, version, "mae_minutes", f"{mae:.4f}")
+    client.set_model_version_tag(settings.MODEL_NAME, version, HELDOUT_MAE_TAG, f"{mae:.4f}")
+    client.set_model_version_tag(settings.MODEL_NAME, version, REFERENCE_TAG, f"{REFERENCE_DIR}/{REFERENCE_FILE}")
     return TrainResult(version, run.info.run_id, mae, rmse, promoted, previous_version, previous_mae, reason)
+
+
+def add_reference(settings: Settings, version: str, rides: int = 50_000, seed: int = 4242) -> int:
+    """Log a reference for a version registered before references existed: held-out-like rides
+    (generated with a seed training never used) scored by that version. Needs the credentials
+    that may write to the registry; returns the rows logged."""
+    client = configure_mlflow(settings)
+    model_version = client.get_model_version(settings.MODEL_NAME, version)  # an unknown version fails here
+    frame = generate_rides(rides, seed)
+    frame[TARGET] = frame["trip_seconds"] / 60.0
+    model = load_version(settings.MODEL_NAME, version)
+    reference = build_reference(frame, model.predict(frame[list(RIDE_COLUMNS)]), frame[TARGET], seed)
+    with mlflow.start_run(run_id=model_version.run_id):
+        log_reference(reference)
+    client.set_model_version_tag(settings.MODEL_NAME, version, REFERENCE_TAG, f"{REFERENCE_DIR}/{REFERENCE_FILE}")
+    return len(reference)

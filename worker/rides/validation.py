@@ -108,6 +108,44 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
     return Validation(out[~bad], errors)  # index = row position in `frame`
 
 
+OUTCOME_REQUIRED = ("trip_id", "trip_seconds")
+MAX_OUTCOME_SECONDS = 24 * 3600  # a taxi trip of more than a day is a broken meter, not an outcome
+
+
+def validate_outcomes(frame: pd.DataFrame, first_row: int = 1) -> Validation:
+    """Real outcomes as the city's export spells them (trip_id, trip_seconds): valid rows get
+    `actual_duration` in minutes; the rest get (row number, reasons)."""
+    missing = [c for c in OUTCOME_REQUIRED if c not in frame.columns]
+    if missing:
+        raise BadRequest(f"missing column(s) {', '.join(missing)}; required: {', '.join(OUTCOME_REQUIRED)}")
+    frame = frame.reset_index(drop=True)
+    problems: list[list[str]] = [[] for _ in range(len(frame))]
+
+    def flag(mask: np.ndarray, reason: str) -> None:
+        for i in np.flatnonzero(mask):
+            problems[i].append(reason)
+
+    raw_ids = frame["trip_id"]
+    blank_id = raw_ids.isna() | raw_ids.astype(str).str.strip().eq("")
+    ids = raw_ids.map(lambda v: None if pd.isna(v) or str(v).strip() == "" else _uuid_or_none(v))
+    flag(blank_id.to_numpy(), "trip_id is missing")
+    flag((~blank_id & ids.isna()).to_numpy(), "trip_id is not a UUID")
+    flag((ids.notna() & ids.duplicated(keep=False)).to_numpy(), "trip_id appears twice")
+    raw = frame["trip_seconds"]
+    blank = raw.isna() | raw.astype(str).str.strip().eq("")
+    seconds = pd.to_numeric(raw, errors="coerce")
+    flag(blank.to_numpy(), "trip_seconds is missing")
+    flag((~blank & seconds.isna()).to_numpy(), "trip_seconds is not a number")
+    flag((seconds < 0).to_numpy(), "trip_seconds is negative")
+    flag((seconds == 0).to_numpy(), "trip_seconds is 0 (no duration recorded)")
+    flag((seconds > MAX_OUTCOME_SECONDS).to_numpy(), f"trip_seconds is over {MAX_OUTCOME_SECONDS} (a day)")
+    flag((~np.isfinite(seconds.fillna(0))).to_numpy(), "trip_seconds is not finite")
+    bad = np.array([bool(p) for p in problems], dtype=bool)
+    out = pd.DataFrame({"trip_id": ids, "actual_duration": seconds / 60.0})
+    errors = [(first_row + int(i), "; ".join(problems[i])) for i in np.flatnonzero(bad)]
+    return Validation(out[~bad], errors)
+
+
 def to_records(frame: pd.DataFrame) -> list[dict]:
     """Valid rides as JSON-safe dicts (the `rides` argument of score_rides)."""
     out = frame.copy()

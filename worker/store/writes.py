@@ -26,12 +26,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from worker.rides.generator import RIDE_COLUMNS
-from worker.store.schema import batch_chunks, batch_runs, ride_predictions
+from worker.store.schema import batch_chunks, batch_runs, ride_outcomes, ride_predictions
 
 log = logging.getLogger(__name__)
 
 # The column order of ride_predictions; COPY and the frames written follow it.
 PREDICTION_COLUMNS = ("trip_id", *RIDE_COLUMNS, "predicted_duration", "model_name", "model_version", "batch_id")
+OUTCOME_COLUMNS = ("trip_id", "actual_duration", "observed_at", "source")
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,8 @@ def _csv(frame: pd.DataFrame) -> io.BytesIO:
     return buffer
 
 
-def _copy(conn: Connection, table: str, frame: pd.DataFrame) -> None:
-    statement = f"COPY {table} ({', '.join(PREDICTION_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+def _copy(conn: Connection, table: str, frame: pd.DataFrame, columns: tuple[str, ...] = PREDICTION_COLUMNS) -> None:
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
     dbapi_connection = conn.connection.dbapi_connection
     cursor = dbapi_connection.cursor()
     try:
@@ -175,20 +176,29 @@ def _copy_rows(conn: Connection, frame: pd.DataFrame, ids_are_new: bool) -> int:
     return result.rowcount
 
 
-def _insert_rows(conn: Connection, frame: pd.DataFrame) -> int:
+def _insert_rows(conn: Connection, frame: pd.DataFrame, table) -> int:
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
     for record in records:
-        record["trip_start_timestamp"] = record["trip_start_timestamp"].to_pydatetime()
-    result = conn.execute(_insert(conn, ride_predictions).on_conflict_do_nothing(index_elements=["trip_id"]), records)
+        for key, value in record.items():
+            if isinstance(value, pd.Timestamp):
+                record[key] = value.to_pydatetime()
+    result = conn.execute(_insert(conn, table).on_conflict_do_nothing(index_elements=["trip_id"]), records)
     return result.rowcount
 
 
 def write_chunk(
-    engine: Engine, batch_id: str, chunk_index: int, frame: pd.DataFrame, ids_are_new: bool = False
+    engine: Engine,
+    batch_id: str,
+    chunk_index: int,
+    frame: pd.DataFrame,
+    ids_are_new: bool = False,
+    outcomes: pd.DataFrame | None = None,
 ) -> ChunkWrite:
     """Write one chunk's predictions exactly once; `frame` has PREDICTION_COLUMNS.
 
     `ids_are_new`: every trip_id was drawn at random for this chunk (not given by a user).
+    `outcomes` (OUTCOME_COLUMNS; made-up rides know their true duration) go in the same
+    transaction, so they are exactly-once too.
     """
     model_version = str(frame["model_version"].iloc[0]) if len(frame) else ""
     with engine.begin() as conn:
@@ -204,7 +214,12 @@ def write_chunk(
         if conn.dialect.name == "postgresql":
             written = _copy_rows(conn, ordered, ids_are_new)
         else:
-            written = _insert_rows(conn, ordered)
+            written = _insert_rows(conn, ordered, ride_predictions)
+        if outcomes is not None and len(outcomes):
+            if conn.dialect.name == "postgresql" and ids_are_new:
+                _copy(conn, "ride_outcomes", outcomes[list(OUTCOME_COLUMNS)], OUTCOME_COLUMNS)
+            else:
+                _insert_rows(conn, outcomes[list(OUTCOME_COLUMNS)], ride_outcomes)
         conn.execute(
             update(batch_chunks)
             .where(batch_chunks.c.batch_id == batch_id, batch_chunks.c.chunk_index == chunk_index)

@@ -1,0 +1,83 @@
+"""`python -m worker outcomes FILE`: load real trip durations (trip_id, trip_seconds, as in the
+city's export) so the monitor can tell how good the predictions were.
+
+Validated like `score`: the whole file is read and checked first (streaming, bounded memory),
+a file with any bad row is refused with reasons and nothing is written (unless
+--skip-invalid), and the valid rows go in one transaction. Loading the same file twice
+changes nothing; trip ids that were never predicted here are counted and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from worker.cli.dispatching import MAX_BYTES_PER_ROW, MAX_ERRORS_SHOWN
+from worker.cli.errors import UsageError
+from worker.cli.file_reader import iter_file
+from worker.rides.validation import validate_outcomes
+from worker.settings import Settings
+from worker.store import monitoring
+
+
+@dataclass
+class OutcomeLoad:
+    total: int = 0
+    invalid: int = 0
+    refused: bool = False
+    errors_shown: list[tuple[int, str]] = field(default_factory=list)
+    written: int = 0
+    already_known: int = 0
+    unknown: int = 0
+    batches: list[str] = field(default_factory=list)
+
+
+def read_outcomes(settings: Settings, path: str | Path) -> tuple[pd.DataFrame, OutcomeLoad]:
+    """Every valid row of the file, and what was wrong with the others."""
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    limit = settings.MAX_RIDES_PER_REQUEST * MAX_BYTES_PER_ROW
+    if size > limit:
+        raise UsageError(
+            f"{path}: {size / 1e6:.0f} MB is more than MAX_RIDES_PER_REQUEST={settings.MAX_RIDES_PER_REQUEST} "
+            f"outcomes can take ({limit / 1e6:.0f} MB); split the file"
+        )
+    load = OutcomeLoad()
+    parts = []
+    seen: set[str] = set()
+    first = 1
+    for chunk in iter_file(path):
+        checked = validate_outcomes(chunk, first_row=first)
+        ids = checked.valid["trip_id"]
+        repeated = ids.isin(seen)
+        if repeated.any():
+            checked.errors.extend((first + int(r), "trip_id appears earlier in the file") for r in ids.index[repeated])
+            checked.valid = checked.valid[~repeated]
+        seen.update(ids)
+        load.total += len(chunk)
+        load.invalid += len(checked.errors)
+        room = MAX_ERRORS_SHOWN - len(load.errors_shown)
+        load.errors_shown.extend(sorted(checked.errors)[: max(room, 0)])
+        parts.append(checked.valid)
+        first += len(chunk)
+        if load.total > settings.MAX_RIDES_PER_REQUEST:
+            raise UsageError(f"{path}: more than MAX_RIDES_PER_REQUEST={settings.MAX_RIDES_PER_REQUEST} rows")
+    if load.total == 0:
+        raise UsageError(f"{path}: has a header but no rows")
+    valid = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["trip_id", "actual_duration"])
+    return valid, load
+
+
+def load_outcomes_file(settings: Settings, engine: Engine, path: str | Path, skip_invalid: bool) -> OutcomeLoad:
+    valid, load = read_outcomes(settings, path)
+    if load.invalid and not skip_invalid:
+        load.refused = True
+        return load
+    if valid.empty:
+        raise UsageError(f"{path}: none of its {load.total} rows is valid; nothing to load")
+    counts = monitoring.load_outcomes(engine, valid)
+    load.written, load.already_known, load.unknown = counts["written"], counts["already_known"], counts["unknown"]
+    load.batches = monitoring.batches_of_trips(engine, list(counts["trip_ids"]))
+    return load

@@ -1,0 +1,163 @@
+"""Monitoring one batch after its rows were committed: prediction summary, missing values, drift
+against the reference of the version that scored it, and the clock hour the batch belongs to.
+
+Plain functions over the database and a reference lookup, so the Celery task that calls them
+stays thin and tests call them directly. Nothing here can touch the batch's own rows or status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from worker.monitor.drift import (
+    TARGET,
+    DatasetDrift,
+    dataset_drift,
+    missing_share,
+    prediction_summary,
+    reference_for_window,
+)
+from worker.rides.generator import RIDE_COLUMNS
+from worker.store import monitoring, writes
+
+log = logging.getLogger(__name__)
+
+# (model name, version) -> the version's reference sample, or None if it has none.
+ReferenceLookup = Callable[[str, str], pd.DataFrame | None]
+WINDOW_MINUTES = 60
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    batch_id: str
+    status: str  # ok, no_reference, or skipped (no such batch / not finished)
+    rows: int
+    drift: DatasetDrift | None
+
+
+def _drift_rows(found: DatasetDrift) -> list[dict]:
+    return [
+        {
+            "column_name": c.column,
+            "method": c.method,
+            "score": c.score,
+            "threshold": c.threshold,
+            "drifted": c.drifted,
+        }
+        for c in found.columns
+    ]
+
+
+def monitor_batch(engine: Engine, batch_id: str, references: ReferenceLookup, known_at: datetime) -> BatchReport:
+    """Compute and store the batch's metrics; `known_at` (Chicago local) bounds which outcomes count."""
+    run = writes.get_batch(engine, batch_id)
+    if run is None or run["status"] != "succeeded":
+        return BatchReport(batch_id, "skipped", 0, None)
+    rows = monitoring.batch_rows(engine, batch_id, known_at)
+    values = {
+        "batch_id": batch_id,
+        "model_version": run["model_version"],
+        "window_start": run["window_start"],
+        "window_end": run["window_end"],
+        "rows": len(rows),
+        **prediction_summary(rows["predicted_duration"]),
+        "missing_share": missing_share(rows, RIDE_COLUMNS),
+        "monitor_error": None,
+    }
+    reference = references(run["model_name"], run["model_version"]) if run["model_version"] else None
+    if reference is None or rows.empty:
+        monitoring.save_batch_metrics(
+            engine,
+            {
+                **values,
+                "monitor_status": "no_reference" if reference is None else "ok",
+                "reference": "none" if reference is None else "",
+                "columns_checked": None,
+                "drifted_columns": None,
+                "dataset_drift": None,
+            },
+        )
+        return BatchReport(batch_id, "no_reference" if reference is None else "ok", len(rows), None)
+    compared, label = reference_for_window(reference, run["window_start"], run["window_end"])
+    if rows[TARGET].isna().any():  # target drift only on complete outcomes (see quality.update_batch)
+        rows = rows.drop(columns=TARGET)
+    found = dataset_drift(compared, rows)
+    monitoring.save_batch_metrics(
+        engine,
+        {
+            **values,
+            "monitor_status": "ok",
+            "reference": label,
+            "columns_checked": found.counted,
+            "drifted_columns": found.drifted,
+            "dataset_drift": found.dataset_drift,
+        },
+        _drift_rows(found),
+    )
+    if run["window_end"] is not None and run["trigger"] in ("schedule", "adhoc"):
+        monitor_window(engine, run["window_end"], run["model_name"], run["model_version"], references)
+    return BatchReport(batch_id, "ok", len(rows), found)
+
+
+def hour_of(moment: datetime) -> tuple[datetime, datetime]:
+    """The clock hour (start, end] a window ending at `moment` belongs to."""
+    end = moment.replace(minute=0, second=0, microsecond=0)
+    if end < moment:
+        end += timedelta(hours=1)
+    return end - timedelta(minutes=WINDOW_MINUTES), end
+
+
+def monitor_window(
+    engine: Engine, window_end: datetime, model_name: str, model_version: str, references: ReferenceLookup
+) -> DatasetDrift | None:
+    """Recompute the drift of the clock hour holding `window_end` (its batches of one version so far)."""
+    start, end = hour_of(window_end)
+    reference = references(model_name, model_version)
+    if reference is None:
+        return None
+    rows, batches = monitoring.window_rows(engine, start, end, model_version)
+    if rows.empty:
+        return None
+    compared, label = reference_for_window(reference, start, end)
+    found = dataset_drift(compared, rows)
+    monitoring.save_window(
+        engine,
+        {
+            "window_end": end,
+            "window_minutes": WINDOW_MINUTES,
+            "model_version": model_version,
+            "window_start": start,
+            "batches": batches,
+            "rows": len(rows),
+            "columns_checked": found.counted,
+            "drifted_columns": found.drifted,
+            "dataset_drift": found.dataset_drift,
+            "reference": label,
+        },
+        _drift_rows(found),
+    )
+    return found
+
+
+def record_failure(engine: Engine, batch_id: str, status: str, error: str) -> None:
+    """Monitoring failed (`failed`) or waits for the registry (`waiting`): say so on the batch's
+    metrics row, never on the batch itself, which stays succeeded."""
+    run = writes.get_batch(engine, batch_id)
+    monitoring.save_batch_metrics(
+        engine,
+        {
+            "batch_id": batch_id,
+            "model_version": run["model_version"] if run else None,
+            "window_start": run["window_start"] if run else None,
+            "window_end": run["window_end"] if run else None,
+            "rows": run["rows_written"] if run else 0,
+            "monitor_status": status,
+            "monitor_error": error[:2000],
+        },
+    )

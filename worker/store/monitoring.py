@@ -1,0 +1,315 @@
+"""Reading what monitoring needs and writing what it found, in the monitoring tables.
+
+Every write is an upsert keyed by batch (or window and version, or day and
+version), so monitoring a batch again, or a quality pass that runs twice,
+replaces its rows instead of adding to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, Engine, and_, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from worker.rides.generator import RIDE_COLUMNS
+from worker.store.schema import (
+    batch_metrics,
+    batch_runs,
+    column_drift,
+    daily_accuracy,
+    ride_outcomes,
+    ride_predictions,
+    window_column_drift,
+    window_metrics,
+)
+
+BATCH_ROW_COLUMNS = ("trip_id", *RIDE_COLUMNS, "predicted_duration", "model_name", "model_version")
+
+
+def _upsert(conn: Connection, table, values: dict[str, Any], keys: list[str]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values)
+    changes = {k: statement.excluded[k] for k in values if k not in keys}
+    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes))
+
+
+def batch_rows(engine: Engine, batch_id: str, known_at: datetime) -> pd.DataFrame:
+    """The batch's predictions, with the true duration of those whose outcome was observed by `known_at`."""
+    outcome = select(ride_outcomes.c.trip_id, ride_outcomes.c.actual_duration).where(
+        ride_outcomes.c.observed_at <= known_at
+    )
+    outcome = outcome.subquery()
+    query = (
+        select(*(ride_predictions.c[c] for c in BATCH_ROW_COLUMNS), outcome.c.actual_duration)
+        .select_from(ride_predictions.outerjoin(outcome, outcome.c.trip_id == ride_predictions.c.trip_id))
+        .where(ride_predictions.c.batch_id == batch_id)
+    )
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(query).mappings().all(), columns=[*BATCH_ROW_COLUMNS, "actual_duration"])
+
+
+def window_rows(engine: Engine, start: datetime, end: datetime, model_version: str) -> tuple[pd.DataFrame, int]:
+    """Predictions of the generated batches whose window ends in (start, end], scored by one version,
+    and how many batches that is."""
+    batches = select(batch_runs.c.batch_id).where(
+        batch_runs.c.window_end > start,
+        batch_runs.c.window_end <= end,
+        batch_runs.c.status == "succeeded",
+        batch_runs.c.model_version == model_version,
+    )
+    with engine.connect() as conn:
+        ids = list(conn.execute(batches).scalars())
+        if not ids:
+            return pd.DataFrame(columns=list(BATCH_ROW_COLUMNS)), 0
+        rows = conn.execute(
+            select(*(ride_predictions.c[c] for c in BATCH_ROW_COLUMNS)).where(ride_predictions.c.batch_id.in_(ids))
+        ).mappings()
+        return pd.DataFrame(rows.all(), columns=list(BATCH_ROW_COLUMNS)), len(ids)
+
+
+def save_batch_metrics(engine: Engine, values: dict[str, Any], drift: Iterable[dict[str, Any]] = ()) -> None:
+    """One batch's metrics and its per-column drift, replacing what an earlier pass stored."""
+    with engine.begin() as conn:
+        _upsert(conn, batch_metrics, {**values, "monitored_at": func.now()}, ["batch_id"])
+        conn.execute(delete(column_drift).where(column_drift.c.batch_id == values["batch_id"]))
+        rows = [{"batch_id": values["batch_id"], **row} for row in drift]
+        if rows:
+            conn.execute(column_drift.insert(), rows)
+
+
+def save_target_drift(engine: Engine, batch_id: str, row: dict[str, Any]) -> None:
+    with engine.begin() as conn:
+        _upsert(conn, column_drift, {"batch_id": batch_id, **row}, ["batch_id", "column_name"])
+
+
+def save_window(engine: Engine, values: dict[str, Any], drift: Iterable[dict[str, Any]]) -> None:
+    keys = {k: values[k] for k in ("window_end", "window_minutes", "model_version")}
+    with engine.begin() as conn:
+        _upsert(conn, window_metrics, {**values, "computed_at": func.now()}, list(keys))
+        conn.execute(delete(window_column_drift).where(*(window_column_drift.c[k] == v for k, v in keys.items())))
+        rows = [{**keys, **row} for row in drift]
+        if rows:
+            conn.execute(window_column_drift.insert(), rows)
+
+
+def get_batch_metrics(engine: Engine, batch_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(batch_metrics).where(batch_metrics.c.batch_id == batch_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def unmonitored_batches(engine: Engine, finished_before: datetime, limit: int = 50) -> list[str]:
+    """Succeeded batches with no metrics yet (their monitoring task was lost), or still waiting for
+    the registry since before `finished_before`, oldest first."""
+    query = (
+        select(batch_runs.c.batch_id)
+        .select_from(batch_runs.outerjoin(batch_metrics, batch_metrics.c.batch_id == batch_runs.c.batch_id))
+        .where(
+            batch_runs.c.status == "succeeded",
+            batch_runs.c.finished_at < finished_before,
+            batch_metrics.c.batch_id.is_(None)
+            | ((batch_metrics.c.monitor_status == "waiting") & (batch_metrics.c.monitored_at < finished_before)),
+        )
+        .order_by(batch_runs.c.finished_at)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
+def batches_awaiting_outcomes(engine: Engine, monitored_since: datetime) -> list[str]:
+    """Monitored batches whose outcomes are not all known yet (or never counted)."""
+    query = select(batch_metrics.c.batch_id).where(
+        batch_metrics.c.monitored_at >= monitored_since,
+        batch_metrics.c.rows > 0,
+        (batch_metrics.c.outcomes.is_(None)) | (batch_metrics.c.outcomes < batch_metrics.c.rows),
+    )
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
+def batches_of_trips(engine: Engine, trip_ids: list[str]) -> list[str]:
+    """The batches that predicted these trips (for outcomes loaded from a file)."""
+    found: set[str] = set()
+    with engine.connect() as conn:
+        for i in range(0, len(trip_ids), 5000):
+            part = trip_ids[i : i + 5000]
+            query = select(ride_predictions.c.batch_id).where(ride_predictions.c.trip_id.in_(part)).distinct()
+            found.update(conn.execute(query).scalars())
+    return sorted(found)
+
+
+def batch_quality(engine: Engine, batch_id: str, known_at: datetime) -> dict[str, Any]:
+    """Outcomes observed by `known_at`, and MAE, mean squared error and bias (minutes) over them."""
+    error = ride_predictions.c.predicted_duration - ride_outcomes.c.actual_duration
+    query = (
+        select(
+            func.count().label("outcomes"),
+            func.avg(func.abs(error)).label("mae"),
+            func.avg(error * error).label("mse"),
+            func.avg(error).label("bias"),
+        )
+        .select_from(ride_predictions.join(ride_outcomes, ride_outcomes.c.trip_id == ride_predictions.c.trip_id))
+        .where(ride_predictions.c.batch_id == batch_id, ride_outcomes.c.observed_at <= known_at)
+    )
+    with engine.connect() as conn:
+        return dict(conn.execute(query).mappings().one())
+
+
+def save_batch_quality(engine: Engine, batch_id: str, values: dict[str, Any]) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(batch_metrics).where(batch_metrics.c.batch_id == batch_id).values(**values, quality_at=func.now())
+        )
+
+
+def day_outcomes(engine: Engine, day: date, known_at: datetime) -> pd.DataFrame:
+    """Predicted and actual minutes, with the version, of every trip that started on this
+    Chicago-local day and whose outcome was observed by `known_at`."""
+    start = datetime(day.year, day.month, day.day)
+    end = start + pd.Timedelta(days=1)
+    query = (
+        select(
+            ride_predictions.c.model_name,
+            ride_predictions.c.model_version,
+            ride_predictions.c.predicted_duration,
+            ride_outcomes.c.actual_duration,
+        )
+        .select_from(ride_predictions.join(ride_outcomes, ride_outcomes.c.trip_id == ride_predictions.c.trip_id))
+        .where(
+            and_(
+                ride_predictions.c.trip_start_timestamp >= start,
+                ride_predictions.c.trip_start_timestamp < end,
+                ride_outcomes.c.observed_at <= known_at,
+            )
+        )
+    )
+    with engine.connect() as conn:
+        return pd.DataFrame(
+            conn.execute(query).mappings().all(),
+            columns=["model_name", "model_version", "predicted_duration", "actual_duration"],
+        )
+
+
+def days_of_batches(engine: Engine, batch_ids: list[str]) -> list[date]:
+    """The Chicago-local days on which these batches' trips started."""
+    found: set[date] = set()
+    with engine.connect() as conn:
+        for i in range(0, len(batch_ids), 500):
+            part = batch_ids[i : i + 500]
+            query = select(
+                func.min(ride_predictions.c.trip_start_timestamp), func.max(ride_predictions.c.trip_start_timestamp)
+            ).where(ride_predictions.c.batch_id.in_(part))
+            low, high = conn.execute(query).one()
+            if low is None:
+                continue
+            day = pd.Timestamp(low).date()
+            while day <= pd.Timestamp(high).date():
+                found.add(day)
+                day += pd.Timedelta(days=1)
+    return sorted(found)
+
+
+def save_daily_accuracy(engine: Engine, values: dict[str, Any]) -> None:
+    with engine.begin() as conn:
+        _upsert(conn, daily_accuracy, {**values, "updated_at": func.now()}, ["day", "model_version"])
+
+
+def load_outcomes(engine: Engine, outcomes: pd.DataFrame) -> dict[str, Any]:
+    """Store real outcomes (trip_id as hex, actual_duration in minutes) of trips predicted here, in
+    one transaction. observed_at is the trip's start + duration. Known outcomes are kept as they
+    are, so loading a file twice changes nothing; unknown trip ids are counted, not stored."""
+    counts = {"written": 0, "already_known": 0, "unknown": 0, "trip_ids": []}
+    with engine.begin() as conn:
+        for i in range(0, len(outcomes), 5000):
+            part = outcomes.iloc[i : i + 5000]
+            ids = list(part["trip_id"])
+            starts = dict(
+                conn.execute(
+                    select(ride_predictions.c.trip_id, ride_predictions.c.trip_start_timestamp).where(
+                        ride_predictions.c.trip_id.in_(ids)
+                    )
+                ).all()
+            )
+            starts = {str(k).replace("-", ""): v for k, v in starts.items()}
+            known = part[part["trip_id"].isin(starts)]
+            counts["unknown"] += len(part) - len(known)
+            if known.empty:
+                continue
+            rows = [
+                {
+                    "trip_id": trip_id,
+                    "actual_duration": float(minutes),
+                    "observed_at": starts[trip_id] + pd.Timedelta(minutes=float(minutes)).to_pytimedelta(),
+                    "source": "file",
+                }
+                for trip_id, minutes in zip(known["trip_id"], known["actual_duration"], strict=True)
+            ]
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            # RETURNING gives the rows really inserted; an executemany's rowcount is not reliable.
+            statement = (
+                dialect.insert(ride_outcomes)
+                .on_conflict_do_nothing(index_elements=["trip_id"])
+                .returning(ride_outcomes.c.trip_id)
+            )
+            written = len(conn.execute(statement, rows).all())
+            counts["written"] += written
+            counts["already_known"] += len(rows) - written
+            counts["trip_ids"].extend(known["trip_id"])
+    return counts
+
+
+def latest_summary(engine: Engine) -> dict[str, Any]:
+    """For `status`: the last monitored batch's drift, and the latest live accuracy with its version."""
+    with engine.connect() as conn:
+        last = (
+            conn.execute(select(batch_metrics).order_by(batch_metrics.c.monitored_at.desc()).limit(1))
+            .mappings()
+            .first()
+        )
+        scored = (
+            conn.execute(
+                select(batch_metrics)
+                .where(batch_metrics.c.mae.is_not(None))
+                .order_by(batch_metrics.c.window_end.desc().nulls_last(), batch_metrics.c.quality_at.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        day = conn.execute(select(daily_accuracy).order_by(daily_accuracy.c.day.desc()).limit(1)).mappings().first()
+    return {
+        "last_batch": None
+        if last is None
+        else {
+            "batch_id": last["batch_id"],
+            "monitor_status": last["monitor_status"],
+            "dataset_drift": last["dataset_drift"],
+            "drifted_columns": last["drifted_columns"],
+            "columns_checked": last["columns_checked"],
+            "reference": last["reference"],
+            "error": last["monitor_error"],
+        },
+        "live_mae": None
+        if scored is None
+        else {
+            "batch_id": scored["batch_id"],
+            "model_version": scored["model_version"],
+            "mae": scored["mae"],
+            "outcomes": scored["outcomes"],
+        },
+        "daily": None
+        if day is None
+        else {
+            "day": day["day"].isoformat(),
+            "model_version": day["model_version"],
+            "mae": day["mae"],
+            "heldout_mae": day["heldout_mae"],
+            "baseline_mae": day["baseline_mae"],
+            "outcomes": day["outcomes"],
+        },
+    }
