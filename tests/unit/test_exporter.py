@@ -180,6 +180,7 @@ def fill(url: str, now: datetime) -> dict:
     engine.dispose()
     return {
         "last_schedule": newest_schedule["finished_at"],
+        "last_slot": max(row["slot"] for row in schedule_rows),
         "last_schedule_rows": newest_schedule["rows_written"],
         "last_schedule_seconds": (newest_schedule["finished_at"] - newest_schedule["started_at"]).total_seconds(),
         "window_end_utc": window_end_local.replace(tzinfo=CHICAGO).astimezone(UTC),
@@ -205,6 +206,7 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     assert value(found, "taxi_batch_last_success_timestamp_seconds", trigger="schedule") == pytest.approx(
         expected["last_schedule"].timestamp()
     )
+    assert value(found, "taxi_batch_last_slot_timestamp_seconds") == expected["last_slot"].timestamp()
     assert value(found, "taxi_batch_last_success_timestamp_seconds", trigger="adhoc") == pytest.approx(
         (now - timedelta(hours=2) + timedelta(seconds=7)).timestamp()
     )

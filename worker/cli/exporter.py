@@ -293,6 +293,14 @@ class TaxiCollector(Collector):
         for trigger, at in sorted(state.last_success.items()):
             last_ok.add_metric([trigger], at.timestamp())
         yield last_ok
+        if state.last_slot is not None:
+            slot = gauge(
+                "taxi_batch_last_slot_timestamp_seconds",
+                "The newest beat slot whose batch succeeded: beat's heartbeat (a backfill of past slots does not "
+                "move it forward).",
+            )
+            slot.add_metric([], state.last_slot.timestamp())
+            yield slot
         last_failed = gauge(
             "taxi_batch_last_failure_timestamp_seconds",
             "Unix time the newest failed batch gave up, by trigger.",

@@ -59,6 +59,7 @@ class BatchState:
     """The schedule's health: when batches last succeeded or failed, and what is in flight."""
 
     last_success: dict[str, datetime] = field(default_factory=dict)  # by trigger
+    last_slot: datetime | None = None  # the newest beat slot whose batch succeeded
     last_failure: dict[str, datetime] = field(default_factory=dict)
     last_rows: dict[str, int] = field(default_factory=dict)  # of the newest succeeded batch, by trigger
     last_duration_seconds: dict[str, float] = field(default_factory=dict)
@@ -127,6 +128,10 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
                 .group_by(c.trigger)
             )
             target.update({trigger: as_utc(at) for trigger, at in rows if at is not None})
+        last_slot = conn.execute(
+            select(func.max(c.slot)).where(c.status == "succeeded", c.slot.is_not(None))
+        ).scalar_one()
+        state.last_slot = as_utc(last_slot) if last_slot is not None else None
         newest = (
             select(c.trigger, func.max(c.finished_at).label("finished_at"))
             .where(c.status == "succeeded")
