@@ -423,7 +423,7 @@ class TaxiCollector(Collector):
             if state.hour_window_dataset_drift is not None:
                 window = gauge(
                     "taxi_hour_window_dataset_drift",
-                    "1 if the newest clock-hour window of scheduled batches drifted (any model version), else 0.",
+                    "1 if the newest clock-hour window of generated batches drifted (any model version), else 0.",
                 )
                 window.add_metric([], float(state.hour_window_dataset_drift))
                 yield window
