@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,7 +25,7 @@ DRIFT_COLUMNS = {
 
 
 def _batch_of(result) -> str:
-    return next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("batch "))
+    return next(line.split()[1].rstrip(":") for line in result.stdout.splitlines() if line.startswith("batch "))
 
 
 def _metrics(stack, batch_id: str):
@@ -72,3 +72,205 @@ def test_a_written_batch_gets_its_metrics_drift_and_outcomes(stack, trained_mode
 
     status = json.loads(stack.cli("status", "--json").stdout)["monitoring"]
     assert status["ok"] and status["last_batch"]["batch_id"] is not None
+
+
+def _backfill(stack, slots: int, *extra: str, end_hours_ago: float = 3) -> list[str]:
+    """Backfill `slots` past 5-minute slots ending `end_hours_ago` ago: their outcomes are all observed."""
+    end = datetime.fromtimestamp(math.floor(datetime.now(UTC).timestamp() / 300) * 300, UTC) - timedelta(
+        hours=end_hours_ago
+    )
+    start = end - timedelta(minutes=5 * slots)
+    done = stack.cli("backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", *extra, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [f"schedule-{(start + timedelta(minutes=5 * k)).isoformat()}" for k in range(slots)]
+
+
+def test_live_accuracy_of_backfilled_slots_comes_from_their_observed_outcomes(new_stack, trained_model):
+    _, trained = trained_model
+    stack = new_stack(BATCH_INTERVAL_SECONDS="300", QUALITY_INTERVAL_SECONDS="2")
+    stack.start_worker("quality", concurrency=2)
+    stack.start("beat", "--loglevel=INFO", f"--schedule={stack.logs / 'beat-schedule'}", name="beat")
+    ids = _backfill(stack, 3)
+
+    def filled():
+        rows = stack.sql("SELECT * FROM batch_metrics WHERE batch_id = ANY(:ids) AND mae IS NOT NULL", ids=ids)
+        return rows if len(rows) == len(ids) and all(r.outcomes == r.rows for r in rows) else None
+
+    rows = wait_until("live accuracy of every backfilled slot (beat's update_quality)", filled, 120)
+    for row in rows:
+        errors = stack.sql(
+            "SELECT avg(abs(p.predicted_duration - o.actual_duration)), avg(p.predicted_duration - o.actual_duration), "
+            "count(*) FROM ride_predictions p JOIN ride_outcomes o USING (trip_id) WHERE p.batch_id = :b",
+            b=row.batch_id,
+        )[0]
+        assert row.mae == pytest.approx(errors[0]) and row.bias == pytest.approx(errors[1])
+        assert row.outcomes == errors[2] == row.rows
+        assert row.rmse >= row.mae
+    target = stack.sql(
+        "SELECT count(*) FROM column_drift WHERE batch_id = ANY(:ids) AND column_name = 'actual_duration'", ids=ids
+    )[0][0]
+    assert target == len(ids)  # target drift, on complete outcomes, reported on its own
+    days = stack.sql("SELECT * FROM daily_accuracy WHERE model_version = :v", v=trained.version)
+    assert days and sum(d.outcomes for d in days) >= sum(r.rows for r in rows)
+    day = days[0]
+    assert day.heldout_mae == pytest.approx(trained.mae, abs=1e-3)
+    assert day.baseline_mae > day.mae  # the model beats always guessing the median
+
+
+def test_a_changed_world_drifts_and_the_calibrated_one_does_not(new_stack):
+    stack = new_stack(BATCH_INTERVAL_SECONDS="300")
+    stack.start_worker("drift", concurrency=2)
+    # Afternoon slots are busy (a few hundred rides each): enough for the tests to see a 25 % fare rise.
+    calm = _backfill(stack, 6, "--rides", "400", end_hours_ago=30)
+    dear = _backfill(stack, 4, "--rides", "400", "--fare-factor", "1.25", end_hours_ago=6)
+
+    def monitored(ids):
+        rows = stack.sql("SELECT * FROM batch_metrics WHERE batch_id = ANY(:ids) AND monitor_status = 'ok'", ids=ids)
+        return rows if len(rows) == len(ids) else None
+
+    calm_rows = wait_until("the calibrated slots monitored", lambda: monitored(calm), 120)
+    dear_rows = wait_until("the dearer slots monitored", lambda: monitored(dear), 120)
+    assert sum(r.dataset_drift for r in dear_rows) == len(dear)
+    assert sum(r.dataset_drift for r in calm_rows) <= 2  # ~4 % of slots are false alarms: 3 of 6 is a 1-in-700 fluke
+    fare = stack.sql(
+        "SELECT batch_id, drifted FROM column_drift WHERE column_name = 'fare' AND batch_id = ANY(:ids)", ids=dear
+    )
+    assert all(drifted for _, drifted in fare)
+
+
+def _trips_with_ids(path, frame):
+    """The cleaned real trips with a trip_id each, as a city export would carry them."""
+    import uuid
+
+    out = frame.copy()
+    out.insert(0, "trip_id", [str(uuid.UUID(int=(i + 1) * 7919)) for i in range(len(out))])
+    out["trip_start_timestamp"] = out["trip_start_timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    out.to_csv(path, index=False)
+    return out
+
+
+def test_real_outcomes_give_the_same_mae_as_evaluate_on_the_same_rows(stack, real_sample_path, tmp_path):
+    from worker.rides.cleaning import load_real_trips
+
+    trips, _ = load_real_trips(real_sample_path)
+    rides = _trips_with_ids(tmp_path / "real.csv", trips)
+    scored = stack.cli("score", str(tmp_path / "real.csv"), "--wait", timeout=300)
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    batch_id = _batch_of(scored)
+    wait_until("the file's batch monitored", lambda: _metrics(stack, batch_id), 120)
+    rides[["trip_id", "trip_seconds"]].to_csv(tmp_path / "outcomes.csv", index=False)
+    loaded = stack.cli("outcomes", str(tmp_path / "outcomes.csv"))
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert f"{len(rides)} outcomes written, 0 already known, 0 with trip ids never predicted here" in loaded.stdout
+    assert f"batch {batch_id}: live MAE" in loaded.stdout
+    metrics = _metrics(stack, batch_id)
+    assert metrics.outcomes == len(rides) == metrics.rows
+
+    evaluated = stack.cli("evaluate", "--data", str(tmp_path / "real.csv"), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert metrics.mae == pytest.approx(json.loads(evaluated.stdout)["mae_minutes"], abs=0.01)
+
+    again = stack.cli("outcomes", str(tmp_path / "outcomes.csv"))  # idempotent
+    assert f"0 outcomes written, {len(rides)} already known" in again.stdout
+    assert stack.sql("SELECT count(*) FROM ride_outcomes WHERE source = 'file'")[0][0] >= len(rides)
+
+
+BAD_OUTCOMES = [
+    ("trip_id,duration\n{id},600\n", "missing column(s) trip_seconds"),
+    ("trip_id,trip_seconds\n{id},-60\n", "trip_seconds is negative"),
+    ("trip_id,trip_seconds\n{id},999999\n", "trip_seconds is over 86400"),
+    ("trip_id,trip_seconds\n{id},0\n", "trip_seconds is 0"),
+    ("trip_id,trip_seconds\n{id},600\n{id},700\n", "trip_id appears twice"),
+    ("trip_id,trip_seconds\nnot-a-uuid,600\n", "trip_id is not a UUID"),
+    ("trip_id,trip_seconds\n{id},ten minutes\n", "trip_seconds is not a number"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_OUTCOMES)
+def test_bad_outcome_files_are_refused_whole(stack, tmp_path, text, message):
+    sent = stack.cli("dispatch", "--rides", "3", "--wait")
+    trip = stack.sql("SELECT trip_id::text FROM ride_predictions WHERE batch_id = :b LIMIT 1", b=_batch_of(sent))[0][0]
+    path = tmp_path / "outcomes.csv"
+    path.write_text(
+        text.replace("{id}", trip) + f"{trip[:-1]}0,600\n" if "twice" not in text else text.replace("{id}", trip)
+    )
+    before = stack.sql("SELECT count(*) FROM ride_outcomes WHERE source = 'file'")[0][0]
+    result = stack.cli("outcomes", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert stack.sql("SELECT count(*) FROM ride_outcomes WHERE source = 'file'")[0][0] == before
+
+
+def test_a_huge_outcome_file_is_refused_before_it_is_read(stack, tmp_path):
+    path = tmp_path / "huge.csv"
+    with open(path, "wb") as handle:
+        handle.write(b"trip_id,trip_seconds\n")
+        handle.truncate(1 << 30)  # 1 GiB, sparse
+    result = stack.cli("outcomes", str(path), extra_env={"MAX_RIDES_PER_REQUEST": "1000000"})
+    assert result.returncode == 2 and "split the file" in result.stderr, result.stderr
+
+
+def test_unknown_trip_ids_are_counted_not_stored(stack, tmp_path):
+    path = tmp_path / "unknown.csv"
+    path.write_text("trip_id,trip_seconds\n00000000-0000-4000-8000-00000000abcd,600\n")
+    result = stack.cli("outcomes", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "0 outcomes written, 0 already known, 1 with trip ids never predicted here" in result.stdout
+    assert (
+        stack.sql("SELECT count(*) FROM ride_outcomes WHERE trip_id = '00000000-0000-4000-8000-00000000abcd'")[0][0]
+        == 0
+    )
+
+
+def test_a_failing_monitor_leaves_the_batch_succeeded_and_says_why(stack):
+    stack.sql_exec(
+        """
+        CREATE FUNCTION refuse_drift() RETURNS trigger AS $$
+        BEGIN RAISE EXCEPTION 'test: drift rows refused'; END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER refuse_drift BEFORE INSERT ON column_drift FOR EACH ROW EXECUTE FUNCTION refuse_drift();
+        """
+    )
+    try:
+        sent = stack.cli("dispatch", "--rides", "500", "--wait")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        batch_id = _batch_of(sent)
+        metrics = wait_until("the monitoring failure to be recorded", lambda: _metrics(stack, batch_id), 60)
+    finally:
+        stack.sql_exec("DROP TRIGGER refuse_drift ON column_drift; DROP FUNCTION refuse_drift();")
+    assert metrics.monitor_status == "failed" and "drift rows refused" in metrics.monitor_error
+    run = stack.sql("SELECT status, rows_written, error FROM batch_runs WHERE batch_id = :b", b=batch_id)[0]
+    assert (run.status, run.rows_written, run.error) == ("succeeded", 500, None)
+    assert stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=batch_id)[0][0] == 500
+    status = json.loads(stack.cli("status", "--json").stdout)
+    assert status["ok"] is True
+
+
+def test_a_version_without_a_reference_is_reported_and_the_reference_command_adds_one(
+    make_stack, fresh_pg_url, make_settings, monkeypatch
+):
+    from tests.conftest import SMALL_FOREST, SMALL_RIDES
+    from worker.model import training
+
+    settings = make_settings()
+    # A version registered before references existed: the same training, without the reference.
+    monkeypatch.setattr(training, "log_reference", lambda frame: None)
+    old = training.train_and_register(settings, rides=SMALL_RIDES, seed=5, params=training.ForestParams(**SMALL_FOREST))
+    monkeypatch.undo()
+    stack = make_stack(fresh_pg_url, MODEL_NAME=settings.MODEL_NAME)
+    worker = stack.start_worker("noref", concurrency=1)
+    first = _batch_of(stack.cli("dispatch", "--rides", "200", "--wait"))
+    metrics = wait_until("the batch's metrics", lambda: _metrics(stack, first), 60)
+    assert (metrics.monitor_status, metrics.reference, metrics.dataset_drift) == ("no_reference", "none", None)
+    assert metrics.rows == 200 and metrics.prediction_p50 is not None  # the summary does not need a reference
+    assert stack.sql("SELECT count(*) FROM column_drift WHERE batch_id = :b", b=first)[0][0] == 0
+
+    added = stack.cli("reference", "--version", old.version, "--rides", "20000")
+    assert added.returncode == 0, added.stderr
+    assert f"logged a reference of 20000 rows for {settings.MODEL_NAME} version {old.version}" in added.stdout
+    stack.stop(worker)
+    stack.start_worker("withref", concurrency=1)
+    second = _batch_of(stack.cli("dispatch", "--rides", "200", "--wait"))
+    metrics = wait_until("the next batch's metrics", lambda: _metrics(stack, second), 60)
+    assert metrics.monitor_status == "ok" and metrics.columns_checked == 6
+    missing = stack.cli("reference", "--version", "999")
+    assert missing.returncode == 1 and "999" in missing.stderr and "Traceback" not in missing.stderr

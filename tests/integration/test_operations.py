@@ -21,6 +21,10 @@ pytestmark = pytest.mark.integration
 INTERVAL = 4  # seconds between beat slots in these tests
 
 
+def _batch_of(result) -> str:
+    return next(line.split()[1].rstrip(":") for line in result.stdout.splitlines() if line.startswith("batch "))
+
+
 def _slot(at: float, interval: float = INTERVAL) -> datetime:
     return datetime.fromtimestamp(math.floor(at / interval) * interval, UTC)
 
@@ -258,8 +262,14 @@ def test_the_same_seed_in_a_slower_world_takes_longer_and_costs_more(stack):
 
 
 def test_prune_deletes_old_batches_with_all_their_rows(stack):
+    young = _batch_of(stack.cli("dispatch", "--rides", "20", "--wait"))
     sent = stack.cli("dispatch", "--rides", "50", "--wait")
     batch_id = next(line.split()[1] for line in sent.stdout.splitlines() if line.startswith("batch "))
+    wait_until(
+        "the batch monitored", lambda: stack.sql("SELECT 1 FROM batch_metrics WHERE batch_id = :b", b=batch_id), 60
+    )
+    trips = [r[0] for r in stack.sql("SELECT trip_id FROM ride_predictions WHERE batch_id = :b", b=batch_id)]
+    assert stack.sql("SELECT count(*) FROM ride_outcomes WHERE trip_id = ANY(:t)", t=trips)[0][0] == 50
     stack.sql_exec("UPDATE batch_runs SET started_at = now() - interval '40 days' WHERE batch_id = :b", b=batch_id)
     asked = stack.cli("prune", "--older-than", "30")
     assert "1 batches started before" in asked.stdout and "50 predictions, would be deleted" in asked.stdout
@@ -268,9 +278,10 @@ def test_prune_deletes_old_batches_with_all_their_rows(stack):
     done = stack.cli("prune", "--older-than", "30", "--yes")
     assert done.returncode == 0, done.stderr
     assert "50 ride_predictions" in done.stdout and "1 batch_runs" in done.stdout
-    for table in ("ride_predictions", "batch_chunks", "batch_runs"):
+    for table in ("ride_predictions", "batch_chunks", "batch_runs", "batch_metrics", "column_drift"):
         assert stack.sql(f"SELECT count(*) FROM {table} WHERE batch_id = :b", b=batch_id)[0][0] == 0
-    assert stack.sql("SELECT count(*) FROM batch_runs")[0][0] > 0  # younger batches stay
+    assert stack.sql("SELECT count(*) FROM ride_outcomes WHERE trip_id = ANY(:t)", t=trips)[0][0] == 0
+    assert stack.sql("SELECT rows_written FROM batch_runs WHERE batch_id = :b", b=young) == [(20,)]  # younger ones stay
 
 
 def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_version_is_deleted(

@@ -71,6 +71,7 @@ def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
         assert "training a first one on generated rides" in text
         assert "done: 30 rows written with chicago-taxi-duration version 1" in text
         assert f"Flower       http://127.0.0.1:{port}" in text
+        assert "report       .venv/bin/python -m worker report --since 24h" in text
         assert f"exporter     http://127.0.0.1:{exporter_port}/metrics" in text
 
         # The exporter answers on the embedded stores too: SQLite, the filesystem broker, the local registry.
@@ -110,6 +111,20 @@ def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
         assert report["ok"] is True, report
         assert report["database"]["last_batch"]["batch_id"].startswith("schedule-"), report
         assert report["broker"]["url"].startswith("filesystem://")
+
+        # The report command it prints works on the embedded SQLite database, with the batches in it.
+        made = subprocess.run(
+            [sys.executable, "-m", "worker", "report", "--since", "24h"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+        page = (tmp_path / "local" / "report.html").read_text()
+        assert '<section class="chart" id="chart-batches" data-empty="false"' in page
+        assert '<section class="chart" id="chart-versions" data-empty="false"' in page
     finally:
         run.send_signal(signal.SIGINT)  # what Ctrl-C sends
         run.wait(timeout=120)

@@ -419,6 +419,54 @@ def test_registry_down_while_worker_runs_keeps_serving_the_cached_model(make_sta
         release(stack)
 
 
+def test_registry_down_while_monitoring_needs_a_reference_waits_and_catches_up(make_stack, fresh_pg_url, registry):
+    """The batch is written; its monitoring cannot load the version's reference while the registry is
+    down, says so (`waiting`), retries with backoff, and completes once the registry is back. The
+    batch itself stays succeeded with its rows throughout."""
+    server, settings, version = registry
+    env = {"MLFLOW_TRACKING_URI": server.uri, "MODEL_NAME": settings.MODEL_NAME}
+    stack = make_stack(fresh_pg_url, **env)
+    try:
+        with logs_on_failure(stack, server.log):
+            writer = stack.start_worker("writer", concurrency=1, extra_env={"MONITORING": "false"})
+            done = stack.client().send_task(RUN_BATCH, kwargs={"rides": 300}).get(timeout=120)
+            batch_id = done["batch_id"]
+            stack.stop(writer)
+            assert stack.sql("SELECT count(*) FROM batch_metrics")[0][0] == 0  # monitoring was off
+
+            server.stop()
+            stack.start_worker("monitor", concurrency=1)  # never loaded the reference
+            stack.client().send_task("worker.tasks.monitor_batch", kwargs={"batch_id": batch_id})
+            waiting = wait_until(
+                "monitoring to wait for the registry",
+                lambda: stack.sql(
+                    "SELECT monitor_error FROM batch_metrics WHERE batch_id = :b AND monitor_status = 'waiting'",
+                    b=batch_id,
+                ),
+                120,
+            )
+            assert waiting[0][0]  # names why
+            assert batch_run(stack, batch_id)["status"] == "succeeded" and rows_of(stack, batch_id) == (300, 300)
+
+            server.start()
+            row = wait_until(
+                "monitoring to complete once the registry is back",
+                lambda: next(
+                    iter(
+                        stack.sql(
+                            "SELECT * FROM batch_metrics WHERE batch_id = :b AND monitor_status = 'ok'", b=batch_id
+                        )
+                    ),
+                    None,
+                ),
+                240,
+            )
+            assert row.model_version == version and row.rows == 300 and row.columns_checked == 6
+            assert batch_run(stack, batch_id)["status"] == "succeeded"
+    finally:
+        release(stack)
+
+
 # ---------------------------------------------------------------- 4. Malformed and hostile files
 
 HEADER = "pickup_community_area,dropoff_community_area,trip_start_timestamp,fare,trip_miles"

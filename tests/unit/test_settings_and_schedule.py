@@ -114,3 +114,29 @@ def test_mlflow_client_retries_are_bounded_unless_the_user_set_them(tmp_path):
     env = {**base, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5"}
     theirs = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert theirs.stdout.split() == ["5", "20"], theirs.stderr
+
+
+def test_the_schedule_follows_monitoring_and_retention_settings(tmp_path):
+    """update_quality runs every QUALITY_INTERVAL_SECONDS unless MONITORING is off; prune only with RETENTION_DAYS."""
+    script = (
+        "from worker import app; from beat_schedule import beat_schedule as s; app.loader.import_default_modules(); "
+        "print(sorted(s)); print(all(e['task'] in app.tasks for e in s.values())); "
+        "print(s.get('update-quality', {}).get('schedule')); print(s.get('prune-old-batches', {}).get('kwargs'))"
+    )
+    base = {"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path)}
+
+    def schedule(**env: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=REPO_ROOT, env={**base, **env}, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    assert schedule() == ["['run-batch', 'update-quality']", "True", "60.0", "None"]
+    assert schedule(QUALITY_INTERVAL_SECONDS="5", RETENTION_DAYS="30") == [
+        "['prune-old-batches', 'run-batch', 'update-quality']",
+        "True",
+        "5.0",
+        "{'older_than_days': 30.0}",
+    ]
+    assert schedule(MONITORING="false")[0] == "['run-batch']"

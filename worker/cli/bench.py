@@ -2,9 +2,11 @@
 
 Two measurements, both printed with their conditions:
 1. In one process, per batch size: generate, predict, write, each timed; rides/s end to end.
-2. Through a real `celery worker` this command starts (2 processes, warm model): a 100,000-ride
-   batch fanned out in chunks, and the dispatch-to-commit latency of 1,000-ride batches.
-Rows it writes are deleted afterwards.
+2. The monitor's cost: monitoring one written 2,000-ride batch, as the monitoring task does.
+3. Through a real `celery worker` this command starts (2 processes, warm model), once with
+   monitoring off and once on, side by side: a 100,000-ride batch fanned out in chunks, and the
+   dispatch-to-commit latency of 1,000-ride batches.
+Rows it writes are deleted afterwards, in every table.
 """
 
 from __future__ import annotations
@@ -18,17 +20,60 @@ import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import delete, or_
+from sqlalchemy import select
 
 from worker.settings import REPO_ROOT, Settings
 
 
 def _cleanup(engine, batch_ids: list[str]) -> None:
-    from worker.store.schema import batch_chunks, batch_runs, ride_predictions
+    """Every row the benchmark wrote, in every table keyed by batch (outcomes and metrics included)."""
+    from worker.store.retention import delete_batches
+    from worker.store.schema import batch_runs
 
-    with engine.begin() as conn:
-        for table in (ride_predictions, batch_chunks, batch_runs):
-            conn.execute(delete(table).where(or_(table.c.batch_id.in_(batch_ids), table.c.batch_id.like("bench-%"))))
+    with engine.connect() as conn:
+        named = list(conn.execute(select(batch_runs.c.batch_id).where(batch_runs.c.batch_id.like("bench-%"))).scalars())
+    delete_batches(engine, sorted(set(batch_ids) | set(named)))
+
+
+def monitor_cost(settings: Settings, rides: int, repeat: int) -> dict:
+    """Median seconds to monitor a written batch of `rides` (read its rows, summarise, test drift
+    against the version's reference, store), as the monitoring task does after each commit."""
+    from worker import batch, runtime
+    from worker.monitor.batches import monitor_batch
+    from worker.rides.generator import chicago_now, recent_window
+    from worker.store import writes
+
+    engine = runtime.engine()
+    model = runtime.model()
+    if runtime.reference(model.name, model.version) is None:
+        return {"rides": rides, "seconds": None, "note": f"version {model.version} has no reference"}
+    ids, times = [], []
+    try:
+        for attempt in range(repeat + 1):  # the first run warms caches and is not counted
+            batch_id = f"bench-monitor-{uuid.uuid4()}"
+            ids.append(batch_id)
+            writes.start_batch(
+                engine,
+                batch_id=batch_id,
+                trigger="adhoc",
+                rides_requested=rides,
+                chunks_total=1,
+                task_id=None,
+                seed=attempt,
+                window=(recent_window(5).start, recent_window(5).end),
+                attempt=1,
+            )
+            batch.run_generated_chunk(
+                engine, model, batch_id=batch_id, chunk_index=0, rides=rides, seed=attempt, window=recent_window(5)
+            )
+            started = time.perf_counter()
+            report = monitor_batch(engine, batch_id, runtime.reference, chicago_now())
+            if attempt:
+                times.append(time.perf_counter() - started)
+            assert report.status == "ok", report
+    finally:
+        _cleanup(engine, ids)
+    return {"rides": rides, "seconds": statistics.median(times)}
 
 
 def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]:
@@ -68,7 +113,7 @@ def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]
     return results
 
 
-def worker_bench(settings: Settings, latency_runs: int, big: int) -> dict:
+def worker_bench(settings: Settings, latency_runs: int, big: int, monitoring: bool = True) -> dict:
     from worker import runtime
     from worker.cli.dispatching import dispatch_batch
     from worker.store import writes
@@ -91,7 +136,7 @@ def worker_bench(settings: Settings, latency_runs: int, big: int) -> dict:
                 "--without-mingle",
             ],
             cwd=REPO_ROOT,
-            env=dict(os.environ),
+            env={**os.environ, "MONITORING": "true" if monitoring else "false"},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -149,13 +194,28 @@ def run_bench(settings: Settings, sizes: list[int], repeat: int, latency_runs: i
             f"  {r['rides']:>8} {r['generate']:>11.3f} {r['predict']:>10.3f} {r['write']:>8.3f} "
             f"{r['total']:>8.3f} {r['rides_per_second']:>9.0f}"
         )
+    cost = monitor_cost(settings, 2000, repeat)
+    if cost["seconds"] is None:
+        print(f"monitoring a 2,000-ride batch: not measured ({cost['note']})")
+    else:
+        print(f"monitoring a 2,000-ride batch (read, summarise, drift tests, store): {cost['seconds'] * 1000:.0f} ms")
     if with_worker:
-        w = worker_bench(settings, latency_runs, max(sizes))
-        print("through a celery worker (2 processes, warm model):")
+        print("through a celery worker (2 processes, warm model), monitoring off, then on:")
+        runs = {
+            label: worker_bench(settings, latency_runs, max(sizes), monitoring=on)
+            for label, on in (("off", False), ("on", True))
+        }
+        off, on = runs["off"], runs["on"]
         print(
-            f"  {w['big_rides']} rides dispatched to committed: {w['big_seconds']:.2f} s = {w['big_rides_per_second']:.0f} rides/s"
+            f"  {'monitoring':>10} {'rides':>8} {'dispatch->commit s':>19} {'rides/s':>9} {'1000 rides median s':>20} {'max s':>7}"
         )
+        for label, w in runs.items():
+            print(
+                f"  {label:>10} {w['big_rides']:>8} {w['big_seconds']:>19.2f} {w['big_rides_per_second']:>9.0f} "
+                f"{w['latency_1000_median']:>20.3f} {w['latency_1000_max']:>7.3f}"
+            )
+        change = on["big_rides_per_second"] / off["big_rides_per_second"] - 1
         print(
-            f"  1000-ride batch dispatch to commit: median {w['latency_1000_median']:.3f} s, "
-            f"max {w['latency_1000_max']:.3f} s over {latency_runs} runs"
+            f"  throughput with monitoring: {change:+.1%} against without "
+            f"(aim: within 15 %); 1000-ride latency with monitoring {on['latency_1000_median'] * 1000:.0f} ms (aim: < 100 ms)"
         )

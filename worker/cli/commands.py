@@ -386,6 +386,21 @@ def _monitoring_lines(part: dict) -> list[str]:
     return lines
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from worker.cli.report import default_output, make_report
+    from worker.cli.times import parse_duration
+
+    period = parse_duration(args.since, "--since")
+    written = make_report(settings, period, Path(args.output) if args.output else default_output(settings))
+    warnings = f"{written.alerts} warning{'s' if written.alerts != 1 else ''}" if written.alerts else "no warnings"
+    print(
+        f"wrote {written.path.resolve()} ({written.size / 1024:.0f} KB; {written.charts_with_data} of 5 charts with data, {warnings})"
+    )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.bench import run_bench
 
@@ -510,6 +525,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="broker, database and registry reachability; last batch")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
+
+    report = sub.add_parser(
+        "report", help="one self-contained HTML file: batches, predictions, drift, live accuracy, warnings"
+    )
+    report.add_argument(
+        "--since", default="24h", metavar="DURATION", help="how far back: 90m, 6h, 2d, 1w (default 24h)"
+    )
+    report.add_argument("-o", "--output", metavar="FILE", help="where to write it (default LOCAL_DIR/report.html)")
+    report.set_defaults(handler=cmd_report)
 
     bench = sub.add_parser("bench", help="throughput and latency against the configured broker and database")
     bench.add_argument("--sizes", type=_positive_int, nargs="+", default=[1000, 100_000])

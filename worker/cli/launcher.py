@@ -65,6 +65,7 @@ def _stop_all(children: list[tuple[str, subprocess.Popen]]) -> None:
 def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
     from worker.cli.dispatching import dispatch_batch, wait_for_batch
     from worker.cli.preparation import initialize
+    from worker.cli.report import default_output
     from worker.rides.generator import chicago_now, expected_rides
 
     check_port_free(settings.FLOWER_ADDRESS, settings.FLOWER_PORT, "FLOWER_PORT")
@@ -110,6 +111,7 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
             f"  Flower       http://{settings.FLOWER_ADDRESS}:{settings.FLOWER_PORT}{auth}\n"
             f"  exporter     http://{settings.EXPORTER_ADDRESS}:{settings.EXPORTER_PORT}/metrics (Prometheus)\n"
             "  status       .venv/bin/python -m worker status\n"
+            f"  report       .venv/bin/python -m worker report --since 24h  (charts in one HTML file: {default_output(settings)})\n"
             f"  predictions  table ride_predictions in {redact(settings.database_url)}\n"
             f"  logs         {logs}/worker.log, beat.log, flower.log, exporter.log\n"
             f"next batches every {settings.BATCH_INTERVAL_SECONDS:g} s on the clock. Ctrl-C stops everything.",

@@ -44,4 +44,7 @@ def parse_duration(text: str, option: str) -> timedelta:
     match = _DURATION.match(text)
     if not match or float(match.group(1)) <= 0:
         raise UsageError(f"{option} {text!r} is not a duration such as 90m, 6h, 2d or 1w")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    except OverflowError:
+        raise UsageError(f"{option} {text!r} is longer than any duration this can count") from None

@@ -100,7 +100,7 @@ def monitor_batch(engine: Engine, batch_id: str, references: ReferenceLookup, kn
         },
         _drift_rows(found),
     )
-    if run["window_end"] is not None and run["trigger"] in ("schedule", "adhoc"):
+    if run["window_end"] is not None and run["trigger"] == "schedule":
         monitor_window(engine, run["window_end"], run["model_name"], run["model_version"], references)
     return BatchReport(batch_id, "ok", len(rows), found)
 
@@ -116,7 +116,8 @@ def hour_of(moment: datetime) -> tuple[datetime, datetime]:
 def monitor_window(
     engine: Engine, window_end: datetime, model_name: str, model_version: str, references: ReferenceLookup
 ) -> DatasetDrift | None:
-    """Recompute the drift of the clock hour holding `window_end` (its batches of one version so far)."""
+    """Recompute the drift of the clock hour holding `window_end` (its scheduled batches of one version
+    so far; ad-hoc batches are one-offs and stay out of the schedule's windows)."""
     start, end = hour_of(window_end)
     reference = references(model_name, model_version)
     if reference is None:

@@ -53,9 +53,10 @@ def batch_rows(engine: Engine, batch_id: str, known_at: datetime) -> pd.DataFram
 
 
 def window_rows(engine: Engine, start: datetime, end: datetime, model_version: str) -> tuple[pd.DataFrame, int]:
-    """Predictions of the generated batches whose window ends in (start, end], scored by one version,
+    """Predictions of the scheduled batches whose window ends in (start, end], scored by one version,
     and how many batches that is."""
     batches = select(batch_runs.c.batch_id).where(
+        batch_runs.c.trigger == "schedule",
         batch_runs.c.window_end > start,
         batch_runs.c.window_end <= end,
         batch_runs.c.status == "succeeded",

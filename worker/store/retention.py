@@ -70,16 +70,22 @@ def _delete_rows_of(engine: Engine, batch_id: str, counts: Counter) -> None:
             ).rowcount
 
 
-def prune(engine: Engine, older_than_days: float, now: datetime) -> dict[str, int]:
-    """Delete batches started more than `older_than_days` before `now` (UTC), and their rows."""
-    cutoff = now - timedelta(days=older_than_days)
-    counts: Counter = Counter()
-    for batch_id in old_batches(engine, cutoff):
+def delete_batches(engine: Engine, batch_ids: list[str], counts: Counter | None = None) -> Counter:
+    """Delete these batches with every row keyed by them (their own batch_runs row last)."""
+    counts = Counter() if counts is None else counts
+    for batch_id in batch_ids:
         _delete_rows_of(engine, batch_id, counts)
         with engine.begin() as conn:
             for table in (column_drift, batch_metrics, batch_chunks):
                 counts[table.name] += conn.execute(delete(table).where(table.c.batch_id == batch_id)).rowcount
             counts["batch_runs"] += conn.execute(delete(batch_runs).where(batch_runs.c.batch_id == batch_id)).rowcount
+    return counts
+
+
+def prune(engine: Engine, older_than_days: float, now: datetime) -> dict[str, int]:
+    """Delete batches started more than `older_than_days` before `now` (UTC), and their rows."""
+    cutoff = now - timedelta(days=older_than_days)
+    counts = delete_batches(engine, old_batches(engine, cutoff))
     # Window and daily tables are keyed by (Chicago-local) time; a day's margin keeps the
     # windows of batches that were not old enough to go.
     local_cutoff = (cutoff - timedelta(days=1)).replace(tzinfo=None)

@@ -1,0 +1,199 @@
+"""`python -m worker report`: one self-contained HTML file with the charts of a period and the
+warnings that need a look now.
+
+Self-contained means it opens offline and from anywhere (a mail attachment, a CI artifact): the
+charts are inline SVG, the styles inline CSS, and there is no script, font, image or link to fetch.
+Every text taken from the database (batch ids, errors) is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from worker.cli.errors import UsageError
+from worker.cli.status import fill_command
+from worker.monitor.overview import ACCURACY_MARGIN, MIN_OUTCOMES, RECENT, Alert, Overview
+from worker.settings import Settings, redact
+
+if TYPE_CHECKING:  # matplotlib is imported only when a report is drawn, not by `make run` naming the command
+    from worker.cli.charts import Chart
+
+log = logging.getLogger(__name__)
+
+MAX_PERIOD = timedelta(days=100 * 365)  # far enough back for any data; far less than the calendar can count
+KIND_LABELS = {
+    "failed": "failed batches",
+    "missed": "missed slots",
+    "accuracy": "accuracy",
+    "drift": "dataset drift",
+    "monitoring": "monitoring",
+}
+STYLE = """
+:root { color-scheme: light; --ink: #1d2733; --muted: #5b6772; --line: #d9dee3; --warn: #b3261e; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif;
+       color: var(--ink); background: #f4f6f8; }
+main { max-width: 1040px; margin: 0 auto; padding: 24px 20px 48px; }
+header h1 { font-size: 24px; margin: 0 0 4px; }
+header p { margin: 2px 0; color: var(--muted); }
+section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px; margin: 18px 0; }
+section h2 { font-size: 18px; margin: 0 0 4px; }
+.caption { color: var(--muted); margin: 0 0 10px; font-size: 14px; }
+.empty { padding: 18px; border: 1px dashed var(--line); border-radius: 6px; color: var(--muted); background: #fafbfc; }
+svg { display: block; height: auto; }
+#warnings ul { list-style: none; padding: 0; margin: 8px 0 0; }
+#warnings li.alert { border-left: 4px solid var(--warn); padding: 6px 12px; margin: 8px 0; background: #fdf3f2; }
+#warnings li.alert .kind { font-weight: 600; color: var(--warn); text-transform: uppercase; font-size: 12px;
+                           letter-spacing: .04em; margin-right: 8px; }
+#warnings li.alert ul { margin: 4px 0 0; font-size: 13px; color: var(--muted); }
+#warnings li.alert ul li { margin: 0; }
+#warnings .ok { border-left: 4px solid #2a9d8f; padding: 6px 12px; background: #eef8f6; }
+code { font: 13px/1.4 "DejaVu Sans Mono", ui-monospace, monospace; background: #eef1f4; padding: 1px 4px;
+       border-radius: 3px; }
+footer { color: var(--muted); font-size: 13px; }
+"""
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    size: int
+    alerts: int
+    charts_with_data: int
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _prose(text: object) -> str:
+    """Our own sentences: escaped, with `commands` set as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
+
+
+def _alert_item(alert: Alert, overview: Overview) -> str:
+    detail = "".join(f"<li>{_e(item)}</li>" for item in alert.items)
+    if alert.kind == "missed" and overview.missed:
+        command = fill_command(overview.missed, overview.interval_seconds)
+        detail += f"<li>fill them: <code>{_e(command)}</code></li>"
+    return (
+        f'<li class="alert" data-kind="{_e(alert.kind)}"><span class="kind">{_e(KIND_LABELS.get(alert.kind, alert.kind))}'
+        f"</span>{_prose(alert.text)}" + (f"<ul>{detail}</ul>" if detail else "") + "</li>"
+    )
+
+
+def _warnings(overview: Overview) -> str:
+    if overview.alerts:
+        items = "".join(_alert_item(alert, overview) for alert in overview.alerts)
+        body = f"<ul>{items}</ul>"
+    else:
+        body = (
+            '<p class="ok">Nothing needs a look: no failed batch, no missed slot, no recent dataset drift, '
+            "no version worse than it promised.</p>"
+        )
+    rules = (
+        f"Accuracy warns when a version's live MAE on its latest day with at least {MIN_OUTCOMES} outcomes is more "
+        f"than {ACCURACY_MARGIN:.0%} above its held-out MAE; drift counts as current for the last "
+        f"{RECENT.total_seconds() / 3600:g} h."
+    )
+    return (
+        f'<section id="warnings" data-alerts="{len(overview.alerts)}"><h2>Warnings</h2>'
+        f'<p class="caption">{_e(rules)}</p>{body}</section>'
+    )
+
+
+def _chart(number: int, chart: Chart) -> str:
+    body = chart.svg if chart.svg is not None else f'<p class="empty">{_prose(chart.empty)}</p>'
+    return (
+        f'<section class="chart" id="chart-{chart.key}" data-empty="{str(chart.svg is None).lower()}" '
+        f'data-marks="{chart.marks}"><h2>{number}. {_e(chart.title)}</h2>'
+        f'<p class="caption">{_e(chart.caption)}</p>{body}</section>'
+    )
+
+
+def render_html(overview: Overview, charts: list[Chart], source: str) -> str:
+    """The whole page; `source` says which database it was read from (password masked)."""
+    since, now = overview.since_local, overview.generated_local
+    title = f"Chicago Taxi Batch report, {since:%Y-%m-%d %H:%M} to {now:%Y-%m-%d %H:%M} Chicago time"
+    batches = overview.batches
+    summary = (
+        f"{len(batches)} batches, {int(batches['rows_written'].sum()):,} rides written"
+        if len(batches)
+        else "no batches in this period"
+    )
+    sections = "".join(_chart(i, chart) for i, chart in enumerate(charts, start=1))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head><body><main>"
+        f"<header><h1>Chicago Taxi Batch: are today's predictions any good?</h1>"
+        f"<p>{_e(f'{since:%Y-%m-%d %H:%M} to {now:%Y-%m-%d %H:%M} Chicago time')} "
+        f"({_e(f'{overview.since:%Y-%m-%d %H:%M} to {overview.generated_at:%Y-%m-%d %H:%M} UTC')}): "
+        f"{_e(summary)}.</p>"
+        f"<p>Read from <code>{_e(source)}</code>. Times on every chart are Chicago local time, the time the "
+        "rides happen in (the database keeps ride windows that way and converts bookkeeping times from UTC)."
+        "</p></header>"
+        f"{_warnings(overview)}{sections}"
+        "<footer><p>Made by <code>python -m worker report</code>. Drift tests and thresholds are Evidently's "
+        "defaults (worker/monitor/drift.py); the warning rules are in worker/monitor/overview.py.</p></footer>"
+        "</main></body></html>\n"
+    )
+
+
+def write_atomically(path: Path, text: str) -> int:
+    """Write the file whole or not at all (a reader never sees half a report); returns its size in bytes."""
+    data = text.encode("utf-8")
+    directory = path.parent
+    if not directory.is_dir():
+        raise UsageError(f"-o {path}: folder {directory} does not exist")
+    fd, temporary = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return len(data)
+
+
+def default_output(settings: Settings) -> Path:
+    return settings.LOCAL_DIR / "report.html"
+
+
+def make_report(settings: Settings, period: timedelta, output: Path, now: datetime | None = None) -> Written:
+    """Read the period before `now` from the configured database, draw it, and write `output`."""
+    from worker.beat import slot_start
+    from worker.cli.charts import all_charts
+    from worker.monitor.overview import collect
+    from worker.store.database import ensure_schema, get_engine
+
+    if period > MAX_PERIOD:
+        raise UsageError(f"--since reaches back more than {MAX_PERIOD.days // 365} years")
+    if output.is_dir():
+        raise UsageError(f"-o {output} is a folder; give a file name, e.g. {output / 'report.html'}")
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: folder {output.parent} does not exist")
+    now = now or datetime.now(UTC)
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    overview = collect(
+        engine,
+        now,
+        period,
+        settings.BATCH_INTERVAL_SECONDS,
+        slot_start(settings.BATCH_INTERVAL_SECONDS, now.timestamp()),
+    )
+    charts = all_charts(overview)
+    size = write_atomically(output, render_html(overview, charts, redact(settings.database_url)))
+    log.debug("report of %d batches written to %s (%d bytes)", len(overview.batches), output, size)
+    return Written(output, size, len(overview.alerts), sum(chart.svg is not None for chart in charts))

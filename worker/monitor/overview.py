@@ -1,0 +1,331 @@
+"""The report's data: what the batches, their monitoring and live accuracy looked like over a period,
+on one time axis (Chicago local, as users think), and the short list of what needs a look now.
+
+Every test's result is also given as a *drift margin*, so that "drifted" reads the same way for
+both kinds of test: a distance (Wasserstein, Jensen-Shannon) drifts at or above its threshold, a
+p-value (K-S, chi-square) below it. The margin is distance / threshold, or threshold / p-value:
+above 1 means drifted, 10 means ten times past the threshold, whichever the test.
+
+The warnings' thresholds are module constants, named here once so that the report, the README and
+the alert rules of the Prometheus issue say the same thing:
+
+- ACCURACY_MARGIN, MIN_OUTCOMES: a model version's live MAE of its latest Chicago day with at least
+  MIN_OUTCOMES observed outcomes is more than ACCURACY_MARGIN (25 %) above the MAE it scored on
+  held-out rides at training (daily_accuracy.mae > 1.25 x daily_accuracy.heldout_mae);
+- RECENT: dataset drift counts as current for hour windows and batches whose rides ended in the
+  last three hours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine
+
+from worker.monitor.drift import DATASET_COLUMNS
+from worker.rides.generator import CHICAGO
+from worker.store import history, timelines
+
+ACCURACY_MARGIN = 0.25  # live MAE may be this much worse than held-out (25 %) before a warning
+MIN_OUTCOMES = 200  # ... over at least this many observed outcomes of one day and version
+RECENT = timedelta(hours=3)  # how far back dataset drift counts as current
+P_VALUE_METHODS = frozenset({"ks", "chisquare"})  # drift when score < threshold
+DISTANCE_METHODS = frozenset({"wasserstein", "jensenshannon"})  # drift when score >= threshold
+MARGIN_CAP = 1000.0  # a p-value of 0 would be infinitely far past the threshold; drawn at the cap
+SHOWN_ITEMS = 5  # items listed under one warning
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One warning of the report: what kind (drift, accuracy, failed, missed, monitoring), one line
+    (commands in `backticks`), and the first few items it is about."""
+
+    kind: str
+    text: str
+    items: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Overview:
+    generated_at: datetime  # UTC
+    since: datetime  # UTC start of the period
+    interval_seconds: float
+    batches: pd.DataFrame  # timelines.batches_since + `start`/`at`: the Chicago-local window (or start) of each
+    column_drift: pd.DataFrame  # per batch and column, + `at`, `model_version`, `margin`
+    windows: pd.DataFrame  # hour windows
+    window_drift: pd.DataFrame  # per hour window and column, + `window_start`, `margin`
+    daily: pd.DataFrame  # daily_accuracy rows of the period
+    missed: list[datetime] = field(default_factory=list)  # UTC beat slots that never ran
+    alerts: list[Alert] = field(default_factory=list)
+
+    @property
+    def since_local(self) -> datetime:
+        return to_chicago(self.since)
+
+    @property
+    def generated_local(self) -> datetime:
+        return to_chicago(self.generated_at)
+
+
+def to_chicago(moment: datetime) -> datetime:
+    """A UTC instant (aware, or naive as SQLite gives it back) as naive Chicago local time."""
+    return timelines.utc(moment).astimezone(CHICAGO).replace(tzinfo=None)
+
+
+def _chicago_series(values: pd.Series) -> pd.Series:
+    return pd.Series([to_chicago(v) if pd.notna(v) else pd.NaT for v in values], index=values.index, dtype=object)
+
+
+def drift_margin(method: str, score: float | None, threshold: float) -> float:
+    """How far past its threshold a test's score is: above 1 = drifted, for either kind of test;
+    NaN when the test had nothing to compare (no score)."""
+    if score is None or not math.isfinite(score) or not threshold > 0:
+        return math.nan
+    if method in P_VALUE_METHODS:
+        return min(MARGIN_CAP, threshold / score) if score > 0 else MARGIN_CAP
+    if method in DISTANCE_METHODS:
+        return min(MARGIN_CAP, score / threshold) if score > 0 else 1 / MARGIN_CAP
+    raise ValueError(f"unknown drift method {method!r}")
+
+
+def _with_margins(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["score"] = pd.to_numeric(frame["score"], errors="coerce")
+    frame["margin"] = [
+        drift_margin(m, None if pd.isna(s) else float(s), float(t))
+        for m, s, t in zip(frame["method"], frame["score"], frame["threshold"], strict=True)
+    ]
+    return frame
+
+
+def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    for column in columns:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def collect(
+    engine: Engine, now: datetime, period: timedelta, interval_seconds: float, until_slot: datetime
+) -> Overview:
+    """Everything the report shows for the `period` before `now` (UTC); `until_slot` is the current
+    beat slot (still beat's to send, so not missed yet)."""
+    since = now - period
+    since_local = to_chicago(since)
+    batches = timelines.batches_since(engine, since_local, since)
+    batches = _numeric(
+        batches,
+        ["rides_requested", "rows_written", "prediction_p10", "prediction_p50", "prediction_p90", "outcomes", "mae"],
+    )
+    started = _chicago_series(batches["started_at"])
+    batches["at"] = pd.to_datetime(batches["window_end"].where(batches["window_end"].notna(), started))
+    fallback_start = batches["at"] - pd.Timedelta(seconds=interval_seconds)
+    batches["start"] = pd.to_datetime(batches["window_start"]).where(batches["window_start"].notna(), fallback_start)
+
+    drift = _with_margins(timelines.column_drift_since(engine, since_local, since))
+    drift = drift.merge(batches[["batch_id", "at", "model_version"]], on="batch_id", how="left")
+
+    windows = timelines.windows_since(engine, since_local)
+    windows["window_start"] = pd.to_datetime(windows["window_start"])
+    windows["window_end"] = pd.to_datetime(windows["window_end"])
+    window_drift = _with_margins(timelines.window_drift_since(engine, since_local))
+    window_drift["window_end"] = pd.to_datetime(window_drift["window_end"])
+    window_drift["window_start"] = window_drift["window_end"] - pd.to_timedelta(
+        window_drift["window_minutes"].astype(float), unit="min"
+    )
+
+    daily = _numeric(
+        timelines.daily_accuracy_since(engine, since_local.date()),
+        ["outcomes", "mae", "rmse", "bias", "baseline_mae", "heldout_mae"],
+    )
+    missed = history.missed_slots(engine, interval_seconds, since, until_slot)
+    overview = Overview(
+        generated_at=now.astimezone(UTC),
+        since=since.astimezone(UTC),
+        interval_seconds=interval_seconds,
+        batches=batches,
+        column_drift=drift,
+        windows=windows,
+        window_drift=window_drift,
+        daily=daily,
+        missed=missed,
+    )
+    overview.alerts.extend(alerts(overview))
+    return overview
+
+
+def alerts(overview: Overview) -> list[Alert]:
+    """The report's warnings, most pressing first: what failed, what is missing, what got worse."""
+    now_local = overview.generated_local
+    return [
+        *failed_batches(overview.batches),
+        *missed_slots(overview.missed),
+        *accuracy_alerts(overview.daily),
+        *window_drift_alerts(overview.windows, overview.window_drift, now_local - RECENT),
+        *batch_drift_alerts(overview.batches, overview.column_drift, now_local - RECENT),
+        *monitoring_alerts(overview.batches),
+    ]
+
+
+def _more(items: list[str], total: int) -> tuple[str, ...]:
+    shown = items[:SHOWN_ITEMS]
+    if total > len(shown):
+        shown.append(f"... and {total - len(shown)} more")
+    return tuple(shown)
+
+
+def _first_line(text: object, limit: int = 160) -> str:
+    line = str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def failed_batches(batches: pd.DataFrame) -> list[Alert]:
+    failed = batches[batches["status"] == "failed"].sort_values("at", ascending=False)
+    if failed.empty:
+        return []
+    items = [f"{row.batch_id}: {_first_line(row.error) or 'no error recorded'}" for row in failed.itertuples()]
+    return [
+        Alert(
+            "failed",
+            f"{len(failed)} failed batch{'es' if len(failed) > 1 else ''} in the period "
+            "(`python -m worker rerun BATCH_ID` sends one again)",
+            _more(items, len(items)),
+        )
+    ]
+
+
+def missed_slots(missed: list[datetime]) -> list[Alert]:
+    if not missed:
+        return []
+    first, last = to_chicago(missed[0]), to_chicago(missed[-1])
+    return [
+        Alert(
+            "missed",
+            f"{len(missed)} missed beat slot{'s' if len(missed) > 1 else ''}, "
+            f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} Chicago time",
+            _more([f"{to_chicago(s):%Y-%m-%d %H:%M} Chicago ({s.isoformat()})" for s in missed], len(missed)),
+        )
+    ]
+
+
+def accuracy_alerts(
+    daily: pd.DataFrame, margin: float = ACCURACY_MARGIN, min_outcomes: int = MIN_OUTCOMES
+) -> list[Alert]:
+    """Per model version: its latest day with at least `min_outcomes` outcomes, if its MAE is more
+    than `margin` above the version's held-out MAE."""
+    counted = daily[(daily["outcomes"] >= min_outcomes) & daily["heldout_mae"].notna() & daily["mae"].notna()]
+    found = []
+    for version, rows in counted.groupby("model_version", sort=True):
+        latest = rows.sort_values("day").iloc[-1]
+        limit = (1 + margin) * latest["heldout_mae"]
+        if latest["mae"] > limit:
+            worse = latest["mae"] / latest["heldout_mae"] - 1
+            found.append(
+                Alert(
+                    "accuracy",
+                    f"model v{version}: live MAE {latest['mae']:.2f} min on {latest['day']} "
+                    f"({int(latest['outcomes'])} outcomes) is {worse:.1%} above its held-out MAE "
+                    f"{latest['heldout_mae']:.2f} min (warning above {margin:.0%}, from {min_outcomes} outcomes)",
+                )
+            )
+    return found
+
+
+def _drifted_columns(window_drift: pd.DataFrame, window_end: datetime, version: str) -> list[str]:
+    rows = window_drift[
+        (window_drift["window_end"] == window_end)
+        & (window_drift["model_version"] == version)
+        & window_drift["drifted"]
+    ]
+    return sorted(rows["column_name"])
+
+
+def window_drift_alerts(windows: pd.DataFrame, window_drift: pd.DataFrame, since_local: datetime) -> list[Alert]:
+    recent = windows[(windows["window_end"] > since_local) & windows["dataset_drift"].eq(True)]
+    if recent.empty:
+        return []
+    recent = recent.sort_values("window_end", ascending=False)
+    items = [
+        f"{row.window_start:%Y-%m-%d %H:%M}–{row.window_end:%H:%M} (v{row.model_version}, {row.rows} rides): "
+        f"{row.drifted_columns} of {row.columns_checked} columns drifted "
+        f"({', '.join(_drifted_columns(window_drift, row.window_end, row.model_version))})"
+        for row in recent.itertuples()
+    ]
+    return [
+        Alert(
+            "drift",
+            f"dataset drift in {len(recent)} hour window{'s' if len(recent) > 1 else ''} "
+            f"of the last {RECENT.total_seconds() / 3600:g} h",
+            _more(items, len(items)),
+        )
+    ]
+
+
+def batch_drift_alerts(batches: pd.DataFrame, column_drift: pd.DataFrame, since_local: datetime) -> list[Alert]:
+    recent = batches[(batches["at"] > since_local) & batches["dataset_drift"].notna()]
+    drifted = recent[recent["dataset_drift"].eq(True)].sort_values("at", ascending=False)
+    if drifted.empty:
+        return []
+    counted = column_drift[column_drift["drifted"].eq(True) & column_drift["column_name"].isin(DATASET_COLUMNS)]
+    columns = counted.groupby("batch_id")["column_name"].agg(sorted)
+    items = [
+        f"{row.batch_id} ({row.at:%H:%M}, {int(row.rows_written)} rides): "
+        f"{row.drifted_columns} of {row.columns_checked} columns drifted ({', '.join(columns.get(row.batch_id, []))})"
+        for row in drifted.itertuples()
+    ]
+    return [
+        Alert(
+            "drift",
+            f"dataset drift in {len(drifted)} of {len(recent)} monitored batches of the last "
+            f"{RECENT.total_seconds() / 3600:g} h",
+            _more(items, len(items)),
+        )
+    ]
+
+
+def monitoring_alerts(batches: pd.DataFrame) -> list[Alert]:
+    found = []
+    failed = batches[batches["monitor_status"] == "failed"].sort_values("at", ascending=False)
+    if not failed.empty:
+        items = [f"{row.batch_id}: {_first_line(row.monitor_error)}" for row in failed.itertuples()]
+        found.append(
+            Alert(
+                "monitoring",
+                f"monitoring failed for {len(failed)} batch{'es' if len(failed) > 1 else ''} "
+                "(their rows are written; only drift and accuracy are missing)",
+                _more(items, len(items)),
+            )
+        )
+    waiting = batches[batches["monitor_status"] == "waiting"]
+    if not waiting.empty:
+        found.append(
+            Alert(
+                "monitoring",
+                f"monitoring of {len(waiting)} batch{'es' if len(waiting) > 1 else ''} waits for the model registry",
+            )
+        )
+    missing = batches[batches["monitor_status"] == "no_reference"]
+    if not missing.empty:
+        versions = sorted({str(v) for v in missing["model_version"].dropna()})
+        found.append(
+            Alert(
+                "monitoring",
+                f"{len(missing)} batch{'es' if len(missing) > 1 else ''} scored by a version without a drift "
+                f"reference (v{', v'.join(versions)}): `python -m worker reference --version "
+                f"{versions[0] if versions else 'N'}` adds one",
+            )
+        )
+    return found
+
+
+def gaps(times: pd.Series, interval_seconds: float) -> np.ndarray:
+    """Where a line over these sorted times should break: after a gap of more than two intervals
+    (missed slots, a quiet spell), so that a line never draws through hours without data."""
+    values = pd.to_datetime(times).to_numpy()
+    if len(values) < 2:
+        return np.zeros(len(values), dtype=bool)
+    step = np.diff(values) > np.timedelta64(int(2 * interval_seconds * 1000), "ms")
+    return np.concatenate([[False], step])
