@@ -177,8 +177,8 @@ def read_registry(settings: Settings) -> RegistryReading:
     return RegistryReading(name, found[1] if found else None, heldout)
 
 
-def gauge(name: str, documentation: str, labels: Iterable[str] = (), unit: str = "") -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, labels=list(labels), unit=unit)
+def gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
 
 
 class TaxiCollector(Collector):
