@@ -377,7 +377,16 @@ def test_unshifted_batches_keep_the_drift_alert_silent(monitored: Monitored):
         every=1,
     )
     time.sleep(2 * SCRAPE)
-    assert m.firing("TaxiDatasetDrift") == []
+    drift = m.query('{__name__=~"taxi_(drifted_batches|monitored_batches)_last_hour|taxi_hour_window_.*"}')
+    assert m.firing("TaxiDatasetDrift") == [], (
+        [(a["labels"], a["value"]) for a in m.firing("TaxiDatasetDrift")],
+        [(d["metric"], d["value"][1]) for d in drift],
+        m.stack.sql(
+            "SELECT b.trigger, m.rows, m.drifted_columns, m.columns_checked, m.dataset_drift, m.reference "
+            "FROM batch_metrics m JOIN batch_runs b USING (batch_id) ORDER BY m.monitored_at"
+        ),
+        m.stack.sql("SELECT window_end, rows, drifted_columns, columns_checked, dataset_drift FROM window_metrics"),
+    )
     assert m.alerts("pending") == [] or all(a["labels"]["alertname"] != "TaxiDatasetDrift" for a in m.alerts("pending"))
     assert m.rule_states()["TaxiDatasetDrift"] == {"inactive"}
 

@@ -415,20 +415,20 @@ class TaxiCollector(Collector):
             yield threshold
             yield flag
         if state.hour_window_end is not None:
-            end = gauge(
-                "taxi_hour_window_end_timestamp_seconds", "Unix time the newest monitored clock-hour window ended."
-            )
+            end = gauge("taxi_hour_window_end_timestamp_seconds", "Unix time the newest ended clock-hour window ended.")
             end.add_metric([], state.hour_window_end.timestamp())
             yield end
             if state.hour_window_dataset_drift is not None:
                 window = gauge(
                     "taxi_hour_window_dataset_drift",
-                    "1 if the newest clock-hour window of generated batches drifted (any model version), else 0.",
+                    "1 if the newest ended clock-hour window of generated batches drifted (any model version), else 0.",
                 )
                 window.add_metric([], float(state.hour_window_dataset_drift))
                 yield window
             if state.hour_window_drifted_columns is not None:
-                columns = gauge("taxi_hour_window_drifted_columns", "Columns that drifted in the newest hour window.")
+                columns = gauge(
+                    "taxi_hour_window_drifted_columns", "Columns that drifted in the newest ended hour window."
+                )
                 columns.add_metric([], state.hour_window_drifted_columns)
                 yield columns
 

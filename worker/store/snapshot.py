@@ -197,9 +197,12 @@ def read_drift(engine: Engine, now: datetime) -> DriftState:
                     .order_by(d.column_name)
                 )
             ]
+        # The newest hour that has ended: the monitor recomputes the current hour after each batch,
+        # and a window of a few batches is as noisy as a single batch.
         w = window_metrics.c
+        now_local = now.astimezone(CHICAGO).replace(tzinfo=None)
         newest_end = conn.execute(
-            select(func.max(w.window_end)).where(w.window_minutes == HOUR_WINDOW_MINUTES)
+            select(func.max(w.window_end)).where(w.window_minutes == HOUR_WINDOW_MINUTES, w.window_end <= now_local)
         ).scalar_one()
         if newest_end is not None:
             rows = conn.execute(
