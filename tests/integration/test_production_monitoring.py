@@ -407,10 +407,11 @@ def test_a_stopped_beat_fires_the_no_batch_alert_and_not_the_worker_alert(monito
 
 
 def test_backfilled_past_slots_bring_outcomes_and_live_accuracy(monitored: Monitored):
-    """Slots of 40 minutes ago: their trips have ended, so their true durations are observed and
-    the live MAE of the version appears beside its held-out MAE (and the dashboards have accuracy)."""
+    """Slots of the previous clock hour, at least 30 minutes ago: their trips have ended, so their
+    true durations are observed and the live MAE of the version appears beside its held-out MAE;
+    and that hour has ended, so its window is complete (the dashboards then have every table)."""
     m = monitored
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=40)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=30)
     done = m.stack.cli(
         "backfill", "--from", start.isoformat(), "--to", (start + timedelta(seconds=6 * INTERVAL)).isoformat(),
         "--wait", timeout=300,
