@@ -27,10 +27,11 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . ./
 
 # Writable places for the app user. Named volumes mounted on /beat (beat's
-# schedule file) and /mlartifacts (MLflow's artifact store) start out with this
-# ownership; /app/.local is LOCAL_DIR, unused when every URL points at a server.
-RUN mkdir -p /beat /mlartifacts /app/.local \
-    && chown app:app /beat /mlartifacts /app/.local
+# schedule file), /mlartifacts (MLflow's artifact store) and /mlflow-auth (MLflow's
+# users) start out with this ownership; /app/.local is LOCAL_DIR, unused when
+# every URL points at a server.
+RUN mkdir -p /beat /mlartifacts /mlflow-auth /app/.local \
+    && chown app:app /beat /mlartifacts /mlflow-auth /app/.local
 
 USER app
 

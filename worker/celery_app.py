@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from worker.settings import SettingsError, get_settings
 
@@ -41,9 +41,17 @@ def _broker_transport_options() -> dict:
     return {"visibility_timeout": VT, "unacked_restore_interval": 10, "unacked_restore_throttle": 1}
 
 
+def _broker_url() -> str:
+    """The broker URL for kombu. The embedded filesystem:// has no host, and kombu then warns
+    "No hostname was supplied. Reverting to default 'localhost'" in every process, a warning
+    nobody can act on: name that same default host here instead."""
+    url = settings.CELERY_BROKER_URL
+    return "filesystem://localhost/" if url.rstrip("/") == "filesystem:" else url
+
+
 app = Celery("worker", include=["worker.tasks"])
 app.conf.update(
-    broker_url=settings.CELERY_BROKER_URL,
+    broker_url=_broker_url(),
     result_backend=settings.result_backend,
     # JSON only: a pickle message could run code in the worker (Celery security guide).
     task_serializer="json",
@@ -91,3 +99,13 @@ def _fresh_process(**_: object) -> None:
     from worker import runtime
 
     runtime.reset()
+
+
+@worker_init.connect
+def _preload_model_reader(**_: object) -> None:
+    """Import skops in the main worker process, before the pool forks: its import lists every
+    scikit-learn estimator (~1 s here), which each pool child would otherwise pay on its first
+    model load."""
+    from worker.model.trust import preload_reader
+
+    preload_reader()

@@ -41,6 +41,20 @@ class Settings(BaseSettings):
     MODEL_ALIAS: str = Field("production", description="Alias the workers load.")
     MODEL_URI: str = Field("", description="Overrides NAME@ALIAS, e.g. the legacy models:/NAME/Production.")
     MODEL_REFRESH_SECONDS: float = Field(60.0, ge=0, description="How often a worker checks whether the alias moved.")
+    ALLOW_PICKLE_MODELS: bool = Field(
+        False,
+        description="Load pickle/cloudpickle model versions, which runs their code: only while migrating them to skops.",
+    )
+    MLFLOW_TRACKING_USERNAME: str = Field("", description="MLflow basic-auth user of this process; empty: none.")
+    MLFLOW_TRACKING_PASSWORD: str = Field("", description="Password of MLFLOW_TRACKING_USERNAME.")
+    MLFLOW_AUTH_ADMIN_USERNAME: str = Field("admin", description="MLflow admin, for `registry-users` only.")
+    MLFLOW_AUTH_ADMIN_PASSWORD: str = Field("", description="Password of the MLflow admin, for `registry-users` only.")
+    MLFLOW_READER_USERNAME: str = Field("taxi-reader", description="Read-only MLflow user of workers, beat, Flower.")
+    MLFLOW_READER_PASSWORD: str = Field("", description="Its password, set by `registry-users`.")
+    MLFLOW_TRAINER_USERNAME: str = Field(
+        "taxi-trainer", description="MLflow user that may register versions and move the alias (init, train)."
+    )
+    MLFLOW_TRAINER_PASSWORD: str = Field("", description="Its password, set by `registry-users`.")
     BATCH_INTERVAL_SECONDS: float = Field(300.0, gt=0, description="Beat interval of run_batch.")
     RIDES_PER_BATCH: int | None = Field(
         None, ge=1, description="Fixed rides per scheduled batch; unset means Chicago's volume."
@@ -103,6 +117,12 @@ class Settings(BaseSettings):
             raise ValueError("VISIBILITY_TIMEOUT must exceed TASK_TIME_LIMIT, or Redis redelivers running tasks")
         return self
 
+    @model_validator(mode="after")
+    def _mlflow_credentials(self) -> Settings:
+        if bool(self.MLFLOW_TRACKING_USERNAME) != bool(self.MLFLOW_TRACKING_PASSWORD):
+            raise ValueError("MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD must be set together")
+        return self
+
     # Resolved locations: the embedded defaults live under LOCAL_DIR.
     @property
     def broker_folder(self) -> Path:
@@ -142,6 +162,14 @@ def hide_passwords(text: str, settings: Settings) -> str:
     """`text` (an error message, say) with any password of the configured URLs replaced by ***."""
     for url in (settings.CELERY_BROKER_URL, settings.result_backend, settings.database_url, settings.tracking_uri):
         password = urlsplit(url).password
+        if password:
+            text = text.replace(password, "***")
+    for password in (
+        settings.MLFLOW_TRACKING_PASSWORD,
+        settings.MLFLOW_AUTH_ADMIN_PASSWORD,
+        settings.MLFLOW_READER_PASSWORD,
+        settings.MLFLOW_TRAINER_PASSWORD,
+    ):
         if password:
             text = text.replace(password, "***")
     return text

@@ -179,13 +179,18 @@ class PostgresServer:
 
 
 class MlflowServer:
-    """`mlflow server` (SQLite store, proxied artifacts) on a fixed free port; stop and start it again."""
+    """`mlflow server` (SQLite store, proxied artifacts) on a fixed free port; stop and start it again.
 
-    def __init__(self) -> None:
+    With `auth_env` it runs MLflow's basic-auth app (`--app-name basic-auth`) with those extra
+    environment variables (MLFLOW_AUTH_CONFIG_PATH, the admin's password, the Flask secret key).
+    """
+
+    def __init__(self, auth_env: dict[str, str] | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="ctb-mlflow-"))
         self.port = free_port()
         self.log = self.root / "server.log"
         self.process: subprocess.Popen | None = None
+        self.auth_env = auth_env
 
     @property
     def uri(self) -> str:
@@ -196,13 +201,15 @@ class MlflowServer:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(self.auth_env or {})}
         command = [
             str(Path(sys.executable).parent / "mlflow"), "server",
             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
             "--artifacts-destination", str(self.root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]  # fmt: skip
+        if self.auth_env is not None:
+            command += ["--app-name", "basic-auth"]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 command,

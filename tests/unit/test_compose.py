@@ -24,6 +24,7 @@ healthchecks and commands are not executed.
 
 from __future__ import annotations
 
+import configparser
 import functools
 import json
 import os
@@ -42,25 +43,38 @@ COMPOSE_FILE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-APP_SERVICES = {"mlflow", "init", "worker", "beat", "flower", "exporter"}
+APP_SERVICES = {"mlflow", "registry-users", "init", "worker", "beat", "flower", "exporter"}
+CELERY_SERVICES = {"init", "worker", "beat", "flower", "exporter"}
 MONITORING_SERVICES = {"exporter", "prometheus", "alertmanager", "grafana"}
 SECRETS = (
     "POSTGRES_USER",
     "POSTGRES_PASSWORD",
     "POSTGRES_DB",
+    "POSTGRES_APP_PASSWORD",
+    "POSTGRES_MLFLOW_PASSWORD",
     "REDIS_PASSWORD",
     "FLOWER_BASIC_AUTH",
     "FLOWER_METRICS_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "MLFLOW_READER_PASSWORD",
+    "MLFLOW_TRAINER_PASSWORD",
 )
 DUMMY_ENV = {
     "POSTGRES_USER": "dummy_user",
     "POSTGRES_PASSWORD": "dummy_pw",
     "POSTGRES_DB": "dummy_db",
+    "POSTGRES_APP_PASSWORD": "dummy_app_pw",
+    "POSTGRES_MLFLOW_PASSWORD": "dummy_mlflow_db_pw",
     "REDIS_PASSWORD": "dummy_redis_pw",
     "FLOWER_BASIC_AUTH": "admin:dummy_flower_pw",
     "FLOWER_METRICS_PASSWORD": "dummy_metrics_pw",
     "GRAFANA_ADMIN_PASSWORD": "dummy_grafana_pw",
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "dummy_mlflow_admin_pw",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "dummy_flask_key",
+    "MLFLOW_READER_PASSWORD": "dummy_reader_pw",
+    "MLFLOW_TRAINER_PASSWORD": "dummy_trainer_pw",
 }
 # Flower's users: whatever FLOWER_BASIC_AUTH lists, plus `prometheus` with FLOWER_METRICS_PASSWORD.
 FLOWER_USERS = r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\},prometheus:\$\{FLOWER_METRICS_PASSWORD:\?[^}]+\}"
@@ -227,25 +241,47 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)["services"]
 
-    for name in ("init", "worker", "beat", "flower", "exporter"):
+    for name in CELERY_SERVICES:
         env = resolved[name]["environment"]
         assert env["CELERY_BROKER_URL"] == "redis://:dummy_redis_pw@redis:6379/0", name
         assert env["CELERY_RESULT_BACKEND"] == "redis://:dummy_redis_pw@redis:6379/1", name
-        assert env["DATABASE_URL"] == "postgresql+psycopg2://dummy_user:dummy_pw@postgres:5432/dummy_db", name
+        # The application role of deploy/postgres-init, never the superuser.
+        assert env["DATABASE_URL"] == "postgresql+psycopg2://taxi_app:dummy_app_pw@postgres:5432/dummy_db", name
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         assert env["LOCAL_DIR"] == "/app/.local", name
         assert env["RIDES_PER_BATCH"] == "7", name
+    # Workers, beat and Flower read the registry; only init (and `run --rm init ... train`) may write to it.
+    for name in ("worker", "beat", "flower", "exporter"):
+        env = resolved[name]["environment"]
+        assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("taxi-reader", "dummy_reader_pw")
+    init_env = resolved["init"]["environment"]
+    assert (init_env["MLFLOW_TRACKING_USERNAME"], init_env["MLFLOW_TRACKING_PASSWORD"]) == (
+        "taxi-trainer",
+        "dummy_trainer_pw",
+    )
+    users = resolved["registry-users"]["environment"]
+    assert users["MLFLOW_AUTH_ADMIN_PASSWORD"] == "dummy_mlflow_admin_pw"
+    assert (users["MLFLOW_READER_USERNAME"], users["MLFLOW_READER_PASSWORD"]) == ("taxi-reader", "dummy_reader_pw")
+    assert (users["MLFLOW_TRAINER_USERNAME"], users["MLFLOW_TRAINER_PASSWORD"]) == ("taxi-trainer", "dummy_trainer_pw")
+    assert users["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
     assert resolved["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:dummy_flower_pw,prometheus:dummy_metrics_pw"
     assert resolved["exporter"]["environment"]["EXPORTER_ADDRESS"] == "0.0.0.0"
     assert resolved["prometheus"]["environment"]["FLOWER_METRICS_PASSWORD"] == "dummy_metrics_pw"
     assert resolved["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "dummy_grafana_pw"
-    assert resolved["grafana"]["environment"]["POSTGRES_PASSWORD"] == "dummy_pw"
+    assert resolved["grafana"]["environment"]["POSTGRES_APP_PASSWORD"] == "dummy_app_pw"
     assert resolved["flower"]["environment"]["FLOWER_ADDRESS"] == "0.0.0.0"
-    assert resolved["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"] == (
-        "postgresql+psycopg2://dummy_user:dummy_pw@postgres:5432/mlflow"
+    mlflow_env = resolved["mlflow"]["environment"]
+    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"] == (
+        "postgresql+psycopg2://mlflow:dummy_mlflow_db_pw@postgres:5432/mlflow"
     )
-    assert resolved["postgres"]["environment"]["POSTGRES_PASSWORD"] == "dummy_pw"
+    assert mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "dummy_mlflow_admin_pw"
+    assert mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "dummy_flask_key"
+    assert mlflow_env["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    postgres_env = resolved["postgres"]["environment"]
+    assert postgres_env["POSTGRES_PASSWORD"] == "dummy_pw"
+    assert postgres_env["POSTGRES_APP_PASSWORD"] == "dummy_app_pw"
+    assert postgres_env["POSTGRES_MLFLOW_PASSWORD"] == "dummy_mlflow_db_pw"
     assert resolved["redis"]["command"][-2:] == ["--requirepass", "dummy_redis_pw"]
 
     published = {
@@ -256,6 +292,7 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
         "redis": [],
         "postgres": [],
         "mlflow": [("127.0.0.1", "5000", 5000)],
+        "registry-users": [],
         "init": [],
         "worker": [],
         "beat": [],
@@ -267,6 +304,42 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
     }
     assert resolved["beat"]["deploy"]["replicas"] == 1
     assert resolved["init"]["restart"] == "no"
+    assert resolved["registry-users"]["restart"] == "no"
+
+
+# Which secret values each container may hold (in any variable, URLs included): what its service uses.
+SECRET_VALUES_PER_SERVICE = {
+    "redis": {"dummy_redis_pw"},
+    "postgres": {"dummy_pw", "dummy_app_pw", "dummy_mlflow_db_pw"},
+    "mlflow": {"dummy_mlflow_db_pw", "dummy_mlflow_admin_pw", "dummy_flask_key"},
+    "registry-users": {"dummy_mlflow_admin_pw", "dummy_reader_pw", "dummy_trainer_pw"},
+    "init": {"dummy_redis_pw", "dummy_app_pw", "dummy_trainer_pw"},
+    "worker": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw"},
+    "beat": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw"},
+    "flower": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw", "dummy_flower_pw", "dummy_metrics_pw"},
+    "exporter": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw"},
+    "prometheus": {"dummy_metrics_pw"},
+    "alertmanager": set(),
+    "grafana": {"dummy_grafana_pw", "dummy_app_pw"},
+}
+
+
+def test_no_container_holds_a_secret_its_service_does_not_use(compose_config: ComposeConfig) -> None:
+    """env_file hands the app containers all of .env; a broken-into worker must not find the database
+    superuser's, the MLflow admin's or the training user's password there."""
+    result = compose_config("--format", "json", dotenv=DUMMY_ENV)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    secret_values = {
+        value.partition(":")[2] or value
+        for key, value in DUMMY_ENV.items()
+        if "PASSWORD" in key or "KEY" in key or "AUTH" in key
+    }
+    assert set(SECRET_VALUES_PER_SERVICE) == set(resolved)
+    for name, service in resolved.items():
+        text = json.dumps({"environment": service.get("environment"), "command": service.get("command")})
+        held = {value for value in secret_values if value in text}
+        assert held == SECRET_VALUES_PER_SERVICE[name], f"{name} holds {sorted(held)}"
 
 
 def _mutate(mutation: Callable[[dict[str, Any]], None]) -> str:
@@ -329,13 +402,16 @@ def test_secrets_are_required_variables_never_literals(compose: dict[str, Any]) 
             assert modifier.startswith(":?"), f"${{{name}{modifier}}} must be ${{{name}:?...}}"
     for name, service in compose["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if key == "FLOWER_BASIC_AUTH":  # the operators' users plus Prometheus's, both required
+            if key == "FLOWER_BASIC_AUTH" and value != "":  # the operators' users plus Prometheus's, both required
                 assert re.fullmatch(FLOWER_USERS, value), f"{name}: {key}={value}"
-            elif key in SECRETS:
+            elif key in SECRETS and value != "":  # "" blanks what env_file would hand a container
                 assert re.fullmatch(r"\$\{" + key + r":\?[^}]+\}", value), f"{name}: {key}={value}"
-    # Credentials inside URLs (scheme://user:password@host) are variables too.
+    # Passwords inside URLs (scheme://user:password@host) are required variables too; the user
+    # is a variable or one of the roles deploy/postgres-init creates.
     for credentials in re.findall(r"://([^@/\s]+)@", text):
-        assert re.sub(r"\$\{[^}]+\}|:", "", credentials) == "", credentials
+        user, _, password = credentials.partition(":")
+        assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", password), credentials
+        assert user in ("", "taxi_app", "mlflow") or re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", user), credentials
 
 
 def test_flower_requires_basic_auth_and_listens_inside_the_container(services: dict[str, Any]) -> None:
@@ -389,7 +465,16 @@ def test_init_is_one_shot(services: dict[str, Any]) -> None:
     assert init["depends_on"] == {
         "postgres": {"condition": "service_healthy"},
         "mlflow": {"condition": "service_healthy"},
+        "registry-users": {"condition": "service_completed_successfully"},
     }
+
+
+def test_registry_users_runs_once_as_the_mlflow_admin_without_the_dotenv(services: dict[str, Any]) -> None:
+    users = services["registry-users"]
+    assert users["command"] == ["python", "-m", "worker", "registry-users"]
+    assert users["restart"] == "no"
+    assert "env_file" not in users  # it sees the MLflow passwords, nothing else of .env
+    assert users["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
 
 
 def test_app_services_build_one_image_from_the_repo_dockerfile(services: dict[str, Any]) -> None:
@@ -423,14 +508,19 @@ def test_redis_persists_with_append_only_and_a_password(services: dict[str, Any]
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
 
 
-def test_postgres_creates_the_mlflow_database(services: dict[str, Any]) -> None:
+def test_postgres_creates_the_roles_and_the_mlflow_database(services: dict[str, Any]) -> None:
     postgres = services["postgres"]
     assert any(volume.endswith(":/var/lib/postgresql/data") for volume in postgres["volumes"])
     init_mounts = [v for v in postgres["volumes"] if ":/docker-entrypoint-initdb.d" in v]
     assert len(init_mounts) == 1
     folder = COMPOSE_FILE.parent / init_mounts[0].split(":")[0]
-    scripts = " ".join(path.read_text() for path in folder.glob("*.sql"))
-    assert re.search(r"CREATE DATABASE\s+mlflow\b", scripts, re.IGNORECASE)
+    scripts = sorted(folder.iterdir())
+    assert [path.name for path in scripts] == ["10-roles-and-databases.sh"]
+    # The image sources a .sh file that is not executable (in its own shell, with its options).
+    assert os.access(scripts[0], os.X_OK)
+    text = scripts[0].read_text()
+    assert re.search(r"CREATE DATABASE\s+mlflow\s+OWNER\s+mlflow\b", text, re.IGNORECASE)
+    # Its behaviour is tested on a real PostgreSQL in tests/security/test_postgres_roles.py.
 
 
 def test_mlflow_server(services: dict[str, Any]) -> None:
@@ -439,6 +529,7 @@ def test_mlflow_server(services: dict[str, Any]) -> None:
     assert command[:2] == ["mlflow", "server"]
     assert flag_value(command, "--host") == "0.0.0.0"
     assert flag_value(command, "--port") == "5000"
+    assert flag_value(command, "--app-name") == "basic-auth"
     assert "--serve-artifacts" in command
     destination = flag_value(command, "--artifacts-destination")
     assert any(volume.endswith(f":{destination}") for volume in mlflow["volumes"])
@@ -448,10 +539,22 @@ def test_mlflow_server(services: dict[str, Any]) -> None:
     assert "*" not in allowed
     assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
     assert mlflow["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    # The auth config is the repository's file; its user store is on its own volume, apart from
+    # the served artifacts (which any user who may read an experiment can download).
+    config_mounts = [v for v in mlflow["volumes"] if v.endswith(":/etc/mlflow/basic_auth.ini:ro")]
+    assert len(config_mounts) == 1
+    ini = configparser.ConfigParser()
+    ini.read(COMPOSE_FILE.parent / config_mounts[0].split(":")[0])
+    assert ini["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    store = ini["mlflow"]["database_uri"].removeprefix("sqlite:///")
+    auth_volume = [v for v in mlflow["volumes"] if v.startswith("mlflow-auth:")]
+    assert auth_volume and store.startswith(auth_volume[0].split(":")[1] + "/")
+    assert not store.startswith(destination)
+    assert "admin_password" not in ini["mlflow"]
 
 
 def test_app_containers_talk_to_the_servers(services: dict[str, Any]) -> None:
-    for name in APP_SERVICES - {"mlflow"}:
+    for name in CELERY_SERVICES:
         env = services[name]["environment"]
         assert env["CELERY_BROKER_URL"].startswith("redis://"), name
         assert env["CELERY_BROKER_URL"].endswith("@redis:6379/0"), name
@@ -525,7 +628,7 @@ def test_grafana_requires_an_admin_password_refuses_anonymous_and_mounts_provisi
         (REPO / "deploy" / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
     )
     wanted = set(re.findall(r"\$([A-Z_]+)", json.dumps(datasources)))
-    assert wanted == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
+    assert wanted == {"POSTGRES_APP_PASSWORD", "POSTGRES_DB"}
     assert wanted <= set(env)
 
 

@@ -140,3 +140,70 @@ def test_the_schedule_follows_monitoring_and_retention_settings(tmp_path):
         "{'older_than_days': 30.0}",
     ]
     assert schedule(MONITORING="false")[0] == "['run-batch']"
+
+
+def test_mlflow_credentials_come_in_pairs_and_reach_mlflows_client(tmp_path, monkeypatch):
+    """MLflow's client reads credentials from os.environ only; the settings (which may come from
+    .env) are put there, and unset ones removed, so a stale shell value cannot win."""
+    import os
+
+    from worker.model.registry import configure_mlflow
+
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD must be set together"):
+        Settings(MLFLOW_TRACKING_USERNAME="taxi-reader", MLFLOW_TRACKING_PASSWORD="")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    local = {"LOCAL_DIR": tmp_path, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    configure_mlflow(
+        Settings(**local, MLFLOW_TRACKING_USERNAME="taxi-reader", MLFLOW_TRACKING_PASSWORD="pw-123456789012")
+    )
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == (
+        "taxi-reader",
+        "pw-123456789012",
+    )
+    configure_mlflow(Settings(**local, MLFLOW_TRACKING_USERNAME="", MLFLOW_TRACKING_PASSWORD=""))
+    assert "MLFLOW_TRACKING_USERNAME" not in os.environ and "MLFLOW_TRACKING_PASSWORD" not in os.environ
+
+
+def test_allow_pickle_models_is_off_unless_set_and_must_be_a_boolean():
+    assert Settings().ALLOW_PICKLE_MODELS is False
+    assert Settings(ALLOW_PICKLE_MODELS="true").ALLOW_PICKLE_MODELS is True
+    with pytest.raises(ValueError, match="ALLOW_PICKLE_MODELS"):
+        Settings(ALLOW_PICKLE_MODELS="maybe")
+
+
+def test_mlflow_passwords_are_masked_in_messages():
+    from worker.settings import hide_passwords
+
+    settings = Settings(
+        MLFLOW_TRACKING_USERNAME="taxi-reader",
+        MLFLOW_TRACKING_PASSWORD="reader-pw-0001",
+        MLFLOW_AUTH_ADMIN_PASSWORD="admin-pw-0002",
+        MLFLOW_TRAINER_PASSWORD="trainer-pw-0003",
+    )
+    text = "reader-pw-0001 admin-pw-0002 trainer-pw-0003"
+    assert hide_passwords(text, settings) == "*** *** ***"
+
+
+def test_registry_users_needs_a_server_and_every_password(tmp_path):
+    base = {"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path)}
+    local = subprocess.run(
+        [sys.executable, "-m", "worker", "registry-users"],
+        cwd=REPO_ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert local.returncode == 2 and "needs an MLflow server" in local.stderr and "Traceback" not in local.stderr
+    server = {**base, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_READER_PASSWORD": "reader-pw-000001"}
+    missing = subprocess.run(
+        [sys.executable, "-m", "worker", "registry-users"],
+        cwd=REPO_ROOT,
+        env=server,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "error: registry-users needs MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_TRAINER_PASSWORD"

@@ -37,6 +37,15 @@ def is_unreachable(exc: BaseException) -> bool:
     return any(f"{k.__module__}.{k.__qualname__}" in UNREACHABLE for k in type(exc).__mro__)
 
 
+# A model version that is refused for good (unsafe or foreign artifact), or a conversion that did
+# not check out: one line naming the version and the way forward, not a traceback.
+REFUSED = {"worker.model.trust.ModelRefused", "worker.model.conversion.ConversionMismatch"}
+
+
+def is_refused(exc: BaseException) -> bool:
+    return any(f"{k.__module__}.{k.__qualname__}" in REFUSED for k in type(exc).__mro__)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -140,6 +149,28 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
     params = calibrate(args.data)
     print(f"fitted {CALIBRATION_PATH} from {params['source_rows']} cleaned trips ({args.data})")
+    return 0
+
+
+def cmd_convert_model(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.model.conversion import convert_to_skops
+
+    print(
+        "reading the pickle version once in this process (it runs the pickle's code: convert only "
+        "versions you trust), then registering it again as skops"
+    )
+    result = convert_to_skops(settings, args.version)
+    if result.version is not None:
+        print(f"registered {result.name} version {result.version}: skops copy of version {result.source_version}")
+    print(result.reason)
+    return 0
+
+
+def cmd_registry_users(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.registry_access import provision_registry_access
+
+    for line in provision_registry_access(settings):
+        print(line)
     return 0
 
 
@@ -259,8 +290,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_outcomes(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli.outcomes import load_outcomes_file
-    from worker.cli.quality import refresh_quality
+    from worker.cli.outcomes import load_outcomes_file, refresh_quality
     from worker.store.database import ensure_schema, get_engine
 
     engine = get_engine(settings.database_url)
@@ -295,7 +325,7 @@ def cmd_reference(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_monitor_check(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli.quality import run_trial
+    from worker.cli.monitor_check import run_trial
 
     run_trial(settings, days=args.days, seed=args.seed)
     return 0
@@ -443,6 +473,17 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--data", required=True)
     calibrate.set_defaults(handler=cmd_calibrate)
 
+    convert = sub.add_parser(
+        "convert-model", help="register a pickle model version again as skops (the workers refuse pickle)"
+    )
+    convert.add_argument("--version", help="the version to convert; default: the one MODEL_URI points at")
+    convert.set_defaults(handler=cmd_convert_model)
+
+    users = sub.add_parser(
+        "registry-users", help="as the MLflow admin: create the read-only and the training user with their permissions"
+    )
+    users.set_defaults(handler=cmd_registry_users)
+
     migrate = sub.add_parser("migrate", help="create or upgrade the database tables")
     migrate.set_defaults(handler=cmd_migrate)
 
@@ -570,6 +611,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        if is_refused(exc):
+            print(f"error: {type(exc).__name__}: {hide_passwords(str(exc), settings)}", file=sys.stderr)
+            return 1
         if not is_unreachable(exc):
             raise
         # A service is down or refuses: one line, and where to look.

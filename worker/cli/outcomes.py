@@ -9,6 +9,7 @@ changes nothing; trip ids that were never predicted here are counted and reporte
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from sqlalchemy import Engine
 from worker.cli.dispatching import MAX_BYTES_PER_ROW, MAX_ERRORS_SHOWN
 from worker.cli.errors import UsageError
 from worker.cli.file_reader import iter_file
+from worker.model.reference import ReferenceCache
+from worker.model.registry import configure_mlflow
+from worker.monitor import quality
+from worker.rides.generator import chicago_now
 from worker.rides.validation import validate_outcomes
 from worker.settings import Settings
 from worker.store import monitoring
@@ -81,3 +86,30 @@ def load_outcomes_file(settings: Settings, engine: Engine, path: str | Path, ski
     load.written, load.already_known, load.unknown = counts["written"], counts["already_known"], counts["unknown"]
     load.batches = monitoring.batches_of_trips(engine, list(counts["trip_ids"]))
     return load
+
+
+def refresh_quality(settings: Settings, engine: Engine, batch_ids: list[str]) -> list[str]:
+    """Recompute the batches' live accuracy now; one line per batch for the user."""
+    if not batch_ids:
+        return []
+    cache = ReferenceCache(lambda: configure_mlflow(settings))
+    quality.update_quality(
+        engine,
+        chicago_now(),
+        cache.heldout_mae,
+        lambda name, version: cache.get(name, version, time.monotonic()),
+        batch_ids=batch_ids,
+    )
+    lines = []
+    for batch_id in batch_ids[:20]:
+        metrics = monitoring.get_batch_metrics(engine, batch_id)
+        if metrics is None or metrics["mae"] is None:
+            lines.append(f"batch {batch_id}: not monitored yet (its live MAE follows on the next quality pass)")
+            continue
+        lines.append(
+            f"batch {batch_id}: live MAE {metrics['mae']:.2f} min over {metrics['outcomes']} outcomes "
+            f"(bias {metrics['bias']:+.2f} min), model v{metrics['model_version']}"
+        )
+    if len(batch_ids) > 20:
+        lines.append(f"... and {len(batch_ids) - 20} more batches")
+    return lines

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -22,7 +24,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from worker.settings import Settings
+from worker.model.trust import ModelRefused, load_checked
+from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,18 @@ MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_R
 
 
 def configure_mlflow(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured store; a local store gets its artifacts under LOCAL_DIR."""
+    """Point MLflow at the configured store; a local store gets its artifacts under LOCAL_DIR.
+
+    MLflow's client reads basic-auth credentials from os.environ only, so the settings' (which
+    may come from .env) are put there; unset ones are removed, so the settings alone decide.
+    """
     for name, value in MLFLOW_CLIENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        if getattr(settings, name):
+            os.environ[name] = getattr(settings, name)
+        else:
+            os.environ.pop(name, None)
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
         settings.LOCAL_DIR.mkdir(parents=True, exist_ok=True)
@@ -112,8 +124,19 @@ def resolve_version(client: MlflowClient, uri: str) -> tuple[str, str]:
     return found
 
 
-def load_version(name: str, version: str) -> Any:
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+def load_version(name: str, version: str, allow_pickle: bool | None = None) -> Any:
+    """The one way a version is loaded: downloaded, checked, and read only if it is safe to read.
+
+    Raises ModelRefused (permanent: never retry) for a pickle artifact, untrusted types or a
+    foreign object; registry and network errors propagate as they are (transient).
+    `allow_pickle` defaults to the ALLOW_PICKLE_MODELS setting.
+    """
+    if allow_pickle is None:
+        allow_pickle = get_settings().ALLOW_PICKLE_MODELS
+    with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        # Downloading only copies bytes; nothing is deserialized before load_checked's checks.
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+        return load_checked(Path(local), name, str(version), allow_pickle=allow_pickle)
 
 
 @dataclass(frozen=True)
@@ -192,6 +215,8 @@ class ModelCache:
             started = time.perf_counter()
             try:
                 model = load_version(name, version)
+            except ModelRefused:
+                raise  # permanent: the batch pinned to it fails at once, the worker serves others
             except MlflowException as exc:
                 if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
                     raise ModelVersionGone(

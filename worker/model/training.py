@@ -30,6 +30,7 @@ from worker.model.reference import (
     log_reference,
 )
 from worker.model.registry import configure_mlflow, ensure_experiment, find_version, load_version
+from worker.model.trust import TRUSTED_TYPES, ModelRefused
 from worker.rides.cleaning import CleaningReport, load_real_trips
 from worker.rides.generator import RIDE_COLUMNS, generate_rides
 from worker.settings import Settings
@@ -106,6 +107,25 @@ def model_signature(predictions: np.ndarray) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=infer_signature(None, predictions).outputs)
 
 
+def log_pipeline(pipeline, example: pd.DataFrame, model_name: str) -> str:
+    """Log the pipeline in the active run as skops with the project's trusted types; register it.
+
+    skops, not (cloud)pickle: reading a pickle runs code, so the workers refuse it (see trust.py).
+    The trusted types stored here only serve MLflow's own loader (`mlflow.pyfunc.load_model`);
+    the workers always load with TRUSTED_TYPES from their own code.
+    """
+    info = mlflow.sklearn.log_model(
+        pipeline,
+        name="model",
+        signature=model_signature(pipeline.predict(example)),
+        input_example=example,
+        registered_model_name=model_name,
+        serialization_format="skops",
+        skops_trusted_types=list(TRUSTED_TYPES),
+    )
+    return str(info.registered_model_version)
+
+
 def train_and_register(
     settings: Settings,
     data: str | Path | None = None,
@@ -125,13 +145,22 @@ def train_and_register(
     mae, rmse = evaluate(pipeline, test)
 
     previous_version = previous_mae = None
+    refused: ModelRefused | None = None
     # Only "no such model, alias or stage" means there is nothing to beat; any other registry error
     # stops training here, before anything is registered, so a worse model is never promoted blind.
     current = find_version(client, settings.model_uri)
     if current is not None:
         previous_name, previous_version = current
     if previous_version is not None:
-        previous_mae, _ = evaluate(load_version(previous_name, previous_version), test)
+        try:
+            previous_mae, _ = evaluate(
+                load_version(previous_name, previous_version, allow_pickle=settings.ALLOW_PICKLE_MODELS), test
+            )
+        except ModelRefused as exc:
+            # Production cannot be read safely (an old pickle version, say): only --force replaces it.
+            if not force:
+                raise
+            refused = exc
 
     example = test[list(RIDE_COLUMNS)].head(5)
     with mlflow.start_run(experiment_id=experiment_id) as run:
@@ -148,17 +177,11 @@ def train_and_register(
             )
         # What this version was trained on, for drift: held-out rows with its predictions and the truth.
         log_reference(build_reference(test, pipeline.predict(test[list(RIDE_COLUMNS)]), test[TARGET], seed))
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            signature=model_signature(pipeline.predict(example)),
-            input_example=example,
-            registered_model_name=settings.MODEL_NAME,
-            serialization_format="cloudpickle",
-        )
-    version = str(info.registered_model_version)
+        version = log_pipeline(pipeline, example, settings.MODEL_NAME)
 
-    if previous_mae is None:
+    if refused is not None:
+        promoted, reason = True, f"forced (production v{previous_version} not comparable: {refused.reason})"
+    elif previous_mae is None:
         promoted, reason = True, f"nothing at {settings.model_uri} yet"
     elif force:
         promoted, reason = True, f"forced (production v{previous_version} MAE {previous_mae:.3f})"

@@ -1,49 +1,18 @@
-"""The hand-held side of monitoring: refreshing live accuracy after outcomes were loaded, and the
-monitor's trial (`monitor-check`), both using the production model's registry entries."""
+"""`python -m worker monitor-check`: the monitor's trial on simulated days, with the production
+version and its reference, printed as the table the README shows."""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
 
-from sqlalchemy import Engine
-
 from worker.model.reference import ReferenceCache
 from worker.model.registry import configure_mlflow, load_version, resolve_version
-from worker.monitor import quality
 from worker.monitor.trial import monitoring_cost, simulate
-from worker.rides.generator import RIDE_COLUMNS, World, chicago_now
+from worker.rides.generator import RIDE_COLUMNS, World
 from worker.settings import Settings
-from worker.store import monitoring
 
 WORLDS = (("calibrated", World()), ("fare x1.25", World(1.0, 1.25)), ("speed x0.7", World(0.7, 1.0)))
-
-
-def refresh_quality(settings: Settings, engine: Engine, batch_ids: list[str]) -> list[str]:
-    """Recompute the batches' live accuracy now; one line per batch for the user."""
-    if not batch_ids:
-        return []
-    cache = ReferenceCache(lambda: configure_mlflow(settings))
-    quality.update_quality(
-        engine,
-        chicago_now(),
-        cache.heldout_mae,
-        lambda name, version: cache.get(name, version, time.monotonic()),
-        batch_ids=batch_ids,
-    )
-    lines = []
-    for batch_id in batch_ids[:20]:
-        metrics = monitoring.get_batch_metrics(engine, batch_id)
-        if metrics is None or metrics["mae"] is None:
-            lines.append(f"batch {batch_id}: not monitored yet (its live MAE follows on the next quality pass)")
-            continue
-        lines.append(
-            f"batch {batch_id}: live MAE {metrics['mae']:.2f} min over {metrics['outcomes']} outcomes "
-            f"(bias {metrics['bias']:+.2f} min), model v{metrics['model_version']}"
-        )
-    if len(batch_ids) > 20:
-        lines.append(f"... and {len(batch_ids) - 20} more batches")
-    return lines
 
 
 def run_trial(settings: Settings, days: float, seed: int) -> None:

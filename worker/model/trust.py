@@ -1,0 +1,168 @@
+"""What a worker will load from the registry: a skops artifact of the project's own pipeline, nothing else.
+
+Whoever can register a version and move the alias chooses what every worker
+loads next. A pickle or cloudpickle artifact runs arbitrary code while it is
+read, so it is refused from the MLmodel file alone, before a byte of it is
+deserialized (unless ALLOW_PICKLE_MODELS is set for a migration). A skops
+artifact is read with the project's own list of trusted types, never with the
+list stored in the artifact's MLmodel file (that one was written by whoever
+registered the version, which is exactly the party not to trust), and what
+comes out must be the project's pipeline.
+
+A refusal is permanent: the same version is refused every time, so it is
+raised as ModelRefused, which is not a transient error and must not be retried.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The scikit-learn classes of the pipeline and the project's feature function. skops trusts
+# plain containers, numpy arrays and scalar types by itself; everything else in a file must be
+# named here, whatever the artifact's own MLmodel file claims.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    "worker.model.features.build_features",
+    "sklearn.ensemble._forest.RandomForestRegressor",
+    "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.tree._tree.Tree",
+)
+SKOPS = "skops"
+PICKLE_FORMATS = ("pickle", "cloudpickle")
+
+
+class ModelRefused(Exception):
+    """A registered version the workers will not load, now or on any retry (a permanent error).
+
+    Not a subclass of ModelUnavailable or of any error the tasks retry: retrying cannot make an
+    unsafe or foreign artifact safe, so a batch pinned to it should fail at once.
+    """
+
+    def __init__(self, name: str, version: str, reason: str) -> None:
+        self.name = name
+        self.version = str(version)
+        self.reason = reason
+        super().__init__(f"model {name} version {version} refused: {reason}")
+
+    def __reduce__(self):
+        # Celery hands a failed task's exception from the pool process to the main one by pickling
+        # it; without this, the error would read "UnpickleableExceptionWrapper: ModelRefused(...)".
+        return type(self), (self.name, self.version, self.reason)
+
+
+def preload_reader() -> None:
+    """Import what reading a skops model needs (skops's import alone takes ~1 s: it lists every
+    scikit-learn estimator), so that a process forked afterwards loads a model in ~0.03 s."""
+    import skops.io  # noqa: F401
+
+    from worker.model import features  # noqa: F401
+
+
+def sklearn_flavor(model_dir: Path, name: str, version: str) -> dict[str, Any]:
+    """The sklearn flavor block of the downloaded version's MLmodel file (plain YAML, nothing run)."""
+    mlmodel = model_dir / "MLmodel"
+    try:
+        document = yaml.safe_load(mlmodel.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelRefused(name, version, f"its MLmodel file cannot be read ({exc})") from None
+    flavors = document.get("flavors") if isinstance(document, dict) else None
+    flavor = flavors.get("sklearn") if isinstance(flavors, dict) else None
+    if not isinstance(flavor, dict):
+        raise ModelRefused(name, version, "it has no sklearn flavor (not a model this project logged)")
+    return flavor
+
+
+def model_file(model_dir: Path, flavor: dict[str, Any], name: str, version: str) -> Path:
+    """The serialized model the flavor names, which must lie inside the downloaded folder."""
+    relative = flavor.get("pickled_model")
+    if not isinstance(relative, str) or not relative:
+        raise ModelRefused(name, version, "its sklearn flavor names no model file")
+    path = (model_dir / relative).resolve()
+    if not path.is_relative_to(model_dir.resolve()) or not path.is_file():
+        raise ModelRefused(name, version, f"its model file {relative!r} is not a file inside the artifact")
+    return path
+
+
+def check_pipeline(model: Any, name: str, version: str) -> Any:
+    """The project's pipeline exactly: raw ride columns -> build_features -> a random forest.
+
+    skops's own defaults trust every scikit-learn estimator, so a file could hold some other
+    (harmless, but wrong) model; its predictions would be written as durations without complaint.
+    """
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from worker.model.features import build_features
+
+    steps = getattr(model, "steps", None) if isinstance(model, Pipeline) else None
+    ok = (
+        isinstance(steps, list)
+        and [step_name for step_name, _ in steps] == ["features", "forest"]
+        and isinstance(steps[0][1], FunctionTransformer)
+        and steps[0][1].func is build_features
+        and isinstance(steps[1][1], RandomForestRegressor)
+    )
+    if not ok:
+        raise ModelRefused(
+            name,
+            version,
+            f"it holds a {type(model).__module__}.{type(model).__qualname__}, not the project's "
+            "Pipeline(features=FunctionTransformer(build_features), forest=RandomForestRegressor)",
+        )
+    return model
+
+
+def check_format(model_dir: Path, name: str, version: str, allow_pickle: bool = False) -> str:
+    """The version's serialization format, read from its MLmodel file alone (nothing deserialized);
+    ModelRefused if the workers would refuse it for its format. Cheap enough for a status check."""
+    flavor = sklearn_flavor(model_dir, name, version)
+    # MLflow itself reads a flavor without a format as pickle; so does this check.
+    serialization = flavor.get("serialization_format", "pickle")
+    if serialization in PICKLE_FORMATS and not allow_pickle:
+        raise ModelRefused(
+            name,
+            version,
+            f"it is a {serialization} artifact, and unpickling runs any code its author chose; "
+            f"re-log it as skops (python -m worker convert-model --version {version}) or retrain "
+            "(python -m worker train --force); ALLOW_PICKLE_MODELS=true loads it anyway, only for a migration",
+        )
+    if serialization not in (*PICKLE_FORMATS, SKOPS):
+        raise ModelRefused(name, version, f"unknown serialization format {serialization!r}")
+    return serialization
+
+
+def load_checked(model_dir: Path, name: str, version: str, allow_pickle: bool = False) -> Any:
+    """Load a downloaded model version, refusing (ModelRefused) anything the workers must not run.
+
+    `allow_pickle` is the ALLOW_PICKLE_MODELS setting: only for migrating old versions, since
+    reading a pickle runs whatever code its author put in it.
+    """
+    serialization = check_format(model_dir, name, version, allow_pickle)
+    path = model_file(model_dir, sklearn_flavor(model_dir, name, version), name, version)
+    if serialization in PICKLE_FORMATS:
+        import mlflow.sklearn
+
+        return check_pipeline(mlflow.sklearn.load_model(str(model_dir)), name, version)
+
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        found = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # a corrupt or foreign file: zip, JSON or schema errors alike
+        raise ModelRefused(name, version, f"its skops file cannot be read ({type(exc).__name__}: {exc})") from None
+    untrusted = sorted(set(found) - set(TRUSTED_TYPES))
+    if untrusted:
+        raise ModelRefused(name, version, f"its skops file names types the project does not trust: {untrusted}")
+    try:
+        model = skops.io.load(path, trusted=list(TRUSTED_TYPES))
+    except UntrustedTypesFoundException as exc:
+        raise ModelRefused(name, version, f"its skops file names types the project does not trust: {exc}") from None
+    except Exception as exc:  # trusted types only, but a broken file: the same every time
+        raise ModelRefused(name, version, f"its skops file cannot be loaded ({type(exc).__name__}: {exc})") from None
+    return check_pipeline(model, name, version)
