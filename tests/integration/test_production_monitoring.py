@@ -330,11 +330,12 @@ def test_targets_are_up_and_celery_and_batch_metrics_have_values(monitored: Moni
         lambda: (
             (m.value('taxi_batches_finished_last_hour{status="succeeded",trigger="schedule"}') or 0) >= 2
             and (m.value('sum(flower_events_total{type="task-failed"})') or 0) >= 1
+            # Flower counts what it saw since it started, and reaches Prometheus a scrape after the exporter.
+            and (m.value('sum(flower_events_total{type="task-succeeded",task="worker.tasks.run_batch"})') or 0) >= 2
         ),
         90,
     )
-    assert m.value('flower_events_total{type="task-succeeded",task="worker.tasks.run_batch"}') >= 3
-    assert m.value('sum(flower_task_runtime_seconds_count{task="worker.tasks.run_batch"})') >= 3
+    assert m.value('sum(flower_task_runtime_seconds_count{task="worker.tasks.run_batch"})') >= 2
     assert m.value("taxi_workers_online") == 1
     assert m.value(f'taxi_worker_up{{worker=~"{WORKER}@.*"}}') == 1
     assert m.value('taxi_queue_length{queue="celery"}') is not None
