@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration test-reliability bench lint format migrate clean
+.PHONY: help install run test test-unit test-integration test-reliability test-compose bench lint format migrate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -21,8 +21,8 @@ install: $(STAMP) ## create .venv and install the pinned requirements
 run: $(STAMP) ## set up, then run worker + beat + Flower and a first batch (Ctrl-C stops all)
 	$(PY) -m worker run
 
-test: $(STAMP) ## the whole suite: unit, integration and reliability tests (what CI runs)
-	$(PY) -m pytest tests
+test: $(STAMP) ## unit, integration and reliability tests (CI runs this, then test-compose)
+	$(PY) -m pytest tests --ignore=tests/compose
 
 test-unit: $(STAMP) ## unit tests only (no services)
 	$(PY) -m pytest tests/unit
@@ -32,6 +32,9 @@ test-integration: $(STAMP) ## tests with real Redis, PostgreSQL, MLflow and Cele
 
 test-reliability: $(STAMP) ## fault-injection tests with real processes (kills, restarts, duplicates)
 	$(PY) -m pytest tests/reliability
+
+test-compose: $(STAMP) ## docker compose up for real (Podman, local base images) and faults across containers; root
+	$(PY) -m pytest tests/compose -s -p no:cacheprovider
 
 bench: $(STAMP) ## throughput and latency benchmark against the configured Redis and PostgreSQL
 	$(PY) -m worker bench

@@ -38,7 +38,17 @@ def _broker_transport_options() -> dict:
             "store_processed": False,
         }
     # Sweep for unacked messages of dead workers every 10 s (kombu's default scans every 100 s).
-    return {"visibility_timeout": VT, "unacked_restore_interval": 10, "unacked_restore_throttle": 1}
+    # A broker that vanished without closing the connection (a network cut, measured by
+    # make test-compose): without a socket timeout a publish waits for its reply for ever and the
+    # whole worker hangs, even after the network is back; with it the call fails and kombu reconnects.
+    return {
+        "visibility_timeout": VT,
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
+        "socket_keepalive": True,
+    }
 
 
 def _broker_url() -> str:
@@ -69,6 +79,10 @@ app.conf.update(
     # Redis redelivers unacked tasks after this; set for broker and result backend alike.
     broker_transport_options=_broker_transport_options(),
     result_backend_transport_options={"visibility_timeout": VT},
+    # The result backend's connections likewise (Celery's default read timeout is 120 s, none to connect).
+    redis_socket_timeout=30,
+    redis_socket_connect_timeout=10,
+    redis_socket_keepalive=True,
     # Keep trying a lost broker forever instead of giving up after 100 tries.
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     RETENTION_DAYS: float | None = Field(
         None, gt=0, description="Beat prunes batches older than this once a day; unset keeps everything."
     )
+    DATABASE_STATEMENT_TIMEOUT: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a chunk write's statement, or a pause between its statements, may take before it fails.",
+    )
+    DATABASE_LOCK_TIMEOUT: float = Field(
+        30.0, gt=0, description="Seconds a chunk write waits on a lock (the chunk's ledger key) before it fails."
+    )
     FLOWER_BASIC_AUTH: str = Field("", description="user:password[,user2:password2] for Flower; empty means no auth.")
     FLOWER_ADDRESS: str = Field("127.0.0.1", description="Address Flower listens on.")
     FLOWER_PORT: int = Field(5555, ge=1, le=65535, description="Port Flower listens on.")
@@ -115,6 +123,11 @@ class Settings(BaseSettings):
             raise ValueError("TASK_SOFT_TIME_LIMIT must be below TASK_TIME_LIMIT")
         if self.VISIBILITY_TIMEOUT <= self.TASK_TIME_LIMIT:
             raise ValueError("VISIBILITY_TIMEOUT must exceed TASK_TIME_LIMIT, or Redis redelivers running tasks")
+        for name in ("DATABASE_STATEMENT_TIMEOUT", "DATABASE_LOCK_TIMEOUT"):
+            if getattr(self, name) >= self.TASK_SOFT_TIME_LIMIT:
+                # A database wait must fail into a Celery retry; a time limit would kill the process instead,
+                # and reject_on_worker_lost would requeue the same wait again and again.
+                raise ValueError(f"{name} must be below TASK_SOFT_TIME_LIMIT")
         return self
 
     @model_validator(mode="after")

@@ -87,12 +87,13 @@ def ledger(stack: Stack, batch_id: str) -> list[tuple[int, int]]:
 
 
 def wait_for_copy(stack: Stack, seconds: float, *names: str) -> None:
-    """Wait until a worker is inside a chunk's write transaction: its COPY into ride_predictions
-    runs (the ledger key is claimed but not committed). A kill now must roll both back."""
+    """Wait until a worker is inside a chunk's write transaction: its COPY into the staging table,
+    or the move into ride_predictions under the claimed ledger key, runs. A kill now must roll
+    the whole transaction back."""
     engine = create_engine(stack.db_url, isolation_level="AUTOCOMMIT")  # a fresh activity snapshot per poll
     query = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND state = 'active' AND query LIKE 'COPY ride_predictions %'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+        "AND (query LIKE 'COPY ride_predictions_staging %' OR query LIKE 'INSERT INTO ride_predictions %')"
     )
     try:
         with engine.connect() as conn:
@@ -203,7 +204,14 @@ def test_whole_worker_sigkilled_mid_batch_is_redelivered_after_visibility_timeou
     """SIGKILL a worker's whole process group mid-batch: the message stays unacked in Redis and a
     new worker's sweep puts it back once it is older than VISIBILITY_TIMEOUT; written once."""
     vt = 15
-    stack = new_stack(VISIBILITY_TIMEOUT=str(vt), TASK_TIME_LIMIT="12", TASK_SOFT_TIME_LIMIT="10", **ONE_CHUNK)
+    stack = new_stack(
+        VISIBILITY_TIMEOUT=str(vt),
+        TASK_TIME_LIMIT="12",
+        TASK_SOFT_TIME_LIMIT="10",
+        DATABASE_STATEMENT_TIMEOUT="8",
+        DATABASE_LOCK_TIMEOUT="5",
+        **ONE_CHUNK,
+    )
     rides = 150_000  # well inside the 10 s soft limit
     doomed = stack.start_worker("doomed", concurrency=1)
     task_id = str(uuid.uuid4())
@@ -316,6 +324,9 @@ def test_same_chunk_run_twice_in_parallel_writes_once(faults):
             "rides": rides,
             "seed": 42,
             "window": ["2026-11-26T09:00:00", "2026-11-26T09:05:00"],
+            # The version run_batch pinned, as it sends it with every chunk.
+            "model_name": stack.env["MODEL_NAME"],
+            "model_version": "1",
         }
         with holder.begin() as conn:  # the batch_runs row run_batch makes before it fans out
             conn.execute(

@@ -18,8 +18,7 @@ release docker-compose-linux-x86_64 v2.40.3 (the sha256 below). Install for CI
 
 Without a validator the validator tests skip, except under CI=true, where they fail.
 Every run uses a temporary project folder with dummy values, never the real .env.
-What no test here can check: images are not built or pulled, no container runs,
-healthchecks and commands are not executed.
+Nothing here builds an image or runs a container: tests/compose (`make test-compose`) does.
 """
 
 from __future__ import annotations
@@ -75,6 +74,8 @@ DUMMY_ENV = {
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "dummy_flask_key",
     "MLFLOW_READER_PASSWORD": "dummy_reader_pw",
     "MLFLOW_TRAINER_PASSWORD": "dummy_trainer_pw",
+    # Render the monitoring services too (profile `monitoring`).
+    "COMPOSE_PROFILES": "monitoring",
 }
 # Flower's users: whatever FLOWER_BASIC_AUTH lists, plus `prometheus` with FLOWER_METRICS_PASSWORD.
 FLOWER_USERS = r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\},prometheus:\$\{FLOWER_METRICS_PASSWORD:\?[^}]+\}"
@@ -498,6 +499,24 @@ def test_healthchecks(services: dict[str, Any]) -> None:
     assert "inspect ping" in " ".join(services["worker"]["healthcheck"]["test"])
 
 
+def test_every_healthcheck_is_in_shell_form(services: dict[str, Any]) -> None:
+    # Podman's Docker API (4.3) splits an exec-form check at spaces; CMD-SHELL works on both engines.
+    for name, service in services.items():
+        if "healthcheck" in service:
+            assert service["healthcheck"]["test"][0] == "CMD-SHELL", name
+            assert len(service["healthcheck"]["test"]) == 2, name
+    # Podman sets no HOSTNAME for the check's shell: the worker's node name comes from `hostname`.
+    assert "celery@$$(hostname)" in services["worker"]["healthcheck"]["test"][1]
+
+
+def test_postgres_drops_dead_peers_with_tcp_keepalives(services: dict[str, Any]) -> None:
+    command = [str(part) for part in services["postgres"]["command"]]
+    assert command[0] == "postgres"
+    options = dict(command[i + 1].split("=", 1) for i, part in enumerate(command) if part == "-c")
+    idle, interval, count = (int(options[f"tcp_keepalives_{key}"]) for key in ("idle", "interval", "count"))
+    assert idle + interval * count <= 300  # a vanished worker's session ends within minutes, not hours
+
+
 def test_redis_persists_with_append_only_and_a_password(services: dict[str, Any]) -> None:
     redis = services["redis"]
     command = [str(part) for part in redis["command"]]
@@ -578,6 +597,12 @@ def test_monitoring_healthchecks_are_shell_commands(services: dict[str, Any]) ->
         test = services[name]["healthcheck"]["test"]
         assert test[0] == "CMD-SHELL" and len(test) == 2, (name, test)
         assert url in test[1], (name, test)
+
+
+def test_monitoring_is_an_opt_in_profile(services: dict[str, Any]) -> None:
+    # `docker compose up` alone (and make test-compose) starts the pipeline; `--profile monitoring` adds these.
+    for name, service in services.items():
+        assert service.get("profiles") == (["monitoring"] if name in MONITORING_SERVICES else None), name
 
 
 def test_exporter_runs_the_cli_and_listens_only_on_the_compose_network(services: dict[str, Any]) -> None:

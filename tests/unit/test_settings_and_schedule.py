@@ -58,6 +58,22 @@ def test_soft_limit_must_stay_below_hard_limit_and_visibility_timeout():
         Settings(TASK_TIME_LIMIT=100, TASK_SOFT_TIME_LIMIT=100)
 
 
+def test_database_waits_must_end_before_the_soft_time_limit():
+    # Otherwise a wait ends in a kill and a requeue (reject_on_worker_lost), not in a retry with backoff.
+    limits = {"TASK_SOFT_TIME_LIMIT": 20, "TASK_TIME_LIMIT": 25, "VISIBILITY_TIMEOUT": 30}
+    for name, other in (
+        ("DATABASE_STATEMENT_TIMEOUT", "DATABASE_LOCK_TIMEOUT"),
+        ("DATABASE_LOCK_TIMEOUT", "DATABASE_STATEMENT_TIMEOUT"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} must be below TASK_SOFT_TIME_LIMIT"):
+            Settings(**limits, **{name: 20, other: 5})
+    settings = Settings(
+        TASK_SOFT_TIME_LIMIT=20, TASK_TIME_LIMIT=25, VISIBILITY_TIMEOUT=30,
+        DATABASE_STATEMENT_TIMEOUT=8, DATABASE_LOCK_TIMEOUT=5,
+    )  # fmt: skip
+    assert (settings.DATABASE_STATEMENT_TIMEOUT, settings.DATABASE_LOCK_TIMEOUT) == (8, 5)
+
+
 def test_every_test_the_readme_cites_exists():
     """The README's reliability table names tests; each name (or name prefix ending in *) must exist."""
     import re

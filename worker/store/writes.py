@@ -1,19 +1,31 @@
 """Writing predictions and batch bookkeeping, once, through SQLAlchemy.
 
-A chunk is written in one transaction that first claims its key in the
-`batch_chunks` ledger. A duplicate delivery (Celery acks late, so a task can
-run twice, even at the same time) waits on that key, finds it taken and
-writes nothing. On PostgreSQL fresh rows go in by COPY straight into the
-table (the ledger already made this write the only one); rows whose trip ids
-a user supplied go by COPY into a temporary table and one INSERT ... SELECT
-... ON CONFLICT DO NOTHING, since COPY has no ON CONFLICT. Elsewhere (SQLite)
-a multi-row INSERT ... ON CONFLICT DO NOTHING.
+A chunk is written in one transaction that claims its key in the
+`batch_chunks` ledger together with its rows. A duplicate delivery (Celery
+acks late, so a task can run twice, even at the same time) waits on that key,
+finds it taken and writes nothing.
+
+On PostgreSQL the rows first go by COPY into a session-local temporary table,
+and only then is the ledger key claimed and the rows moved with one INSERT ...
+SELECT. The order matters when a worker's host freezes (a paused container, a
+VM stall): a COPY waits on its client for the next bytes, and PostgreSQL
+neither cancels it (statement_timeout fires only when data arrives again) nor
+notices a frozen peer (its kernel still answers TCP keepalives). A frozen COPY
+into the temporary table holds nothing that another delivery needs; everything
+after the claim runs on the server and is bounded: statement_timeout for each
+statement, idle_in_transaction_session_timeout for the pauses between them,
+lock_timeout for a delivery waiting on the key. Each fails into the task's
+Celery retry (psycopg2 raises them as OperationalError). Rows whose trip ids a
+user supplied are inserted ON CONFLICT DO NOTHING. A made-up chunk's true
+durations (ride_outcomes) are staged and moved the same way, in the same
+transaction. Elsewhere (SQLite) a multi-row INSERT ... ON CONFLICT DO NOTHING.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,11 +33,13 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from sqlalchemy import Connection, Engine, case, func, select, text, update
+from sqlalchemy import Column, Connection, Engine, MetaData, Table, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateTable
 
 from worker.rides.generator import RIDE_COLUMNS
+from worker.settings import get_settings
 from worker.store.schema import batch_chunks, batch_runs, ride_outcomes, ride_predictions
 
 log = logging.getLogger(__name__)
@@ -33,6 +47,24 @@ log = logging.getLogger(__name__)
 # The column order of ride_predictions; COPY and the frames written follow it.
 PREDICTION_COLUMNS = ("trip_id", *RIDE_COLUMNS, "predicted_duration", "model_name", "model_version", "batch_id")
 OUTCOME_COLUMNS = ("trip_id", "actual_duration", "observed_at", "source")
+
+# Where a chunk's rows wait, per session, until the ledger key is claimed. Its columns are declared
+# here rather than copied with CREATE ... (LIKE ride_predictions): LIKE would lock ride_predictions
+# for the whole transaction, and a frozen COPY would then hold up every migration.
+STAGING = Table(
+    "ride_predictions_staging",
+    MetaData(),
+    *(Column(column.name, column.type) for column in ride_predictions.columns if column.name in PREDICTION_COLUMNS),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
+OUTCOME_STAGING = Table(
+    "ride_outcomes_staging",
+    MetaData(),
+    *(Column(column.name, column.type) for column in ride_outcomes.columns if column.name in OUTCOME_COLUMNS),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
 
 
 @dataclass(frozen=True)
@@ -152,27 +184,28 @@ def _copy(conn: Connection, table: str, frame: pd.DataFrame, columns: tuple[str,
             cursor.close()
 
 
-def _copy_rows(conn: Connection, frame: pd.DataFrame, ids_are_new: bool) -> int:
-    """PostgreSQL COPY. Fresh random ids go straight in: the ledger already made this write the
-    only one, and a freak collision fails the whole transaction. Ids a user supplied may exist
-    already, so they go through a temporary table and INSERT ... ON CONFLICT DO NOTHING."""
-    if ids_are_new:
-        _copy(conn, "ride_predictions", frame)
-        return len(frame)
-    conn.execute(
-        text(
-            "CREATE TEMP TABLE IF NOT EXISTS ride_predictions_staging "
-            "(LIKE ride_predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-    )
-    _copy(conn, "ride_predictions_staging", frame)
-    columns = ", ".join(PREDICTION_COLUMNS)
-    result = conn.execute(
-        text(
-            f"INSERT INTO ride_predictions ({columns}) SELECT {columns} FROM ride_predictions_staging "
-            "ON CONFLICT (trip_id) DO NOTHING"
-        )
-    )
+def _bound(conn: Connection, statement_timeout: float, lock_timeout: float) -> None:
+    """Bound this transaction's statements, the pauses between them and its lock waits (milliseconds)."""
+    for name, seconds in (
+        ("statement_timeout", statement_timeout),
+        ("idle_in_transaction_session_timeout", statement_timeout),
+        ("lock_timeout", lock_timeout),
+    ):
+        conn.execute(text(f"SET LOCAL {name} = {max(1, round(seconds * 1000))}"))
+
+
+def _stage(conn: Connection, staging: Table, frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """COPY rows into this session's temporary table; it holds no lock another delivery needs."""
+    conn.execute(CreateTable(staging, if_not_exists=True))
+    _copy(conn, staging.name, frame[list(columns)], columns)
+
+
+def _move_staged(conn: Connection, staging: Table, target: str, columns: tuple[str, ...], ids_are_new: bool) -> int:
+    """Fresh random ids go in as they are: the ledger already made this write the only one, and a
+    freak collision fails the whole transaction. Ids a user supplied may exist already: ON CONFLICT."""
+    names = ", ".join(columns)
+    conflict = "" if ids_are_new else " ON CONFLICT (trip_id) DO NOTHING"
+    result = conn.execute(text(f"INSERT INTO {target} ({names}) SELECT {names} FROM {staging.name}{conflict}"))
     return result.rowcount
 
 
@@ -193,31 +226,51 @@ def write_chunk(
     frame: pd.DataFrame,
     ids_are_new: bool = False,
     outcomes: pd.DataFrame | None = None,
+    *,
+    statement_timeout: float | None = None,
+    lock_timeout: float | None = None,
 ) -> ChunkWrite:
     """Write one chunk's predictions exactly once; `frame` has PREDICTION_COLUMNS.
 
     `ids_are_new`: every trip_id was drawn at random for this chunk (not given by a user).
     `outcomes` (OUTCOME_COLUMNS; made-up rides know their true duration) go in the same
-    transaction, so they are exactly-once too.
+    transaction, staged the same way, so they are exactly-once too.
+    The timeouts (seconds) default to DATABASE_STATEMENT_TIMEOUT and DATABASE_LOCK_TIMEOUT.
     """
+    settings = get_settings()
+    statement_timeout = statement_timeout or settings.DATABASE_STATEMENT_TIMEOUT
+    lock_timeout = lock_timeout or settings.DATABASE_LOCK_TIMEOUT
     model_version = str(frame["model_version"].iloc[0]) if len(frame) else ""
+    ordered = frame[list(PREDICTION_COLUMNS)]
     with engine.begin() as conn:
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            _bound(conn, statement_timeout, lock_timeout)
+            _stage(conn, STAGING, ordered, PREDICTION_COLUMNS)
+            if outcomes is not None and len(outcomes):
+                _stage(conn, OUTCOME_STAGING, outcomes, OUTCOME_COLUMNS)
         claimed = conn.execute(
             _insert(conn, batch_chunks)
-            .values(batch_id=batch_id, chunk_index=chunk_index, rows_written=0, model_version=model_version)
+            .values(
+                batch_id=batch_id,
+                chunk_index=chunk_index,
+                rows_written=0,
+                model_version=model_version,
+                hostname=socket.gethostname(),
+            )
             .on_conflict_do_nothing(index_elements=["batch_id", "chunk_index"])
         ).rowcount
         if not claimed:
             log.info("batch %s chunk %d was already written; this delivery writes nothing", batch_id, chunk_index)
             return ChunkWrite(batch_id, chunk_index, 0, duplicate=True, batch_finished=False)
-        ordered = frame[list(PREDICTION_COLUMNS)]
-        if conn.dialect.name == "postgresql":
-            written = _copy_rows(conn, ordered, ids_are_new)
-        else:
-            written = _insert_rows(conn, ordered, ride_predictions)
+        written = (
+            _move_staged(conn, STAGING, "ride_predictions", PREDICTION_COLUMNS, ids_are_new)
+            if postgres
+            else _insert_rows(conn, ordered, ride_predictions)
+        )
         if outcomes is not None and len(outcomes):
-            if conn.dialect.name == "postgresql" and ids_are_new:
-                _copy(conn, "ride_outcomes", outcomes[list(OUTCOME_COLUMNS)], OUTCOME_COLUMNS)
+            if postgres:
+                _move_staged(conn, OUTCOME_STAGING, "ride_outcomes", OUTCOME_COLUMNS, ids_are_new)
             else:
                 _insert_rows(conn, outcomes[list(OUTCOME_COLUMNS)], ride_outcomes)
         conn.execute(
