@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     FLOWER_BASIC_AUTH: str = Field("", description="user:password[,user2:password2] for Flower; empty means no auth.")
     FLOWER_ADDRESS: str = Field("127.0.0.1", description="Address Flower listens on.")
     FLOWER_PORT: int = Field(5555, ge=1, le=65535, description="Port Flower listens on.")
+    EXPORTER_ADDRESS: str = Field("127.0.0.1", description="Address the Prometheus exporter listens on.")
+    EXPORTER_PORT: int = Field(9810, ge=1, le=65535, description="Port of the Prometheus exporter (/metrics).")
+    EXPORTER_TIMEOUT_SECONDS: float = Field(
+        3.0, gt=0, le=30, description="Longest the exporter waits on the database, broker or registry per scrape."
+    )
     LOG_LEVEL: str = Field("INFO", description="Python logging level.")
 
     @field_validator("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "MLFLOW_TRACKING_URI", "DATABASE_URL")

@@ -83,6 +83,9 @@ def project(request: pytest.FixtureRequest) -> Iterator[Project]:
         "POSTGRES_DB": "taxi",
         "REDIS_PASSWORD": secrets.token_hex(16),
         "FLOWER_BASIC_AUTH": f"admin:{secrets.token_hex(12)}",
+        # Required by the file even with the monitoring profile off (Flower's scrape user, Grafana).
+        "FLOWER_METRICS_PASSWORD": secrets.token_hex(16),
+        "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),
         **SETTINGS,
     }
     env_file = root / "test.env"

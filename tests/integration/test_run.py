@@ -9,13 +9,22 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO_ROOT, free_port
+from tests.support import REPO_ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
 
 
 def processes_with_env(entry: str) -> list[int]:
@@ -57,11 +66,13 @@ def test_library_warnings_are_recognised():
 
 def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
     port = free_port()
+    exporter_port = free_port()
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "LOCAL_DIR": str(tmp_path / "local"),
         "FLOWER_PORT": str(port),
+        "EXPORTER_PORT": str(exporter_port),
         "BATCH_INTERVAL_SECONDS": "4",
         "RIDES_PER_BATCH": "30",
     }
@@ -89,6 +100,24 @@ def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
         assert library_warnings(text) == [], text
         for name in ("worker", "beat"):
             assert "No hostname was supplied" not in (tmp_path / "local" / "logs" / f"{name}.log").read_text()
+        assert f"exporter     http://127.0.0.1:{exporter_port}/metrics" in text
+
+        # The exporter answers on the embedded stores too: SQLite, the filesystem broker, the local registry.
+        metrics = wait_until(
+            "the exporter to see the worker and the first batch",
+            lambda: (
+                (body := scrape(exporter_port))
+                and 'taxi_batch_last_success_timestamp_seconds{trigger="adhoc"}' in body
+                and "taxi_workers_online 1.0" in body
+                and 'taxi_production_model_info{model_name="chicago-taxi-duration",model_version="1"} 1.0' in body
+                and body
+            ),
+            60,
+            every=1,
+        )
+        for up in ("taxi_database_up 1.0", "taxi_broker_up 1.0", "taxi_registry_up 1.0"):
+            assert up in metrics, metrics
+        assert 'taxi_rows_written_last_hour{trigger="adhoc"} 30.0' in metrics
 
         # Beat's batches follow, on the embedded broker and SQLite.
         deadline = time.monotonic() + 60
@@ -128,7 +157,7 @@ def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
         run.send_signal(signal.SIGINT)  # what Ctrl-C sends
         run.wait(timeout=120)
     text = log.read_text()
-    for part in ("worker", "beat", "flower"):
+    for part in ("worker", "beat", "flower", "exporter"):
         assert f"stopped {part}" in text
     assert run.returncode == 0, text
     assert processes_with_env(f"LOCAL_DIR={tmp_path / 'local'}") == [], "processes left running"

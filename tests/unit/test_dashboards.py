@@ -1,0 +1,173 @@
+"""The Grafana provisioning and dashboards, checked without Grafana (it cannot be installed here).
+
+What these check: fixed and unique uids, datasources that panels use exist in the provisioning
+with the right type, unique panel ids, a grid that fits 24 columns without overlaps, a time
+filter in every SQL query, only macros Grafana knows (expanded by a port of its macro engine),
+explicit time-zone conversion of Chicago-local columns, and every PromQL expression parsed by
+promtool. The queries are run for real in tests/integration/test_production_monitoring.py. Not checked
+anywhere: how Grafana renders the panels.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import yaml
+
+from tests.grafana import (
+    DASHBOARDS,
+    GRAFANA,
+    POSTGRES_TYPE,
+    PROMETHEUS_TYPE,
+    dashboards,
+    expand_sql,
+    panels,
+    provisioned_datasources,
+    queries,
+    substitute_variables,
+)
+from tests.support import REPO_ROOT
+
+GRID_WIDTH = 24
+# Columns holding naive Chicago-local times (schema comments): never compared or drawn without a zone.
+CHICAGO_LOCAL = ("trip_start_timestamp", "window_end", "window_start", "observed_at")
+EXPECTED_UIDS = {"taxi-predictions", "taxi-model-health", "taxi-pipeline"}
+
+
+def test_three_dashboards_with_fixed_unique_uids_shown_on_chicago_time():
+    boards = dashboards()
+    assert len(boards) == 3
+    uids = [board["uid"] for board in boards.values()]
+    assert set(uids) == EXPECTED_UIDS
+    assert len({board["title"] for board in boards.values()}) == 3
+    for name, board in boards.items():
+        assert board["timezone"] == "America/Chicago", name
+        assert board["editable"] is False, name
+        assert board["time"]["from"].startswith("now-"), name
+
+
+def test_the_provisioned_datasources_have_fixed_uids_and_no_password():
+    sources = provisioned_datasources()
+    assert {uid: source["type"] for uid, source in sources.items()} == {
+        "taxi-prometheus": PROMETHEUS_TYPE,
+        "taxi-postgres": POSTGRES_TYPE,
+    }
+    assert sources["taxi-prometheus"]["url"] == "http://prometheus:9090"
+    postgres = sources["taxi-postgres"]
+    assert postgres["secureJsonData"]["password"] == "$POSTGRES_APP_PASSWORD"  # from the container's environment
+    # The application role (deploy/postgres-init), whose search_path finds schema `predictions`.
+    assert postgres["user"] == "taxi_app" and postgres["jsonData"]["database"] == "$POSTGRES_DB"
+
+
+def test_every_panel_uses_a_provisioned_datasource_of_the_right_type():
+    sources = provisioned_datasources()
+    for name, board in dashboards().items():
+        for panel in panels(board):
+            references = [panel["datasource"]] + [target["datasource"] for target in panel.get("targets", [])]
+            for reference in references:
+                assert reference["uid"] in sources, f"{name} #{panel['id']}: unknown datasource {reference}"
+                assert reference["type"] == sources[reference["uid"]]["type"], f"{name} #{panel['id']}"
+            assert panel.get("targets"), f"{name} #{panel['id']} has no query"
+
+
+def test_panel_ids_are_unique_and_the_grid_fits_without_overlaps():
+    for name, board in dashboards().items():
+        ids = [panel["id"] for panel in panels(board)]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids {ids}"
+        cells: dict[tuple[int, int], int] = {}
+        for panel in panels(board):
+            grid = panel["gridPos"]
+            assert grid["w"] > 0 and grid["h"] > 0, (name, panel["id"])
+            assert grid["x"] >= 0 and grid["y"] >= 0, (name, panel["id"])
+            assert grid["x"] + grid["w"] <= GRID_WIDTH, f"{name} #{panel['id']} is wider than the grid"
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                for y in range(grid["y"], grid["y"] + grid["h"]):
+                    assert (x, y) not in cells, f"{name}: panels {cells[(x, y)]} and {panel['id']} overlap at {x},{y}"
+                    cells[(x, y)] = panel["id"]
+
+
+def test_the_brief_panels_exist():
+    titles = {name: {panel["title"] for panel in panels(board)} for name, board in dashboards().items()}
+    assert {
+        "Rides scored",
+        "Predicted duration by trip start: median and p10–p90",
+        "Rows per batch",
+        "Top routes",
+        "Model version serving",
+    } <= titles["predictions.json"]
+    assert {
+        "Drift score per column, single batches",
+        "Dataset drift",
+        "Live MAE by model version, per day, against held-out MAE and the median baseline",
+    } <= titles["model-health.json"]
+    assert {
+        "Batch duration",
+        "Batches finished: succeeded and failed",
+        "Retries",
+        "Missed slots (last 24 h)",
+        "Queue length",
+        "Workers online",
+        "Task runtime p95",
+    } <= titles["pipeline.json"]
+
+
+@pytest.mark.parametrize("query", queries("sql"), ids=lambda q: q.label)
+def test_every_sql_query_filters_on_the_time_range_with_known_macros(query):
+    sql = query.target["rawSql"]
+    assert query.target["rawQuery"] is True and query.target["format"] in ("time_series", "table")
+    assert "$__timeFilter(" in sql or ("$__timeFrom()" in sql and "$__timeTo()" in sql), query.label
+    start = datetime(2026, 7, 1, 12, tzinfo=UTC)
+    expanded = expand_sql(sql, start, start + timedelta(hours=6))  # raises on a macro Grafana does not know
+    assert "$" not in expanded, expanded
+    assert (
+        "BETWEEN '2026-07-01T12:00:00Z' AND '2026-07-01T18:00:00Z'" in expanded or "'2026-07-01T12:00:00Z'" in expanded
+    )
+    if query.target["format"] == "time_series" or query.panel_type in ("timeseries", "state-timeline"):
+        assert re.search(r'AS "time"', expanded), f'{query.label}: a time column must be named "time"'
+        assert re.search(r"ORDER BY 1\s*$", sql), f"{query.label}: time series must be sorted by time"
+
+
+@pytest.mark.parametrize("query", queries("sql"), ids=lambda q: q.label)
+def test_chicago_local_columns_are_converted_explicitly(query):
+    sql = query.target["rawSql"]
+    for column in CHICAGO_LOCAL:
+        for match in re.finditer(rf"\b{column}\b", sql):
+            following = sql[match.end() : match.end() + 40]
+            assert following.startswith(" AT TIME ZONE 'America/Chicago'"), (
+                f"{query.label}: {column} used without AT TIME ZONE 'America/Chicago': ...{sql[match.start() : match.end() + 40]}"
+            )
+    if re.search(r"\bday\b", sql):
+        assert "day::timestamp AT TIME ZONE 'America/Chicago'" in sql, query.label
+
+
+def test_every_promql_expression_parses(tmp_path):
+    """promtool parses each expression as a recording rule (after Grafana's variables are substituted)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool missing (see .ci/run)")
+        pytest.skip("promtool missing: apt-get install --no-install-recommends prometheus")
+    found = queries("promql")
+    assert found
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": substitute_variables(q.target["expr"])} for i, q in enumerate(found)
+    ]
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+def test_the_dashboard_provider_reads_the_folder_compose_mounts():
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "dashboards.yml").read_text())["providers"][0]
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    source = os.path.relpath(DASHBOARDS, REPO_ROOT)
+    assert f"./{source}:{provider['options']['path']}:ro" in mounts
+    assert provider["allowUiUpdates"] is False

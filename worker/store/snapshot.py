@@ -1,0 +1,240 @@
+"""What the Prometheus exporter reads from the database on every scrape, as plain data.
+
+Prometheus asks every few seconds, so every read here is small: a handful of
+aggregates over `batch_runs` (hundreds of rows a day) and the newest rows of the
+monitoring tables, all on indexed columns. None of them touches
+`ride_predictions`. The exporter gives them an engine whose connections and
+statements time out (`scrape_engine`), so a hung database makes a scrape report
+"database down" instead of hanging it.
+
+Counts over time are windows ("finished in the last hour"), not totals since the
+start: batches get pruned (retention), and a total that shrinks would look to
+Prometheus like a counter reset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.engine import make_url
+
+from worker.rides.generator import CHICAGO
+from worker.store.history import missed_slots
+from worker.store.schema import batch_metrics, batch_runs, column_drift, daily_accuracy, window_metrics
+
+TRIGGERS = ("schedule", "adhoc", "file")
+FINISHED = ("succeeded", "failed")
+UNFINISHED = ("running", "retrying")
+MONITOR_STATUSES = ("ok", "no_reference", "waiting", "failed")
+HOUR_WINDOW_MINUTES = 60
+RECENT = timedelta(hours=1)
+MISSED_SLOTS_LOOKBACK = timedelta(days=1)
+
+
+def scrape_engine(url: str, timeout_seconds: float) -> Engine:
+    """An engine whose connect and every statement give up after `timeout_seconds`."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return create_engine(url, connect_args={"timeout": timeout_seconds})
+    millis = max(1, int(timeout_seconds * 1000))
+    return create_engine(
+        url,
+        pool_size=1,
+        max_overflow=1,
+        pool_pre_ping=True,
+        pool_recycle=600,
+        connect_args={
+            "connect_timeout": max(1, round(timeout_seconds)),
+            "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
+            "application_name": "taxi-exporter",
+        },
+    )
+
+
+@dataclass
+class BatchState:
+    """The schedule's health: when batches last succeeded or failed, and what is in flight."""
+
+    last_success: dict[str, datetime] = field(default_factory=dict)  # by trigger
+    last_slot: datetime | None = None  # the newest beat slot whose batch succeeded
+    last_failure: dict[str, datetime] = field(default_factory=dict)
+    last_rows: dict[str, int] = field(default_factory=dict)  # of the newest succeeded batch, by trigger
+    last_duration_seconds: dict[str, float] = field(default_factory=dict)
+    finished_last_hour: dict[tuple[str, str], int] = field(default_factory=dict)  # (status, trigger)
+    rows_last_hour: dict[str, int] = field(default_factory=dict)  # by trigger
+    unfinished: dict[str, int] = field(default_factory=dict)  # running, retrying
+    missed_slots_last_day: int = 0
+
+
+@dataclass
+class ColumnDrift:
+    column: str
+    method: str
+    score: float | None
+    threshold: float
+    drifted: bool
+
+
+@dataclass
+class DriftState:
+    """Drift of the newest monitored batch, how many batches drifted lately, the newest hour window."""
+
+    monitored_last_hour: dict[str, int] = field(default_factory=dict)  # by monitor_status
+    drifted_last_hour: int = 0
+    last_batch_monitored_at: datetime | None = None
+    last_batch_dataset_drift: bool | None = None
+    last_batch_drifted_columns: int | None = None
+    last_batch_columns_checked: int | None = None
+    last_batch_columns: list[ColumnDrift] = field(default_factory=list)
+    hour_window_end: datetime | None = None  # UTC
+    hour_window_dataset_drift: bool | None = None
+    hour_window_drifted_columns: int | None = None
+
+
+@dataclass
+class VersionAccuracy:
+    """One model version's live accuracy on its newest Chicago day, beside what it promised."""
+
+    model_version: str
+    day: date
+    outcomes: int
+    mae_minutes: float
+    heldout_mae_minutes: float | None
+    baseline_mae_minutes: float | None
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands timestamps back naive; they were stored as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def chicago_to_utc(value: datetime) -> datetime:
+    """A naive Chicago-local time (rides, windows) as an aware UTC time."""
+    return value.replace(tzinfo=CHICAGO).astimezone(UTC)
+
+
+def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> BatchState:
+    state = BatchState()
+    since = now - RECENT
+    c = batch_runs.c
+    with engine.connect() as conn:
+        for status, target in (("succeeded", state.last_success), ("failed", state.last_failure)):
+            rows = conn.execute(
+                select(c.trigger, func.max(c.finished_at))
+                .where(c.status == status, c.finished_at.is_not(None))
+                .group_by(c.trigger)
+            )
+            target.update({trigger: as_utc(at) for trigger, at in rows if at is not None})
+        last_slot = conn.execute(
+            select(func.max(c.slot)).where(c.status == "succeeded", c.slot.is_not(None))
+        ).scalar_one()
+        state.last_slot = as_utc(last_slot) if last_slot is not None else None
+        newest = (
+            select(c.trigger, func.max(c.finished_at).label("finished_at"))
+            .where(c.status == "succeeded")
+            .group_by(c.trigger)
+            .subquery()
+        )
+        for trigger, rows_written, started_at, finished_at in conn.execute(
+            select(c.trigger, c.rows_written, c.started_at, c.finished_at).join(
+                newest, (c.trigger == newest.c.trigger) & (c.finished_at == newest.c.finished_at)
+            )
+        ):
+            state.last_rows[trigger] = rows_written
+            state.last_duration_seconds[trigger] = max(0.0, (as_utc(finished_at) - as_utc(started_at)).total_seconds())
+        for status, trigger, count, rows in conn.execute(
+            select(c.status, c.trigger, func.count(), func.coalesce(func.sum(c.rows_written), 0))
+            .where(c.finished_at >= since, c.status.in_(FINISHED))
+            .group_by(c.status, c.trigger)
+        ):
+            state.finished_last_hour[(status, trigger)] = count
+            if status == "succeeded":
+                state.rows_last_hour[trigger] = state.rows_last_hour.get(trigger, 0) + int(rows)
+        state.unfinished.update(
+            conn.execute(select(c.status, func.count()).where(c.status.in_(UNFINISHED)).group_by(c.status)).all()
+        )
+    # A slot still waiting in the queue is not missed yet: leave the current and the previous slot out.
+    current_slot = math.floor(now.timestamp() / interval_seconds) * interval_seconds
+    until = datetime.fromtimestamp(current_slot - interval_seconds, UTC)
+    state.missed_slots_last_day = len(missed_slots(engine, interval_seconds, now - MISSED_SLOTS_LOOKBACK, until))
+    return state
+
+
+def read_drift(engine: Engine, now: datetime) -> DriftState:
+    state = DriftState()
+    m = batch_metrics.c
+    with engine.connect() as conn:
+        state.monitored_last_hour.update(
+            conn.execute(
+                select(m.monitor_status, func.count()).where(m.monitored_at >= now - RECENT).group_by(m.monitor_status)
+            ).all()
+        )
+        state.drifted_last_hour = conn.execute(
+            select(func.count()).where(
+                m.monitored_at >= now - RECENT, m.monitor_status == "ok", m.dataset_drift.is_(True)
+            )
+        ).scalar_one()
+        last = conn.execute(
+            select(m.batch_id, m.monitored_at, m.dataset_drift, m.drifted_columns, m.columns_checked)
+            .where(m.monitor_status == "ok", m.dataset_drift.is_not(None))
+            .order_by(m.monitored_at.desc(), m.batch_id.desc())
+            .limit(1)
+        ).first()
+        if last is not None:
+            state.last_batch_monitored_at = as_utc(last.monitored_at)
+            state.last_batch_dataset_drift = bool(last.dataset_drift)
+            state.last_batch_drifted_columns = last.drifted_columns
+            state.last_batch_columns_checked = last.columns_checked
+            d = column_drift.c
+            state.last_batch_columns = [
+                ColumnDrift(row.column_name, row.method, row.score, row.threshold, bool(row.drifted))
+                for row in conn.execute(
+                    select(d.column_name, d.method, d.score, d.threshold, d.drifted)
+                    .where(d.batch_id == last.batch_id)
+                    .order_by(d.column_name)
+                )
+            ]
+        # The newest hour that has ended: the monitor recomputes the current hour after each batch,
+        # and a window of a few batches is as noisy as a single batch.
+        w = window_metrics.c
+        now_local = now.astimezone(CHICAGO).replace(tzinfo=None)
+        newest_end = conn.execute(
+            select(func.max(w.window_end)).where(w.window_minutes == HOUR_WINDOW_MINUTES, w.window_end <= now_local)
+        ).scalar_one()
+        if newest_end is not None:
+            rows = conn.execute(
+                select(w.dataset_drift, w.drifted_columns).where(
+                    w.window_minutes == HOUR_WINDOW_MINUTES, w.window_end == newest_end
+                )
+            ).all()
+            state.hour_window_end = chicago_to_utc(newest_end)
+            flags = [bool(r.dataset_drift) for r in rows if r.dataset_drift is not None]
+            state.hour_window_dataset_drift = any(flags) if flags else None
+            counts = [r.drifted_columns for r in rows if r.drifted_columns is not None]
+            state.hour_window_drifted_columns = max(counts) if counts else None
+    return state
+
+
+def read_accuracy(engine: Engine, now: datetime) -> list[VersionAccuracy]:
+    """Each version's newest day of live accuracy, for versions that had outcomes today or yesterday (Chicago)."""
+    today = now.astimezone(CHICAGO).date()
+    a = daily_accuracy.c
+    newest = (
+        select(a.model_version, func.max(a.day).label("day"))
+        .where(a.day >= today - timedelta(days=1))
+        .group_by(a.model_version)
+        .subquery()
+    )
+    query = (
+        select(a.model_version, a.day, a.outcomes, a.mae, a.heldout_mae, a.baseline_mae)
+        .join(newest, (a.model_version == newest.c.model_version) & (a.day == newest.c.day))
+        .order_by(a.model_version)
+    )
+    with engine.connect() as conn:
+        return [
+            VersionAccuracy(row.model_version, row.day, row.outcomes, row.mae, row.heldout_mae, row.baseline_mae)
+            for row in conn.execute(query)
+        ]
