@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # Not IntegrityError, DataError or ProgrammingError: those fail the same way every time.
 TRANSIENT = (OperationalError, InterfaceError, ModelUnavailable, ConnectionError)
 MAX_BATCH_ID = 120  # batch_runs.batch_id is VARCHAR(120)
+# The tasks that write a batch, whose retries and failures are recorded on it.
+BATCH_TASKS = frozenset({RUN_BATCH, "worker.tasks.predict_chunk", "worker.tasks.score_rides"})
 
 
 class PipelineTask(Task):
@@ -82,7 +84,7 @@ def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) ->
 def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: object) -> None:
     """A retry that outlived its message's expiry is revoked without on_failure: record it."""
     name = getattr(sender, "name", "") or ""
-    if request is None or not name.startswith("worker.tasks."):
+    if request is None or name not in BATCH_TASKS:
         return
     why = "expired before it could run again" if expired else "revoked"
     mark(name, getattr(request, "kwargs", None) or {}, request.id, "failed", f"TaskRevoked: {why}")
@@ -158,7 +160,7 @@ def run_batch(
         end = chicago_now().replace(microsecond=0)
         start = end - timedelta(seconds=settings.BATCH_INTERVAL_SECONDS)
     if rides is None and slot is not None:
-        rides = settings.RIDES_PER_BATCH or expected_rides(end, (end - start).total_seconds() / 60)
+        rides = settings.RIDES_PER_BATCH or expected_rides(start, (end - start).total_seconds() / 60)
     rides = check_count("rides", rides, settings.MAX_RIDES_PER_REQUEST)
     seed = seed if seed is not None else seed_for(batch_id)
 

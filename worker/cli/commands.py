@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     dispatch.add_argument("--rides", type=_positive_int, required=True)
     dispatch.add_argument("--seed", type=_seed, help="0 to 2**63-1; the same seed gives the same rides")
     dispatch.add_argument("--wait", action="store_true", help="show progress and the result")
-    dispatch.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
+    dispatch.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds --wait waits")
     _world_options(dispatch)
     dispatch.set_defaults(handler=cmd_dispatch)
 
@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rides", type=_positive_int, help="rides per slot (default: RIDES_PER_BATCH, else Chicago's volume)"
     )
     backfill.add_argument("--wait", action="store_true", help="wait for every slot and print a summary")
-    backfill.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits")
+    backfill.add_argument("--timeout", type=_positive_float, default=3600.0, help="seconds --wait waits")
     backfill.add_argument("--yes", action="store_true", help=f"allow more than {MAX_BACKFILL_SLOTS} slots")
     backfill.add_argument(
         "--max-queued", type=_positive_int, default=10, help="send only while fewer messages wait in the queue"
@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun = sub.add_parser("rerun", help="send a failed (or stuck) batch again, exactly as planned")
     rerun.add_argument("batch_id")
     rerun.add_argument("--wait", action="store_true")
-    rerun.add_argument("--timeout", type=float, default=600.0)
+    rerun.add_argument("--timeout", type=_positive_float, default=600.0)
     rerun.set_defaults(handler=cmd_rerun)
 
     prune = sub.add_parser("prune", help="delete batches older than DAYS with all their rows")
@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("path")
     score.add_argument("--skip-invalid", action="store_true", help="write the valid rows, report the rest")
     score.add_argument("--wait", action="store_true")
-    score.add_argument("--timeout", type=float, default=600.0)
+    score.add_argument("--timeout", type=_positive_float, default=600.0)
     score.set_defaults(handler=cmd_score)
 
     outcomes = sub.add_parser("outcomes", help="load real trip durations (trip_id, trip_seconds) for live accuracy")

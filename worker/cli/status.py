@@ -35,8 +35,12 @@ def missed_in_last_day(settings: Settings, engine: Engine) -> list[datetime]:
 
 def fill_command(missed: list[datetime], interval: float) -> str:
     """The backfill that fills `missed` (it skips the slots in between that were written)."""
+    from worker.cli.backfill import MAX_SLOTS
+
     end = missed[-1] + timedelta(seconds=interval)
-    return f"python -m worker backfill --from {missed[0].isoformat()} --to {end.isoformat()} --wait"
+    slots = round((end - missed[0]).total_seconds() / interval)
+    more = " --yes" if slots > MAX_SLOTS else ""
+    return f"python -m worker backfill --from {missed[0].isoformat()} --to {end.isoformat()} --wait{more}"
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:

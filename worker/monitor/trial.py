@@ -1,8 +1,8 @@
 """How well the monitor works, measured on simulated days of Chicago's real per-slot volumes.
 
 For each world (calibrated, and changed by the knobs), every 5-minute slot of the simulated days
-is generated exactly as a scheduled batch would be (same generator, seeds, windows and
-volumes), scored by the production version, and put through the very drift functions the
+is generated as a scheduled batch would be (same generator, windows and volumes; its own seeds),
+scored by the production version, and put through the very drift functions the
 monitor runs on real batches; clock hours are tested as the monitor's hour windows are. Live
 MAE is computed on the same rides against their true durations. No database or broker is
 involved: this measures the statistics, `tests/integration/test_monitoring.py` the plumbing.
@@ -64,7 +64,7 @@ def simulate(
             f"trial-{seed}-{k}",
             seed * 1_000_003 + k,
             0,
-            expected_rides(window_end, SLOT_MINUTES),
+            expected_rides(window_start, SLOT_MINUTES),
             Window(window_start, window_end),
             world,
         )
