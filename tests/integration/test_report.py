@@ -133,6 +133,12 @@ def test_the_report_of_real_batches_opens_offline_in_chromium_with_every_chart_d
             timeout=300,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+    # Slots count as missed only once beat was seen running on time. These were backfilled, so say
+    # that beat wrote the first one at its slot (what the backfill stands in for here).
+    stack.sql_exec(
+        "UPDATE batch_runs SET started_at = slot + interval '2 seconds' WHERE batch_id = :b",
+        b=f"schedule-{first.isoformat()}",
+    )
     for knobs in ([], ["--fare-factor", "1.25"]):
         sent = stack.cli("dispatch", "--rides", "2500", "--seed", "3", *knobs, "--wait")
         assert sent.returncode == 0, sent.stdout + sent.stderr
