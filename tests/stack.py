@@ -206,7 +206,8 @@ def make_stack(trained_model, tmp_path_factory) -> Iterator[Callable[..., Stack]
             redis.Redis(host=REDIS_HOST, db=db).set("ctb-test-claim", "1")  # keeps later stacks off; flushed at close
         local = tmp_path_factory.mktemp("stack")
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLOWER_"))},
+            # Not what this process inherited or MLflow set in it (set_registry_uri exports MLFLOW_REGISTRY_URI).
+            **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLOWER_", "MLFLOW_"))},
             "CELERY_BROKER_URL": f"redis://{REDIS_HOST}:6379/{dbs[0]}",
             "CELERY_RESULT_BACKEND": f"redis://{REDIS_HOST}:6379/{dbs[1]}",
             "DATABASE_URL": db_url,

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.support import free_port
 from worker.model.evaluation import evaluate_production
 from worker.model.registry import configure_mlflow, load_version
 from worker.model.training import ForestParams, train_and_register
@@ -228,3 +229,21 @@ def test_legacy_stage_uri_serves_the_version_in_that_stage(make_settings):
     assert ModelCache(legacy).current().version == first.version != second.version  # not the alias's version
     empty = make_settings(MODEL_NAME=settings.MODEL_NAME, MODEL_URI=f"models:/{settings.MODEL_NAME}/Staging")
     assert find_version(client, empty.model_uri) is None
+
+
+def test_pinned_version_loads_from_the_configured_registry_not_the_environments(trained_model, monkeypatch):
+    """A new pool process may get a pinned retry before it ever resolved the alias; its load must
+    still go to MLFLOW_TRACKING_URI from the settings, not to a registry URI the process inherited."""
+    from worker.model.registry import ModelCache
+
+    settings, result = trained_model
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", dead)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", None)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
+    assert mlflow.get_registry_uri() == dead  # what an unconfigured process would ask
+
+    loaded = ModelCache(settings).get(settings.MODEL_NAME, result.version)
+    assert (loaded.name, loaded.version) == (settings.MODEL_NAME, result.version)
+    assert mlflow.get_registry_uri() == settings.MLFLOW_TRACKING_URI

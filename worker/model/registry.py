@@ -213,6 +213,9 @@ class ModelCache:
                 self._models.move_to_end(key)
                 return cached
             started = time.perf_counter()
+            # A fresh pool process may be handed a pinned retry before it ever resolved the alias:
+            # point MLflow at the configured registry first, not at whatever the environment left.
+            self._registry()
             try:
                 model = load_version(name, version)
             except ModelRefused:
