@@ -27,7 +27,9 @@ from worker.store.schema import (
     window_metrics,
 )
 
-BATCH_ROW_COLUMNS = ("trip_id", *RIDE_COLUMNS, "predicted_duration", "model_name", "model_version")
+# What monitoring reads back (not trip_id: nothing downstream needs it, and building 100,000 UUID
+# objects took about 0.4 s per 100,000 rows, more than the drift tests).
+BATCH_ROW_COLUMNS = (*RIDE_COLUMNS, "predicted_duration", "model_name", "model_version")
 
 
 def _upsert(conn: Connection, table, values: dict[str, Any], keys: list[str]) -> None:
@@ -35,6 +37,12 @@ def _upsert(conn: Connection, table, values: dict[str, Any], keys: list[str]) ->
     statement = dialect.insert(table).values(**values)
     changes = {k: statement.excluded[k] for k in values if k not in keys}
     conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes))
+
+
+def _frame(result: Iterable, columns: list[str]) -> pd.DataFrame:
+    """Plain tuples: pandas probes each SQLAlchemy Row for namedtuple fields (a raised and caught
+    KeyError per row), which made reading a 100,000-row batch three times slower."""
+    return pd.DataFrame.from_records([tuple(row) for row in result], columns=columns)
 
 
 def batch_rows(engine: Engine, batch_id: str, known_at: datetime) -> pd.DataFrame:
@@ -49,7 +57,7 @@ def batch_rows(engine: Engine, batch_id: str, known_at: datetime) -> pd.DataFram
         .where(ride_predictions.c.batch_id == batch_id)
     )
     with engine.connect() as conn:
-        return pd.DataFrame(conn.execute(query).mappings().all(), columns=[*BATCH_ROW_COLUMNS, "actual_duration"])
+        return _frame(conn.execute(query), [*BATCH_ROW_COLUMNS, "actual_duration"])
 
 
 def window_rows(engine: Engine, start: datetime, end: datetime, model_version: str) -> tuple[pd.DataFrame, int]:
@@ -68,8 +76,8 @@ def window_rows(engine: Engine, start: datetime, end: datetime, model_version: s
             return pd.DataFrame(columns=list(BATCH_ROW_COLUMNS)), 0
         rows = conn.execute(
             select(*(ride_predictions.c[c] for c in BATCH_ROW_COLUMNS)).where(ride_predictions.c.batch_id.in_(ids))
-        ).mappings()
-        return pd.DataFrame(rows.all(), columns=list(BATCH_ROW_COLUMNS)), len(ids)
+        )
+        return _frame(rows, list(BATCH_ROW_COLUMNS)), len(ids)
 
 
 def save_batch_metrics(engine: Engine, values: dict[str, Any], drift: Iterable[dict[str, Any]] = ()) -> None:
