@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     MONITORING: bool = Field(
         True, description="Monitor each batch after its commit (drift, live accuracy); off only to measure its cost."
     )
+    MONITOR_SAMPLE_ROWS: int = Field(
+        20_000,
+        ge=2_000,
+        description="A batch with more rows is summarised and drift-tested on a uniform random sample of this many.",
+    )
     QUALITY_INTERVAL_SECONDS: float = Field(
         60.0, gt=0, description="How often beat asks for live accuracy from newly observed outcomes."
     )

@@ -350,7 +350,9 @@ def monitor_batch(self: Task, batch_id: str) -> dict:
         raise BadRequest(f"batch_id must be a batch id, got {batch_id!r}")
     engine = runtime.engine()
     try:
-        report = monitoring_batches.monitor_batch(engine, batch_id, runtime.reference, chicago_now())
+        report = monitoring_batches.monitor_batch(
+            engine, batch_id, runtime.reference, chicago_now(), sample_rows=get_settings().MONITOR_SAMPLE_ROWS
+        )
     except MONITOR_WAITS as exc:
         why = f"{type(exc).__name__}: {exc}"
         if self.request.retries >= self.max_retries:
@@ -390,7 +392,9 @@ def update_quality(self: Task) -> dict:
     recent = now - quality.LOOKBACK
     for batch_id in monitoring_store.unmonitored_batches(engine, recent, now - timedelta(minutes=2), limit=20):
         try:
-            monitoring_batches.monitor_batch(engine, batch_id, runtime.reference, chicago_now())
+            monitoring_batches.monitor_batch(
+                engine, batch_id, runtime.reference, chicago_now(), sample_rows=get_settings().MONITOR_SAMPLE_ROWS
+            )
         except Exception as exc:
             status = "waiting" if isinstance(exc, MONITOR_WAITS) else "failed"
             _monitor_failed(engine, batch_id, status, f"{type(exc).__name__}: {exc}")

@@ -72,6 +72,45 @@ def test_a_written_batch_gets_its_metrics_drift_and_outcomes(stack, trained_mode
     assert status["ok"] and status["last_batch"]["batch_id"] is not None
 
 
+def test_a_batch_above_the_sample_size_is_tested_on_a_random_sample_and_counted_whole(new_stack):
+    """MONITOR_SAMPLE_ROWS: the database draws the sample, so only it travels; the row count (which
+    live accuracy compares with the outcomes in) stays the batch's own."""
+    from sqlalchemy import create_engine
+
+    from worker.rides.generator import chicago_now
+    from worker.store.monitoring import batch_row_count, batch_rows
+
+    stack = new_stack(MONITOR_SAMPLE_ROWS="2000")
+    stack.start_worker("sampled", concurrency=1)
+    sent = stack.cli("dispatch", "--rides", "5000", "--seed", "12", "--wait")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    batch_id = _batch_of(sent)
+    metrics = wait_until("the batch's metrics", lambda: _metrics(stack, batch_id), 60)
+    assert metrics.monitor_status == "ok", metrics.monitor_error
+    assert metrics.rows == 5000 and metrics.columns_checked == 6
+    predicted = stack.sql("SELECT avg(predicted_duration) FROM ride_predictions WHERE batch_id = :b", b=batch_id)[0][0]
+    assert metrics.prediction_mean == pytest.approx(predicted, rel=0.05)  # a sample's mean, close to the batch's
+    assert metrics.prediction_mean != pytest.approx(predicted, rel=1e-9)  # but not every row's
+
+    engine = create_engine(stack.db_url)
+    try:
+        known = chicago_now()
+        first, second = (
+            batch_rows(engine, batch_id, known, sample=2000),
+            batch_rows(engine, batch_id, known, sample=2000),
+        )
+        assert len(first) == len(second) == 2000
+        assert len(batch_rows(engine, batch_id, known, sample=9000)) == batch_row_count(engine, batch_id) == 5000
+        key = ["trip_start_timestamp", "fare", "predicted_duration"]
+
+        def ordered(frame):
+            return frame[key].sort_values(key).reset_index(drop=True)
+
+        assert not ordered(first).equals(ordered(second))  # drawn at random each time, not the first 2,000
+    finally:
+        engine.dispose()
+
+
 def _backfill(stack, slots: int, *extra: str, end_hours_ago: float = 3) -> list[str]:
     """Backfill `slots` past 5-minute slots ending `end_hours_ago` ago: their outcomes are all observed."""
     end = datetime.fromtimestamp(math.floor(datetime.now(UTC).timestamp() / 300) * 300, UTC) - timedelta(

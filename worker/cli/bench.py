@@ -83,7 +83,9 @@ def monitor_cost(settings: Settings, rides: int, repeat: int) -> dict:
                 engine, model, batch_id=batch_id, chunk_index=0, rides=rides, seed=attempt, window=recent_window(5)
             )
             started = time.perf_counter()
-            report = monitor_batch(engine, batch_id, runtime.reference, chicago_now())
+            report = monitor_batch(
+                engine, batch_id, runtime.reference, chicago_now(), sample_rows=settings.MONITOR_SAMPLE_ROWS
+            )
             if attempt:
                 times.append(time.perf_counter() - started)
             assert report.status == "ok", report

@@ -45,8 +45,9 @@ def _frame(result: Iterable, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame.from_records([tuple(row) for row in result], columns=columns)
 
 
-def batch_rows(engine: Engine, batch_id: str, known_at: datetime) -> pd.DataFrame:
-    """The batch's predictions, with the true duration of those whose outcome was observed by `known_at`."""
+def batch_rows(engine: Engine, batch_id: str, known_at: datetime, sample: int | None = None) -> pd.DataFrame:
+    """The batch's predictions, with the true duration of those whose outcome was observed by `known_at`;
+    with `sample`, at most that many, drawn at random (the database picks them, so only they travel)."""
     outcome = select(ride_outcomes.c.trip_id, ride_outcomes.c.actual_duration).where(
         ride_outcomes.c.observed_at <= known_at
     )
@@ -56,8 +57,17 @@ def batch_rows(engine: Engine, batch_id: str, known_at: datetime) -> pd.DataFram
         .select_from(ride_predictions.outerjoin(outcome, outcome.c.trip_id == ride_predictions.c.trip_id))
         .where(ride_predictions.c.batch_id == batch_id)
     )
+    if sample is not None:
+        query = query.order_by(func.random()).limit(sample)
     with engine.connect() as conn:
         return _frame(conn.execute(query), [*BATCH_ROW_COLUMNS, "actual_duration"])
+
+
+def batch_row_count(engine: Engine, batch_id: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(func.count()).select_from(ride_predictions).where(ride_predictions.c.batch_id == batch_id)
+        ).scalar_one()
 
 
 def window_rows(engine: Engine, start: datetime, end: datetime, model_version: str) -> tuple[pd.DataFrame, int]:
