@@ -86,6 +86,14 @@ def project(request: pytest.FixtureRequest) -> Iterator[Project]:
         # Required by the file even with the monitoring profile off (Flower's scrape user, Grafana).
         "FLOWER_METRICS_PASSWORD": secrets.token_hex(16),
         "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),
+        # Least privilege (README "Security"): the database roles taxi_app and mlflow, MLflow's
+        # admin (registry-users), its reader (worker, beat, flower) and trainer (init).
+        "POSTGRES_APP_PASSWORD": secrets.token_hex(16),
+        "POSTGRES_MLFLOW_PASSWORD": secrets.token_hex(16),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_hex(16),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        "MLFLOW_READER_PASSWORD": secrets.token_hex(16),
+        "MLFLOW_TRAINER_PASSWORD": secrets.token_hex(16),
         **SETTINGS,
     }
     env_file = root / "test.env"

@@ -203,6 +203,7 @@ class Project:
             password=self.settings["POSTGRES_PASSWORD"],
             dbname=self.settings["POSTGRES_DB"],
             connect_timeout=5,
+            options="-c search_path=predictions",  # the application's schema (deploy/postgres-init)
         )
 
     def sql(self, query: str, *params: Any, seconds: float = 60) -> list[tuple]:
@@ -309,10 +310,16 @@ class Project:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
 
+    @property
+    def mlflow_reader(self) -> str:
+        """user:password of the read-only MLflow user the workers use (anonymous requests get 401)."""
+        return f"{self.settings.get('MLFLOW_READER_USERNAME', 'taxi-reader')}:{self.settings['MLFLOW_READER_PASSWORD']}"
+
     def production_version(self) -> str:
         name = "chicago-taxi-duration"
         status, body = self.http(
-            f"http://127.0.0.1:{self.mlflow_port}/api/2.0/mlflow/registered-models/alias?name={name}&alias=production"
+            f"http://127.0.0.1:{self.mlflow_port}/api/2.0/mlflow/registered-models/alias?name={name}&alias=production",
+            auth=self.mlflow_reader,
         )
         assert status == 200, body
         return json.loads(body)["model_version"]["version"]

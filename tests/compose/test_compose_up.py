@@ -21,6 +21,8 @@ FAN_OUT_RIDES = 400_000  # 8 chunks of 50,000: long enough to catch a COPY in fl
 HEALTHY_SECONDS = 240.0
 APP_SERVICES = ("mlflow", "worker", "beat", "flower")
 SERVICES_UP = ("redis", "postgres", "mlflow", "worker", "beat", "flower")
+# The volumes of the default profile (monitoring's are made only with --profile monitoring).
+VOLUMES = ("redis-data", "postgres-data", "mlflow-artifacts", "mlflow-auth", "beat-schedule")
 
 pytestmark = pytest.mark.compose
 
@@ -75,7 +77,10 @@ def test_flower_and_mlflow_answer_on_loopback(project: Project) -> None:
     assert "worker.tasks.run_batch" in names
 
     mlflow = f"http://127.0.0.1:{project.mlflow_port}"
-    status, body = project.http(f"{mlflow}/api/2.0/mlflow/registered-models/get?name={MODEL}")
+    registered_model = f"{mlflow}/api/2.0/mlflow/registered-models/get?name={MODEL}"
+    status, _ = project.http(registered_model)
+    assert status == 401  # MLflow's basic auth: nobody anonymous
+    status, body = project.http(registered_model, auth=project.mlflow_reader)
     assert status == 200, body
     registered = json.loads(body)["registered_model"]
     assert registered["name"] == MODEL
@@ -336,7 +341,8 @@ def test_down_then_up_keeps_predictions_history_registry_and_artifacts(project: 
     project.compose("down", timeout=600)
     assert project.containers(every=True) == []
     volumes = podman("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project.name}").stdout
-    assert len(volumes.split()) == 4, volumes
+    kept = {f"{project.name}_{volume}" for volume in VOLUMES}
+    assert set(volumes.split()) == kept, volumes
 
     up_at = time.time()
     started = time.monotonic()
@@ -352,7 +358,8 @@ def test_down_then_up_keeps_predictions_history_registry_and_artifacts(project: 
     assert set(artifacts_before) <= set(project.exec("mlflow", "find", "/mlartifacts", "-type", "f").split())
     assert project.production_version() == version
     status, body = project.http(
-        f"http://127.0.0.1:{project.mlflow_port}/api/2.0/mlflow/model-versions/search?filter=name%3D%27{MODEL}%27"
+        f"http://127.0.0.1:{project.mlflow_port}/api/2.0/mlflow/model-versions/search?filter=name%3D%27{MODEL}%27",
+        auth=project.mlflow_reader,
     )
     assert status == 200 and len(json.loads(body)["model_versions"]) == 1, body  # init trained nothing new
 
