@@ -64,13 +64,12 @@ def names() -> dict[str, str]:
     return {"MODEL_NAME": unique_model_name("auth"), "MLFLOW_EXPERIMENT": unique_model_name("auth-experiment")}
 
 
-@pytest.fixture(scope="module")
-def provisioned(auth_server: MlflowServer, names: dict[str, str], tmp_path_factory) -> subprocess.CompletedProcess:
+def run_registry_users(auth_server: MlflowServer, names: dict[str, str], home: Path) -> subprocess.CompletedProcess:
     """`python -m worker registry-users`, as the compose stack's one-shot service runs it."""
     env = {
         "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path_factory.mktemp("home")),
-        "LOCAL_DIR": str(tmp_path_factory.mktemp("users-local")),
+        "HOME": str(home),
+        "LOCAL_DIR": str(home / "local"),
         "MLFLOW_TRACKING_URI": auth_server.uri,
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "MLFLOW_READER_PASSWORD": READER_PASSWORD,
@@ -87,6 +86,11 @@ def provisioned(auth_server: MlflowServer, names: dict[str, str], tmp_path_facto
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done
+
+
+@pytest.fixture(scope="module")
+def provisioned(auth_server: MlflowServer, names: dict[str, str], tmp_path_factory) -> subprocess.CompletedProcess:
+    return run_registry_users(auth_server, names, tmp_path_factory.mktemp("home"))
 
 
 def settings_for(server: MlflowServer, names: dict[str, str], tmp_path: Path, user: str = "", password: str = ""):
@@ -131,6 +135,35 @@ def test_registry_users_creates_both_users_and_is_idempotent(auth_server, names,
     get_model = f"{auth_server.uri}/api/2.0/mlflow/registered-models/get?name={names['MODEL_NAME']}"
     assert http_status(get_model, "admin", "wrong-password-123") == 401
     assert http_status(get_model, "admin", ADMIN_PASSWORD) == 200
+
+
+def test_registry_users_runs_again_and_puts_a_changed_grant_back(auth_server, names, provisioned, tmp_path):
+    """Every `docker compose up` runs the one-shot again (and a password rotation does on purpose):
+    a second run succeeds, and a grant someone changed in between is set back to the configured one."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"starlette\.middleware\.wsgi is deprecated")
+        from mlflow.server.auth.client import AuthServiceClient
+
+    from worker.cli.registry_access import admin_credentials
+
+    admin = Settings(MLFLOW_TRACKING_URI=auth_server.uri, MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    with admin_credentials(admin):
+        auth = AuthServiceClient(auth_server.uri)
+        auth.revoke_user_permission("taxi-reader", "registered_model", names["MODEL_NAME"])
+        auth.grant_user_permission("taxi-reader", "registered_model", names["MODEL_NAME"], "MANAGE")
+
+    again = run_registry_users(auth_server, names, tmp_path)
+    assert "user taxi-reader exists; password set to the configured one" in again.stdout
+    assert f"taxi-reader: READ on experiment {names['MLFLOW_EXPERIMENT']}" in again.stdout
+    with admin_credentials(admin):
+        held = AuthServiceClient(auth_server.uri).get_user_permission(
+            "taxi-reader", "registered_model", names["MODEL_NAME"]
+        )
+    assert held.permission == "READ"
+    get_model = f"{auth_server.uri}/api/2.0/mlflow/registered-models/get?name={names['MODEL_NAME']}"
+    assert http_status(get_model, "taxi-reader", READER_PASSWORD) == 200
 
 
 def test_anonymous_requests_get_401(auth_server, names, provisioned):

@@ -108,9 +108,32 @@ def provision_registry_access(settings: Settings) -> list[str]:
             done.append(f"created registered model {settings.MODEL_NAME}")
 
         for username, permission in ((settings.MLFLOW_READER_USERNAME, READ), (settings.MLFLOW_TRAINER_USERNAME, EDIT)):
-            auth.grant_user_permission(username, "experiment", experiment_id, permission)
-            auth.grant_user_permission(username, "registered_model", settings.MODEL_NAME, permission)
+            for resource_type, resource_id in (
+                ("experiment", experiment_id),
+                ("registered_model", settings.MODEL_NAME),
+            ):
+                _grant(auth, username, resource_type, resource_id, permission)
             done.append(
                 f"{username}: {permission} on experiment {settings.MLFLOW_EXPERIMENT} and model {settings.MODEL_NAME}"
             )
     return done
+
+
+def _grant(auth, username: str, resource_type: str, resource_id: str, permission: str) -> None:
+    """Grant, or set an existing grant to `permission`: the command runs again on every `docker
+    compose up` and after each password rotation, and MLflow refuses a second grant outright."""
+    from mlflow.exceptions import RestException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    try:
+        auth.grant_user_permission(username, resource_type, resource_id, permission)
+        return
+    except RestException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    held = auth.get_user_permission(username, resource_type, resource_id).permission
+    if held == permission:
+        return
+    # MLflow's auth client has no update for a user's grant: take the old one back, give the right one.
+    auth.revoke_user_permission(username, resource_type, resource_id)
+    auth.grant_user_permission(username, resource_type, resource_id, permission)
