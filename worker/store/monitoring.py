@@ -48,17 +48,17 @@ def _frame(result: Iterable, columns: list[str]) -> pd.DataFrame:
 def batch_rows(engine: Engine, batch_id: str, known_at: datetime, sample: int | None = None) -> pd.DataFrame:
     """The batch's predictions, with the true duration of those whose outcome was observed by `known_at`;
     with `sample`, at most that many, drawn at random (the database picks them, so only they travel)."""
-    outcome = select(ride_outcomes.c.trip_id, ride_outcomes.c.actual_duration).where(
-        ride_outcomes.c.observed_at <= known_at
-    )
-    outcome = outcome.subquery()
-    query = (
-        select(*(ride_predictions.c[c] for c in BATCH_ROW_COLUMNS), outcome.c.actual_duration)
-        .select_from(ride_predictions.outerjoin(outcome, outcome.c.trip_id == ride_predictions.c.trip_id))
-        .where(ride_predictions.c.batch_id == batch_id)
+    # Sample first, then look up only the sampled rides' outcomes (by primary key).
+    chosen = select(ride_predictions.c.trip_id, *(ride_predictions.c[c] for c in BATCH_ROW_COLUMNS)).where(
+        ride_predictions.c.batch_id == batch_id
     )
     if sample is not None:
-        query = query.order_by(func.random()).limit(sample)
+        chosen = chosen.order_by(func.random()).limit(sample)
+    chosen = chosen.subquery()
+    observed = and_(ride_outcomes.c.trip_id == chosen.c.trip_id, ride_outcomes.c.observed_at <= known_at)
+    query = select(*(chosen.c[c] for c in BATCH_ROW_COLUMNS), ride_outcomes.c.actual_duration).select_from(
+        chosen.outerjoin(ride_outcomes, observed)
+    )
     with engine.connect() as conn:
         return _frame(conn.execute(query), [*BATCH_ROW_COLUMNS, "actual_duration"])
 
