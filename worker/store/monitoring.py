@@ -27,8 +27,8 @@ from worker.store.schema import (
     window_metrics,
 )
 
-# What monitoring reads back (not trip_id: nothing downstream needs it, and building 100,000 UUID
-# objects took about 0.4 s per 100,000 rows, more than the drift tests).
+# What monitoring reads back (not trip_id: nothing downstream needs it, and building a UUID object
+# per row took about 0.4 s per 100,000 rows, more than the drift tests).
 BATCH_ROW_COLUMNS = (*RIDE_COLUMNS, "predicted_duration", "model_name", "model_version")
 
 
@@ -41,7 +41,7 @@ def _upsert(conn: Connection, table, values: dict[str, Any], keys: list[str]) ->
 
 def _frame(result: Iterable, columns: list[str]) -> pd.DataFrame:
     """Plain tuples: pandas probes each SQLAlchemy Row for namedtuple fields (a raised and caught
-    KeyError per row), which made reading a 100,000-row batch three times slower."""
+    KeyError per row), which made reading a 100,000-row batch about three times slower."""
     return pd.DataFrame.from_records([tuple(row) for row in result], columns=columns)
 
 
