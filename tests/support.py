@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
@@ -108,3 +111,14 @@ def stop_process_group(process: subprocess.Popen, grace_seconds: float = 15.0) -
             time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+def required_tool(name: str, package: str = "prometheus prometheus-alertmanager") -> str:
+    """The tool's path. Missing: a failure under CI (.ci/run installs it), else a skip that says how to get it."""
+    found = shutil.which(name)
+    if found is None:
+        hint = f"{name} missing: apt-get install --no-install-recommends {package} (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    return found

@@ -46,7 +46,7 @@ from sqlalchemy import create_engine, text
 
 from tests.grafana import expand_sql, queries, substitute_variables
 from tests.stack import Stack, migrated_database
-from tests.support import REPO_ROOT, free_port, stop_process_group, wait_for_http, wait_until
+from tests.support import REPO_ROOT, free_port, required_tool, stop_process_group, wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -58,16 +58,6 @@ EXPORTER_TIMEOUT = 3.0
 FLOWER_USER, FLOWER_PASSWORD = "ops", "ops-secret"
 PROMETHEUS_PASSWORD = "scrape-secret"
 WORKER = "w1"
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        hint = f"{name} missing: apt-get install --no-install-recommends prometheus prometheus-alertmanager"
-        if os.environ.get("CI"):
-            pytest.fail(hint)
-        pytest.skip(hint)
-    return found
 
 
 def get_json(url: str, timeout: float = 10) -> Any:
@@ -228,8 +218,8 @@ def alertmanager_config(webhook: Webhook) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def monitored(make_stack) -> Iterator[Monitored]:
-    promtool_dir = Path(tool("prometheus")).parent
-    alertmanager = tool("prometheus-alertmanager")
+    promtool_dir = Path(required_tool("prometheus")).parent
+    alertmanager = required_tool("prometheus-alertmanager")
     root = Path(tempfile.mkdtemp(prefix="ctb-monitoring-"))
     webhook = Webhook()
     with migrated_database() as db_url:
@@ -359,7 +349,7 @@ def test_the_exporters_output_passes_promtool_check_metrics(monitored: Monitored
     families = {family.name for family in text_string_to_metric_families(body)}
     assert {"taxi_batch_last_success_timestamp_seconds", "taxi_worker_up", "taxi_exporter_errors"} <= families
     checked = subprocess.run(
-        [tool("promtool"), "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+        [required_tool("promtool"), "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     readme = (REPO_ROOT / "README.md").read_text()

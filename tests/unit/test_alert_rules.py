@@ -10,7 +10,6 @@ never fires, one that always does) must make `promtool test rules` fail.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, required_tool
 from worker.settings import Settings
 
 PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
@@ -28,16 +27,6 @@ CONFIG = PROMETHEUS / "prometheus.yml"
 RULES = PROMETHEUS / "rules" / "taxi-alerts.yml"
 RULE_TESTS = PROMETHEUS / "tests" / "taxi-alerts.test.yml"
 ALERTMANAGER = REPO_ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        hint = f"{name} missing: apt-get install --no-install-recommends prometheus prometheus-alertmanager"
-        if os.environ.get("CI"):
-            pytest.fail(hint)
-        pytest.skip(hint)
-    return found
 
 
 def run(*command: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -53,18 +42,18 @@ def alert_names() -> list[str]:
 
 
 def test_promtool_accepts_the_config_with_its_rules():
-    result = run(tool("promtool"), "check", "config", str(CONFIG))
+    result = run(required_tool("promtool"), "check", "config", str(CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout  # the rules/ glob reached the file
 
 
 def test_promtool_accepts_the_rules():
-    result = run(tool("promtool"), "check", "rules", str(RULES))
+    result = run(required_tool("promtool"), "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_rule_unit_tests_pass():
-    result = run(tool("promtool"), "test", "rules", str(RULE_TESTS))
+    result = run(required_tool("promtool"), "test", "rules", str(RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -110,7 +99,7 @@ def _outcomes(stdout: str) -> dict[str, bool]:
 def test_the_rule_tests_catch_a_broken_alert(tmp_path, kind, expr):
     """For every alert, a mutant rule that never (or always) fires must make its tests fail."""
     files = {alert: _mutant(tmp_path / alert, alert, expr) for alert in alert_names()}
-    result = run(tool("promtool"), "test", "rules", *map(str, files.values()))
+    result = run(required_tool("promtool"), "test", "rules", *map(str, files.values()))
     verdicts = _outcomes(result.stdout)
     assert set(verdicts) == {str(path) for path in files.values()}, result.stdout
     passed = sorted(alert for alert, path in files.items() if verdicts[str(path)])
@@ -147,7 +136,7 @@ def test_every_alert_has_a_severity_a_summary_and_is_in_the_readme():
 
 
 def test_amtool_accepts_the_alertmanager_config():
-    result = run(tool("amtool"), "check-config", str(ALERTMANAGER))
+    result = run(required_tool("amtool"), "check-config", str(ALERTMANAGER))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -155,7 +144,7 @@ def test_amtool_accepts_the_alertmanager_config():
 def test_every_alert_routes_to_the_documented_receiver(severity):
     for alert in alert_names():
         result = run(
-            tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}", f"alertname={alert}",
+            required_tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}", f"alertname={alert}",
             f"severity={severity}",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 
@@ -31,7 +30,7 @@ from tests.grafana import (
     queries,
     substitute_variables,
 )
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, required_tool
 
 GRID_WIDTH = 24
 # Columns holding naive Chicago-local times (schema comments): never compared or drawn without a zone.
@@ -147,11 +146,7 @@ def test_chicago_local_columns_are_converted_explicitly(query):
 
 def test_every_promql_expression_parses(tmp_path):
     """promtool parses each expression as a recording rule (after Grafana's variables are substituted)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing (see .ci/run)")
-        pytest.skip("promtool missing: apt-get install --no-install-recommends prometheus")
+    promtool = required_tool("promtool", "prometheus")
     found = queries("promql")
     assert found
     rules = [

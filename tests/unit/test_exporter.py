@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, insert
 
-from tests.support import REPO_ROOT, free_port, stop_process_group, wait_until
+from tests.support import REPO_ROOT, free_port, required_tool, stop_process_group, wait_until
 from worker.rides.generator import CHICAGO
 from worker.store.database import migrate
 from worker.store.schema import batch_metrics, batch_runs, column_drift, daily_accuracy, window_metrics
@@ -265,11 +264,7 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
 
 
 def test_exporter_output_passes_promtool_check_metrics(database, tmp_path):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: apt-get install --no-install-recommends prometheus (see .ci/run)")
-        pytest.skip("promtool missing: apt-get install --no-install-recommends prometheus")
+    promtool = required_tool("promtool", "prometheus")
     fill(database, datetime.now(UTC))
     with exporter(
         {"DATABASE_URL": database, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{dead_port()}"}, tmp_path
