@@ -35,6 +35,16 @@ SMALL_RIDES = 20_000
 SMALL_FOREST = {"n_estimators": 10, "max_depth": 10, "min_samples_leaf": 10}
 
 
+def with_record(settings: Settings) -> Settings:
+    """Settings whose database (the embedded SQLite under LOCAL_DIR unless DATABASE_URL is set) has the
+    tables, so that training can put its alias moves on the record (model_events), as `init` would."""
+    if not settings.DATABASE_URL:
+        from worker.store.database import migrate
+
+        migrate(settings.database_url)
+    return settings
+
+
 @pytest.fixture(scope="session")
 def mlflow_server() -> Iterator[str]:
     """A real MLflow tracking server on a free 127.0.0.1 port; yields its tracking URI."""
@@ -96,7 +106,7 @@ def make_settings(mlflow_server: str, tmp_path: Path, request: pytest.FixtureReq
             "MODEL_URI": "",
             **overrides,
         }
-        return Settings(**values)
+        return with_record(Settings(**values))
 
     return factory
 
@@ -108,13 +118,16 @@ def trained_model(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) 
     Its MODEL_NAME has exactly one version (1) under MODEL_ALIAS; tests must not register
     or move the alias on this name (train on a make_settings() name of their own instead).
     """
-    from worker.model.training import ForestParams, train_and_register
+    from worker.lifecycle.training import train_and_register
+    from worker.model.training import ForestParams
 
-    settings = Settings(
-        MLFLOW_TRACKING_URI=mlflow_server,
-        LOCAL_DIR=tmp_path_factory.mktemp("trained-model"),
-        MODEL_NAME=unique_model_name("session-trained"),
-        MODEL_URI="",
+    settings = with_record(
+        Settings(
+            MLFLOW_TRACKING_URI=mlflow_server,
+            LOCAL_DIR=tmp_path_factory.mktemp("trained-model"),
+            MODEL_NAME=unique_model_name("session-trained"),
+            MODEL_URI="",
+        )
     )
     result = train_and_register(settings, rides=SMALL_RIDES, seed=7, params=ForestParams(**SMALL_FOREST))
     assert result.promoted, result.reason

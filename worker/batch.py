@@ -8,18 +8,21 @@ ledger in worker/store/writes.py keeps the second write out.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from worker.model.registry import LoadedModel
+from worker.model.registry import LoadedModel, Shadow
 from worker.rides.batch_rides import generated_chunk
-from worker.rides.generator import CALIBRATED, RIDE_COLUMNS, Window, World
+from worker.rides.generator import CALIBRATED, CHICAGO, RIDE_COLUMNS, Window, World
 from worker.store.writes import PREDICTION_COLUMNS, ChunkWrite, write_chunk
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,6 +32,8 @@ class ChunkResult:
     model_version: str
     rows: int
     timings: dict[str, float] = field(default_factory=dict)
+    shadow_version: str | None = None
+    shadow_error: str | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -40,6 +45,8 @@ class ChunkResult:
             "batch_finished": self.write.batch_finished,
             "model_name": self.model_name,
             "model_version": self.model_version,
+            "shadow_version": self.shadow_version,
+            "shadow_error": self.shadow_error,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
@@ -87,18 +94,53 @@ def prediction_frame(rides: pd.DataFrame, minutes: np.ndarray, model: LoadedMode
     return frame[list(PREDICTION_COLUMNS)]
 
 
+def known_at(observed_at: pd.Series, now: datetime | None = None) -> pd.Series:
+    """When the service could first know an outcome: the later of the trip's end (Chicago local,
+    as stored) and now, its arrival (a backfilled slot's outcomes are new to the service today)."""
+    ended = pd.to_datetime(observed_at).dt.tz_localize(
+        CHICAGO, ambiguous=np.ones(len(observed_at), dtype=bool), nonexistent="shift_forward"
+    )
+    arrived = pd.Timestamp(now or datetime.now(UTC)).tz_convert(UTC)
+    return ended.dt.tz_convert(UTC).where(ended > arrived, arrived)
+
+
 def outcome_frame(rides: pd.DataFrame) -> pd.DataFrame:
     """What actually happened to made-up rides: their true duration, known (observed) once the
     trip has ended, so that "what was known at time T" stays honest."""
     seconds = rides["trip_seconds"].to_numpy(dtype="int64")
+    observed = pd.to_datetime(rides["trip_start_timestamp"]) + pd.to_timedelta(seconds, unit="s")
     return pd.DataFrame(
         {
             "trip_id": rides["trip_id"].to_numpy(),
             "actual_duration": seconds / 60.0,
-            "observed_at": pd.to_datetime(rides["trip_start_timestamp"]) + pd.to_timedelta(seconds, unit="s"),
+            "observed_at": observed.to_numpy(),
             "source": "generated",
+            "known_at": known_at(pd.Series(observed)).to_numpy(),
         }
     )
+
+
+def shadow_frame(rides: pd.DataFrame, shadow: Shadow | None) -> tuple[pd.DataFrame | None, str | None, float]:
+    """The challenger's predictions of these rides, or why there are none. A challenger that cannot
+    load or predict never fails the batch: its error is returned to be recorded on the batch."""
+    if shadow is None:
+        return None, None, 0.0
+    if shadow.model is None:
+        return None, shadow.error or f"challenger v{shadow.version} unavailable", 0.0
+    started = time.perf_counter()
+    try:
+        minutes = predict_minutes(shadow.model, rides)
+    except Exception as exc:  # any failure of the challenger is the challenger's, never the batch's
+        log.warning("challenger v%s failed to predict: %s: %s", shadow.version, type(exc).__name__, exc)
+        return None, f"challenger v{shadow.version} failed to predict: {type(exc).__name__}: {exc}", 0.0
+    frame = pd.DataFrame(
+        {
+            "trip_id": rides["trip_id"].to_numpy(),
+            "model_version": shadow.version,
+            "predicted_duration": np.round(minutes, 3),
+        }
+    )
+    return frame, None, time.perf_counter() - started
 
 
 def predict_and_write(
@@ -109,10 +151,14 @@ def predict_and_write(
     rides: pd.DataFrame,
     timings: dict,
     ids_are_new: bool = False,
+    shadow: Shadow | None = None,
 ) -> ChunkResult:
     started = time.perf_counter()
     minutes = predict_minutes(model, rides)
     timings["predict"] = time.perf_counter() - started
+    shadowed, shadow_error, shadow_seconds = shadow_frame(rides, shadow)
+    if shadow is not None:
+        timings["shadow"] = shadow_seconds
     started = time.perf_counter()
     written = write_chunk(
         engine,
@@ -121,9 +167,19 @@ def predict_and_write(
         prediction_frame(rides, minutes, model, batch_id),
         ids_are_new,
         outcome_frame(rides) if "trip_seconds" in rides else None,
+        shadow=shadowed,
+        shadow_error=shadow_error,
     )
     timings["write"] = time.perf_counter() - started
-    return ChunkResult(written, model.name, model.version, len(rides), timings)
+    return ChunkResult(
+        written,
+        model.name,
+        model.version,
+        len(rides),
+        timings,
+        shadow_version=shadow.version if shadow else None,
+        shadow_error=shadow_error,
+    )
 
 
 def run_generated_chunk(
@@ -136,11 +192,12 @@ def run_generated_chunk(
     seed: int,
     window: Window,
     world: World = CALIBRATED,
+    shadow: Shadow | None = None,
 ) -> ChunkResult:
     started = time.perf_counter()
     frame = generated_chunk(batch_id, seed, chunk_index, rides, window, world)
     timings = {"generate": time.perf_counter() - started}
-    return predict_and_write(engine, model, batch_id, chunk_index, frame, timings, ids_are_new=True)
+    return predict_and_write(engine, model, batch_id, chunk_index, frame, timings, ids_are_new=True, shadow=shadow)
 
 
 def parse_window(start: str, end: str) -> Window:

@@ -12,15 +12,30 @@ import time
 import pandas as pd
 from sqlalchemy import Engine
 
+from worker.lifecycle import moves
 from worker.model.reference import ReferenceCache
-from worker.model.registry import LoadedModel, ModelCache, Resolved, configure_mlflow
-from worker.settings import get_settings
+from worker.model.registry import (
+    CHALLENGER_ALIAS,
+    LoadedModel,
+    ModelCache,
+    Resolved,
+    Shadow,
+    configure_mlflow,
+    parse_model_uri,
+)
+from worker.settings import get_settings, hide_passwords
 from worker.store import writes
 from worker.store.database import get_engine, reset_engines
 
 log = logging.getLogger(__name__)
 _model_cache: ModelCache | None = None
 _reference_cache: ReferenceCache | None = None
+# Where this process last saw each alias, so that only a change is taken to the record.
+_aliases_seen: dict[str, str | None] = {}
+# A challenger that could not be loaded is not asked for again for a while: every batch in between
+# records the same failure without paying the registry's timeouts again.
+_shadow_failures: dict[tuple[str, str], tuple[float, str]] = {}
+SHADOW_RETRY_SECONDS = 60.0
 
 
 def engine() -> Engine:
@@ -48,13 +63,68 @@ def model(name: str | None = None, version: str | None = None) -> LoadedModel:
 
 def pinned_model(engine: Engine, row: dict) -> tuple[dict, LoadedModel]:
     """The batch's pinned model: the version stored in its row, or the one MODEL_URI resolves to
-    now, pinned first (a parallel chunk or an earlier attempt may have pinned it already)."""
+    now, pinned first with the challenger of the same registry read (a parallel chunk or an
+    earlier attempt may have pinned them already)."""
     if not row.get("model_version"):
         resolved = resolve_model()
         if resolved.pinned_by == "fallback":
             log.warning("batch %s pinned to version %s without asking the registry", row["batch_id"], resolved.version)
-        row = writes.pin_model(engine, row["batch_id"], resolved.name, resolved.version, resolved.pinned_by)
+        else:
+            notice_aliases(engine, resolved)
+        challenger = resolved.challenger if resolved.challenger != resolved.version else None
+        row = writes.pin_model(
+            engine, row["batch_id"], resolved.name, resolved.version, resolved.pinned_by, challenger=challenger
+        )
     return row, model(row["model_name"], row["model_version"])
+
+
+def notice_aliases(engine: Engine, resolved: Resolved | None = None) -> None:
+    """Take a change of the aliases this process sees to the record, where a move the project did not
+    make becomes a `moved_outside` event (once, whichever process notices first). Never fails a batch."""
+    settings = get_settings()
+    try:
+        resolved = resolved or resolve_model()
+    except Exception as exc:  # the registry is down: nothing seen, nothing to compare
+        log.debug("aliases not checked: %s", exc)
+        return
+    if resolved.pinned_by == "fallback":
+        return
+    seen = {CHALLENGER_ALIAS: resolved.challenger}
+    name, kind, ref = parse_model_uri(settings.model_uri)
+    if kind == "alias" and name == settings.MODEL_NAME:
+        seen[ref] = resolved.version
+    for alias, version in seen.items():
+        if alias in _aliases_seen and _aliases_seen[alias] == version:
+            continue
+        try:
+            found = moves.observe(settings, engine, alias, version)
+        except Exception as exc:  # the database may be down; the next batch looks again
+            log.warning("could not compare @%s with the record: %s", alias, hide_passwords(str(exc), settings))
+            continue
+        _aliases_seen[alias] = version
+        if found is not None and found["action"] == "moved_outside":
+            log.warning("@%s moved outside the project: %s", alias, found["reason"])
+
+
+def shadow(name: str, challenger: str | None, production: str | None) -> Shadow | None:
+    """The batch's challenger, loaded once per process like production, or why it cannot score."""
+    if not challenger or challenger == production:
+        return None
+    key = (name, challenger)
+    failed = _shadow_failures.get(key)
+    if failed is not None and time.monotonic() - failed[0] < SHADOW_RETRY_SECONDS:
+        return Shadow(challenger, None, failed[1])
+    try:
+        loaded = _cache().get(name, challenger)
+    except Exception as exc:  # refused, gone or unreachable: the batch goes on without it
+        error = hide_passwords(
+            f"challenger v{challenger} could not be loaded: {type(exc).__name__}: {exc}", get_settings()
+        )
+        log.warning("%s", error)
+        _shadow_failures[key] = (time.monotonic(), error)
+        return Shadow(challenger, None, error)
+    _shadow_failures.pop(key, None)
+    return Shadow(challenger, loaded)
 
 
 def references() -> ReferenceCache:
@@ -79,3 +149,5 @@ def reset() -> None:
     reset_engines()
     _model_cache = None
     _reference_cache = None
+    _aliases_seen.clear()
+    _shadow_failures.clear()

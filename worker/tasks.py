@@ -201,6 +201,7 @@ def run_batch(
                 fare_factor=plan.world.fare_factor,
                 model_name=model.name,
                 model_version=model.version,
+                challenger_version=row.get("challenger_version"),
             )
             for i, n in enumerate(plan.sizes)
         ).apply_async()
@@ -231,6 +232,7 @@ def run_batch(
         seed=plan.seed,
         window=plan.window,
         world=plan.world,
+        shadow=runtime.shadow(model.name, row.get("challenger_version"), model.version),
     )
     after_write(result)
     if not result.write.duplicate:
@@ -256,9 +258,10 @@ def predict_chunk(
     fare_factor: float = 1.0,
     model_name: str | None = None,
     model_version: str | None = None,
+    challenger_version: str | None = None,
 ) -> dict:
     """One chunk of a large batch; written once, whoever runs it and however often, with the
-    version the batch was pinned to."""
+    version (and challenger) the batch was pinned to."""
     engine = runtime.engine()
     if model_name and model_version:
         model = runtime.model(model_name, model_version)
@@ -266,7 +269,8 @@ def predict_chunk(
         row = writes.get_batch(engine, batch_id)
         if row is None:
             raise BadRequest(f"batch {batch_id!r} is not recorded; predict_chunk belongs to a run_batch")
-        _, model = runtime.pinned_model(engine, row)
+        row, model = runtime.pinned_model(engine, row)
+        challenger_version = row.get("challenger_version")
     result = batch.run_generated_chunk(
         engine,
         model,
@@ -276,6 +280,7 @@ def predict_chunk(
         seed=seed,
         window=batch.parse_window(*window),
         world=check_world(speed_factor, fare_factor),
+        shadow=runtime.shadow(model.name, challenger_version, model.version),
     )
     after_write(result)
     return result.as_dict()
@@ -322,7 +327,8 @@ def score_rides(
     if missing_ids.any():
         generated = trip_ids(batch_id, chunk_index, len(valid))
         valid.loc[missing_ids, "trip_id"] = generated[missing_ids]
-    result = batch.predict_and_write(engine, model, batch_id, chunk_index, valid, {})
+    shadow = runtime.shadow(model.name, row.get("challenger_version"), model.version)
+    result = batch.predict_and_write(engine, model, batch_id, chunk_index, valid, {}, shadow=shadow)
     after_write(result)
     return summary(writes.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
 
@@ -400,7 +406,12 @@ def update_quality(self: Task) -> dict:
             _monitor_failed(engine, batch_id, status, f"{type(exc).__name__}: {exc}")
         swept += 1
     done = quality.update_quality(engine, chicago_now(), runtime.heldout_mae, runtime.reference, now_utc=now)
-    return {**done, "swept": swept}
+    # A move of an alias behind the project's back is noticed even while no batch runs.
+    runtime.notice_aliases(engine)
+    compared = quality.refresh_comparisons(
+        engine, get_settings().MODEL_NAME, chicago_now(), since=now - quality.LOOKBACK
+    )
+    return {**done, "swept": swept, "comparisons": compared}
 
 
 @app.task(bind=True, name="worker.tasks.prune_batches")

@@ -296,12 +296,13 @@ def test_a_version_without_a_reference_is_reported_and_the_reference_command_add
     make_stack, fresh_pg_url, make_settings, monkeypatch
 ):
     from tests.conftest import SMALL_FOREST, SMALL_RIDES
+    from worker.lifecycle.training import train_and_register
     from worker.model import training
 
     settings = make_settings()
     # A version registered before references existed: the same training, without the reference.
     monkeypatch.setattr(training, "log_reference", lambda frame: None)
-    old = training.train_and_register(settings, rides=SMALL_RIDES, seed=5, params=training.ForestParams(**SMALL_FOREST))
+    old = train_and_register(settings, rides=SMALL_RIDES, seed=5, params=training.ForestParams(**SMALL_FOREST))
     monkeypatch.undo()
     stack = make_stack(fresh_pg_url, MODEL_NAME=settings.MODEL_NAME)
     worker = stack.start_worker("noref", concurrency=1)

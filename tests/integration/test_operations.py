@@ -350,7 +350,8 @@ def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_vers
     from mlflow.tracking import MlflowClient
 
     from tests.conftest import SMALL_FOREST, SMALL_RIDES
-    from worker.model.training import ForestParams, train_and_register
+    from worker.lifecycle.training import train_and_register
+    from worker.model.training import ForestParams
 
     settings = make_settings()
     first = train_and_register(settings, rides=SMALL_RIDES, seed=1, params=ForestParams(**SMALL_FOREST))

@@ -13,7 +13,8 @@ import pytest
 
 from tests.stack import CELERY
 from tests.support import REPO_ROOT
-from worker.model.training import ForestParams, train_and_register
+from worker.lifecycle.training import train_and_register
+from worker.model.training import ForestParams
 
 pytestmark = pytest.mark.integration
 
@@ -250,10 +251,11 @@ def test_status_reports_every_part(stack):
 
 
 def test_moved_alias_is_used_by_next_batch_without_restart(new_stack, mlflow_server, tmp_path):
+    from tests.conftest import with_record
     from worker.settings import Settings
 
-    own = Settings(
-        MLFLOW_TRACKING_URI=mlflow_server, LOCAL_DIR=tmp_path, MODEL_NAME=f"alias-move-{uuid.uuid4().hex[:6]}"
+    own = with_record(
+        Settings(MLFLOW_TRACKING_URI=mlflow_server, LOCAL_DIR=tmp_path, MODEL_NAME=f"alias-move-{uuid.uuid4().hex[:6]}")
     )
     small = ForestParams(n_estimators=5, max_depth=8, min_samples_leaf=10)
     v1 = train_and_register(own, rides=5000, seed=1, params=small)

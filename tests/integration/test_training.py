@@ -12,9 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.support import free_port
+from worker.lifecycle.training import train_and_register
 from worker.model.evaluation import evaluate_production
 from worker.model.registry import configure_mlflow, load_version
-from worker.model.training import ForestParams, train_and_register
+from worker.model.training import ForestParams
 from worker.rides.cleaning import DataError
 from worker.rides.generator import RIDE_COLUMNS
 

@@ -313,14 +313,18 @@ def test_postgres_crash_mid_batch_retries_with_backoff_and_writes_once(make_stac
 @pytest.fixture(scope="module")
 def own_registry(tmp_path_factory) -> Iterator[tuple[MlflowServer, Settings, str]]:
     """Our own MLflow server with one small model registered under @production."""
-    from worker.model.training import ForestParams, train_and_register
+    from tests.conftest import with_record
+    from worker.lifecycle.training import train_and_register
+    from worker.model.training import ForestParams
 
     with MlflowServer() as server:
-        settings = Settings(
-            MLFLOW_TRACKING_URI=server.uri,
-            LOCAL_DIR=tmp_path_factory.mktemp("own-registry"),
-            MODEL_NAME=unique_model_name("registry-faults"),
-            MODEL_URI="",
+        settings = with_record(
+            Settings(
+                MLFLOW_TRACKING_URI=server.uri,
+                LOCAL_DIR=tmp_path_factory.mktemp("own-registry"),
+                MODEL_NAME=unique_model_name("registry-faults"),
+                MODEL_URI="",
+            )
         )
         result = train_and_register(
             settings, rides=5000, seed=3, params=ForestParams(n_estimators=5, max_depth=8, min_samples_leaf=10)

@@ -197,6 +197,50 @@ def test_pool_child_sigkilled_mid_batch_is_requeued_and_written_once(faults):
     assert main.poll() is None and pool_children(main.pid) != [child]
 
 
+def test_pool_child_sigkilled_mid_batch_with_a_challenger_writes_its_shadow_rows_once(new_stack):
+    """The same kill with a challenger set: the shadow predictions ride in the batch's own transaction,
+    so they are rolled back with it and written once with the redelivery, one per ride."""
+    from mlflow import MlflowClient
+
+    stack = new_stack(MODEL_NAME=f"shadow-kill-{uuid.uuid4().hex[:6]}", **ONE_CHUNK)
+    small = ("--rides", "20000", "--trees", "5", "--max-depth", "8")
+    for seed in ("1", "2"):
+        trained = stack.cli("train", *small, "--seed", seed)
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+    production = MlflowClient(stack.env["MLFLOW_TRACKING_URI"]).get_registered_model(stack.env["MODEL_NAME"])
+    challenger = "2" if production.aliases["production"] == "1" else "1"
+    MlflowClient(stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
+        stack.env["MODEL_NAME"], "challenger", challenger
+    )
+    main = stack.start_worker("shadowkill", concurrency=1)
+    assert stack.client().send_task(RUN_BATCH, kwargs={"rides": 10}).get(timeout=120)["rows_written"] == 10
+    task_id = str(uuid.uuid4())
+    batch_id = f"adhoc-{task_id}"
+    result = stack.client().send_task(RUN_BATCH, kwargs={"rides": BIG_BATCH, "seed": 6}, task_id=task_id)
+    wait_for_copy(stack, 90, "worker-shadowkill")
+    [child] = pool_children(main.pid)
+    os.kill(child, signal.SIGKILL)
+    assert ledger(stack, batch_id) == [], "the batch had already committed: the kill was not mid-batch"
+
+    out = result.get(timeout=180)
+    assert out["rows_written"] == BIG_BATCH and out["duplicate"] is False
+    assert written(stack, batch_id) == (BIG_BATCH, BIG_BATCH)
+    row = batch(stack, batch_id)
+    assert (row["status"], row["attempts"], row["challenger_version"], row["shadow_error"]) == (
+        "succeeded",
+        2,
+        challenger,
+        None,
+    )
+    shadow, distinct, matched = stack.sql(
+        "SELECT count(*), count(DISTINCT s.trip_id), count(p.trip_id) FROM shadow_predictions s "
+        "LEFT JOIN ride_predictions p ON p.trip_id = s.trip_id WHERE s.batch_id = :b AND s.model_version = :v",
+        b=batch_id,
+        v=challenger,
+    )[0]
+    assert shadow == distinct == matched == BIG_BATCH
+
+
 # --- 2. whole worker SIGKILL ---------------------------------------------------------------
 
 

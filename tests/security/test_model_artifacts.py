@@ -21,9 +21,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from tests.support import wait_until
+from worker.lifecycle.training import train_and_register
 from worker.model.reference import load_reference, log_reference
 from worker.model.registry import configure_mlflow, load_version
-from worker.model.training import ForestParams, train_and_register
+from worker.model.training import ForestParams
 from worker.model.trust import TRUSTED_TYPES, ModelRefused
 from worker.rides.generator import RIDE_COLUMNS, generate_rides
 
@@ -177,7 +178,7 @@ def test_a_skops_version_of_a_trusted_but_foreign_model_is_refused(make_settings
 
 
 def test_convert_model_relogs_a_pickle_version_as_skops_and_moves_the_alias(make_settings):
-    from worker.model.conversion import convert_to_skops
+    from worker.lifecycle.training import convert_model as convert_to_skops
 
     settings = make_settings()
     trained = train_and_register(settings, rides=3000, seed=4, params=SMALL)

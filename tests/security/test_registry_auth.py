@@ -21,8 +21,9 @@ from mlflow.exceptions import MlflowException
 
 from tests.reliability.services import MlflowServer
 from tests.support import REPO_ROOT, unique_model_name
+from worker.lifecycle.training import train_and_register
 from worker.model.registry import ModelCache, configure_mlflow, load_version
-from worker.model.training import ForestParams, train_and_register
+from worker.model.training import ForestParams
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -94,13 +95,17 @@ def provisioned(auth_server: MlflowServer, names: dict[str, str], tmp_path_facto
 
 
 def settings_for(server: MlflowServer, names: dict[str, str], tmp_path: Path, user: str = "", password: str = ""):
-    return Settings(
-        MLFLOW_TRACKING_URI=server.uri,
-        LOCAL_DIR=tmp_path / f"local-{user or 'anonymous'}",
-        MODEL_URI="",
-        MLFLOW_TRACKING_USERNAME=user,
-        MLFLOW_TRACKING_PASSWORD=password,
-        **names,
+    from tests.conftest import with_record
+
+    return with_record(
+        Settings(
+            MLFLOW_TRACKING_URI=server.uri,
+            LOCAL_DIR=tmp_path / f"local-{user or 'anonymous'}",
+            MODEL_URI="",
+            MLFLOW_TRACKING_USERNAME=user,
+            MLFLOW_TRACKING_PASSWORD=password,
+            **names,
+        )
     )
 
 

@@ -40,6 +40,12 @@ def is_unreachable(exc: BaseException) -> bool:
 # A model version that is refused for good (unsafe or foreign artifact), or a conversion that did
 # not check out: one line naming the version and the way forward, not a traceback.
 REFUSED = {"worker.model.trust.ModelRefused", "worker.model.conversion.ConversionMismatch"}
+# A life-cycle command that would do the wrong thing (unknown version, too few outcomes, ...): one line, exit 2.
+LIFECYCLE_REFUSED = "worker.lifecycle.promotion.LifecycleRefused"
+
+
+def is_lifecycle_refusal(exc: BaseException) -> bool:
+    return any(f"{k.__module__}.{k.__qualname__}" == LIFECYCLE_REFUSED for k in type(exc).__mro__)
 
 
 def is_refused(exc: BaseException) -> bool:
@@ -113,7 +119,8 @@ def _world_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.model.training import ForestParams, train_and_register
+    from worker.lifecycle.training import train_and_register
+    from worker.model.training import ForestParams
 
     params = ForestParams(n_estimators=args.trees, max_depth=args.max_depth, min_samples_leaf=args.min_samples_leaf)
     result = train_and_register(
@@ -153,13 +160,13 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_convert_model(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.model.conversion import convert_to_skops
+    from worker.lifecycle.training import convert_model
 
     print(
         "reading the pickle version once in this process (it runs the pickle's code: convert only "
         "versions you trust), then registering it again as skops"
     )
-    result = convert_to_skops(settings, args.version)
+    result = convert_model(settings, args.version)
     if result.version is not None:
         print(f"registered {result.name} version {result.version}: skops copy of version {result.source_version}")
     print(result.reason)
@@ -388,7 +395,38 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print("missed slots in the last 24 h: none")
         for line in _monitoring_lines(report["monitoring"]):
             print(line)
+        for line in _lifecycle_lines(report["lifecycle"]):
+            print(line)
     return 0 if report["ok"] else 1
+
+
+def _lifecycle_lines(part: dict) -> list[str]:
+    if not part["ok"]:
+        return [f"model life cycle unknown: {part['error']}"]
+    lines = []
+    challenger = part.get("challenger")
+    if challenger is None:
+        lines.append("challenger: none")
+    else:
+        found = challenger["evidence"]
+        if found is None or not found["outcomes"]:
+            lines.append(f"challenger v{challenger['version']}: no paired outcomes yet")
+        else:
+            lines.append(
+                f"challenger v{challenger['version']} vs production v{challenger['against']}: MAE "
+                f"{found['challenger_mae']:.2f} vs {found['production_mae']:.2f} min over {found['outcomes']} paired "
+                f"rides ({found['verdict']})"
+            )
+    if part.get("shadow_failures_last_hour"):
+        lines.append(f"challenger failed to score {part['shadow_failures_last_hour']} batches in the last hour")
+    event = part.get("last_event")
+    if event is not None:
+        moved = f"v{event['from_version'] or '-'} -> v{event['to_version'] or '-'}"
+        lines.append(
+            f"last model event {event['at']}: {event['action']} {event['alias'] or ''} {moved} by {event['actor']} "
+            f"({event['status']}): {event['reason']}"
+        )
+    return lines
 
 
 def _monitoring_lines(part: dict) -> list[str]:
@@ -434,6 +472,116 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"wrote {written.path.resolve()} ({written.size / 1024:.0f} KB; {written.charts_with_data} of 5 charts with data, {warnings})"
     )
+    return 0
+
+
+def _lifecycle_engine(settings: Settings):
+    from worker.store.database import ensure_schema, get_engine
+
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    return engine
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli import models as shown
+
+    engine = _lifecycle_engine(settings)
+    if args.history:
+        from worker.store.events import history
+
+        found = history(engine, settings.MODEL_NAME, limit=args.last)
+        print(shown.history_json(found) if args.json else shown.render_history(found))
+        return 0
+    if args.compare:
+        from worker.lifecycle.moves import registry_aliases
+        from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow
+        from worker.monitor import paired
+        from worker.rides.generator import chicago_now
+
+        aliases = registry_aliases(configure_mlflow(settings), settings)
+        challenger, production = aliases.get(CHALLENGER_ALIAS), aliases.get(settings.MODEL_ALIAS)
+        found = None
+        if challenger is not None and production is not None:
+            found = paired.refresh(engine, settings.MODEL_NAME, challenger, production, chicago_now())
+        if args.json:
+            print(
+                json.dumps(
+                    {"challenger": challenger, "production": production, "evidence": found.as_dict() if found else None}
+                )
+            )
+        else:
+            print(shown.render_comparison(found, challenger, production))
+        return 0
+    from worker.lifecycle.versions import list_versions
+
+    views = list_versions(settings, engine, check=not args.no_check)
+    print(shown.versions_json(views) if args.json else shown.render_versions(views))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.lifecycle.promotion import promote
+
+    event = promote(settings, _lifecycle_engine(settings), args.version, args.reason, force=args.force)
+    print(
+        f"@{settings.MODEL_ALIAS} moved from v{event['from_version']} to v{event['to_version']} "
+        f"by {event['actor']} (event {event['id']}): {event['reason']}"
+    )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.lifecycle.promotion import rollback
+
+    event = rollback(settings, _lifecycle_engine(settings), args.reason)
+    print(
+        f"@{settings.MODEL_ALIAS} rolled back from v{event['from_version']} to v{event['to_version']} "
+        f"by {event['actor']} (event {event['id']}): {event['reason']}"
+    )
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from worker.cli.times import parse_duration, parse_time
+    from worker.lifecycle.retraining import retrain
+    from worker.model.training import ForestParams
+
+    now = datetime.now(UTC)
+    end = parse_time(args.until, "--until") if args.until else now
+    start = end - parse_duration(args.since, "--since")
+    params = ForestParams(n_estimators=args.trees, max_depth=args.max_depth, min_samples_leaf=args.min_samples_leaf)
+    result = retrain(
+        settings,
+        _lifecycle_engine(settings),
+        start,
+        end,
+        min_outcomes=args.min_outcomes,
+        promote=args.promote,
+        force=args.force,
+        design=args.design,
+        params=params,
+        now=now,
+    )
+    found = result.evidence
+    world = (
+        f", generated {result.rows_generated:,} more in a world of speed ×{result.world.speed_factor:g}, fare "
+        f"×{result.world.fare_factor:g}"
+        if result.world
+        else ""
+    )
+    print(
+        f"registered {settings.MODEL_NAME} version {result.version}: trained on {result.rows_train:,} observed rides"
+        f"{world} ({result.fit_seconds:.1f} s)"
+    )
+    print(
+        f"held out the {result.rows_holdout:,} most recently known rides: MAE {found.challenger_mae:.3f} min, "
+        f"production v{result.production_version} {found.production_mae:.3f} min on the same rides, "
+        f"{found.mean_difference:+.3f} min per ride (95 % CI {found.ci_low:+.3f} to {found.ci_high:+.3f})"
+    )
+    print(f"version {result.version} is now @{result.alias}: {result.reason}")
     return 0
 
 
@@ -589,6 +737,67 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-worker", action="store_true", help="only the in-process stages")
     bench.set_defaults(handler=cmd_bench)
 
+    models = sub.add_parser(
+        "models",
+        help="every model version (held-out and live MAE, use, aliases, loadable); --history, --compare",
+        description="Every version of MODEL_NAME, newest first. --history lists the record of alias moves "
+        "(model_events); --compare shows the challenger's paired evidence against production on live rides.",
+    )
+    shown = models.add_mutually_exclusive_group()
+    shown.add_argument("--history", action="store_true", help="the model events, newest first")
+    shown.add_argument("--compare", action="store_true", help="challenger against production on the same live rides")
+    models.add_argument("--last", type=_positive_int, default=50, help="events --history shows")
+    models.add_argument("--no-check", action="store_true", help="skip the workers' trust check of each version")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=cmd_models)
+
+    promote = sub.add_parser(
+        "promote",
+        help="point the production alias at a version (checked first; on the record)",
+        description="Refused, with nothing moved: an unknown version, one workers would refuse to load, the "
+        "version already serving, a MODEL_URI naming a fixed version or a stage, and (unless --force) a version "
+        "whose live paired evidence says it is worse than production. Needs the training credentials.",
+    )
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True, help="why, for the record (model_events)")
+    promote.add_argument("--force", action="store_true", help="promote even if live evidence says it is worse")
+    promote.set_defaults(handler=cmd_promote)
+
+    rollback = sub.add_parser(
+        "rollback",
+        help="point the production alias back at the version it served before (from model_events)",
+        description="Goes to the version production pointed at before the current one on the record; a second "
+        "rollback goes one step further back. Refused when no earlier version is on record.",
+    )
+    rollback.add_argument("--reason", help="why, for the record")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="train on the service's own observed rides; the new version becomes the challenger",
+        description="Trains on rides in ride_predictions whose true duration (ride_outcomes) became known in the "
+        "window, plus rides generated for every hour in the world estimated from them; holds out the most recently "
+        "known batches and scores production on the same rides. The new version gets the alias `challenger` "
+        "(production only with --promote, when the held-out evidence favours it, or --force).",
+    )
+    retrain.add_argument("--since", required=True, metavar="DURATION", help="how far back from --until: 90m, 6h, 2d")
+    retrain.add_argument("--until", metavar="TIME", help="end of the window (default now; " + TIME_HELP + ")")
+    retrain.add_argument(
+        "--min-outcomes", type=_positive_int, default=3000, help="refuse with fewer known rides (default 3000)"
+    )
+    retrain.add_argument("--promote", action="store_true", help="promote if the held-out evidence favours it")
+    retrain.add_argument("--force", action="store_true", help="promote whatever the evidence")
+    retrain.add_argument(
+        "--design",
+        choices=("world", "observed", "calibrated"),
+        default="world",
+        help="training set: observed + estimated world (default), observed only, observed + calibrated",
+    )
+    retrain.add_argument("--trees", type=_positive_int, default=30)
+    retrain.add_argument("--max-depth", type=_positive_int, default=12)
+    retrain.add_argument("--min-samples-leaf", type=_positive_int, default=10)
+    retrain.set_defaults(handler=cmd_retrain)
+
     exporter = sub.add_parser("exporter", help="serve batch, drift, accuracy and worker metrics for Prometheus")
     exporter.add_argument("--port", type=_port, help="default: EXPORTER_PORT")
     exporter.set_defaults(handler=cmd_exporter)
@@ -617,6 +826,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        if is_lifecycle_refusal(exc):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         if is_refused(exc):
             print(f"error: {type(exc).__name__}: {hide_passwords(str(exc), settings)}", file=sys.stderr)
             return 1

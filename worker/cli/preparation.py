@@ -14,8 +14,8 @@ def migrate_database(settings: Settings) -> None:
 
 def initialize(settings: Settings, first_model_rides: int) -> None:
     """Migrate, and register a first model if the registry has none; safe to run again."""
+    from worker.lifecycle.training import train_and_register
     from worker.model.registry import configure_mlflow, find_version
-    from worker.model.training import train_and_register
 
     migrate_database(settings)
     found = find_version(configure_mlflow(settings), settings.model_uri)

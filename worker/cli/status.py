@@ -47,7 +47,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     from sqlalchemy import text
 
     from worker.cli.dispatching import queue_length
-    from worker.model.registry import configure_mlflow, resolve_version
+    from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow, read_state, resolve_version
     from worker.store import writes
     from worker.store.database import get_engine, schema_problem, schema_ready
 
@@ -78,14 +78,20 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             },
         }
 
+    aliases: dict[str, str] = {}
+
     def registry() -> dict[str, Any]:
         client = configure_mlflow(settings)
-        name, version = resolve_version(client, settings.model_uri)
+        state = read_state(client, settings.model_uri)
+        if state.version is None:
+            resolve_version(client, settings.model_uri)  # raises, naming the URI and the fix
+        aliases.update(state.aliases)
         return {
             "uri": settings.tracking_uri,
             "model_uri": settings.model_uri,
-            "model_name": name,
-            "model_version": version,
+            "model_name": state.name,
+            "model_version": state.version,
+            "challenger_version": state.aliases.get(CHALLENGER_ALIAS),
         }
 
     def monitoring() -> dict[str, Any]:
@@ -103,4 +109,16 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     report["ok"] = all(part["ok"] for part in report.values())
     # Monitoring is information, not health: a monitoring part that cannot be read does not make status fail.
     report["monitoring"] = _check(settings, monitoring)
+
+    def lifecycle() -> dict[str, Any]:
+        from worker.monitor.lifecycle_view import lifecycle_summary
+
+        engine = get_engine(settings.database_url)
+        if not schema_ready(engine):
+            return {"challenger": None, "shadow_failures_last_hour": None, "last_event": None}
+        return lifecycle_summary(
+            engine, settings.MODEL_NAME, aliases.get(CHALLENGER_ALIAS), report["registry"].get("model_version")
+        )
+
+    report["lifecycle"] = _check(settings, lifecycle)
     return report

@@ -5,7 +5,8 @@ Versions registered before skops are cloudpickle files, which the workers refuse
 process (that read runs the pickle's code: only convert a version you trust,
 e.g. one your own `train` registered), checks that it is the project's
 pipeline, registers the same fitted pipeline again as skops, and checks that
-the new version predicts exactly what the old one did before it moves the alias.
+the new version predicts exactly what the old one did before the alias may move
+(the model's life cycle, worker/lifecycle, moves it on the record).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Conversion:
     name: str
     source_version: str
     version: str | None  # None: the source already was skops, nothing registered
-    promoted: bool
+    promoted: bool  # the alias is on the source version and should move to the copy
     reason: str
 
 
@@ -51,7 +52,8 @@ def copy_reference(client, run_id: str | None) -> bool:
 
 
 def convert_to_skops(settings: Settings, version: str | None = None) -> Conversion:
-    """Register `version` (default: the one MODEL_URI points at) again as skops; move the alias if it was there."""
+    """Register `version` (default: the one MODEL_URI points at) again as skops; `promoted` says the
+    alias was on it and should follow the copy."""
     client = configure_mlflow(settings)
     if version is None:
         name, version = resolve_version(client, settings.model_uri)
@@ -86,7 +88,6 @@ def convert_to_skops(settings: Settings, version: str | None = None) -> Conversi
         )
     aliased = client.get_registered_model(name).aliases.get(settings.MODEL_ALIAS)
     if aliased is not None and str(aliased) == str(version):
-        client.set_registered_model_alias(name, settings.MODEL_ALIAS, new_version)
         return Conversion(
             name, version, new_version, True, f"@{settings.MODEL_ALIAS} moved from {version} to {new_version}"
         )

@@ -2,9 +2,10 @@
 
 Workers load a model once per process, keyed by version, and keep it; every
 MODEL_REFRESH_SECONDS they ask the registry which version the alias points to
-(one small request). A batch pins the version it started with. If the registry
-is down, a worker that resolved the alias before keeps using that version,
-records the batch as pinned by `fallback` and logs a warning.
+(one small request, which also tells where the `challenger` alias points). A
+batch pins the version it started with, and the challenger it shadow-scores
+with. If the registry is down, a worker that resolved the alias before keeps
+using that version, records the batch as pinned by `fallback` and logs a warning.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from worker.model.trust import ModelRefused, load_checked
+from worker.model.trust import ModelRefused, inspect_checked, load_checked
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 class ModelUnavailable(RuntimeError):
     """No model could be loaded now: the registry is unreachable or has no model yet. Transient."""
+
+
+CHALLENGER_ALIAS = "challenger"  # a version tried on live batches beside production (shadow scoring)
 
 
 class ModelVersionGone(RuntimeError):
@@ -43,6 +47,15 @@ class LoadedModel:
     model: Any  # a fitted sklearn Pipeline
     name: str
     version: str
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A batch's challenger for shadow scoring: its model, or why it cannot score (`error`)."""
+
+    version: str
+    model: LoadedModel | None = None
+    error: str | None = None
 
 
 # MLflow retries an unreachable server 7 times with backoff (~4 minutes) by default, longer
@@ -96,24 +109,41 @@ def parse_model_uri(uri: str) -> tuple[str, str, str]:
     return name, ("version" if ref.isdigit() else "stage"), ref
 
 
-def find_version(client: MlflowClient, uri: str) -> tuple[str, str] | None:
-    """The (name, version) a registry URI points at now, or None if there is no such model,
-    alias, stage or version. Any other registry error (unreachable, refused) propagates."""
+@dataclass(frozen=True)
+class RegistryState:
+    """What one registry read says: the version `uri` points at (None: no such model, alias, stage or
+    version) and every alias of the model."""
+
+    name: str
+    version: str | None
+    aliases: dict[str, str]
+
+
+def read_state(client: MlflowClient, uri: str) -> RegistryState:
+    """One read of the registry for `uri` (NAME@ALIAS, NAME/STAGE or NAME/VERSION). A missing model is
+    a state with no version; any other registry error (unreachable, refused) propagates."""
     name, kind, ref = parse_model_uri(uri)
     try:
         model = client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return None
+            return RegistryState(name, None, {})
         raise
+    aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
     if kind == "alias":
-        version = model.aliases.get(ref)
-        return (name, str(version)) if version is not None else None
+        return RegistryState(name, aliases.get(ref), aliases)
     if kind == "stage":
         latest = client.get_latest_versions(name, stages=[ref])
-        return (name, str(latest[0].version)) if latest else None
+        return RegistryState(name, str(latest[0].version) if latest else None, aliases)
     versions = {str(v.version) for v in client.search_model_versions(f"name='{name}'")}
-    return (name, ref) if ref in versions else None
+    return RegistryState(name, ref if ref in versions else None, aliases)
+
+
+def find_version(client: MlflowClient, uri: str) -> tuple[str, str] | None:
+    """The (name, version) a registry URI points at now, or None if there is no such model,
+    alias, stage or version. Any other registry error (unreachable, refused) propagates."""
+    state = read_state(client, uri)
+    return (state.name, state.version) if state.version is not None else None
 
 
 def resolve_version(client: MlflowClient, uri: str) -> tuple[str, str]:
@@ -139,6 +169,24 @@ def load_version(name: str, version: str, allow_pickle: bool | None = None) -> A
         return load_checked(Path(local), name, str(version), allow_pickle=allow_pickle)
 
 
+def loadable(name: str, version: str, load: bool = False, allow_pickle: bool | None = None) -> str | None:
+    """None if workers would load this version, else why they would refuse it. Without `load` nothing
+    is deserialized (format and types only); with it the version is loaded as a worker would load
+    it, which also checks that it is the project's pipeline. Registry errors propagate."""
+    try:
+        if load:
+            load_version(name, version, allow_pickle)
+            return None
+        if allow_pickle is None:
+            allow_pickle = get_settings().ALLOW_PICKLE_MODELS
+        with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+            inspect_checked(Path(local), name, str(version), allow_pickle=allow_pickle)
+        return None
+    except ModelRefused as exc:
+        return exc.reason
+
+
 @dataclass(frozen=True)
 class Resolved:
     """Which version a batch should use, and how that was decided: `alias` (the alias or stage
@@ -148,6 +196,7 @@ class Resolved:
     name: str
     version: str
     pinned_by: str
+    challenger: str | None = None  # where the challenger alias pointed at the same read
 
 
 class ModelCache:
@@ -180,7 +229,12 @@ class ModelCache:
             if self._resolved is not None and now - self._checked_at < self.settings.MODEL_REFRESH_SECONDS:
                 return self._current_resolution()
             try:
-                name, version = resolve_version(self._registry(), self.settings.model_uri)
+                state = read_state(self._registry(), self.settings.model_uri)
+                if state.version is None:
+                    raise MlflowException(
+                        f"the registry has no model at {self.settings.model_uri}: run `python -m worker init` or `train`"
+                    )
+                name, version = state.name, state.version
             except Exception as exc:  # the registry may fail in many ways; all mean "not now"
                 if self._resolved is None:
                     raise ModelUnavailable(f"cannot load {self.settings.model_uri}: {exc}") from exc
@@ -193,7 +247,8 @@ class ModelCache:
             kind = parse_model_uri(self.settings.model_uri)[1]
             if self._resolved is not None and self._resolved.version != version:
                 log.info("%s moved from version %s to %s", self.settings.model_uri, self._resolved.version, version)
-            self._resolved = Resolved(name, version, "fixed" if kind == "version" else "alias")
+            challenger = state.aliases.get(CHALLENGER_ALIAS)
+            self._resolved = Resolved(name, version, "fixed" if kind == "version" else "alias", challenger)
             self._checked_at = now
             self._fallback = False
             return self._resolved
@@ -201,7 +256,7 @@ class ModelCache:
     def _current_resolution(self) -> Resolved:
         assert self._resolved is not None
         if self._fallback:
-            return Resolved(self._resolved.name, self._resolved.version, "fallback")
+            return Resolved(self._resolved.name, self._resolved.version, "fallback", self._resolved.challenger)
         return self._resolved
 
     def get(self, name: str, version: str) -> LoadedModel:

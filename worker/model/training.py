@@ -1,8 +1,9 @@
-"""Training the duration model and registering it, promoting only a model that is not worse.
+"""Training the duration model and registering it; deciding whether it may serve.
 
-A new version is always registered (its run keeps the evidence), but the
-alias moves only when the new version's MAE on the same held-out rides is
-not worse than the current production version's, or when forced.
+A new version is always registered (its run keeps the evidence), but it should
+serve only when its MAE on the same held-out rides is not worse than the current
+production version's, or when forced. Nothing here moves an alias: every move goes
+through worker/lifecycle/moves.py, which puts it on the record first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
+from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.metrics import mean_absolute_error, root_mean_squared_error
@@ -44,6 +46,9 @@ class ForestParams:
     max_depth: int = 12
     min_samples_leaf: int = 10
     max_features: float = 0.5
+
+
+DEFAULT_FOREST = ForestParams()
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,46 @@ def log_pipeline(pipeline, example: pd.DataFrame, model_name: str) -> str:
     return str(info.registered_model_version)
 
 
-def train_and_register(
+TRAINED_ON_TAG = "trained_on"  # what a version learned from, in words (`models` shows it)
+
+
+def register_version(
+    settings: Settings,
+    client: MlflowClient,
+    pipeline,
+    *,
+    params: dict,
+    metrics: dict[str, float],
+    test: pd.DataFrame,
+    reference: pd.DataFrame,
+    trained_on: str,
+    tags: dict[str, str] | None = None,
+    documents: dict[str, dict] | None = None,
+) -> tuple[str, str]:
+    """Log a fitted pipeline with its parameters, metrics and drift reference in a new run and register
+    it as a new version of MODEL_NAME; returns (version, run id). Moves no alias: the model's life
+    cycle (worker/lifecycle) does that, on the record. The version's tags (held-out MAE, reference,
+    what it was trained on) are set before anyone can point an alias at it."""
+    experiment_id = ensure_experiment(settings, client)
+    example = test[list(RIDE_COLUMNS)].head(5)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        for name, document in (documents or {}).items():
+            mlflow.log_dict(document, name)
+        log_reference(reference)
+        version = log_pipeline(pipeline, example, settings.MODEL_NAME)
+    for key, value in {
+        HELDOUT_MAE_TAG: f"{metrics['mae_minutes']:.4f}",
+        REFERENCE_TAG: f"{REFERENCE_DIR}/{REFERENCE_FILE}",
+        TRAINED_ON_TAG: trained_on,
+        **(tags or {}),
+    }.items():
+        client.set_model_version_tag(settings.MODEL_NAME, version, key, value)
+    return version, run.info.run_id
+
+
+def fit_and_register(
     settings: Settings,
     data: str | Path | None = None,
     rides: int = 200_000,
@@ -134,11 +178,13 @@ def train_and_register(
     force: bool = False,
     params: ForestParams = ForestParams(),
 ) -> TrainResult:
+    """Train on generated rides (or a real export), register the version, and decide whether it
+    should serve: `promoted` in the result is that decision, which the caller carries out."""
     frame, source, report = training_frame(data, rides, seed)  # bad data fails here, before MLflow
     train, test = train_test_split(frame, test_size=0.2, random_state=seed)
 
     client = configure_mlflow(settings)
-    experiment_id = ensure_experiment(settings, client)
+    ensure_experiment(settings, client)
     started = time.perf_counter()
     pipeline = fit_pipeline(train, params, seed)
     fit_seconds = time.perf_counter() - started
@@ -162,22 +208,32 @@ def train_and_register(
                 raise
             refused = exc
 
-    example = test[list(RIDE_COLUMNS)].head(5)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_params(
-            {**params.__dict__, "source": source, "rows_train": len(train), "rows_test": len(test), "seed": seed}
-        )
-        mlflow.log_metrics({"mae_minutes": mae, "rmse_minutes": rmse, "fit_seconds": fit_seconds})
-        if previous_mae is not None:
-            mlflow.log_metric("production_mae_minutes_same_data", previous_mae)
-        if report is not None:
-            mlflow.log_dict(
-                {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "dropped": report.dropped},
-                "cleaning.json",
-            )
+    metrics = {"mae_minutes": mae, "rmse_minutes": rmse, "fit_seconds": fit_seconds}
+    if previous_mae is not None:
+        metrics["production_mae_minutes_same_data"] = previous_mae
+    documents = {}
+    if report is not None:
+        documents["cleaning.json"] = {
+            "rows_read": report.rows_read,
+            "rows_kept": report.rows_kept,
+            "dropped": report.dropped,
+        }
+    if data is None:
+        trained_on = f"generated: {len(train):,} rides (seed {seed})"
+    else:
+        trained_on = f"file: {Path(data).name}, {len(train):,} of {len(frame):,} cleaned trips"
+    version, run_id = register_version(
+        settings,
+        client,
+        pipeline,
+        params={**params.__dict__, "source": source, "rows_train": len(train), "rows_test": len(test), "seed": seed},
+        metrics=metrics,
+        test=test,
         # What this version was trained on, for drift: held-out rows with its predictions and the truth.
-        log_reference(build_reference(test, pipeline.predict(test[list(RIDE_COLUMNS)]), test[TARGET], seed))
-        version = log_pipeline(pipeline, example, settings.MODEL_NAME)
+        reference=build_reference(test, pipeline.predict(test[list(RIDE_COLUMNS)]), test[TARGET], seed),
+        trained_on=trained_on,
+        documents=documents,
+    )
 
     if refused is not None:
         promoted, reason = True, f"forced (production v{previous_version} not comparable: {refused.reason})"
@@ -192,12 +248,7 @@ def train_and_register(
             False,
             f"worse than production v{previous_version} (MAE {previous_mae:.3f}); use --force to promote",
         )
-    if promoted:
-        client.set_registered_model_alias(settings.MODEL_NAME, settings.MODEL_ALIAS, version)
-    client.set_model_version_tag(settings.MODEL_NAME, version, "promoted", str(promoted).lower())
-    client.set_model_version_tag(settings.MODEL_NAME, version, HELDOUT_MAE_TAG, f"{mae:.4f}")
-    client.set_model_version_tag(settings.MODEL_NAME, version, REFERENCE_TAG, f"{REFERENCE_DIR}/{REFERENCE_FILE}")
-    return TrainResult(version, run.info.run_id, mae, rmse, promoted, previous_version, previous_mae, reason)
+    return TrainResult(version, run_id, mae, rmse, promoted, previous_version, previous_mae, reason)
 
 
 def add_reference(settings: Settings, version: str, rides: int = 50_000, seed: int = 4242) -> int:

@@ -136,6 +136,29 @@ def check_format(model_dir: Path, name: str, version: str, allow_pickle: bool = 
     return serialization
 
 
+def inspect_checked(model_dir: Path, name: str, version: str, allow_pickle: bool = False) -> str:
+    """What load_checked would refuse, found without deserializing anything: the format from the
+    MLmodel file, and for skops the types its schema names. ModelRefused if refused; returns the
+    format. (That the file holds the project's pipeline shows only on loading it.)"""
+    serialization = check_format(model_dir, name, version, allow_pickle)
+    path = model_file(model_dir, sklearn_flavor(model_dir, name, version), name, version)
+    if serialization == SKOPS:
+        _untrusted_check(path, name, version)
+    return serialization
+
+
+def _untrusted_check(path: Path, name: str, version: str) -> None:
+    import skops.io
+
+    try:
+        found = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # a corrupt or foreign file: zip, JSON or schema errors alike
+        raise ModelRefused(name, version, f"its skops file cannot be read ({type(exc).__name__}: {exc})") from None
+    untrusted = sorted(set(found) - set(TRUSTED_TYPES))
+    if untrusted:
+        raise ModelRefused(name, version, f"its skops file names types the project does not trust: {untrusted}")
+
+
 def load_checked(model_dir: Path, name: str, version: str, allow_pickle: bool = False) -> Any:
     """Load a downloaded model version, refusing (ModelRefused) anything the workers must not run.
 
@@ -152,13 +175,7 @@ def load_checked(model_dir: Path, name: str, version: str, allow_pickle: bool = 
     import skops.io
     from skops.io.exceptions import UntrustedTypesFoundException
 
-    try:
-        found = skops.io.get_untrusted_types(file=path)
-    except Exception as exc:  # a corrupt or foreign file: zip, JSON or schema errors alike
-        raise ModelRefused(name, version, f"its skops file cannot be read ({type(exc).__name__}: {exc})") from None
-    untrusted = sorted(set(found) - set(TRUSTED_TYPES))
-    if untrusted:
-        raise ModelRefused(name, version, f"its skops file names types the project does not trust: {untrusted}")
+    _untrusted_check(path, name, version)
     try:
         model = skops.io.load(path, trusted=list(TRUSTED_TYPES))
     except UntrustedTypesFoundException as exc:

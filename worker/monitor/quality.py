@@ -18,9 +18,10 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from sqlalchemy import Engine
 
+from worker.monitor import paired
 from worker.monitor.batches import ReferenceLookup
 from worker.monitor.drift import TARGET, column_drift, reference_for_window
-from worker.store import monitoring, writes
+from worker.store import evidence, monitoring, writes
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +140,12 @@ def update_quality(
 
 def _float(value: object) -> float | None:
     return None if value is None else float(value)
+
+
+def refresh_comparisons(engine: Engine, model_name: str, known_at: datetime, since: datetime) -> int:
+    """Recompute the paired comparison of every challenger that shadowed a batch finished since `since`
+    (UTC) against the production version of those batches; returns how many were refreshed."""
+    pairs = evidence.shadowed_versions(engine, since)
+    for production, challenger in pairs:
+        paired.refresh(engine, model_name, challenger, production, known_at)
+    return len(pairs)

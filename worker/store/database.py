@@ -60,10 +60,13 @@ def _config() -> Config:
 
 
 def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade to `revision`, one transaction per revision (Alembic's own), so that a revision may
+    build an index CONCURRENTLY outside any transaction."""
     config = _config()
-    with get_engine(url).begin() as connection:
+    with get_engine(url).connect() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+        connection.commit()
 
 
 _CHECKED: set[str] = set()  # URLs whose schema was found at this code's revision

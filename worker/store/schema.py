@@ -15,6 +15,7 @@ window and model version, never by anything that a retry would change.
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     Date,
@@ -78,6 +79,10 @@ batch_runs = Table(
     Column("model_pinned_by", String(20), comment="alias, fallback, fixed or given: how model_version was chosen"),
     Column("chunk_size", Integer, comment="rides per chunk the first delivery planned with"),
     Column("attempt_started_at", DateTime(timezone=True), comment="UTC start of the latest attempt"),
+    Column("challenger_version", String(40), comment="the challenger version pinned for shadow scoring, if any"),
+    Column(
+        "shadow_error", Text, comment="why the challenger could not score (part of) the batch; the batch is unaffected"
+    ),
     Index("ix_batch_runs_finished_at", "finished_at"),
     Index("ix_batch_runs_started_at", "started_at"),
     Index("ix_batch_runs_slot", "slot"),
@@ -104,7 +109,13 @@ ride_outcomes = Table(
     Column("observed_at", DateTime(timezone=False), nullable=False, comment="Chicago local: trip start + duration"),
     Column("source", String(20), nullable=False, comment="generated or file"),
     Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.now(), comment="UTC"),
+    Column(
+        "known_at",
+        DateTime(timezone=True),
+        comment="UTC: when the service could first know it, the later of the trip's end and loaded_at",
+    ),
     Index("ix_ride_outcomes_observed_at", "observed_at"),
+    Index("ix_ride_outcomes_known_at", "known_at"),
 )
 
 # One row per batch: its predictions, its drift against the reference of the version that
@@ -194,4 +205,71 @@ daily_accuracy = Table(
     Column("baseline_mae", Float, comment="always-the-median baseline on the same rides"),
     Column("heldout_mae", Float, comment="the version's MAE on held-out rides at training"),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# The model's life cycle (worker/lifecycle): every alias move, intended then confirmed or failed, and
+# moves seen in the registry that no command of this project made. MLflow keeps no alias history.
+model_events = Table(
+    "model_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now(), comment="UTC"),
+    Column("model_name", String(200), nullable=False),
+    Column("alias", String(60), comment="the alias moved; none for `registered`"),
+    Column("action", String(30), nullable=False),
+    Column("from_version", String(40)),
+    Column("to_version", String(40)),
+    Column("actor", String(200), nullable=False, comment="MLflow user, else OS user; `policy`; `unknown`"),
+    Column("reason", Text),
+    Column("evidence", JSON, comment="the numbers the decision rested on"),
+    Column("status", String(10), nullable=False, comment="pending, done or failed"),
+    Column("error", Text),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("ix_model_events_model_at", "model_name", "at"),
+)
+
+# Where the record says each alias points: moved only by a confirmed event, so that a worker that
+# finds the registry elsewhere knows the move was not the project's (a compare-and-set on this row
+# records it once, however many workers notice).
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("model_name", String(200), primary_key=True),
+    Column("alias", String(60), primary_key=True),
+    Column("version", String(40), comment="none: the alias is absent"),
+    Column("event_id", Integer),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# What the challenger predicted for each ride of a batch (shadow scoring); written in the batch's own
+# transaction, so exactly once like the predictions. Users never read these as predictions.
+shadow_predictions = Table(
+    "shadow_predictions",
+    metadata,
+    Column("trip_id", Uuid(as_uuid=False), primary_key=True),
+    Column("model_version", String(40), primary_key=True),
+    Column("batch_id", String(120), nullable=False),
+    Column("predicted_duration", Float, nullable=False, comment="minutes"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now(), comment="UTC"),
+    Index("ix_shadow_predictions_batch_id", "batch_id"),
+    Index("ix_shadow_predictions_model_version_created_at", "model_version", "created_at"),
+)
+
+# The paired comparison of a challenger with production on the same rides, as the last pass computed it
+# (worker/monitor/paired.py): what `models --compare`, `status`, the report and the exporter show.
+shadow_comparisons = Table(
+    "shadow_comparisons",
+    metadata,
+    Column("challenger_version", String(40), primary_key=True),
+    Column("production_version", String(40), primary_key=True),
+    Column("model_name", String(200), nullable=False),
+    Column("outcomes", Integer, nullable=False, comment="rides scored by both with a known duration"),
+    Column("production_mae", Float),
+    Column("challenger_mae", Float),
+    Column("mean_difference", Float, comment="mean(|challenger error| - |production error|), minutes"),
+    Column("ci_low", Float, comment="95 % t-interval of the mean difference"),
+    Column("ci_high", Float),
+    Column("wilcoxon_p", Float, comment="Wilcoxon signed-rank p-value, a check on the interval"),
+    Column("first_at", DateTime(timezone=True), comment="UTC: the first shadow prediction counted"),
+    Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -17,8 +17,10 @@ statement, idle_in_transaction_session_timeout for the pauses between them,
 lock_timeout for a delivery waiting on the key. Each fails into the task's
 Celery retry (psycopg2 raises them as OperationalError). Rows whose trip ids a
 user supplied are inserted ON CONFLICT DO NOTHING. A made-up chunk's true
-durations (ride_outcomes) are staged and moved the same way, in the same
-transaction. Elsewhere (SQLite) a multi-row INSERT ... ON CONFLICT DO NOTHING.
+durations (ride_outcomes) and the challenger's shadow predictions travel in the
+same staged rows (one COPY, one wide temporary table) and are moved by their own
+INSERT ... SELECT in the same transaction, so they are exactly-once too.
+Elsewhere (SQLite) multi-row INSERT ... ON CONFLICT DO NOTHING.
 """
 
 from __future__ import annotations
@@ -40,13 +42,19 @@ from sqlalchemy.schema import CreateTable
 
 from worker.rides.generator import RIDE_COLUMNS
 from worker.settings import get_settings
-from worker.store.schema import batch_chunks, batch_runs, ride_outcomes, ride_predictions
+from worker.store.schema import batch_chunks, batch_runs, ride_outcomes, ride_predictions, shadow_predictions
 
 log = logging.getLogger(__name__)
 
 # The column order of ride_predictions; COPY and the frames written follow it.
 PREDICTION_COLUMNS = ("trip_id", *RIDE_COLUMNS, "predicted_duration", "model_name", "model_version", "batch_id")
-OUTCOME_COLUMNS = ("trip_id", "actual_duration", "observed_at", "source")
+OUTCOME_COLUMNS = ("trip_id", "actual_duration", "observed_at", "source", "known_at")
+SHADOW_COLUMNS = ("trip_id", "model_version", "predicted_duration")
+# The staged row: a prediction, its outcome (made-up rides know it) and the challenger's shadow
+# prediction (while there is a challenger), side by side, so one COPY carries all three.
+STAGED_OUTCOME = ("actual_duration", "observed_at", "source", "known_at")
+STAGED_SHADOW = ("shadow_version", "shadow_duration")
+STAGED_COLUMNS = (*PREDICTION_COLUMNS, *STAGED_OUTCOME, *STAGED_SHADOW)
 
 # Where a chunk's rows wait, per session, until the ledger key is claimed. Its columns are declared
 # here rather than copied with CREATE ... (LIKE ride_predictions): LIKE would lock ride_predictions
@@ -55,16 +63,22 @@ STAGING = Table(
     "ride_predictions_staging",
     MetaData(),
     *(Column(column.name, column.type) for column in ride_predictions.columns if column.name in PREDICTION_COLUMNS),
+    *(Column(column.name, column.type) for column in ride_outcomes.columns if column.name in STAGED_OUTCOME),
+    Column("shadow_version", shadow_predictions.c.model_version.type),
+    Column("shadow_duration", shadow_predictions.c.predicted_duration.type),
     prefixes=["TEMPORARY"],
     postgresql_on_commit="DELETE ROWS",
 )
-OUTCOME_STAGING = Table(
-    "ride_outcomes_staging",
-    MetaData(),
-    *(Column(column.name, column.type) for column in ride_outcomes.columns if column.name in OUTCOME_COLUMNS),
-    prefixes=["TEMPORARY"],
-    postgresql_on_commit="DELETE ROWS",
-)
+# What each target takes from the staged rows, and which staged rows it takes.
+_MOVES = {
+    "ride_predictions": (PREDICTION_COLUMNS, PREDICTION_COLUMNS, None),
+    "ride_outcomes": (OUTCOME_COLUMNS, ("trip_id", *STAGED_OUTCOME), "actual_duration IS NOT NULL"),
+    "shadow_predictions": (
+        ("trip_id", "batch_id", "model_version", "predicted_duration"),
+        ("trip_id", "batch_id", "shadow_version", "shadow_duration"),
+        "shadow_duration IS NOT NULL",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -144,14 +158,17 @@ def start_batch(
     return dict(row)
 
 
-def pin_model(engine: Engine, batch_id: str, name: str, version: str, pinned_by: str) -> dict[str, Any]:
-    """Pin the batch to a model version unless an earlier attempt (or a parallel chunk) already
-    did; returns the row, whose model_version is the one every chunk of the batch must use."""
+def pin_model(
+    engine: Engine, batch_id: str, name: str, version: str, pinned_by: str, challenger: str | None = None
+) -> dict[str, Any]:
+    """Pin the batch to a model version (and its challenger, for shadow scoring) unless an earlier
+    attempt (or a parallel chunk) already did; returns the row, whose model_version and
+    challenger_version are the ones every chunk of the batch must use."""
     with engine.begin() as conn:
         conn.execute(
             update(batch_runs)
             .where(batch_runs.c.batch_id == batch_id, batch_runs.c.model_version.is_(None))
-            .values(model_name=name, model_version=version, model_pinned_by=pinned_by)
+            .values(model_name=name, model_version=version, model_pinned_by=pinned_by, challenger_version=challenger)
         )
         row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().one()
     return dict(row)
@@ -196,28 +213,50 @@ def _bound(conn: Connection, statement_timeout: float, lock_timeout: float) -> N
         conn.execute(text(f"SET LOCAL {name} = {max(1, round(seconds * 1000))}"))
 
 
-def _stage(conn: Connection, staging: Table, frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+def _stage(conn: Connection, frame: pd.DataFrame) -> None:
     """COPY rows into this session's temporary table; it holds no lock another delivery needs."""
-    conn.execute(CreateTable(staging, if_not_exists=True))
-    _copy(conn, staging.name, frame[list(columns)], columns)
+    conn.execute(CreateTable(STAGING, if_not_exists=True))
+    _copy(conn, STAGING.name, frame, tuple(frame.columns))
 
 
-def _move_staged(conn: Connection, staging: Table, target: str, columns: tuple[str, ...], ids_are_new: bool) -> int:
+def _move_staged(conn: Connection, target: str, ids_are_new: bool) -> int:
     """Fresh random ids go in as they are: the ledger already made this write the only one, and a
     freak collision fails the whole transaction. Ids a user supplied may exist already: ON CONFLICT."""
-    names = ", ".join(columns)
-    conflict = "" if ids_are_new else " ON CONFLICT (trip_id) DO NOTHING"
-    result = conn.execute(text(f"INSERT INTO {target} ({names}) SELECT {names} FROM {staging.name}{conflict}"))
+    columns, sources, only = _MOVES[target]
+    where = f" WHERE {only}" if only else ""
+    conflict = "" if ids_are_new else " ON CONFLICT DO NOTHING"
+    result = conn.execute(
+        text(
+            f"INSERT INTO {target} ({', '.join(columns)}) "
+            f"SELECT {', '.join(sources)} FROM {STAGING.name}{where}{conflict}"
+        )
+    )
     return result.rowcount
 
 
-def _insert_rows(conn: Connection, frame: pd.DataFrame, table) -> int:
+def staged_frame(predictions: pd.DataFrame, outcomes: pd.DataFrame | None, shadow: pd.DataFrame | None) -> pd.DataFrame:
+    """The chunk's rows as staged: predictions, with their outcome and shadow prediction beside them
+    (rows of one chunk, in the same order, so no join is needed)."""
+    frame = predictions[list(PREDICTION_COLUMNS)].copy()
+    for target, extra, columns in (
+        (outcomes, STAGED_OUTCOME, STAGED_OUTCOME),
+        (shadow, STAGED_SHADOW, ("model_version", "predicted_duration")),
+    ):
+        if target is not None and len(target):
+            if len(target) != len(frame) or not (target["trip_id"].to_numpy() == frame["trip_id"].to_numpy()).all():
+                raise ValueError("outcomes and shadow predictions must be the chunk's rides, in the same order")
+            for name, source in zip(extra, columns, strict=True):
+                frame[name] = target[source].to_numpy()
+    return frame
+
+
+def _insert_rows(conn: Connection, frame: pd.DataFrame, table, keys: list[str]) -> int:
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
     for record in records:
         for key, value in record.items():
             if isinstance(value, pd.Timestamp):
                 record[key] = value.to_pydatetime()
-    result = conn.execute(_insert(conn, table).on_conflict_do_nothing(index_elements=["trip_id"]), records)
+    result = conn.execute(_insert(conn, table).on_conflict_do_nothing(index_elements=keys), records)
     return result.rowcount
 
 
@@ -228,6 +267,8 @@ def write_chunk(
     frame: pd.DataFrame,
     ids_are_new: bool = False,
     outcomes: pd.DataFrame | None = None,
+    shadow: pd.DataFrame | None = None,
+    shadow_error: str | None = None,
     *,
     statement_timeout: float | None = None,
     lock_timeout: float | None = None,
@@ -235,22 +276,23 @@ def write_chunk(
     """Write one chunk's predictions exactly once; `frame` has PREDICTION_COLUMNS.
 
     `ids_are_new`: every trip_id was drawn at random for this chunk (not given by a user).
-    `outcomes` (OUTCOME_COLUMNS; made-up rides know their true duration) go in the same
-    transaction, staged the same way, so they are exactly-once too.
+    `outcomes` (OUTCOME_COLUMNS; made-up rides know their true duration) and `shadow` (the
+    challenger's predictions of the same rides: trip_id, model_version, predicted_duration) go in
+    the same transaction, so they are exactly-once too; `shadow_error` (the challenger could not
+    score the chunk) is recorded on the batch instead, which is written all the same.
     The timeouts (seconds) default to DATABASE_STATEMENT_TIMEOUT and DATABASE_LOCK_TIMEOUT.
     """
     settings = get_settings()
     statement_timeout = statement_timeout or settings.DATABASE_STATEMENT_TIMEOUT
     lock_timeout = lock_timeout or settings.DATABASE_LOCK_TIMEOUT
     model_version = str(frame["model_version"].iloc[0]) if len(frame) else ""
-    ordered = frame[list(PREDICTION_COLUMNS)]
+    has_outcomes = outcomes is not None and len(outcomes) > 0
+    has_shadow = shadow is not None and len(shadow) > 0
     with engine.begin() as conn:
         postgres = conn.dialect.name == "postgresql"
         if postgres:
             _bound(conn, statement_timeout, lock_timeout)
-            _stage(conn, STAGING, ordered, PREDICTION_COLUMNS)
-            if outcomes is not None and len(outcomes):
-                _stage(conn, OUTCOME_STAGING, outcomes, OUTCOME_COLUMNS)
+            _stage(conn, staged_frame(frame, outcomes, shadow))
         claimed = conn.execute(
             _insert(conn, batch_chunks)
             .values(
@@ -265,16 +307,19 @@ def write_chunk(
         if not claimed:
             log.info("batch %s chunk %d was already written; this delivery writes nothing", batch_id, chunk_index)
             return ChunkWrite(batch_id, chunk_index, 0, duplicate=True, batch_finished=False)
-        written = (
-            _move_staged(conn, STAGING, "ride_predictions", PREDICTION_COLUMNS, ids_are_new)
-            if postgres
-            else _insert_rows(conn, ordered, ride_predictions)
-        )
-        if outcomes is not None and len(outcomes):
-            if postgres:
-                _move_staged(conn, OUTCOME_STAGING, "ride_outcomes", OUTCOME_COLUMNS, ids_are_new)
-            else:
-                _insert_rows(conn, outcomes[list(OUTCOME_COLUMNS)], ride_outcomes)
+        if postgres:
+            written = _move_staged(conn, "ride_predictions", ids_are_new)
+            if has_outcomes:
+                _move_staged(conn, "ride_outcomes", ids_are_new)
+            if has_shadow:
+                _move_staged(conn, "shadow_predictions", ids_are_new)
+        else:
+            written = _insert_rows(conn, frame[list(PREDICTION_COLUMNS)], ride_predictions, ["trip_id"])
+            if has_outcomes:
+                _insert_rows(conn, outcomes[list(OUTCOME_COLUMNS)], ride_outcomes, ["trip_id"])
+            if has_shadow:
+                rows = shadow[list(SHADOW_COLUMNS)].assign(batch_id=batch_id)
+                _insert_rows(conn, rows, shadow_predictions, ["trip_id", "model_version"])
         conn.execute(
             update(batch_chunks)
             .where(batch_chunks.c.batch_id == batch_id, batch_chunks.c.chunk_index == chunk_index)
@@ -288,6 +333,7 @@ def write_chunk(
                 chunks_done=batch_runs.c.chunks_done + 1,
                 model_name=frame["model_name"].iloc[0] if len(frame) else batch_runs.c.model_name,
                 model_version=model_version or batch_runs.c.model_version,
+                **({"shadow_error": shadow_error[:2000]} if shadow_error else {}),
             )
             .returning(batch_runs.c.chunks_done, batch_runs.c.chunks_total)
         ).one()

@@ -10,6 +10,6 @@ connection = config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through `python -m worker migrate`")
 
-context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True, transaction_per_migration=True)
 with context.begin_transaction():
     context.run_migrations()

@@ -1,0 +1,46 @@
+"""What `status`, the report and the exporter show of the model's life cycle, computed once: the
+challenger with its stored paired evidence, challenger failures, and the newest model event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from worker.monitor import paired
+from worker.store import events, evidence
+
+RECENT = timedelta(hours=1)
+
+
+def _event_view(event: dict[str, Any]) -> dict[str, Any]:
+    at = event["at"]
+    return {
+        "at": (at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)).isoformat(),
+        "action": event["action"],
+        "alias": event["alias"],
+        "from_version": event["from_version"],
+        "to_version": event["to_version"],
+        "actor": event["actor"],
+        "status": event["status"],
+        "reason": event["reason"],
+    }
+
+
+def lifecycle_summary(
+    engine: Engine, model_name: str, challenger: str | None, production: str | None, now: datetime | None = None
+) -> dict[str, Any]:
+    """`challenger` and `production` are where the registry's aliases point now."""
+    now = now or datetime.now(UTC)
+    found = None
+    if challenger is not None and production is not None:
+        found = paired.stored(evidence.comparison(engine, challenger, production))
+    newest = events.history(engine, model_name, limit=1)
+    return {
+        "challenger": None
+        if challenger is None
+        else {"version": challenger, "against": production, "evidence": found.as_dict() if found else None},
+        "shadow_failures_last_hour": evidence.shadow_failures(engine, now - RECENT),
+        "last_event": _event_view(newest[0]) if newest else None,
+    }

@@ -1,0 +1,225 @@
+"""What the model's life cycle reads as evidence: the service's own observed rides (to retrain on),
+paired errors of challenger and production on the same rides (shadow scoring), and each version's
+live accuracy and use (for `models`).
+
+Only reads, and the one stored summary of a paired comparison (`shadow_comparisons`), which the
+quality pass and `models --compare` write and every other reader shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, and_, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from worker.rides.generator import RIDE_COLUMNS
+from worker.store.schema import (
+    batch_metrics,
+    batch_runs,
+    ride_outcomes,
+    ride_predictions,
+    shadow_comparisons,
+    shadow_predictions,
+)
+
+OBSERVED_COLUMNS = (*RIDE_COLUMNS, "actual_duration", "known_at", "batch_id", "model_version")
+
+
+def _frame(result: Iterable, columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame.from_records([tuple(row) for row in result], columns=columns)
+
+
+def known_at_column():
+    """When an outcome became known to the service (UTC); loaded_at for rows from before known_at existed."""
+    return func.coalesce(ride_outcomes.c.known_at, ride_outcomes.c.loaded_at)
+
+
+def observed_rides(engine: Engine, start: datetime, end: datetime, limit: int | None = None) -> pd.DataFrame:
+    """Rides predicted here whose true duration became known to the service in [start, end) (UTC):
+    the raw model inputs, the truth (minutes), when it became known, and which batch and version
+    scored the ride. `limit` keeps the most recently known."""
+    known = known_at_column()
+    query = (
+        select(*(ride_predictions.c[c] for c in RIDE_COLUMNS), ride_outcomes.c.actual_duration, known)
+        .add_columns(ride_predictions.c.batch_id, ride_predictions.c.model_version)
+        .select_from(ride_predictions.join(ride_outcomes, ride_outcomes.c.trip_id == ride_predictions.c.trip_id))
+        .where(known >= start, known < end)
+        .order_by(known.desc())
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        frame = _frame(conn.execute(query), list(OBSERVED_COLUMNS))
+    frame["trip_start_timestamp"] = pd.to_datetime(frame["trip_start_timestamp"])
+    frame["known_at"] = pd.to_datetime(frame["known_at"], utc=True)
+    return frame.iloc[::-1].reset_index(drop=True)
+
+
+def count_observed(engine: Engine, start: datetime, end: datetime) -> int:
+    known = known_at_column()
+    query = select(func.count()).select_from(ride_outcomes).where(known >= start, known < end)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def _paired(challenger: str, production: str, known_by_local: datetime, since: datetime | None):
+    s, p, o = shadow_predictions.c, ride_predictions.c, ride_outcomes.c
+    joined = shadow_predictions.join(ride_predictions, p.trip_id == s.trip_id).join(
+        ride_outcomes, and_(o.trip_id == s.trip_id, o.observed_at <= known_by_local)
+    )
+    conditions = [s.model_version == challenger, p.model_version == production]
+    if since is not None:
+        conditions.append(s.created_at >= since)
+    production_error = func.abs(p.predicted_duration - o.actual_duration)
+    challenger_error = func.abs(s.predicted_duration - o.actual_duration)
+    return joined, conditions, production_error, challenger_error
+
+
+def paired_sums(
+    engine: Engine, challenger: str, production: str, known_by_local: datetime, since: datetime | None = None
+) -> dict[str, Any]:
+    """Sums over the rides both versions scored whose outcome was observed by `known_by_local`
+    (Chicago local): n, the two absolute errors, the paired difference and its square."""
+    joined, conditions, production_error, challenger_error = _paired(challenger, production, known_by_local, since)
+    difference = challenger_error - production_error
+    query = (
+        select(
+            func.count().label("n"),
+            func.sum(production_error).label("production_error"),
+            func.sum(challenger_error).label("challenger_error"),
+            func.sum(difference).label("difference"),
+            func.sum(difference * difference).label("difference_squared"),
+            func.min(shadow_predictions.c.created_at).label("first_at"),
+        )
+        .select_from(joined)
+        .where(*conditions)
+    )
+    with engine.connect() as conn:
+        return dict(conn.execute(query).mappings().one())
+
+
+def paired_sample(
+    engine: Engine,
+    challenger: str,
+    production: str,
+    known_by_local: datetime,
+    since: datetime | None = None,
+    limit: int = 5_000,
+) -> pd.DataFrame:
+    """At most `limit` of those rides, drawn at random: both absolute errors (for the signed-rank check)."""
+    joined, conditions, production_error, challenger_error = _paired(challenger, production, known_by_local, since)
+    query = (
+        select(production_error.label("production_error"), challenger_error.label("challenger_error"))
+        .select_from(joined)
+        .where(*conditions)
+        .order_by(func.random())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return _frame(conn.execute(query), ["production_error", "challenger_error"])
+
+
+def shadowed_versions(engine: Engine, since: datetime) -> list[tuple[str, str]]:
+    """(production version, challenger version) pairs of batches that finished since `since` with a
+    challenger pinned: the comparisons a quality pass keeps up to date."""
+    query = (
+        select(batch_runs.c.model_version, batch_runs.c.challenger_version)
+        .where(batch_runs.c.challenger_version.is_not(None), batch_runs.c.finished_at >= since)
+        .distinct()
+    )
+    with engine.connect() as conn:
+        return [(str(p), str(c)) for p, c in conn.execute(query) if p is not None]
+
+
+def save_comparison(engine: Engine, values: dict[str, Any]) -> None:
+    with engine.begin() as conn:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(shadow_comparisons).values(**values, computed_at=func.now())
+        keys = ["challenger_version", "production_version"]
+        changes = {k: statement.excluded[k] for k in (*values, "computed_at") if k not in keys}
+        conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes))
+
+
+def comparison(engine: Engine, challenger: str, production: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                select(shadow_comparisons).where(
+                    shadow_comparisons.c.challenger_version == challenger,
+                    shadow_comparisons.c.production_version == production,
+                )
+            )
+            .mappings()
+            .first()
+        )
+    return dict(row) if row else None
+
+
+def latest_comparison(engine: Engine, model_name: str) -> dict[str, Any] | None:
+    """The most recently computed paired comparison of this model."""
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                select(shadow_comparisons)
+                .where(shadow_comparisons.c.model_name == model_name)
+                .order_by(shadow_comparisons.c.computed_at.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+    return dict(row) if row else None
+
+
+def version_accuracy(engine: Engine, since: datetime) -> dict[str, tuple[int, float | None]]:
+    """Per model version: outcomes and their MAE over batches that finished since `since` (UTC), from
+    the per-batch live accuracy monitoring already stores (an outcome-weighted mean)."""
+    m = batch_metrics.c
+    weighted = func.sum(m.mae * m.outcomes)
+    outcomes = func.sum(m.outcomes)
+    query = (
+        select(m.model_version, outcomes, weighted)
+        .select_from(batch_metrics.join(batch_runs, batch_runs.c.batch_id == m.batch_id))
+        .where(batch_runs.c.finished_at >= since, m.outcomes > 0, m.mae.is_not(None))
+        .group_by(m.model_version)
+    )
+    with engine.connect() as conn:
+        return {
+            str(version): (int(n or 0), float(total) / n if n else None)
+            for version, n, total in conn.execute(query)
+            if version is not None
+        }
+
+
+def version_use(engine: Engine) -> dict[str, tuple[int, int]]:
+    """Per model version: succeeded batches it scored and the rows they wrote (all kept history)."""
+    c = batch_runs.c
+    query = (
+        select(c.model_version, func.count(), func.coalesce(func.sum(c.rows_written), 0))
+        .where(c.status == "succeeded", c.model_version.is_not(None))
+        .group_by(c.model_version)
+    )
+    with engine.connect() as conn:
+        return {str(version): (int(n), int(rows)) for version, n, rows in conn.execute(query)}
+
+
+def shadow_failures(engine: Engine, since: datetime) -> int:
+    """Batches finished since `since` whose challenger could not score them (or part of them)."""
+    query = select(func.count()).where(batch_runs.c.finished_at >= since, batch_runs.c.shadow_error.is_not(None))
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def shadow_rows(engine: Engine, batch_id: str) -> dict[str, int]:
+    """Shadow predictions of one batch, per challenger version."""
+    query = (
+        select(shadow_predictions.c.model_version, func.count())
+        .where(shadow_predictions.c.batch_id == batch_id)
+        .group_by(shadow_predictions.c.model_version)
+    )
+    with engine.connect() as conn:
+        return {str(v): int(n) for v, n in conn.execute(query)}
