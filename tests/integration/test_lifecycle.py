@@ -305,11 +305,13 @@ def test_retrain_after_a_fare_rise_makes_a_better_challenger_shadow_scored_once_
     text = _ok(stack.cli("models", "--compare"))
     assert "verdict         challenger better" in text
     print(text)
+    print(_ok(stack.cli("models")))
 
     # What promote sees: the evidence favours the challenger, which then serves; its alias is retired.
     _ok(stack.cli("promote", challenger, "--reason", "won on live rides"))
     assert _alias(stack) == challenger and _alias(stack, "challenger") is None
     assert [e.action for e in _events(stack)][-2:] == ["promoted", "challenger_retired"]
+    print(_ok(stack.cli("models", "--history")))
 
 
 def test_observe_records_an_outside_move_once_under_concurrency(fresh_pg_url):

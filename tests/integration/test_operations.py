@@ -321,6 +321,12 @@ def test_prune_deletes_old_batches_with_all_their_rows(stack):
     )
     trips = [r[0] for r in stack.sql("SELECT trip_id FROM ride_predictions WHERE batch_id = :b", b=batch_id)]
     assert stack.sql("SELECT count(*) FROM ride_outcomes WHERE trip_id = ANY(:t)", t=trips)[0][0] == 50
+    # As a challenger would have shadow-scored it.
+    stack.sql_exec(
+        "INSERT INTO shadow_predictions (trip_id, model_version, batch_id, predicted_duration) "
+        "SELECT trip_id, '99', batch_id, predicted_duration FROM ride_predictions WHERE batch_id = :b",
+        b=batch_id,
+    )
     stack.sql_exec("UPDATE batch_runs SET started_at = now() - interval '40 days' WHERE batch_id = :b", b=batch_id)
     asked = stack.cli("prune", "--older-than", "30")
     assert "1 batches started before" in asked.stdout and "50 predictions, would be deleted" in asked.stdout
@@ -329,7 +335,15 @@ def test_prune_deletes_old_batches_with_all_their_rows(stack):
     done = stack.cli("prune", "--older-than", "30", "--yes")
     assert done.returncode == 0, done.stderr
     assert "50 ride_predictions" in done.stdout and "1 batch_runs" in done.stdout
-    for table in ("ride_predictions", "batch_chunks", "batch_runs", "batch_metrics", "column_drift"):
+    assert "50 shadow_predictions" in done.stdout
+    for table in (
+        "ride_predictions",
+        "batch_chunks",
+        "batch_runs",
+        "batch_metrics",
+        "column_drift",
+        "shadow_predictions",
+    ):
         assert stack.sql(f"SELECT count(*) FROM {table} WHERE batch_id = :b", b=batch_id)[0][0] == 0
     assert stack.sql("SELECT count(*) FROM ride_outcomes WHERE trip_id = ANY(:t)", t=trips)[0][0] == 0
     assert stack.sql("SELECT rows_written FROM batch_runs WHERE batch_id = :b", b=young) == [(20,)]  # younger ones stay

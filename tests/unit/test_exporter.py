@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, insert
 from tests.support import REPO_ROOT, free_port, required_tool, stop_process_group, wait_until
 from worker.rides.generator import CHICAGO
 from worker.store.database import migrate
-from worker.store.schema import batch_metrics, batch_runs, column_drift, daily_accuracy, window_metrics
+from worker.store.schema import batch_metrics, batch_runs, column_drift, daily_accuracy, model_events, window_metrics
 
 INTERVAL = 300.0
 TIMEOUT = 2.0  # EXPORTER_TIMEOUT_SECONDS in these tests
@@ -137,6 +137,20 @@ def fill(url: str, now: datetime) -> dict:
          "started_at": now - timedelta(minutes=1)},
         {"batch_id": "adhoc-retrying", "trigger": "adhoc", "rides_requested": 9, "status": "retrying",
          "started_at": now - timedelta(minutes=2), "attempts": 2},
+        # its challenger could not score it: written all the same, and counted
+        {"batch_id": "file-shadow-failed", "trigger": "file", "rides_requested": 3, "rows_written": 3,
+         "status": "succeeded", "started_at": now - timedelta(minutes=30), "finished_at": now - timedelta(minutes=29),
+         "challenger_version": "4", "shadow_error": "challenger v4 failed to predict: ValueError: X"},
+    ]  # fmt: skip
+    moves = [
+        {"model_name": "chicago-taxi-duration", "alias": "production", "action": "promoted", "from_version": "1",
+         "to_version": "2", "actor": "alice", "status": "done", "at": now - 3 * hour},
+        {"model_name": "chicago-taxi-duration", "alias": "production", "action": "rolled_back", "from_version": "2",
+         "to_version": "1", "actor": "alice", "status": "done", "at": now - hour},
+        {"model_name": "chicago-taxi-duration", "alias": "production", "action": "promoted", "from_version": "1",
+         "to_version": "2", "actor": "bob", "status": "failed", "at": now - timedelta(minutes=5)},
+        {"model_name": "chicago-taxi-duration", "alias": None, "action": "registered", "to_version": "3",
+         "actor": "bob", "status": "done", "at": now - 2 * timedelta(days=1)},
     ]  # fmt: skip
     monitored = [
         {"batch_id": f"m{k}", "rows": 10, "monitor_status": "ok", "dataset_drift": k < 3, "monitored_at": now - timedelta(minutes=k)}
@@ -179,6 +193,8 @@ def fill(url: str, now: datetime) -> dict:
             conn.execute(insert(window_metrics).values(**row))
         for row in accuracy:
             conn.execute(insert(daily_accuracy).values(**row))
+        for row in moves:
+            conn.execute(insert(model_events).values(**row))
     engine.dispose()
     return {
         "last_schedule": newest_schedule["finished_at"],
@@ -187,6 +203,7 @@ def fill(url: str, now: datetime) -> dict:
         "last_schedule_seconds": (newest_schedule["finished_at"] - newest_schedule["started_at"]).total_seconds(),
         "window_end_utc": window_end_local.replace(tzinfo=CHICAGO).astimezone(UTC),
         "batch_ids": {row["batch_id"] for row in schedule_rows + other_rows + monitored},
+        "last_production_move": now - hour,
     }
 
 
@@ -223,7 +240,16 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     assert value(found, "taxi_batches_finished_last_hour", status="succeeded", trigger="adhoc") == 0  # 2 h ago
     assert value(found, "taxi_batches_finished_last_hour", status="failed", trigger="adhoc") == 1
     assert value(found, "taxi_batches_finished_last_hour", status="failed", trigger="file") == 0
+    assert value(found, "taxi_shadow_failures_last_hour") == 1
+    assert value(found, "taxi_model_events_last_day", action="promoted") == 1  # the failed one does not count
+    assert value(found, "taxi_model_events_last_day", action="rolled_back") == 1
+    assert value(found, "taxi_model_events_last_day", action="registered") == 0  # two days ago
+    assert value(found, "taxi_model_moves_failed_last_day") == 1
+    assert value(found, "taxi_model_last_production_move_timestamp_seconds") == pytest.approx(
+        expected["last_production_move"].timestamp()
+    )
     assert value(found, "taxi_rows_written_last_hour", trigger="schedule") == sum(100 + k for k in range(8))
+    assert value(found, "taxi_rows_written_last_hour", trigger="file") == 3
     assert value(found, "taxi_batches_unfinished", status="running") == 1
     assert value(found, "taxi_batches_unfinished", status="retrying") == 1
     assert value(found, "taxi_missed_slots_last_day") == 2

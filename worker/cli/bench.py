@@ -3,14 +3,18 @@
 Two measurements, both printed with their conditions:
 1. In one process, per batch size: generate, predict, write, each timed; rides/s end to end.
 2. The monitor's cost: monitoring one written 2,000-ride batch, as the monitoring task does.
-3. Through a real `celery worker` this command starts (2 processes, warm model), once with
-   monitoring off and once on, side by side: 100,000-ride batches fanned out in chunks (median
-   of --repeat), and the dispatch-to-commit latency of 1,000-ride batches.
+3. Through a real `celery worker` this command starts (2 processes, warm model), with
+   monitoring off, on, and on with a challenger shadow-scoring every batch, side by side:
+   100,000-ride batches fanned out in chunks (median of --repeat), and the dispatch-to-commit
+   latency of 1,000-ride batches. The challenger run uses a registered model of its own
+   (MODEL_NAME + "-bench": two versions made from the production version's artifacts, as
+   production and challenger), so the real model's aliases are never touched; it is deleted after.
 Rows it writes are deleted afterwards, in every table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -94,13 +98,17 @@ def monitor_cost(settings: Settings, rides: int, repeat: int) -> dict:
     return {"rides": rides, "seconds": statistics.median(times)}
 
 
-def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]:
+def stage_bench(settings: Settings, sizes: list[int], repeat: int, challenger: bool = False) -> list[dict]:
+    """In one process; with `challenger`, the production model also stands in as the challenger, so
+    every ride is predicted twice and its shadow prediction written in the same transaction."""
     from worker import batch, runtime
+    from worker.model.registry import Shadow
     from worker.rides.generator import recent_window
     from worker.store import writes
 
     engine = runtime.engine()
     model = runtime.model()
+    shadow = Shadow(f"{model.version}-bench", model) if challenger else None
     results = []
     for size in sizes:
         runs = []
@@ -119,7 +127,14 @@ def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]
             )
             started = time.perf_counter()
             result = batch.run_generated_chunk(
-                engine, model, batch_id=batch_id, chunk_index=0, rides=size, seed=attempt, window=recent_window(5)
+                engine,
+                model,
+                batch_id=batch_id,
+                chunk_index=0,
+                rides=size,
+                seed=attempt,
+                window=recent_window(5),
+                shadow=shadow,
             )
             total = time.perf_counter() - started
             assert result.write.rows_written == size
@@ -131,7 +146,50 @@ def stage_bench(settings: Settings, sizes: list[int], repeat: int) -> list[dict]
     return results
 
 
-def worker_bench(settings: Settings, latency_runs: int, big: int, monitoring: bool = True, big_runs: int = 3) -> dict:
+def bench_model(settings: Settings) -> str:
+    """A registered model of the bench's own, MODEL_NAME + "-bench": versions 1 (production) and 2
+    (challenger) made from the production version's artifacts (no upload), aliases moved on the record."""
+    from worker import runtime
+    from worker.lifecycle.moves import move_alias
+    from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow, resolve_version
+
+    client = configure_mlflow(settings)
+    name, version = resolve_version(client, settings.model_uri)
+    source = client.get_model_version(name, version)
+    bench_name = f"{settings.MODEL_NAME}-bench"
+    drop_bench_model(settings, bench_name)
+    client.create_registered_model(bench_name)
+    for _ in range(2):
+        client.create_model_version(bench_name, source.source, run_id=source.run_id, tags=source.tags)
+    own = settings.model_copy(update={"MODEL_NAME": bench_name, "MODEL_URI": ""})
+    engine = runtime.engine()
+    for alias, to in ((settings.MODEL_ALIAS, "1"), (CHALLENGER_ALIAS, "2")):
+        move_alias(own, engine, alias=alias, to_version=to, action="promoted", reason="bench", client=client)
+    return bench_name
+
+
+def drop_bench_model(settings: Settings, bench_name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from worker import runtime
+    from worker.model.registry import configure_mlflow
+    from worker.store.schema import model_aliases, model_events
+
+    with contextlib.suppress(MlflowException):  # not there
+        configure_mlflow(settings).delete_registered_model(bench_name)
+    with runtime.engine().begin() as conn:
+        for table in (model_events, model_aliases):
+            conn.execute(table.delete().where(table.c.model_name == bench_name))
+
+
+def worker_bench(
+    settings: Settings,
+    latency_runs: int,
+    big: int,
+    monitoring: bool = True,
+    big_runs: int = 3,
+    model_name: str | None = None,
+) -> dict:
     from worker import runtime
     from worker.cli.dispatching import dispatch_batch
     from worker.store import writes
@@ -154,7 +212,11 @@ def worker_bench(settings: Settings, latency_runs: int, big: int, monitoring: bo
                 "--without-mingle",
             ],
             cwd=REPO_ROOT,
-            env={**os.environ, "MONITORING": "true" if monitoring else "false"},
+            env={
+                **os.environ,
+                "MONITORING": "true" if monitoring else "false",
+                **({"MODEL_NAME": model_name, "MODEL_URI": ""} if model_name else {}),
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -207,12 +269,22 @@ def run_bench(settings: Settings, sizes: list[int], repeat: int, latency_runs: i
         f"machine: {os.cpu_count()} cores; broker {settings.CELERY_BROKER_URL.split('@')[-1]}; "
         f"database {settings.database_url.split('@')[-1]}; CHUNK_SIZE={settings.CHUNK_SIZE}"
     )
-    print(f"in one process (median of {repeat} runs after a warm-up):")
-    print(f"  {'rides':>8} {'generate s':>11} {'predict s':>10} {'write s':>8} {'total s':>8} {'rides/s':>9}")
-    for r in stage_bench(settings, sizes, repeat):
+    print(f"in one process (median of {repeat} runs after a warm-up), without and with a challenger:")
+    print(
+        f"  {'challenger':>10} {'rides':>8} {'generate s':>11} {'predict s':>10} {'shadow s':>9} {'write s':>8} "
+        f"{'total s':>8} {'rides/s':>9}"
+    )
+    staged = {on: stage_bench(settings, sizes, repeat, challenger=on) for on in (False, True)}
+    for on, rows in staged.items():
+        for r in rows:
+            print(
+                f"  {'yes' if on else 'no':>10} {r['rides']:>8} {r['generate']:>11.3f} {r['predict']:>10.3f} "
+                f"{r.get('shadow', 0.0):>9.3f} {r['write']:>8.3f} {r['total']:>8.3f} {r['rides_per_second']:>9.0f}"
+            )
+    for plain, shadowed in zip(staged[False], staged[True], strict=True):
         print(
-            f"  {r['rides']:>8} {r['generate']:>11.3f} {r['predict']:>10.3f} {r['write']:>8.3f} "
-            f"{r['total']:>8.3f} {r['rides_per_second']:>9.0f}"
+            f"  a challenger costs {shadowed['total'] / plain['total'] - 1:+.0%} per {plain['rides']:,}-ride batch "
+            "in one process (aim: at most +30 %)"
         )
     cost = monitor_cost(settings, 2000, repeat)
     if cost["seconds"] is None:
@@ -221,24 +293,36 @@ def run_bench(settings: Settings, sizes: list[int], repeat: int, latency_runs: i
         print(f"monitoring a 2,000-ride batch (read, summarise, drift tests, store): {cost['seconds'] * 1000:.0f} ms")
     if with_worker:
         print(
-            f"through a celery worker (2 processes, warm model), monitoring off, then on "
+            f"through a celery worker (2 processes, warm model), monitoring off, on, and on with a challenger "
             f"(big batch: median of {repeat}, 1000 rides: {latency_runs} runs):"
         )
         runs = {
             label: worker_bench(settings, latency_runs, max(sizes), monitoring=on, big_runs=repeat)
             for label, on in (("off", False), ("on", True))
         }
-        off, on = runs["off"], runs["on"]
+        bench_name = bench_model(settings)
+        try:
+            runs["on+challenger"] = worker_bench(
+                settings, latency_runs, max(sizes), monitoring=True, big_runs=repeat, model_name=bench_name
+            )
+        finally:
+            drop_bench_model(settings, bench_name)
+        off, on, shadowed = runs["off"], runs["on"], runs["on+challenger"]
         print(
-            f"  {'monitoring':>10} {'rides':>8} {'dispatch->commit s':>19} {'rides/s':>9} {'1000 rides median s':>20} {'max s':>7}"
+            f"  {'monitoring':>13} {'rides':>8} {'dispatch->commit s':>19} {'rides/s':>9} {'1000 rides median s':>20} {'max s':>7}"
         )
         for label, w in runs.items():
             print(
-                f"  {label:>10} {w['big_rides']:>8} {w['big_seconds']:>19.2f} {w['big_rides_per_second']:>9.0f} "
+                f"  {label:>13} {w['big_rides']:>8} {w['big_seconds']:>19.2f} {w['big_rides_per_second']:>9.0f} "
                 f"{w['latency_1000_median']:>20.3f} {w['latency_1000_max']:>7.3f}"
             )
         change = on["big_rides_per_second"] / off["big_rides_per_second"] - 1
         print(
             f"  throughput with monitoring: {change:+.1%} against without "
             f"(aim: within 15 %); 1000-ride latency with monitoring {on['latency_1000_median'] * 1000:.0f} ms (aim: < 100 ms)"
+        )
+        cost = shadowed["big_seconds"] / on["big_seconds"] - 1
+        print(
+            f"  a challenger costs {cost:+.0%} per {shadowed['big_rides']:,}-ride batch (aim: at most +30 %); "
+            f"1000-ride latency with it {shadowed['latency_1000_median'] * 1000:.0f} ms (aim: < 100 ms)"
         )

@@ -585,6 +585,30 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_retrain_check(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.lifecycle.design_trial import compare_designs
+
+    print(f"simulating {args.hours:g} observed hours of each changed world (a few minutes)...", flush=True)
+    baseline, scores = compare_designs(observed_hours=args.hours, seed=args.seed)
+    print(f"production before the change, the next calibrated day: MAE {baseline['calibrated_day']:.3f} min")
+    print(
+        f"{'world':<28} {'training set':<22} {'observed':>9} {'next hour':>10} {'next 24 h':>10} {'fit s':>6}  estimate"
+    )
+    for score in scores:
+        world = f"speed x{score.world.speed_factor:g}, fare x{score.world.fare_factor:g}"
+        estimate = (
+            f"speed x{score.estimated.speed_factor:g}, fare x{score.estimated.fare_factor:g}" if score.estimated else ""
+        )
+        print(
+            f"{world:<28} {score.design:<22} {score.observed_rides:>9,} {score.next_hour_mae:>10.3f} "
+            f"{score.next_day_mae:>10.3f} {score.fit_seconds:>6.1f}  {estimate}"
+        )
+    for name, value in baseline.items():
+        if name.startswith("production_next_day"):
+            print(f"production (not retrained), next 24 h, {name.split(' ', 1)[1]}: MAE {value:.3f} min")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.bench import run_bench
 
@@ -797,6 +821,14 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--max-depth", type=_positive_int, default=12)
     retrain.add_argument("--min-samples-leaf", type=_positive_int, default=10)
     retrain.set_defaults(handler=cmd_retrain)
+
+    design = sub.add_parser(
+        "retrain-check",
+        help="measure retrain's training set against the alternatives on simulated hours of a changed world",
+    )
+    design.add_argument("--hours", type=_positive_float, default=3.0, help="hours of the changed world observed")
+    design.add_argument("--seed", type=_seed, default=0, help="0 to 2**63-1")
+    design.set_defaults(handler=cmd_retrain_check)
 
     exporter = sub.add_parser("exporter", help="serve batch, drift, accuracy and worker metrics for Prometheus")
     exporter.add_argument("--port", type=_port, help="default: EXPORTER_PORT")

@@ -40,16 +40,19 @@ from prometheus_client.registry import Collector
 from worker.cli.launcher import check_port_free
 from worker.settings import Settings, hide_passwords
 from worker.store.snapshot import (
+    EVENT_ACTIONS,
     FINISHED,
     MONITOR_STATUSES,
     TRIGGERS,
     UNFINISHED,
     BatchState,
     DriftState,
+    LifecycleState,
     VersionAccuracy,
     read_accuracy,
     read_batches,
     read_drift,
+    read_lifecycle,
     scrape_engine,
 )
 
@@ -120,6 +123,7 @@ class DatabaseReading:
     batches: BatchState
     drift: DriftState
     accuracy: list[VersionAccuracy]
+    lifecycle: LifecycleState
 
 
 @dataclass
@@ -135,6 +139,7 @@ class RegistryReading:
     model_name: str
     production_version: str | None
     heldout_mae_minutes: dict[str, float] = field(default_factory=dict)  # by version, from the `mae_minutes` tag
+    challenger_version: str | None = None
 
 
 def read_database(settings: Settings, engine: Any) -> DatabaseReading:
@@ -143,6 +148,7 @@ def read_database(settings: Settings, engine: Any) -> DatabaseReading:
         batches=read_batches(engine, now, settings.BATCH_INTERVAL_SECONDS),
         drift=read_drift(engine, now),
         accuracy=read_accuracy(engine, now),
+        lifecycle=read_lifecycle(engine, now, settings.MODEL_NAME, settings.MODEL_ALIAS),
     )
 
 
@@ -161,11 +167,12 @@ def read_broker(timeout: float) -> BrokerReading:
 
 
 def read_registry(settings: Settings) -> RegistryReading:
-    from worker.model.registry import configure_mlflow, find_version, parse_model_uri
+    from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow, read_state
 
     client = configure_mlflow(settings)
-    found = find_version(client, settings.model_uri)
-    name = found[0] if found else parse_model_uri(settings.model_uri)[0]
+    state = read_state(client, settings.model_uri)
+    found = (state.name, state.version) if state.version is not None else None
+    name = state.name
     heldout = {}
     if found is not None:
         for version in client.search_model_versions(f"name='{name}'"):
@@ -174,7 +181,7 @@ def read_registry(settings: Settings) -> RegistryReading:
                 heldout[str(version.version)] = float(tag)
             except (TypeError, ValueError):
                 continue
-    return RegistryReading(name, found[1] if found else None, heldout)
+    return RegistryReading(name, found[1] if found else None, heldout, state.aliases.get(CHALLENGER_ALIAS))
 
 
 def gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
@@ -234,6 +241,8 @@ class TaxiCollector(Collector):
         if workers.ok:
             yield from self._worker_families(workers.value)
         yield from self._accuracy(database, registry)
+        if database.ok:
+            yield from self._lifecycle(database.value.lifecycle)
 
     def _workers(self, broker: Reading) -> Reading:
         """Ping replies as {worker: answered now}, remembering silent workers for WORKER_MEMORY_SECONDS."""
@@ -486,6 +495,77 @@ class TaxiCollector(Collector):
                 number.add_metric([], float(cached.production_version))
                 yield number
 
+    def _lifecycle(self, state: LifecycleState) -> Iterator[Metric]:
+        """The challenger and its paired evidence (the comparison stored by the quality pass for the
+        versions the registry's aliases point at now), shadow failures and model events."""
+        from worker.monitor.paired import favours_challenger, stored
+
+        failures = gauge(
+            "taxi_shadow_failures_last_hour",
+            "Batches finished in the last hour whose challenger could not score them (the batches were written).",
+        )
+        failures.add_metric([], state.shadow_failures_last_hour)
+        yield failures
+        happened = gauge(
+            "taxi_model_events_last_day", "Model events (alias moves, registrations) of the last 24 hours.", ["action"]
+        )
+        for action in EVENT_ACTIONS:
+            happened.add_metric([action], state.events_last_day.get(action, 0))
+        yield happened
+        failed = gauge("taxi_model_moves_failed_last_day", "Alias moves the registry did not make, last 24 hours.")
+        failed.add_metric([], state.failed_moves_last_day)
+        yield failed
+        if state.last_production_move is not None:
+            moved = gauge(
+                "taxi_model_last_production_move_timestamp_seconds",
+                "When the production alias last moved on the record (promotion, rollback, conversion, outside move).",
+            )
+            moved.add_metric([], state.last_production_move.timestamp())
+            yield moved
+        cached = self.registry_cache
+        if cached is None or cached.challenger_version is None:
+            return
+        challenger = gauge(
+            "taxi_challenger_model_version", "The version the challenger alias points at (shadow-scored)."
+        )
+        if cached.challenger_version.isdigit():
+            challenger.add_metric([], float(cached.challenger_version))
+        yield challenger
+        found = stored(state.comparisons.get((cached.challenger_version, cached.production_version or "")))
+        if found is None or not found.outcomes:
+            return
+        labels = ["challenger", "production"]
+        values = [found.challenger_version, found.production_version]
+        for name, documentation, value in (
+            ("taxi_challenger_paired_outcomes", "Rides both versions scored whose duration is known.", found.outcomes),
+            (
+                "taxi_challenger_mae_seconds",
+                "The challenger's MAE on the paired rides.",
+                _seconds(found.challenger_mae),
+            ),
+            (
+                "taxi_challenger_production_mae_seconds",
+                "Production's MAE on the same paired rides.",
+                _seconds(found.production_mae),
+            ),
+            (
+                "taxi_challenger_mae_difference_seconds",
+                "Mean of |challenger error| - |production error| per ride (negative: the challenger is better).",
+                _seconds(found.mean_difference),
+            ),
+            ("taxi_challenger_difference_ci_low_seconds", "95 % CI of that mean, low end.", _seconds(found.ci_low)),
+            ("taxi_challenger_difference_ci_high_seconds", "95 % CI of that mean, high end.", _seconds(found.ci_high)),
+            (
+                "taxi_challenger_favoured",
+                "1 if the paired evidence favours the challenger (the rule `promote` and the policy use).",
+                float(favours_challenger(found)),
+            ),
+        ):
+            if value is not None:
+                family = gauge(name, documentation, labels)
+                family.add_metric(values, value)
+                yield family
+
     def _worker_families(self, answered: dict[str, bool]) -> Iterator[Metric]:
         online = gauge("taxi_workers_online", "Celery workers that answered a ping in this scrape.")
         online.add_metric([], float(sum(answered.values())))
@@ -498,6 +578,10 @@ class TaxiCollector(Collector):
         for name, alive in answered.items():
             up.add_metric([name], float(alive))
         yield up
+
+
+def _seconds(minutes: float | None) -> float | None:
+    return None if minutes is None else minutes * 60
 
 
 def build_registry(settings: Settings) -> CollectorRegistry:

@@ -12,12 +12,16 @@ from worker.model.conversion import Conversion, convert_to_skops
 from worker.model.registry import configure_mlflow
 from worker.model.training import DEFAULT_FOREST, ForestParams, TrainResult, fit_and_register
 from worker.settings import Settings
-from worker.store.database import ensure_schema, get_engine
+from worker.store.database import ensure_schema, get_engine, migrate
 
 
 def _engine(settings: Settings, engine: Engine | None) -> Engine:
+    """The record must be writable before anything is trained or moved. The embedded SQLite store
+    (no DATABASE_URL) is created here, as `make run` would; a real database is migrated by `migrate`."""
+    if engine is None and not settings.DATABASE_URL:
+        migrate(settings.database_url)
     engine = engine or get_engine(settings.database_url)
-    ensure_schema(engine)  # the record must be writable before anything is trained or moved
+    ensure_schema(engine)
     return engine
 
 

@@ -24,6 +24,7 @@ from worker.store.schema import (
     daily_accuracy,
     ride_outcomes,
     ride_predictions,
+    shadow_predictions,
     window_column_drift,
     window_metrics,
 )
@@ -66,6 +67,9 @@ def _delete_rows_of(engine: Engine, batch_id: str, counts: Counter) -> None:
                 return
             counts["ride_outcomes"] += conn.execute(
                 delete(ride_outcomes).where(ride_outcomes.c.trip_id.in_(trip_ids))
+            ).rowcount
+            counts["shadow_predictions"] += conn.execute(
+                delete(shadow_predictions).where(shadow_predictions.c.trip_id.in_(trip_ids))
             ).rowcount
             counts["ride_predictions"] += conn.execute(
                 delete(ride_predictions).where(ride_predictions.c.trip_id.in_(trip_ids))

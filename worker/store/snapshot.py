@@ -23,7 +23,15 @@ from sqlalchemy.engine import make_url
 
 from worker.rides.generator import CHICAGO
 from worker.store.history import missed_slots
-from worker.store.schema import batch_metrics, batch_runs, column_drift, daily_accuracy, window_metrics
+from worker.store.schema import (
+    batch_metrics,
+    batch_runs,
+    column_drift,
+    daily_accuracy,
+    model_events,
+    shadow_comparisons,
+    window_metrics,
+)
 
 TRIGGERS = ("schedule", "adhoc", "file")
 FINISHED = ("succeeded", "failed")
@@ -238,3 +246,59 @@ def read_accuracy(engine: Engine, now: datetime) -> list[VersionAccuracy]:
             VersionAccuracy(row.model_version, row.day, row.outcomes, row.mae, row.heldout_mae, row.baseline_mae)
             for row in conn.execute(query)
         ]
+
+
+# The model's life cycle as the exporter shows it: actions whose counts it exports, and the moves of
+# the production alias (what a step in live MAE is read against).
+EVENT_ACTIONS = (
+    "registered",
+    "promoted",
+    "rolled_back",
+    "converted",
+    "challenger_set",
+    "challenger_retired",
+    "moved_outside",
+)
+PRODUCTION_MOVES = ("promoted", "rolled_back", "converted", "moved_outside")
+
+
+@dataclass
+class LifecycleState:
+    comparisons: dict[tuple[str, str], dict] = field(default_factory=dict)  # (challenger, production) -> row
+    shadow_failures_last_hour: int = 0
+    events_last_day: dict[str, int] = field(default_factory=dict)  # by action, done only
+    failed_moves_last_day: int = 0
+    last_production_move: datetime | None = None
+
+
+def read_lifecycle(engine: Engine, now: datetime, model_name: str, production_alias: str) -> LifecycleState:
+    state = LifecycleState()
+    e, s = model_events.c, shadow_comparisons.c
+    day = now - timedelta(days=1)
+    with engine.connect() as conn:
+        for row in conn.execute(
+            select(shadow_comparisons).where(s.model_name == model_name, s.computed_at >= now - timedelta(days=7))
+        ).mappings():
+            state.comparisons[(str(row["challenger_version"]), str(row["production_version"]))] = dict(row)
+        state.shadow_failures_last_hour = conn.execute(
+            select(func.count()).where(batch_runs.c.finished_at >= now - RECENT, batch_runs.c.shadow_error.is_not(None))
+        ).scalar_one()
+        for action, status, count in conn.execute(
+            select(e.action, e.status, func.count())
+            .where(e.model_name == model_name, e.at >= day)
+            .group_by(e.action, e.status)
+        ):
+            if status == "done":
+                state.events_last_day[action] = count
+            elif status == "failed":
+                state.failed_moves_last_day += count
+        last = conn.execute(
+            select(func.max(e.at)).where(
+                e.model_name == model_name,
+                e.alias == production_alias,
+                e.status == "done",
+                e.action.in_(PRODUCTION_MOVES),
+            )
+        ).scalar_one()
+        state.last_production_move = as_utc(last) if last is not None else None
+    return state

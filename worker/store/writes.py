@@ -246,7 +246,7 @@ def staged_frame(predictions: pd.DataFrame, outcomes: pd.DataFrame | None, shado
             if len(target) != len(frame) or not (target["trip_id"].to_numpy() == frame["trip_id"].to_numpy()).all():
                 raise ValueError("outcomes and shadow predictions must be the chunk's rides, in the same order")
             for name, source in zip(extra, columns, strict=True):
-                frame[name] = target[source].to_numpy()
+                frame[name] = target[source].array  # by position; keeps a time zone (no object array)
     return frame
 
 
