@@ -7,7 +7,8 @@ than piling up behind a stopped worker: the expiry leaves room for one
 redelivery after a crash (visibility timeout + hard time limit).
 
 update_quality fills live accuracy every QUALITY_INTERVAL_SECONDS; with
-RETENTION_DAYS set, prune_batches deletes old batches once a day.
+RETENTION_DAYS set, prune_batches deletes old batches once a day; with
+MODEL_POLICY advise or auto, model_policy runs a pass every POLICY_INTERVAL_SECONDS.
 """
 
 from __future__ import annotations
@@ -44,4 +45,12 @@ if _settings.RETENTION_DAYS is not None:
         "schedule": crontab(minute=30, hour=9),
         "kwargs": {"older_than_days": _settings.RETENTION_DAYS},
         "options": {"expires": 3600},
+    }
+
+if _settings.MODEL_POLICY != "off":
+    # A pass that cannot start within its interval is dropped: the next one decides from fresher facts.
+    beat_schedule["model-policy"] = {
+        "task": "worker.tasks.model_policy",
+        "schedule": _settings.POLICY_INTERVAL_SECONDS,
+        "options": {"expires": _settings.POLICY_INTERVAL_SECONDS},
     }

@@ -106,9 +106,10 @@ def known_at(observed_at: pd.Series, now: datetime | None = None) -> pd.Series:
     return ended.where(ended > arrived, arrived)
 
 
-def outcome_frame(rides: pd.DataFrame) -> pd.DataFrame:
+def outcome_frame(rides: pd.DataFrame, now: datetime | None = None) -> pd.DataFrame:
     """What actually happened to made-up rides: their true duration, known (observed) once the
-    trip has ended, so that "what was known at time T" stays honest."""
+    trip has ended, so that "what was known at time T" stays honest. `now` (UTC) is when the
+    outcome arrives; a simulation of past days passes its own clock."""
     seconds = rides["trip_seconds"].to_numpy(dtype="int64")
     observed = pd.to_datetime(rides["trip_start_timestamp"]).to_numpy() + seconds.astype("timedelta64[s]")
     return pd.DataFrame(
@@ -118,7 +119,7 @@ def outcome_frame(rides: pd.DataFrame) -> pd.DataFrame:
             "observed_at": observed,
             "source": "generated",
             # Kept as a time-zone-aware column (never an array of objects: that costs seconds per 100,000).
-            "known_at": known_at(pd.Series(observed)).array,
+            "known_at": known_at(pd.Series(observed), now).array,
         }
     )
 
@@ -155,6 +156,7 @@ def predict_and_write(
     timings: dict,
     ids_are_new: bool = False,
     shadow: Shadow | None = None,
+    now: datetime | None = None,
 ) -> ChunkResult:
     started = time.perf_counter()
     minutes = predict_minutes(model, rides)
@@ -169,7 +171,7 @@ def predict_and_write(
         chunk_index,
         prediction_frame(rides, minutes, model, batch_id),
         ids_are_new,
-        outcome_frame(rides) if "trip_seconds" in rides else None,
+        outcome_frame(rides, now) if "trip_seconds" in rides else None,
         shadow=shadowed,
         shadow_error=shadow_error,
     )
@@ -196,11 +198,14 @@ def run_generated_chunk(
     window: Window,
     world: World = CALIBRATED,
     shadow: Shadow | None = None,
+    now: datetime | None = None,
 ) -> ChunkResult:
     started = time.perf_counter()
     frame = generated_chunk(batch_id, seed, chunk_index, rides, window, world)
     timings = {"generate": time.perf_counter() - started}
-    return predict_and_write(engine, model, batch_id, chunk_index, frame, timings, ids_are_new=True, shadow=shadow)
+    return predict_and_write(
+        engine, model, batch_id, chunk_index, frame, timings, ids_are_new=True, shadow=shadow, now=now
+    )
 
 
 def parse_window(start: str, end: str) -> Window:

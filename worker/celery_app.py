@@ -10,6 +10,7 @@ import sys
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
+from kombu import Queue
 
 from worker.settings import SettingsError, get_settings
 
@@ -22,6 +23,10 @@ except SettingsError as exc:  # `celery -A worker ...` with a malformed setting:
 from beat_schedule import beat_schedule
 
 VT = settings.VISIBILITY_TIMEOUT
+# Scoring stays on Celery's default queue; monitoring must not wait behind a backfill, and training
+# (tens of seconds of CPU) must never delay a scheduled batch. `-Q` narrows a worker to some of them.
+SCORING_QUEUE, MONITORING_QUEUE, TRAINING_QUEUE = "celery", "monitoring", "training"
+QUEUES = (SCORING_QUEUE, MONITORING_QUEUE, TRAINING_QUEUE)
 
 
 def _broker_transport_options() -> dict:
@@ -104,6 +109,14 @@ app.conf.update(
     beat_schedule=beat_schedule,
     enable_utc=True,
     timezone="UTC",
+    # Three queues; a worker started without -Q consumes all of them, so one worker still does everything.
+    task_queues=[Queue(name) for name in QUEUES],
+    task_default_queue=SCORING_QUEUE,
+    task_routes={
+        "worker.tasks.monitor_batch": {"queue": MONITORING_QUEUE},
+        "worker.tasks.update_quality": {"queue": MONITORING_QUEUE},
+        "worker.tasks.model_policy": {"queue": TRAINING_QUEUE},
+    },
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -77,6 +78,23 @@ class Settings(BaseSettings):
     QUALITY_INTERVAL_SECONDS: float = Field(
         60.0, gt=0, description="How often beat asks for live accuracy from newly observed outcomes."
     )
+    MODEL_POLICY: Literal["off", "advise", "auto"] = Field(
+        "off",
+        description="The model policy: off, advise (record what it would do) or auto (retrain, promote, roll back).",
+    )
+    POLICY_INTERVAL_SECONDS: float = Field(300.0, gt=0, description="How often beat runs a pass of the model policy.")
+    POLICY_RETRAIN_COOLDOWN_SECONDS: float = Field(
+        3600.0, ge=0, description="The policy retrains at most once in this many seconds."
+    )
+    POLICY_WINDOW_OUTCOMES: int = Field(
+        1000,
+        ge=500,
+        description="Live accuracy's rolling window: this many most recently known outcomes (alert, report, policy).",
+    )
+    TRAINING_SOFT_TIME_LIMIT: float = Field(
+        600.0, gt=0, description="Seconds before a training task (the policy's pass) is asked to stop."
+    )
+    TRAINING_TIME_LIMIT: float = Field(660.0, gt=0, description="Seconds before a training task's process is killed.")
     RETENTION_DAYS: float | None = Field(
         None, gt=0, description="Beat prunes batches older than this once a day; unset keeps everything."
     )
@@ -128,6 +146,13 @@ class Settings(BaseSettings):
             raise ValueError("TASK_SOFT_TIME_LIMIT must be below TASK_TIME_LIMIT")
         if self.VISIBILITY_TIMEOUT <= self.TASK_TIME_LIMIT:
             raise ValueError("VISIBILITY_TIMEOUT must exceed TASK_TIME_LIMIT, or Redis redelivers running tasks")
+        if self.TRAINING_SOFT_TIME_LIMIT >= self.TRAINING_TIME_LIMIT:
+            raise ValueError("TRAINING_SOFT_TIME_LIMIT must be below TRAINING_TIME_LIMIT")
+        if self.VISIBILITY_TIMEOUT <= self.TRAINING_TIME_LIMIT:
+            # A training task longer than this would be delivered a second time while the first still runs.
+            raise ValueError(
+                "VISIBILITY_TIMEOUT must exceed TRAINING_TIME_LIMIT, or Redis redelivers a running training"
+            )
         for name in ("DATABASE_STATEMENT_TIMEOUT", "DATABASE_LOCK_TIMEOUT"):
             if getattr(self, name) >= self.TASK_SOFT_TIME_LIMIT:
                 # A database wait must fail into a Celery retry; a time limit would kill the process instead,

@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from worker import batch, runtime
 from worker.beat import RUN_BATCH, slot_window
 from worker.celery_app import app
+from worker.lifecycle import policy
 from worker.model.registry import ModelUnavailable
 from worker.monitor import batches as monitoring_batches
 from worker.monitor import quality
@@ -412,6 +413,25 @@ def update_quality(self: Task) -> dict:
         engine, get_settings().MODEL_NAME, chicago_now(), since=now - quality.LOOKBACK
     )
     return {**done, "swept": swept, "comparisons": compared}
+
+
+@app.task(
+    bind=True,
+    name="worker.tasks.model_policy",
+    soft_time_limit=get_settings().TRAINING_SOFT_TIME_LIMIT,
+    time_limit=get_settings().TRAINING_TIME_LIMIT,
+)
+def model_policy(self: Task, mode: str | None = None) -> dict:
+    """One pass of the model policy (beat, every POLICY_INTERVAL_SECONDS, on the `training` queue): it may
+    retrain, which takes tens of seconds of CPU, hence its own queue and time limits (below the
+    visibility timeout, so Redis never hands a running pass to a second worker; a second pass would
+    find the policy's lease taken and do nothing anyway)."""
+    if mode is not None and mode not in ("off", "advise", "auto"):
+        raise BadRequest(f"mode must be off, advise or auto, got {mode!r}")
+    result = policy.run_pass(get_settings(), runtime.engine(), mode=mode)
+    if result.decision is not None:
+        log.info("model policy (%s): %s: %s", result.mode, result.decision.action, result.decision.reason)
+    return result.as_dict()
 
 
 @app.task(bind=True, name="worker.tasks.prune_batches")

@@ -426,6 +426,17 @@ def _lifecycle_lines(part: dict) -> list[str]:
             f"last model event {event['at']}: {event['action']} {event['alias'] or ''} {moved} by {event['actor']} "
             f"({event['status']}): {event['reason']}"
         )
+    policy = part.get("policy")
+    if policy is not None:
+        state = "halted" if policy["halted"] else "paused" if policy["paused"] else "running"
+        last = (
+            f"last pass {policy['last_pass_at']}: {policy['last_action']}: {policy['last_reason']}"
+            if policy["last_pass_at"]
+            else "no pass yet"
+        )
+        lines.append(f"model policy {policy['mode']} ({state}): {last}")
+        if policy["attention"]:
+            lines.append(f"model policy needs a person: {policy['attention']}")
     return lines
 
 
@@ -520,6 +531,75 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+    from datetime import UTC, datetime
+
+    from worker.lifecycle import policy
+    from worker.lifecycle.moves import actor_of
+    from worker.store import policy_state
+
+    engine = _lifecycle_engine(settings)
+    if args.what == "pause":
+        policy.pause(settings, engine, args.reason or "no reason given", actor_of(settings))
+        print("model policy paused: it acts on nothing until `python -m worker models policy resume`")
+        return 0
+    if args.what == "resume":
+        policy.resume(settings, engine, args.reason or "no reason given", actor_of(settings))
+        print(f"model policy resumed (MODEL_POLICY={settings.MODEL_POLICY})")
+        return 0
+    if args.what == "run":
+        mode = args.mode or settings.MODEL_POLICY
+        if mode == "off":
+            print("MODEL_POLICY is off: nothing to do (`--mode advise` or `--mode auto` runs one pass anyway)")
+            return 0
+        result = policy.run_pass(settings, engine, mode=mode)
+        if args.json:
+            print(json.dumps(result.as_dict(), default=str))
+        elif result.decision is None:
+            print(f"policy ({mode}): {result.note}")
+        else:
+            did = "did" if result.acted else "would" if mode == "advise" else "decided"
+            print(f"policy ({mode}) {did} {result.decision.action}: {result.decision.reason}")
+        return 0
+    state = policy_state.read(engine, settings.MODEL_NAME)
+    now = datetime.now(UTC)
+    try:
+        decision = policy.decide(policy.gather(settings, engine, now, state))
+        now_text = f"{decision.action}: {decision.reason}"
+    except Exception as exc:  # the registry may be down; the stored state is still worth showing
+        decision, now_text = None, f"unknown ({type(exc).__name__}: {hide_passwords(str(exc), settings)[:200]})"
+    shown = {
+        "mode": settings.MODEL_POLICY,
+        "paused": state["paused"],
+        "halted": state["halted"],
+        "note": state["note"],
+        "last_pass_at": state["last_pass_at"],
+        "last_action": state["last_action"],
+        "last_reason": state["last_reason"],
+        "attention": state["attention"],
+        "last_retrain_at": state["last_retrain_at"],
+        "now": None if decision is None else asdict(decision),
+    }
+    if args.json:
+        print(json.dumps(shown, default=str))
+        return 0
+    status = "halted" if state["halted"] else "paused" if state["paused"] else "running"
+    print(
+        f"model policy: MODEL_POLICY={settings.MODEL_POLICY}, {status}{': ' + state['note'] if state['note'] else ''}"
+    )
+    if state["last_pass_at"] is not None:
+        print(
+            f"last pass {state['last_pass_at']:%Y-%m-%d %H:%M:%S} UTC: {state['last_action']}: {state['last_reason']}"
+        )
+    else:
+        print("no pass has run yet")
+    if state["attention"]:
+        print(f"a person is needed: {state['attention']}")
+    print(f"now it would: {now_text}")
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     from worker.lifecycle.promotion import promote
 
@@ -606,6 +686,17 @@ def cmd_retrain_check(args: argparse.Namespace, settings: Settings) -> int:
     for name, value in baseline.items():
         if name.startswith("production_next_day"):
             print(f"production (not retrained), next 24 h, {name.split(' ', 1)[1]}: MAE {value:.3f} min")
+    return 0
+
+
+def cmd_lifecycle_check(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.lifecycle_check import SCENARIOS, report, run_check
+
+    keys = args.scenario or list(SCENARIOS)
+    print(f"scenarios: {', '.join(SCENARIOS[k].name for k in keys)} (this takes a while)", flush=True)
+    outcomes = run_check(settings, keys, args.seed, lambda text: print(text, flush=True))
+    for line in report(outcomes):
+        print(line)
     return 0
 
 
@@ -774,6 +865,19 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--no-check", action="store_true", help="skip the workers' trust check of each version")
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=cmd_models)
+    models_sub = models.add_subparsers(dest="models_command")
+    policy = models_sub.add_parser(
+        "policy",
+        help="the model policy: status (default), pause, resume, or run one pass now",
+        description="status: what the policy last did and why, and what it would do now; pause and resume "
+        "(resume also clears the halt after its own rollback); run: one pass now, as beat would "
+        "(--mode advise or auto overrides MODEL_POLICY for this pass).",
+    )
+    policy.add_argument("what", nargs="?", choices=("status", "pause", "resume", "run"), default="status")
+    policy.add_argument("--reason", help="why, for the record (pause, resume)")
+    policy.add_argument("--mode", choices=("advise", "auto"), help="run: this pass's mode")
+    policy.add_argument("--json", action="store_true")
+    policy.set_defaults(handler=cmd_policy)
 
     promote = sub.add_parser(
         "promote",
@@ -829,6 +933,19 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--hours", type=_positive_float, default=3.0, help="hours of the changed world observed")
     design.add_argument("--seed", type=_seed, default=0, help="0 to 2**63-1")
     design.set_defaults(handler=cmd_retrain_check)
+
+    lifecycle = sub.add_parser(
+        "lifecycle-check",
+        help="measure how the model policy recovers from a changed world, on simulated days (no services)",
+    )
+    lifecycle.add_argument(
+        "--scenario",
+        action="append",
+        choices=("calibrated", "fares", "traffic", "bad", "registry"),
+        help="run only these (repeatable); default all",
+    )
+    lifecycle.add_argument("--seed", type=_seed, default=0, help="0 to 2**63-1")
+    lifecycle.set_defaults(handler=cmd_lifecycle_check)
 
     exporter = sub.add_parser("exporter", help="serve batch, drift, accuracy and worker metrics for Prometheus")
     exporter.add_argument("--port", type=_port, help="default: EXPORTER_PORT")

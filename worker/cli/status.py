@@ -115,9 +115,13 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
         engine = get_engine(settings.database_url)
         if not schema_ready(engine):
-            return {"challenger": None, "shadow_failures_last_hour": None, "last_event": None}
+            return {"challenger": None, "shadow_failures_last_hour": None, "last_event": None, "policy": None}
         return lifecycle_summary(
-            engine, settings.MODEL_NAME, aliases.get(CHALLENGER_ALIAS), report["registry"].get("model_version")
+            engine,
+            settings.MODEL_NAME,
+            aliases.get(CHALLENGER_ALIAS),
+            report["registry"].get("model_version"),
+            policy_mode=settings.MODEL_POLICY,
         )
 
     report["lifecycle"] = _check(settings, lifecycle)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import getpass
 import logging
 import socket
+from datetime import datetime
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -62,8 +63,10 @@ def move_alias(
     evidence: dict[str, Any] | None = None,
     actor: str | None = None,
     client: MlflowClient | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any] | None:
-    """Point `alias` of MODEL_NAME at `to_version` (None: remove the alias), on the record.
+    """Point `alias` of MODEL_NAME at `to_version` (None: remove the alias), on the record (at `now`,
+    default the clock's: a simulation of days passes its own).
 
     Returns the event, or None when the alias already is there (nothing to move). Raises what the
     registry raised when the move did not happen; the event then says `failed`."""
@@ -85,6 +88,7 @@ def move_alias(
         reason=reason,
         evidence=evidence,
         status=events.PENDING,
+        at=now,
     )
     try:
         if to_version is None:
@@ -109,7 +113,13 @@ def move_alias(
 
 
 def record_registered(
-    settings: Settings, engine: Engine, version: str, reason: str, evidence: dict[str, Any], actor: str | None = None
+    settings: Settings,
+    engine: Engine,
+    version: str,
+    reason: str,
+    evidence: dict[str, Any],
+    actor: str | None = None,
+    now: datetime | None = None,
 ) -> None:
     """A new version exists (no alias moved by this)."""
     events.record(
@@ -120,6 +130,7 @@ def record_registered(
         actor=actor or actor_of(settings),
         reason=reason,
         evidence=evidence,
+        at=now,
     )
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from worker.lifecycle.moves import move_alias, registry_aliases
 from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow, loadable, parse_model_uri
 from worker.monitor import paired
-from worker.rides.generator import chicago_now
+from worker.rides.generator import CHICAGO, chicago_now
 from worker.settings import Settings
 from worker.store import events
 
@@ -67,10 +67,13 @@ def check_loadable(settings: Settings, version: str) -> None:
         raise LifecycleRefused(f"workers would refuse to load version {version}: {why}")
 
 
-def live_evidence(engine: Engine, challenger: str, production: str | None) -> paired.PairedEvidence | None:
+def live_evidence(
+    engine: Engine, challenger: str, production: str | None, now: datetime | None = None
+) -> paired.PairedEvidence | None:
     if production is None:
         return None
-    return paired.live(engine, challenger, production, chicago_now())
+    known_by = chicago_now() if now is None else now.astimezone(CHICAGO).replace(tzinfo=None)
+    return paired.live(engine, challenger, production, known_by)
 
 
 def promote(
@@ -81,6 +84,7 @@ def promote(
     force: bool = False,
     actor: str | None = None,
     extra_evidence: dict[str, Any] | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Point MODEL_ALIAS at `version` after the checks; a promoted challenger gives up its alias."""
     check_alias_uri(settings)
@@ -91,7 +95,7 @@ def promote(
     if current == version:
         raise LifecycleRefused(f"version {version} already serves @{settings.MODEL_ALIAS}; nothing to promote")
     check_loadable(settings, version)
-    found = live_evidence(engine, version, current)
+    found = live_evidence(engine, version, current, now)
     numbers: dict[str, Any] = {"live": found.as_dict() if found else None, "forced": force, **(extra_evidence or {})}
     if found is not None and paired.says_worse(found) and not force:
         raise LifecycleRefused(
@@ -110,6 +114,7 @@ def promote(
         evidence=numbers,
         actor=actor,
         client=client,
+        now=now,
     )
     if aliases.get(CHALLENGER_ALIAS) == version:
         move_alias(
@@ -122,12 +127,20 @@ def promote(
             evidence=numbers,
             actor=actor,
             client=client,
+            now=now,
         )
     assert event is not None
     return event
 
 
-def rollback(settings: Settings, engine: Engine, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+def rollback(
+    settings: Settings,
+    engine: Engine,
+    reason: str | None = None,
+    actor: str | None = None,
+    evidence: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """Point MODEL_ALIAS back at the version it served before the current one, on the record."""
     check_alias_uri(settings)
     client = configure_mlflow(settings)
@@ -150,9 +163,10 @@ def rollback(settings: Settings, engine: Engine, reason: str | None = None, acto
         to_version=target,
         action=events.ROLLED_BACK,
         reason=reason or f"rollback from version {current}",
-        evidence={"trail": trail, "from": current},
+        evidence={"trail": trail, "from": current, **(evidence or {})},
         actor=actor,
         client=client,
+        now=now,
     )
     assert event is not None
     return event
@@ -176,4 +190,5 @@ def retire_challenger(
         reason=reason,
         evidence=evidence,
         actor=actor,
+        now=now,
     )

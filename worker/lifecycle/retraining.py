@@ -128,20 +128,26 @@ def retrain(
     seed: int = 0,
     actor: str | None = None,
     now: datetime | None = None,
+    rides_from_local: datetime | None = None,
 ) -> RetrainResult:
     """Train on the rides whose outcome became known in [start, end) (UTC) and register the result as
     the challenger (as production with `promote` when the held-out evidence favours it, or `force`).
-    Refused, with the registry untouched, for a window in the future or inverted, or too few rides."""
+    `rides_from_local` (Chicago local) keeps only rides that started then or later: the policy's
+    "after the change". Refused, with the registry untouched, for a window in the future or
+    inverted, or too few rides."""
     now = now or datetime.now(UTC)
     check_window(start, end, now)
     if design not in DESIGNS:
         raise LifecycleRefused(f"unknown training set design {design!r} (one of {', '.join(DESIGNS)})")
     if promote or force:
         check_alias_uri(settings)
-    found = evidence.count_observed(engine, start, end)
+    found = evidence.count_observed(engine, start, end, rides_from_local)
     if found < min_outcomes:
+        started = (
+            "" if rides_from_local is None else f" of rides started from {rides_from_local:%Y-%m-%d %H:%M} (Chicago)"
+        )
         raise LifecycleRefused(
-            f"only {found} rides with a known duration became known between {start.isoformat()} and "
+            f"only {found} rides with a known duration{started} became known between {start.isoformat()} and "
             f"{end.isoformat()}; retrain needs at least {min_outcomes} (--min-outcomes)"
         )
     client = configure_mlflow(settings)
@@ -151,7 +157,7 @@ def retrain(
         raise LifecycleRefused(
             f"{settings.MODEL_NAME} has no @{settings.MODEL_ALIAS} version to compare with: `train` or `init` first"
         )
-    rows = evidence.observed_rides(engine, start, end, limit=MAX_OBSERVED)
+    rows = evidence.observed_rides(engine, start, end, limit=MAX_OBSERVED, rides_from_local=rides_from_local)
     train, holdout = split_by_time(rows)
     learn, world, generated = training_set(train, design, seed)
     started = time.perf_counter()
@@ -225,7 +231,9 @@ def retrain(
         fit_seconds=fit_seconds,
     )
     numbers = result.as_evidence()
-    record_registered(settings, engine, version, f"retrained on the service's history, {window_text}", numbers, actor)
+    record_registered(
+        settings, engine, version, f"retrained on the service's history, {window_text}", numbers, actor, now=now
+    )
     favoured = paired.favours_challenger(found_evidence)
     if force or (promote and favoured):
         why = "forced" if force and not favoured else "held-out evidence favours it"
@@ -239,6 +247,7 @@ def retrain(
             evidence=numbers,
             actor=actor,
             client=client,
+            now=now,
         )
         if aliases.get(CHALLENGER_ALIAS) is not None:
             move_alias(
@@ -251,6 +260,7 @@ def retrain(
                 evidence=numbers,
                 actor=actor,
                 client=client,
+                now=now,
             )
         return RetrainResult(**{**result.__dict__, "alias": settings.MODEL_ALIAS, "reason": why})
     previous = aliases.get(CHALLENGER_ALIAS)
@@ -269,5 +279,6 @@ def retrain(
         evidence=numbers,
         actor=actor,
         client=client,
+        now=now,
     )
     return RetrainResult(**{**result.__dict__, "reason": why})

@@ -44,11 +44,13 @@ def record(
     reason: str | None = None,
     evidence: dict[str, Any] | None = None,
     status: str = DONE,
+    at: datetime | None = None,
 ) -> int:
-    """Add one event (done unless said otherwise); returns its id."""
+    """Add one event (done unless said otherwise), at `at` (default now, UTC); returns its id."""
     with engine.begin() as conn:
         return _insert_event(
             conn,
+            at=at or _now(),
             model_name=model_name,
             action=action,
             actor=actor,
@@ -231,6 +233,20 @@ def _aware(value: datetime) -> datetime:
 
 def _event(conn: Connection, event_id: int) -> dict[str, Any]:
     return dict(conn.execute(select(model_events).where(model_events.c.id == event_id)).mappings().one())
+
+
+def latest(
+    engine: Engine, model_name: str, alias: str | None = None, actions: tuple[str, ...] | None = None
+) -> dict[str, Any] | None:
+    """The newest done event of the model (of this alias, of these actions)."""
+    query = select(model_events).where(model_events.c.model_name == model_name, model_events.c.status == DONE)
+    if alias is not None:
+        query = query.where(model_events.c.alias == alias)
+    if actions is not None:
+        query = query.where(model_events.c.action.in_(actions))
+    with engine.connect() as conn:
+        row = conn.execute(query.order_by(model_events.c.id.desc()).limit(1)).mappings().first()
+    return dict(row) if row else None
 
 
 def history(engine: Engine, model_name: str, limit: int | None = None, since: datetime | None = None) -> list[dict]:

@@ -38,16 +38,22 @@ def known_at_column():
     return func.coalesce(ride_outcomes.c.known_at, ride_outcomes.c.loaded_at)
 
 
-def observed_rides(engine: Engine, start: datetime, end: datetime, limit: int | None = None) -> pd.DataFrame:
+def observed_rides(
+    engine: Engine, start: datetime, end: datetime, limit: int | None = None, rides_from_local: datetime | None = None
+) -> pd.DataFrame:
     """Rides predicted here whose true duration became known to the service in [start, end) (UTC):
     the raw model inputs, the truth (minutes), when it became known, and which batch and version
-    scored the ride. `limit` keeps the most recently known."""
+    scored the ride. `limit` keeps the most recently known; `rides_from_local` (Chicago local) keeps
+    rides that started then or later (after a change in the world, say)."""
     known = known_at_column()
+    conditions = [known >= start, known < end]
+    if rides_from_local is not None:
+        conditions.append(ride_predictions.c.trip_start_timestamp >= rides_from_local)
     query = (
         select(*(ride_predictions.c[c] for c in RIDE_COLUMNS), ride_outcomes.c.actual_duration, known)
         .add_columns(ride_predictions.c.batch_id, ride_predictions.c.model_version)
         .select_from(ride_predictions.join(ride_outcomes, ride_outcomes.c.trip_id == ride_predictions.c.trip_id))
-        .where(known >= start, known < end)
+        .where(*conditions)
         .order_by(known.desc())
     )
     if limit is not None:
@@ -59,9 +65,16 @@ def observed_rides(engine: Engine, start: datetime, end: datetime, limit: int | 
     return frame.iloc[::-1].reset_index(drop=True)
 
 
-def count_observed(engine: Engine, start: datetime, end: datetime) -> int:
+def count_observed(engine: Engine, start: datetime, end: datetime, rides_from_local: datetime | None = None) -> int:
     known = known_at_column()
-    query = select(func.count()).select_from(ride_outcomes).where(known >= start, known < end)
+    if rides_from_local is None:
+        query = select(func.count()).select_from(ride_outcomes).where(known >= start, known < end)
+    else:
+        query = (
+            select(func.count())
+            .select_from(ride_outcomes.join(ride_predictions, ride_predictions.c.trip_id == ride_outcomes.c.trip_id))
+            .where(known >= start, known < end, ride_predictions.c.trip_start_timestamp >= rides_from_local)
+        )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
 
@@ -223,3 +236,60 @@ def shadow_rows(engine: Engine, batch_id: str) -> dict[str, int]:
     )
     with engine.connect() as conn:
         return {str(v): int(n) for v, n in conn.execute(query)}
+
+
+def recent_errors(
+    engine: Engine, version: str, window: int, now: datetime, since: datetime | None = None
+) -> dict[str, Any]:
+    """Over the `window` outcomes of rides scored by `version` that became known to the service most
+    recently by `now` (UTC; by `ride_outcomes.known_at`, the later of the trip's end and the outcome's
+    arrival): how many, their MAE (minutes), and when the oldest of them became known. `since` bounds
+    how far back to look (an index range, so a version that stopped serving costs nothing)."""
+    o, p = ride_outcomes.c, ride_predictions.c
+    conditions = [p.model_version == version, o.known_at <= now, o.known_at.is_not(None)]
+    if since is not None:
+        conditions.append(o.known_at >= since)
+    newest = (
+        select(func.abs(p.predicted_duration - o.actual_duration).label("error"), o.known_at.label("known_at"))
+        .select_from(ride_outcomes.join(ride_predictions, p.trip_id == o.trip_id))
+        .where(*conditions)
+        .order_by(o.known_at.desc())
+        .limit(window)
+        .subquery()
+    )
+    query = select(
+        func.count().label("outcomes"),
+        func.avg(newest.c.error).label("mae"),
+        func.min(newest.c.known_at).label("oldest"),
+    )
+    with engine.connect() as conn:
+        row = dict(conn.execute(query).mappings().one())
+    row["mae"] = None if row["mae"] is None else float(row["mae"])
+    return row
+
+
+def batch_accuracy(engine: Engine, version: str, until_local: datetime, limit: int = 2000) -> pd.DataFrame:
+    """Per batch scored by `version` whose rides ended their window by `until_local` (Chicago local):
+    window start and end, outcomes and MAE as the quality pass stored them, newest window first."""
+    m, r = batch_metrics.c, batch_runs.c
+    query = (
+        select(r.batch_id, r.window_start, r.window_end, m.outcomes, m.mae)
+        .select_from(batch_runs.join(batch_metrics, m.batch_id == r.batch_id))
+        .where(r.model_version == version, r.window_end.is_not(None), r.window_end <= until_local, m.mae.is_not(None))
+        .order_by(r.window_end.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return _frame(conn.execute(query), ["batch_id", "window_start", "window_end", "outcomes", "mae"])
+
+
+def rides_known_since(engine: Engine, rides_from_local: datetime, now: datetime) -> int:
+    """Rides that started at or after `rides_from_local` (Chicago local) whose outcome was known by `now`."""
+    o, p = ride_outcomes.c, ride_predictions.c
+    query = (
+        select(func.count())
+        .select_from(ride_outcomes.join(ride_predictions, p.trip_id == o.trip_id))
+        .where(p.trip_start_timestamp >= rides_from_local, known_at_column() <= now)
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())

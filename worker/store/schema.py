@@ -273,3 +273,27 @@ shadow_comparisons = Table(
     Column("first_at", DateTime(timezone=True), comment="UTC: the first shadow prediction counted"),
     Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# The model policy's own state (worker/lifecycle/policy.py), one row per model: paused by a person or
+# halted after a rollback, the guard it keeps after a promotion, when it last retrained, what it last
+# did and why, and the lease that keeps two passes from acting at once.
+model_policy = Table(
+    "model_policy",
+    metadata,
+    Column("model_name", String(200), primary_key=True),
+    Column("paused", Boolean, nullable=False, server_default="false", comment="by a person: models policy pause"),
+    Column("halted", Boolean, nullable=False, server_default="false", comment="after its own rollback, until resumed"),
+    Column("note", Text, comment="why it is paused or halted"),
+    Column("confirmed_version", String(40), comment="the last version the policy promoted whose watch ended well"),
+    Column("challenger_since", DateTime(timezone=True), comment="when the current challenger was set"),
+    Column("degraded_since", DateTime(timezone=True), comment="first pass that found production degraded"),
+    Column("last_retrain_at", DateTime(timezone=True)),
+    Column("last_retrain_rows", Integer, comment="post-change rides the last retrain learned from"),
+    Column("last_action", String(30), comment="retrain, promote, retire, rollback, wait, none"),
+    Column("last_reason", Text),
+    Column("last_evidence", JSON),
+    Column("last_pass_at", DateTime(timezone=True)),
+    Column("attention", String(40), comment="why a person is needed now, if one is: recovery_failed, ..."),
+    Column("lease_until", DateTime(timezone=True), comment="a pass holds the policy until then"),
+    Column("lease_owner", String(200)),
+)
