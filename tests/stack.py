@@ -117,7 +117,14 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start_worker(self, name: str = "w1", concurrency: int = 2, extra_env: dict[str, str] | None = None):
+    def start_worker(
+        self,
+        name: str = "w1",
+        concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
+        queues: str | None = None,
+    ):
+        """A `celery worker`; `queues` (e.g. "training") narrows it with -Q, else it serves every queue."""
         process = self.start(
             "worker",
             "--loglevel=INFO",
@@ -125,6 +132,7 @@ class Stack:
             f"--hostname={name}@%h",
             "--without-gossip",
             "--without-mingle",
+            *([f"--queues={queues}"] if queues else []),
             name=f"worker-{name}",
             extra_env=extra_env,
         )

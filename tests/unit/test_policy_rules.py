@@ -90,7 +90,15 @@ def test_the_policys_own_promotion_is_rolled_back_on_evidence_and_confirmed_with
     assert decide(Facts(**{**alone, "recent": recent(2.3, ROLLBACK_OUTCOMES, version="2")})).action == "rollback"
     assert decide(Facts(**{**alone, "recent": recent(2.1, ROLLBACK_OUTCOMES, version="2")})).action == "wait"
     assert decide(Facts(**{**alone, "recent": recent(2.9, ROLLBACK_OUTCOMES - 1, version="2")})).action == "wait"
-    confirmed = decide(Facts(**{**alone, "recent": recent(2.1, CONFIRM_OUTCOMES, version="2")}))
+    assert (
+        decide(
+            Facts(**{**alone, "recent": recent(2.1, 1000, version="2"), "watched_outcomes": CONFIRM_OUTCOMES - 1})
+        ).action
+        == "wait"
+    )
+    confirmed = decide(
+        Facts(**{**alone, "recent": recent(2.1, 1000, version="2"), "watched_outcomes": CONFIRM_OUTCOMES})
+    )
     assert confirmed.action == "confirm" and confirmed.target == "2"
 
 

@@ -82,6 +82,7 @@ class Facts:
     challenger_since: datetime | None = None
     comparison: paired.PairedEvidence | None = None  # challenger against production, live
     watched: dict[str, Any] | None = None  # the policy's own promotion of production, not yet confirmed
+    watched_outcomes: int = 0  # outcomes of production known since that promotion (uncapped)
     previous_mae: float | None = None  # the replaced version's last figures before that promotion
     hand_promoted_worse: str | None = None  # a person's promotion worse than what it replaced: why
     change_at: datetime | None = None  # Chicago local: where the degradation began
@@ -179,10 +180,10 @@ def decide(facts: Facts) -> Decision:
                 target=previous,
                 evidence=numbers,
             )
-        if recent.outcomes >= CONFIRM_OUTCOMES:
+        if facts.watched_outcomes >= CONFIRM_OUTCOMES:
             return Decision(
                 "confirm",
-                f"v{facts.production} holds up over {recent.outcomes} outcomes since the policy promoted it "
+                f"v{facts.production} holds up over {facts.watched_outcomes} outcomes since the policy promoted it "
                 f"(MAE {recent.mae:.2f} min)",
                 target=facts.production,
                 evidence=numbers,
@@ -325,6 +326,7 @@ def gather(settings: Settings, engine: Engine, now: datetime, state: dict[str, A
             challenger_since = _aware(set_at["at"])
     moved = events.latest(engine, settings.MODEL_NAME, alias=settings.MODEL_ALIAS, actions=PRODUCTION_MOVES)
     watched = previous_mae = None
+    watched_outcomes = 0
     hand_worse = None
     if moved is not None and moved["to_version"] == production and moved["from_version"]:
         previous = moved["from_version"]
@@ -334,6 +336,7 @@ def gather(settings: Settings, engine: Engine, now: datetime, state: dict[str, A
         if moved["actor"] == POLICY_ACTOR and moved["action"] == "promoted":
             if state["confirmed_version"] != production:
                 watched = moved
+                watched_outcomes = evidence.outcomes_known(engine, production, now, since=_aware(moved["at"]))
         elif (
             moved["action"] == "promoted"
             and previous_mae is not None
@@ -360,6 +363,7 @@ def gather(settings: Settings, engine: Engine, now: datetime, state: dict[str, A
             "challenger_since": challenger_since,
             "comparison": comparison,
             "watched": watched,
+            "watched_outcomes": watched_outcomes,
             "previous_mae": previous_mae,
             "hand_promoted_worse": hand_worse,
             "change_at": change_at,

@@ -284,12 +284,28 @@ def batch_accuracy(engine: Engine, version: str, until_local: datetime, limit: i
 
 
 def rides_known_since(engine: Engine, rides_from_local: datetime, now: datetime) -> int:
-    """Rides that started at or after `rides_from_local` (Chicago local) whose outcome was known by `now`."""
+    """Rides that started at or after `rides_from_local` (Chicago local) whose outcome was known before `now`
+    (the same bound as retraining's window, which ends at `now`, excluded)."""
     o, p = ride_outcomes.c, ride_predictions.c
     query = (
         select(func.count())
         .select_from(ride_outcomes.join(ride_predictions, p.trip_id == o.trip_id))
-        .where(p.trip_start_timestamp >= rides_from_local, known_at_column() <= now)
+        .where(p.trip_start_timestamp >= rides_from_local, known_at_column() < now)
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def outcomes_known(engine: Engine, version: str, now: datetime, since: datetime | None = None) -> int:
+    """Outcomes of rides scored by `version` known to the service by `now` (all of them: uncapped)."""
+    o, p = ride_outcomes.c, ride_predictions.c
+    conditions = [p.model_version == version, o.known_at <= now]
+    if since is not None:
+        conditions.append(o.known_at >= since)
+    query = (
+        select(func.count())
+        .select_from(ride_outcomes.join(ride_predictions, p.trip_id == o.trip_id))
+        .where(*conditions)
     )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    false,
     func,
 )
 
@@ -281,8 +282,8 @@ model_policy = Table(
     "model_policy",
     metadata,
     Column("model_name", String(200), primary_key=True),
-    Column("paused", Boolean, nullable=False, server_default="false", comment="by a person: models policy pause"),
-    Column("halted", Boolean, nullable=False, server_default="false", comment="after its own rollback, until resumed"),
+    Column("paused", Boolean, nullable=False, server_default=false(), comment="by a person: models policy pause"),
+    Column("halted", Boolean, nullable=False, server_default=false(), comment="after its own rollback, until resumed"),
     Column("note", Text, comment="why it is paused or halted"),
     Column("confirmed_version", String(40), comment="the last version the policy promoted whose watch ended well"),
     Column("challenger_since", DateTime(timezone=True), comment="when the current challenger was set"),

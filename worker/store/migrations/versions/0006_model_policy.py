@@ -21,13 +21,17 @@ def upgrade() -> None:
         "model_policy",
         sa.Column("model_name", sa.String(200), primary_key=True),
         sa.Column(
-            "paused", sa.Boolean(), nullable=False, server_default="false", comment="by a person: models policy pause"
+            "paused",
+            sa.Boolean(),
+            nullable=False,
+            server_default=sa.false(),
+            comment="by a person: models policy pause",
         ),
         sa.Column(
             "halted",
             sa.Boolean(),
             nullable=False,
-            server_default="false",
+            server_default=sa.false(),
             comment="after its own rollback, until resumed",
         ),
         sa.Column("note", sa.Text(), comment="why it is paused or halted"),
