@@ -5,6 +5,8 @@ Grafana cannot run on this machine, so the tests check what it would do with our
 (pkg/tsdb/grafana-postgresql-datasource/macros.go: the same pattern, the same argument
 splitting, the same expansions, an unknown macro is an error), applied after the dashboard
 variables ($__interval, $__rate_interval) are substituted, as Grafana's frontend does.
+Annotation queries (the dashboard's `annotations.list`) are SQL run the same way; Grafana draws a
+marker per returned row from its `time` column, with `text` and comma-separated `tags`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,30 @@ class Query:
         return f"{self.dashboard} #{self.panel_id} {self.panel_title!r} ({self.target['refId']})"
 
 
+@dataclass(frozen=True)
+class AnnotationQuery:
+    """One annotation of a dashboard: a query Grafana runs for the whole dashboard's time range."""
+
+    dashboard: str
+    annotation: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.annotation["name"]
+
+    @property
+    def target(self) -> dict[str, Any]:
+        return self.annotation["target"]
+
+    @property
+    def datasource_uid(self) -> str:
+        return (self.target.get("datasource") or self.annotation["datasource"])["uid"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.dashboard} annotation {self.name!r}"
+
+
 def dashboards() -> dict[str, dict[str, Any]]:
     return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
 
@@ -77,6 +103,16 @@ def queries(kind: str | None = None) -> list[Query]:
                 if kind is None or (kind == "sql") == (source_type == POSTGRES_TYPE):
                     found.append(query)
     return found
+
+
+def annotation_queries() -> list[AnnotationQuery]:
+    """Every annotation of every dashboard, except Grafana's built-in one (it queries nothing of ours)."""
+    return [
+        AnnotationQuery(name, annotation)
+        for name, board in dashboards().items()
+        for annotation in board["annotations"]["list"]
+        if not annotation.get("builtIn")
+    ]
 
 
 def interval_seconds(text: str) -> float:

@@ -13,8 +13,11 @@ second per minute: 1m becomes 1s). The rule expressions and the real holds are w
 The tests run in file order on the shared stack and tell one story: batches flow and every
 target is up; unshifted batches keep the drift alert silent; beat stops and the no-batch
 alert fires while the worker alert stays silent; a world with dearer fares makes the drift
-alert fire; the worker is SIGKILLed and the worker alert fires although Flower still counts
-it online; the firing alerts reach Alertmanager and its webhook.
+alert fire; a second version, set as the challenger behind the service's back, shadow-scores
+backfilled slots (the stack's model is its own, trained by `train`, so that its promotion is on the
+record: the dashboards' model-event annotations and paired-comparison panel then have rows to
+return); the worker is SIGKILLed and the worker alert fires although Flower still counts it
+online; the firing alerts reach Alertmanager and its webhook.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
-from tests.grafana import expand_sql, queries, substitute_variables
+from tests.grafana import annotation_queries, expand_sql, queries, substitute_variables
 from tests.stack import Stack, migrated_database
 from tests.support import REPO_ROOT, free_port, required_tool, stop_process_group, wait_for_http, wait_until
 
@@ -58,6 +62,8 @@ EXPORTER_TIMEOUT = 3.0
 FLOWER_USER, FLOWER_PASSWORD = "ops", "ops-secret"
 PROMETHEUS_PASSWORD = "scrape-secret"
 WORKER = "w1"
+SMALL_TRAIN = ("--rides", "20000", "--trees", "10", "--max-depth", "10", "--seed", "1")
+TINY_TRAIN = ("--rides", "3000", "--trees", "2", "--max-depth", "3", "--seed", "2")  # worse: registered, not promoted
 
 
 def get_json(url: str, timeout: float = 10) -> Any:
@@ -229,9 +235,13 @@ def monitored(make_stack) -> Iterator[Monitored]:
             RIDES_PER_BATCH="300",
             QUALITY_INTERVAL_SECONDS="5",
             EXPORTER_TIMEOUT_SECONDS=str(EXPORTER_TIMEOUT),
+            # A model of its own (the session's shared one must not get a challenger): `train` puts v1 on the record.
+            MODEL_NAME=f"monitoring-{datetime.now(UTC):%H%M%S%f}",
         )
         m = None
         try:
+            trained = stack.cli("train", *SMALL_TRAIN)
+            assert trained.returncode == 0, trained.stdout + trained.stderr
             worker = stack.start_worker(WORKER)
             beat = stack.start("beat", "--loglevel=INFO", f"--schedule={stack.logs / 'beat-schedule'}", name="beat")
             m = Monitored(
@@ -442,6 +452,39 @@ def test_a_world_with_dearer_fares_fires_the_drift_alert(monitored: Monitored):
     assert m.firing("TaxiNoBatchSucceeded")
 
 
+def test_a_challenger_set_behind_the_services_back_shadow_scores_and_its_comparison_is_stored(
+    monitored: Monitored,
+):
+    """A second version set as `challenger` with MLflow's own client: recorded once as moved outside,
+    it shadow-scores the next backfilled slots (their trips have ended), and the quality pass stores its
+    paired comparison with production, what the Model health dashboard's table and annotations show."""
+    m = monitored
+    model = m.stack.env["MODEL_NAME"]
+    trained = m.stack.cli("train", *TINY_TRAIN)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    mlflow.MlflowClient(m.stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(model, "challenger", "2")
+    # The six slots after the ones the live-accuracy test backfilled, in the same past hour, in the world
+    # with dearer fares that the previous test made the drift alert fire for (so that it keeps firing).
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=30)
+    start += timedelta(seconds=6 * INTERVAL)
+    done = m.stack.cli(
+        "backfill", "--from", start.isoformat(), "--to", (start + timedelta(seconds=6 * INTERVAL)).isoformat(),
+        "--fare-factor", "2.0", "--wait", timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    shadowed = m.stack.sql(
+        "SELECT r.batch_id, r.rows_written, count(s.trip_id) AS shadow FROM batch_runs r "
+        "JOIN shadow_predictions s ON s.batch_id = r.batch_id WHERE r.challenger_version = '2' GROUP BY 1, 2"
+    )
+    assert len(shadowed) >= 6 and all(row.shadow == row.rows_written for row in shadowed), shadowed
+    moved = m.stack.sql("SELECT action, from_version, to_version FROM model_events WHERE alias = 'challenger'")
+    assert [tuple(row) for row in moved] == [("moved_outside", None, "2")]
+    found = m.stack.client().send_task("worker.tasks.update_quality").get(timeout=180)
+    assert found["comparisons"] == 1, found
+    stored = m.stack.sql("SELECT production_version, outcomes FROM shadow_comparisons WHERE challenger_version = '2'")
+    assert len(stored) == 1 and stored[0].production_version == "1" and stored[0].outcomes > 0, stored
+
+
 @pytest.mark.parametrize("query", queries("promql"), ids=lambda q: q.label)
 def test_every_dashboard_promql_expression_returns_a_series(monitored: Monitored, query):
     expr = substitute_variables(query.target["expr"], interval="4s", rate_interval="1m")
@@ -519,6 +562,19 @@ def test_every_dashboard_sql_query_returns_rows_with_the_columns_its_panel_uses(
                     assert times == sorted(times), f"{query.label}: not sorted by time"
                     values = [c for c in columns[1:] if c != "metric"]
                     assert values, f"{query.label}: no value column"
+            # The annotations: a marker per row, at `time`, saying `text`, filed under `tags`.
+            for annotation in annotation_queries():
+                sql = expand_sql(annotation.target["rawSql"], start, end, interval="1m")
+                result = conn.execute(text(sql))
+                columns = list(result.keys())
+                rows = result.fetchall()
+                assert columns == ["time", "text", "tags"], f"{annotation.label}: {columns}"
+                if not rows:
+                    empty.append(annotation.label)
+                    continue
+                times = [row.time for row in rows]
+                assert times == sorted(times) and all(start <= at <= end for at in times), annotation.label
+                assert all(row.text and row.tags for row in rows), f"{annotation.label}: {rows}"
     finally:
         engine.dispose()
     assert not empty, f"queries with no rows on a database holding real batches: {empty}"

@@ -4,8 +4,11 @@ What these check: fixed and unique uids, datasources that panels use exist in th
 with the right type, unique panel ids, a grid that fits 24 columns without overlaps, a time
 filter in every SQL query, only macros Grafana knows (expanded by a port of its macro engine),
 explicit time-zone conversion of Chicago-local columns, and every PromQL expression parsed by
-promtool. The queries are run for real in tests/integration/test_production_monitoring.py. Not checked
-anywhere: how Grafana renders the panels.
+promtool. The model events are annotations on the dashboards: their queries are checked the same
+way, return `time`, `text` and `tags`, and select the same moves the report draws (the action lists
+of worker/monitor/overview.py). The queries are run for real in
+tests/integration/test_production_monitoring.py. Not checked anywhere: how Grafana renders the
+panels and the annotations.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tests.grafana import (
     GRAFANA,
     POSTGRES_TYPE,
     PROMETHEUS_TYPE,
+    annotation_queries,
     dashboards,
     expand_sql,
     panels,
@@ -31,11 +35,17 @@ from tests.grafana import (
     substitute_variables,
 )
 from tests.support import REPO_ROOT, required_tool
+from worker.model.registry import CHALLENGER_ALIAS
+from worker.monitor.overview import CHALLENGER_MOVES, MOVED_OUTSIDE, PRODUCTION_MOVES
 
 GRID_WIDTH = 24
 # Columns holding naive Chicago-local times (schema comments): never compared or drawn without a zone.
 CHICAGO_LOCAL = ("trip_start_timestamp", "window_end", "window_start", "observed_at")
 EXPECTED_UIDS = {"taxi-predictions", "taxi-model-health", "taxi-pipeline"}
+# The dashboards on which a step can be read against the model move that caused it.
+ANNOTATED = {"model-health.json", "predictions.json", "pipeline.json"}
+PRODUCTION_ANNOTATION, CHALLENGER_ANNOTATION = "Production model moves", "Challenger changes"
+START = datetime(2026, 7, 1, 12, tzinfo=UTC)
 
 
 def test_three_dashboards_with_fixed_unique_uids_shown_on_chicago_time():
@@ -103,6 +113,7 @@ def test_the_brief_panels_exist():
         "Drift score per column, single batches",
         "Dataset drift",
         "Live MAE by model version, per day, against held-out MAE and the median baseline",
+        "Challenger vs production (paired)",
     } <= titles["model-health.json"]
     assert {
         "Batch duration",
@@ -120,8 +131,7 @@ def test_every_sql_query_filters_on_the_time_range_with_known_macros(query):
     sql = query.target["rawSql"]
     assert query.target["rawQuery"] is True and query.target["format"] in ("time_series", "table")
     assert "$__timeFilter(" in sql or ("$__timeFrom()" in sql and "$__timeTo()" in sql), query.label
-    start = datetime(2026, 7, 1, 12, tzinfo=UTC)
-    expanded = expand_sql(sql, start, start + timedelta(hours=6))  # raises on a macro Grafana does not know
+    expanded = expand_sql(sql, START, START + timedelta(hours=6))  # raises on a macro Grafana does not know
     assert "$" not in expanded, expanded
     assert (
         "BETWEEN '2026-07-01T12:00:00Z' AND '2026-07-01T18:00:00Z'" in expanded or "'2026-07-01T12:00:00Z'" in expanded
@@ -131,17 +141,73 @@ def test_every_sql_query_filters_on_the_time_range_with_known_macros(query):
         assert re.search(r"ORDER BY 1\s*$", sql), f"{query.label}: time series must be sorted by time"
 
 
-@pytest.mark.parametrize("query", queries("sql"), ids=lambda q: q.label)
-def test_chicago_local_columns_are_converted_explicitly(query):
-    sql = query.target["rawSql"]
+def _assert_chicago_columns_converted(sql: str, label: str) -> None:
     for column in CHICAGO_LOCAL:
         for match in re.finditer(rf"\b{column}\b", sql):
             following = sql[match.end() : match.end() + 40]
             assert following.startswith(" AT TIME ZONE 'America/Chicago'"), (
-                f"{query.label}: {column} used without AT TIME ZONE 'America/Chicago': ...{sql[match.start() : match.end() + 40]}"
+                f"{label}: {column} used without AT TIME ZONE 'America/Chicago': ...{sql[match.start() : match.end() + 40]}"
             )
     if re.search(r"\bday\b", sql):
-        assert "day::timestamp AT TIME ZONE 'America/Chicago'" in sql, query.label
+        assert "day::timestamp AT TIME ZONE 'America/Chicago'" in sql, label
+
+
+@pytest.mark.parametrize("query", queries("sql"), ids=lambda q: q.label)
+def test_chicago_local_columns_are_converted_explicitly(query):
+    _assert_chicago_columns_converted(query.target["rawSql"], query.label)
+
+
+def test_model_events_are_two_annotations_on_the_dashboards_production_moves_and_challenger_changes():
+    sources = provisioned_datasources()
+    found: dict[str, dict[str, object]] = {}
+    for annotation in annotation_queries():
+        found.setdefault(annotation.dashboard, {})[annotation.name] = annotation
+    assert set(found) == ANNOTATED
+    for name, shown in found.items():
+        assert set(shown) == {PRODUCTION_ANNOTATION, CHALLENGER_ANNOTATION}, name
+        for annotation in shown.values():
+            assert annotation.annotation["enable"] is True and annotation.annotation["hide"] is False, annotation.label
+            for reference in (annotation.annotation["datasource"], annotation.target["datasource"]):
+                assert reference == {"type": POSTGRES_TYPE, "uid": "taxi-postgres"}, annotation.label
+                assert sources[reference["uid"]]["type"] == POSTGRES_TYPE
+        colors = {annotation.annotation["iconColor"] for annotation in shown.values()}
+        assert len(colors) == 2, f"{name}: production moves and challenger changes must look different"
+
+
+@pytest.mark.parametrize("annotation", annotation_queries(), ids=lambda a: a.label)
+def test_every_annotation_query_filters_on_when_the_event_happened_and_returns_time_text_and_tags(annotation):
+    target = annotation.target
+    sql = target["rawSql"]
+    assert target["rawQuery"] is True and target["format"] == "table" and target["refId"], annotation.label
+    assert "FROM model_events" in sql and "$__timeFilter(at)" in sql, annotation.label
+    assert "status = 'done'" in sql, f"{annotation.label}: a pending or failed move moved nothing"
+    expanded = expand_sql(sql, START, START + timedelta(hours=6))  # raises on a macro Grafana does not know
+    assert "$" not in expanded and "at BETWEEN '2026-07-01T12:00:00Z' AND '2026-07-01T18:00:00Z'" in expanded
+    for column in ('"time"', "text", "tags"):
+        assert re.search(rf"\bAS {column}", expanded), f"{annotation.label}: no column {column}"
+    assert re.search(r"ORDER BY 1\s*$", sql), f"{annotation.label}: markers must come sorted by time"
+    _assert_chicago_columns_converted(sql, annotation.label)
+
+
+def _actions(sql: str) -> set[str]:
+    """The actions an annotation query selects: its `action IN (...)` list and any `action = '...'`."""
+    listed = re.search(r"action IN \(([^)]*)\)", sql)
+    found = set(re.findall(r"'([a-z_]+)'", listed.group(1))) if listed else set()
+    return found | set(re.findall(r"action = '([a-z_]+)'", sql))
+
+
+def test_the_annotations_select_the_moves_the_report_draws():
+    """One definition: the report's lists (worker/monitor/overview.py) are what Grafana marks."""
+    for annotation in annotation_queries():
+        sql = annotation.target["rawSql"]
+        if annotation.name == PRODUCTION_ANNOTATION:
+            assert _actions(sql) == set(PRODUCTION_MOVES), annotation.label
+            assert f"alias IS DISTINCT FROM '{CHALLENGER_ALIAS}'" in sql, (
+                annotation.label
+            )  # its moves outside: not here
+        else:
+            assert _actions(sql) == {*CHALLENGER_MOVES, MOVED_OUTSIDE}, annotation.label
+            assert f"action = '{MOVED_OUTSIDE}' AND alias = '{CHALLENGER_ALIAS}'" in sql, annotation.label
 
 
 def test_every_promql_expression_parses(tmp_path):

@@ -1,7 +1,8 @@
 """The report's data and page, on a SQLite database migrated like any other and filled with rows as
 the pipeline writes them (the browser test in tests/integration/test_report.py runs the real one):
 which batches a period holds, the warnings and their thresholds, the drift margin, escaping, empty
-data, size, and one-line refusals of bad options."""
+data, size, one-line refusals of bad options, and the model's life cycle: which model events a
+period holds and how each is drawn, the events table and the challenger's stored comparison."""
 
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.dates import date2num
 from sqlalchemy import insert
 
 from tests.support import REPO_ROOT
+from worker.cli.charts import LABEL_ROWS, event_label, label_rows
 from worker.cli.report import make_report
-from worker.monitor import drift
+from worker.monitor import drift, paired
 from worker.monitor.overview import (
     ACCURACY_MARGIN,
     MARGIN_CAP,
     MIN_OUTCOMES,
+    ModelAliases,
     accuracy_alerts,
     collect,
     drift_margin,
@@ -37,6 +41,9 @@ from worker.store.schema import (
     batch_runs,
     column_drift,
     daily_accuracy,
+    model_aliases,
+    model_events,
+    shadow_comparisons,
     window_column_drift,
     window_metrics,
 )
@@ -44,6 +51,7 @@ from worker.store.schema import (
 NOW = datetime(2026, 11, 27, 18, 2, 30, tzinfo=UTC)  # 12:02:30 in Chicago
 INTERVAL = 300.0
 COLUMNS = (*drift.DATASET_COLUMNS, drift.TARGET)
+ALIASES = ModelAliases("m", "production", "challenger")
 
 
 @pytest.fixture
@@ -244,6 +252,87 @@ def _fill(engine) -> None:
         )
 
 
+def _event(conn, minutes_ago: float, action: str, alias: str | None, before: str | None, after: str | None,
+           actor: str = "alice", status: str = "done", model: str = "m", **extra) -> None:  # fmt: skip
+    conn.execute(
+        insert(model_events).values(
+            at=NOW - timedelta(minutes=minutes_ago),
+            model_name=model,
+            alias=alias,
+            action=action,
+            from_version=before,
+            to_version=after,
+            actor=actor,
+            status=status,
+            **extra,
+        )
+    )
+
+
+# The period's model events as the record holds them, oldest first: (action, alias, from, to, status, drawn as).
+PERIOD_EVENTS = [
+    ("first_seen", "production", None, "1", "done", None),  # the record began: no move
+    ("registered", None, None, "2", "done", None),  # a new version: no alias moved
+    ("promoted", "production", "1", "2", "done", "production"),
+    ("challenger_set", "challenger", None, "3", "done", "challenger"),
+    ("promoted", "production", "2", "3", "failed", None),  # the registry refused: nothing moved
+    ("moved_outside", "production", "2", "1", "done", "production"),
+    ("rolled_back", "production", "1", "2", "done", "production"),
+    ("moved_outside", "challenger", "3", "4", "done", "challenger"),
+]
+PRODUCTION_MOVES = sum(drawn == "production" for *_, drawn in PERIOD_EVENTS)
+CHALLENGER_EVENTS = sum(drawn == "challenger" for *_, drawn in PERIOD_EVENTS)
+LIVE_COMPARISON = {  # the current challenger v4 against production v2, as a quality pass stored it
+    "challenger_version": "4",
+    "production_version": "2",
+    "model_name": "m",
+    "outcomes": 1200,
+    "production_mae": 3.4,
+    "challenger_mae": 2.1,
+    "mean_difference": -1.3,
+    "ci_low": -1.42,
+    "ci_high": -1.18,
+    "wilcoxon_p": 3e-40,
+    "computed_at": NOW - timedelta(minutes=2),
+}
+
+
+def _fill_lifecycle(engine) -> None:
+    """The morning's model events (PERIOD_EVENTS, 3 h to 10 min ago), some that are not the period's, where
+    the record says the aliases point, stored comparisons, and a batch the challenger could not score."""
+    with engine.begin() as conn:
+        _event(conn, 2 * 24 * 60, "promoted", "production", None, "1")  # before the period
+        _event(conn, 30, "promoted", "production", "1", "9", model="another-model")
+        _event(conn, 5, "promoted", "production", "2", "5", status="pending")  # in flight: not settled yet
+        for minutes, (action, alias, before, after, status, _) in zip(
+            (180, 50, 47, 40, 35, 30, 20, 10), PERIOD_EVENTS, strict=True
+        ):
+            _event(
+                conn, minutes, action, alias, before, after,
+                actor="unknown" if action in ("moved_outside", "first_seen") else "alice",
+                status=status,
+                reason="<img src=x onerror=alert(1)> v2 is worse" if action == "rolled_back" else f"{action} here",
+                error="MlflowException: 403 Permission denied" if status == "failed" else None,
+            )  # fmt: skip
+        conn.execute(
+            insert(model_aliases),
+            [
+                {"model_name": "m", "alias": "production", "version": "2", "updated_at": NOW},
+                {"model_name": "m", "alias": "challenger", "version": "4", "updated_at": NOW},
+            ],
+        )
+        # A comparison of the former challenger, computed later: not the one the record's challenger has.
+        conn.execute(insert(shadow_comparisons), [LIVE_COMPARISON, {**LIVE_COMPARISON, "challenger_version": "3",
+                     "outcomes": 40, "computed_at": NOW - timedelta(minutes=1)}])  # fmt: skip
+        conn.execute(
+            batch_runs.update()
+            .where(batch_runs.c.batch_id == f"schedule-{_slot(15).isoformat()}")
+            .values(
+                challenger_version="4", shadow_error="challenger v4 failed to predict: ValueError: X has 4 features"
+            )
+        )
+
+
 def test_drift_margin_reads_drifted_the_same_way_for_every_test():
     rng = np.random.default_rng(3)
     found = {}
@@ -298,7 +387,7 @@ def test_lines_break_over_gaps_of_more_than_two_slots():
 def test_a_period_holds_the_batches_whose_rides_it_covers_and_warns_about_what_needs_a_look(database):
     _, engine = database
     _fill(engine)
-    overview = collect(engine, NOW, timedelta(hours=24), INTERVAL, _slot(0))
+    overview = collect(engine, NOW, timedelta(hours=24), INTERVAL, _slot(0), ALIASES)
     ids = set(overview.batches["batch_id"])
     assert "schedule-old" not in ids  # backfilled a minute ago, but its rides are three days old
     assert "file-8d1c" in ids  # no ride window: placed by when it started
@@ -345,6 +434,134 @@ def test_the_page_draws_every_chart_and_escapes_what_the_database_holds(database
     assert 'id="versions-v2-fallback"' in page and 'id="batches-failed"' in page and 'id="batches-missed"' in page
 
 
+def _svg_group_paths(page: str, gid: str) -> int:
+    """How many shapes the SVG group `gid` holds (a line collection writes a path per line), -1 if absent."""
+    match = re.search(rf'<g id="{re.escape(gid)}">(.*?)</g>', page, re.S)
+    return -1 if match is None else match.group(1).count("<path")
+
+
+def test_the_periods_model_events_are_listed_classified_and_warned_about(database):
+    _, engine = database
+    _fill(engine)
+    _fill_lifecycle(engine)
+    overview = collect(engine, NOW, timedelta(hours=24), INTERVAL, _slot(0), ALIASES)
+    found = [(e.action, e.alias, e.from_version, e.to_version, e.status, e.kind) for e in overview.events.itertuples()]
+    # Settled events of this model in the period only: not the pending move, another model's or last week's.
+    assert found == PERIOD_EVENTS
+    assert overview.events["local"].iloc[2] == pd.Timestamp(to_chicago(NOW - timedelta(minutes=47)))
+
+    kinds = [alert.kind for alert in overview.alerts]
+    assert kinds == [
+        "failed", "missed", "outside", "accuracy", "drift", "drift", "monitoring", "monitoring", "challenger",
+    ], overview.alerts  # fmt: skip
+    outside, shadow = overview.alerts[2], overview.alerts[-1]
+    assert outside.text.startswith("2 alias moves made outside the project in the period")
+    assert outside.items == (
+        f"{to_chicago(NOW - timedelta(minutes=10)):%Y-%m-%d %H:%M} Chicago: @challenger v3 → v4",
+        f"{to_chicago(NOW - timedelta(minutes=30)):%Y-%m-%d %H:%M} Chicago: @production v2 → v1",
+    )
+    assert shadow.text.startswith("the challenger failed to score 1 batch in the period")
+    assert shadow.items == (
+        f"schedule-{_slot(15).isoformat()} (v4): challenger v4 failed to predict: ValueError: X has 4 features",
+    )
+
+
+def test_the_challenger_shown_is_the_one_the_record_names_with_its_stored_verdict(database):
+    _, engine = database
+    _fill_lifecycle(engine)
+    view = collect(engine, NOW, timedelta(hours=24), INTERVAL, _slot(0), ALIASES).challenger
+    # v4 against v2, as the record says, although v3's comparison was computed later.
+    assert (view.challenger, view.production, view.current) == ("4", "2", True)
+    assert view.evidence == paired.stored(LIVE_COMPARISON)
+    assert view.verdict == paired.verdict(view.evidence) == "challenger better"
+    assert view.computed_at == NOW - timedelta(minutes=2)
+
+    # The challenger retired: the latest comparison stays in view, as a former challenger's.
+    with engine.begin() as conn:
+        conn.execute(model_aliases.update().where(model_aliases.c.alias == "challenger").values(version=None))
+    view = collect(engine, NOW, timedelta(hours=24), INTERVAL, _slot(0), ALIASES).challenger
+    assert (view.challenger, view.production, view.current) == ("3", "2", False)
+    assert (
+        view.evidence.outcomes == 40 and view.verdict == f"too few paired outcomes (40 of {paired.MIN_PAIRED_OUTCOMES})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("event", "label"),
+    [
+        (("promoted", "alice", "2", "3", "production"), "v2 → v3 promoted by alice"),
+        (("promoted", "alice", None, "1", "production"), "v1 promoted by alice"),
+        (("rolled_back", "bob", "3", "2", "production"), "v3 → v2 rolled back by bob"),
+        (("converted", "carol", "4", "5", "production"), "v4 → v5 converted to skops by carol"),
+        (("moved_outside", "unknown", "2", "7", "production"), "v2 → v7 moved outside the project"),
+        (("moved_outside", "unknown", "3", None, "challenger"), "challenger v3 → none moved outside the project"),
+        (("challenger_set", "dave", None, "6", "challenger"), "challenger v6 set by dave"),
+        (("challenger_retired", "dave", "6", None, "challenger"), "challenger v6 retired by dave"),
+    ],
+)
+def test_each_drawn_event_says_what_moved_and_who_moved_it(event, label):
+    assert event_label(*event) == label
+
+
+def test_labels_of_moves_close_in_time_go_on_different_rows():
+    start = datetime(2026, 11, 27, 8, 0)
+    span = (start, start + timedelta(hours=10))
+    minutes = [0, 60, 300, 301, 302, 303, 304, 600]  # a cluster of five within 4 minutes, far from the rest
+    x = date2num([start + timedelta(minutes=m) for m in minutes])
+    rows = label_rows(x, span)
+    assert rows[0] == 0 and rows[1] == 1  # an hour is close on a 10-hour axis
+    assert rows[2] == 0  # five hours later the top row is free again
+    assert rows[2:6] == [0, 1, 2, 3] and rows[6] == 0  # more than LABEL_ROWS at once: the oldest row is reused
+    assert rows[7] == 0
+    assert max(rows) == LABEL_ROWS - 1
+
+
+def test_the_page_draws_a_line_per_model_event_on_every_time_chart_and_lists_the_events(database):
+    settings, engine = database
+    _fill(engine)
+    _fill_lifecycle(engine)
+    out = settings.LOCAL_DIR / "lifecycle.html"
+    written = make_report(settings.model_copy(update={"MODEL_NAME": "m"}), timedelta(hours=24), out, now=NOW)
+    page = out.read_text()
+    assert written.charts_with_data == 5 and written.alerts == 9
+    # One solid line per production move and one dashed line per challenger change, on each time chart.
+    for key in ("batches", "predictions", "drift", "accuracy", "versions"):
+        assert _svg_group_paths(page, f"{key}-moves") == PRODUCTION_MOVES == 3, key
+        assert _svg_group_paths(page, f"{key}-challenger-events") == CHALLENGER_EVENTS == 2, key
+    for label in (
+        "v1 → v2 promoted by alice",
+        "v2 → v1 moved outside the project",
+        "v1 → v2 rolled back by alice",
+        "challenger v3 set by alice",
+        "challenger v3 → v4 moved outside the project",
+    ):
+        assert page.count(f">{label}</text>") == 5, label
+    assert "v2 → v3 promoted" not in page  # the failed promotion moved nothing: listed, not drawn
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), [i for i in set(ids) if ids.count(i) > 1][:5]
+
+    # The events table: the period's settled events, escaped, the failed one with its error.
+    table = page[page.index('<section id="events"') :]
+    table = table[: table.index("</section>")]
+    assert 'data-events="8" data-moves="3"' in table
+    rows = re.findall(r'<tr data-action="([^"]+)" data-status="([^"]+)" data-kind="([^"]*)">', table)
+    assert rows == [(a, status, kind or "") for a, _, _, _, status, kind in PERIOD_EVENTS]
+    assert f"<td>{to_chicago(NOW - timedelta(minutes=47)):%Y-%m-%d %H:%M:%S}</td><td>promoted</td>" in table
+    assert "<td>v1 → v2</td>" in table and "<td>none → v3</td>" in table
+    assert "MlflowException: 403 Permission denied" in table
+    assert "&lt;img src=x onerror=alert(1)&gt; v2 is worse" in table and "<img" not in page
+    assert ">nan<" not in table and "v9" not in page and "v5" not in page  # another model's, a pending move
+
+    # The challenger block: the stored comparison of v4 against v2, and its verdict.
+    block = page[page.index('<section id="challenger"') :]
+    block = block[: block.index("</section>")]
+    assert 'data-challenger="4" data-production="2" data-current="true" data-outcomes="1200"' in block
+    assert 'data-verdict="challenger better"' in block
+    for shown in ("3.400 min", "2.100 min", "-1.300 min (-38.2% of production", "-1.420 to -1.180 min", "1,200",
+                  "3e-40", '<td class="verdict">challenger better</td>'):  # fmt: skip
+        assert shown in block, shown
+
+
 def test_an_empty_database_gives_a_report_that_says_so_for_each_chart(database):
     settings, _ = database
     out = settings.LOCAL_DIR / "empty.html"
@@ -353,6 +570,9 @@ def test_an_empty_database_gives_a_report_that_says_so_for_each_chart(database):
     assert written.charts_with_data == 0 and written.alerts == 0
     assert page.count('data-empty="true"') == 5 and "<svg" not in page
     assert "Nothing needs a look" in page
+    assert '<section id="events" data-events="0" data-moves="0">' in page and "No model events in this period" in page
+    assert 'data-challenger="" data-production="" data-current="false" data-outcomes="0"' in page
+    assert "No challenger on record and no comparison stored" in page
 
 
 def test_a_month_of_slots_stays_a_small_file(database):

@@ -7,6 +7,11 @@ so a moment lines up from chart to chart. Every artist that plots data carries a
 with the chart's key (`batches-succeeded`, `drift-fare-pvalue`, `accuracy-daily-v3`, ...), so the
 browser test can find the marks of each chart. Series of more than DENSE marks are drawn as an image
 inside the SVG instead (and so have no such id), which keeps a month's report near 1 MB.
+
+Model events are drawn on every time chart, at the moment they happened: a solid purple line per
+move of production (`{key}-moves`, one line each, labelled "v2 → v3 promoted by alice"), so that a
+step in live MAE or in the predictions reads against the move that caused it, and a dashed grey one
+per change of the challenger (`{key}-challenger-events`), which changes no prediction.
 """
 
 from __future__ import annotations
@@ -31,7 +36,16 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from worker.monitor.drift import CATEGORICAL, DATASET_COLUMNS, DRIFT_SHARE, TARGET
-from worker.monitor.overview import ACCURACY_MARGIN, MARGIN_CAP, Overview, gaps, to_chicago
+from worker.monitor.overview import (
+    ACCURACY_MARGIN,
+    MARGIN_CAP,
+    MOVED_OUTSIDE,
+    Overview,
+    gaps,
+    has_version,
+    to_chicago,
+    version_text,
+)
 
 TIME_LABEL = "Chicago local time (America/Chicago)"
 LEGEND_ROW = 17.0  # points a legend row takes between an axes and its title
@@ -47,6 +61,20 @@ CALM_COLOR = "#8d99a6"
 WINDOW_COLOR = "#1d2733"
 VERSION_COLORS = ("#4a7fb0", "#2a9d8f", "#9b5de5", "#e07a1f", "#577590", "#43aa8b", "#b5838d", "#6d597a")
 PINNED_STYLE = {"alias": "", "fixed": "..", "given": "..", "fallback": "xx"}
+# How each kind of model event is drawn (overview.classify): (colour, line style, width, gid suffix).
+EVENT_STYLE = {
+    "production": ("#6a3d9a", "solid", 1.4, "moves"),
+    "challenger": ("#8d99a6", (0, (3, 2)), 0.9, "challenger-events"),
+}
+LABEL_ROWS, LABEL_STEP = 4, 9.0  # event labels are staggered over this many rows, this many points apart
+LABEL_GAP = 0.3  # labels of events closer than this share of the time axis go on different rows
+ACTION_WORDS = {
+    "promoted": "promoted",
+    "rolled_back": "rolled back",
+    "converted": "converted to skops",
+    "challenger_set": "set",
+    "challenger_retired": "retired",
+}
 COLUMN_TITLES = {
     "pickup_community_area": "pickup area",
     "dropoff_community_area": "dropoff area",
@@ -143,7 +171,100 @@ def _missed_ends(overview: Overview) -> pd.Series:
 
 def time_span(overview: Overview) -> tuple[datetime, datetime]:
     missed = _missed_ends(overview) - pd.Timedelta(seconds=overview.interval_seconds)
-    return _span(overview, overview.batches["start"], overview.windows["window_start"], missed)
+    drawn = _drawn_events(overview)["local"]
+    return _span(overview, overview.batches["start"], overview.windows["window_start"], missed, drawn)
+
+
+def _drawn_events(overview: Overview) -> pd.DataFrame:
+    """The period's model events that the charts draw (done moves of production and of the challenger)."""
+    return overview.events[overview.events["kind"].notna()]
+
+
+def event_label(action: str, actor: str, before: str | None, after: str | None, kind: str) -> str:
+    """What an event's line says: "v2 → v3 promoted by alice", "challenger v4 set by bob", "v3 → v5 moved
+    outside the project" (who moved it outside is unknown; a first promotion has no version before)."""
+    if action == MOVED_OUTSIDE:
+        who = "challenger " if kind == "challenger" else ""
+        return f"{who}{version_text(before)} → {version_text(after)} moved outside the project"
+    words = ACTION_WORDS.get(action, action)
+    if kind == "challenger":
+        return f"challenger {version_text(after if action == 'challenger_set' else before)} {words} by {actor}"
+    moved = f"{version_text(before)} → {version_text(after)}" if has_version(before) else version_text(after)
+    return f"{moved} {words} by {actor}"
+
+
+def label_rows(x: np.ndarray, span: tuple[datetime, datetime]) -> list[int]:
+    """A row (0 at the top) for each event's label, in time order: the first row whose last label is at least
+    LABEL_GAP of the span away, else the row whose last label is oldest, so that labels of moves close in time
+    (a promotion and its rollback minutes apart) print one under the other instead of over each other."""
+    gap = LABEL_GAP * (date2num(span[1]) - date2num(span[0]))
+    last = [-np.inf] * LABEL_ROWS
+    rows = []
+    for at in x:
+        row = next((r for r in range(LABEL_ROWS) if at - last[r] >= gap), int(np.argmin(last)))
+        last[row] = at
+        rows.append(row)
+    return rows
+
+
+def _model_events(ax: Axes, overview: Overview, span: tuple[datetime, datetime], key: str | None) -> None:
+    """A vertical line per drawn model event, across the whole axes, labelled near its top. `key` None
+    draws lines without ids or labels (the lower panels of a chart whose top panel carries them)."""
+    drawn = _drawn_events(overview)
+    drawn = drawn.assign(row=label_rows(_num(drawn["local"]), span))
+    for kind, (color, style, width, suffix) in EVENT_STYLE.items():
+        part = drawn[drawn["kind"] == kind]
+        if part.empty:
+            continue
+        ax.vlines(
+            _num(part["local"]),
+            0,
+            1,
+            transform=ax.get_xaxis_transform(),  # x in time, y across the whole axes whatever its scale
+            colors=color,
+            linestyles=style,
+            linewidth=width,
+            zorder=4,
+            gid=f"{key}-{suffix}" if key else None,
+        )
+        if key:
+            _event_labels(ax, part, span, kind, f"{key}-label-{suffix}")
+
+
+def _event_labels(ax: Axes, part: pd.DataFrame, span: tuple[datetime, datetime], kind: str, gid: str) -> None:
+    """Each event's label at the top of its line, on the row label_rows gave it; late in the period it reads
+    leftwards, so that it stays inside the chart."""
+    color = EVENT_STYLE[kind][0]
+    middle = date2num(span[0]) + 0.6 * (date2num(span[1]) - date2num(span[0]))
+    for i, (at, event) in enumerate(zip(_num(part["local"]), part.itertuples(), strict=True)):
+        left = at > middle
+        ax.annotate(
+            event_label(event.action, event.actor, event.from_version, event.to_version, kind),
+            xy=(at, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(-3 if left else 3, -3 - LABEL_STEP * event.row),
+            textcoords="offset points",
+            ha="right" if left else "left",
+            va="top",
+            fontsize=7.0 if kind == "production" else 6.5,
+            color=color,
+            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.75, "linewidth": 0},
+            annotation_clip=False,
+            zorder=5,
+            gid=f"{gid}-{i}",
+        )
+
+
+def _event_handles(overview: Overview) -> list:
+    """Legend entries for the model events drawn, with their counts."""
+    drawn = _drawn_events(overview)
+    handles = []
+    for kind, label in (("production", "production moved"), ("challenger", "challenger changed")):
+        count = int((drawn["kind"] == kind).sum())
+        if count:
+            color, style, width, _ = EVENT_STYLE[kind]
+            handles.append(Line2D([], [], color=color, linestyle=style, linewidth=width, label=f"{label}: {count}"))
+    return handles
 
 
 def _time_axis(ax: Axes, span: tuple[datetime, datetime], label: bool = True, ticks: bool = True) -> None:
@@ -290,6 +411,8 @@ def batches_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
             )
         if len(missed_at):
             legend.append(Patch(facecolor=DRIFT_COLOR, alpha=0.3, label=f"missed slot: {len(missed_at)}"))
+        _model_events(ax, overview, span, key)
+        legend += _event_handles(overview)
         ax.set_ylim(floor, ceiling)
         ax.set_ylabel("rides written per batch" + (" (log)" if log else ""))
         _time_axis(ax, span)
@@ -364,6 +487,8 @@ def predictions_chart(overview: Overview, span: tuple[datetime, datetime]) -> Ch
             handles.append(
                 Line2D([], [], color="#e07a1f", marker="D", markersize=4, label="ad-hoc / file batch (10–90 %)")
             )
+        _model_events(ax, overview, span, key)
+        handles += _event_handles(overview)
         ax.set_ylabel("predicted trip minutes")
         ax.set_ylim(bottom=0)
         _time_axis(ax, span)
@@ -373,6 +498,7 @@ def predictions_chart(overview: Overview, span: tuple[datetime, datetime]) -> Ch
             f"latest median {latest['prediction_p50']:.1f} min "
             f"(10–90 %: {latest['prediction_p10']:.1f}–{latest['prediction_p90']:.1f} min) over {len(batches)} batches",
             handles,
+            per_row=3,  # its entries are long: five in a row would run past the figure
         )
         svg = _svg(figure, key, title)
     return Chart(key, title, caption, svg, marks=len(batches))
@@ -419,13 +545,15 @@ def drift_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
         figure = Figure(figsize=(WIDTH, 2.5 + 1.9 * (rows - 1)), layout="constrained")
         grid = figure.add_gridspec(rows, 2, height_ratios=[1.25] + [1] * (rows - 1))
         top = figure.add_subplot(grid[0, :])
-        _dataset_panel(top, batches, windows, counted, needed, span)
+        _model_events(top, overview, span, key)
+        _dataset_panel(top, batches, windows, counted, needed, span, _event_handles(overview))
         axes = [figure.add_subplot(grid[1 + i // 2, i % 2], sharex=top) for i in range(len(shown))]
         margins = pd.concat([drift["margin"], overview.window_drift["margin"]]).dropna()
         low = max(float(margins.min()) * 0.7, 1 / MARGIN_CAP) if len(margins) else 0.01
         high = min(max(float(margins.max()) * 1.5, 3.0), MARGIN_CAP * 1.5) if len(margins) else 10.0
         for i, (ax, column) in enumerate(zip(axes, shown, strict=True)):
             _column_panel(ax, key, column, drift, overview.window_drift, (min(low, 0.5), high))
+            _model_events(ax, overview, span, None)
             _time_axis(ax, span, label=False, ticks=i >= len(shown) - 2)
         figure.supxlabel(TIME_LABEL, fontsize=STYLE["font.size"], color=STYLE["axes.labelcolor"])
         marks = len(drift) + len(overview.window_drift)
@@ -434,7 +562,13 @@ def drift_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
 
 
 def _dataset_panel(
-    ax: Axes, batches: pd.DataFrame, windows: pd.DataFrame, counted: int, needed: int, span: tuple[datetime, datetime]
+    ax: Axes,
+    batches: pd.DataFrame,
+    windows: pd.DataFrame,
+    counted: int,
+    needed: int,
+    span: tuple[datetime, datetime],
+    more: list,
 ) -> None:
     ax.axhspan(needed - 0.5, counted + 0.5, color=DRIFT_COLOR, alpha=0.08, linewidth=0)
     ax.axhline(needed - 0.5, color=DRIFT_COLOR, linewidth=0.8, linestyle="--")
@@ -479,6 +613,7 @@ def _dataset_panel(
             Patch(facecolor=DRIFT_COLOR, alpha=0.2, label="hour window: dataset drift"),
             Line2D([], [], marker="o", linestyle="", color="#4a5560", label="panels: distance test"),
             Line2D([], [], marker="^", linestyle="", color="#4a5560", label="panels: p-value test"),
+            *more,
         ],
         per_row=4,
     )
@@ -634,7 +769,9 @@ def accuracy_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart
             Line2D([], [], color="#4a5560", linestyle="--", label="held-out MAE"),
             Line2D([], [], color="#4a5560", linestyle=":", label=f"warning (+{ACCURACY_MARGIN:.0%})"),
             Line2D([], [], color=CALM_COLOR, linestyle=(0, (4, 2)), linewidth=1.6, label="always-the-median"),
+            *_event_handles(overview),
         ]
+        _model_events(ax, overview, span, key)
         ax.set_ylabel("MAE, minutes")
         ax.set_ylim(bottom=0)
         _time_axis(ax, span)
@@ -657,8 +794,12 @@ def versions_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart
         return Chart(key, title, caption, None, "No batch in this period has a model version yet.")
     colors = _versions(overview)
     versions = list(colors)
+    # Labelled model events need a strip above the rows, where their labels hide no bar (a row is 0.45 in, 32 pt).
+    drawn = _drawn_events(overview)
+    used = max(label_rows(_num(drawn["local"]), span), default=-1) + 1
+    strip = (4 + LABEL_STEP * used) / 32 if used else 0.0
     with _style():
-        figure = Figure(figsize=(WIDTH, 1.2 + 0.45 * len(versions)), layout="constrained")
+        figure = Figure(figsize=(WIDTH, 1.2 + 0.45 * (len(versions) + strip)), layout="constrained")
         ax = figure.add_subplot()
         for row, version in enumerate(versions):
             part = batches[batches["model_version"].astype(str) == version]
@@ -680,15 +821,16 @@ def versions_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart
                 )
         counts = batches["model_version"].astype(str).value_counts()
         ax.set_yticks(range(len(versions)), [f"v{v}\n{counts.get(v, 0)} batches" for v in versions])
-        ax.set_ylim(-0.6, len(versions) - 0.4)
+        ax.set_ylim(-0.6, len(versions) - 0.4 + strip)
         ax.grid(axis="y", visible=False)
+        _model_events(ax, overview, span, key)
         _time_axis(ax, span)
         pinned = batches["model_pinned_by"].fillna("alias")
         handles = [
             Patch(facecolor="#c9d3dc", edgecolor="#1d2733", hatch=hatch or None, label=f"pinned by {how}: {n}")
             for how, hatch in PINNED_STYLE.items()
             if (n := int((pinned == how).sum()))
-        ]
+        ] + _event_handles(overview)
         latest = batches.sort_values("at").iloc[-1]
         _headline(
             ax,

@@ -3,7 +3,11 @@ warnings that need a look now.
 
 Self-contained means it opens offline and from anywhere (a mail attachment, a CI artifact): the
 charts are inline SVG, the styles inline CSS, and there is no script, font, image or link to fetch.
-Every text taken from the database (batch ids, errors) is escaped.
+Every text taken from the database (batch ids, errors, actors and reasons of model events) is escaped.
+
+Besides the charts: the challenger's stored paired comparison with production (what a promotion
+would rest on) and the period's model events as a table, the same events the charts draw as
+vertical lines.
 """
 
 from __future__ import annotations
@@ -16,11 +20,21 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from worker.cli.errors import UsageError
 from worker.cli.status import fill_command
-from worker.monitor.overview import ACCURACY_MARGIN, MIN_OUTCOMES, RECENT, Alert, Overview
+from worker.monitor.overview import (
+    ACCURACY_MARGIN,
+    MIN_OUTCOMES,
+    RECENT,
+    Alert,
+    ChallengerView,
+    ModelAliases,
+    Overview,
+    version_text,
+)
+from worker.monitor.paired import CONFIDENCE, MIN_PAIRED_OUTCOMES, PROMOTE_MARGIN, PairedEvidence
 from worker.settings import Settings, redact
 
 if TYPE_CHECKING:  # matplotlib is imported only when a report is drawn, not by `make run` naming the command
@@ -35,6 +49,8 @@ KIND_LABELS = {
     "accuracy": "accuracy",
     "drift": "dataset drift",
     "monitoring": "monitoring",
+    "outside": "moved outside",
+    "challenger": "challenger",
 }
 STYLE = """
 :root { color-scheme: light; --ink: #1d2733; --muted: #5b6772; --line: #d9dee3; --warn: #b3261e; }
@@ -56,6 +72,14 @@ svg { display: block; height: auto; }
 #warnings li.alert ul { margin: 4px 0 0; font-size: 13px; color: var(--muted); }
 #warnings li.alert ul li { margin: 0; }
 #warnings .ok { border-left: 4px solid #2a9d8f; padding: 6px 12px; background: #eef8f6; }
+table { border-collapse: collapse; font-size: 13px; width: 100%; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { color: var(--muted); font-weight: 600; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+#events tr[data-kind="production"] td:nth-child(2) { color: #6a3d9a; font-weight: 600; }
+#events tr[data-status="failed"] td { color: var(--warn); }
+#challenger table { width: auto; }
+#challenger .verdict { font-weight: 600; }
 code { font: 13px/1.4 "DejaVu Sans Mono", ui-monospace, monospace; background: #eef1f4; padding: 1px 4px;
        border-radius: 3px; }
 footer { color: var(--muted); font-size: 13px; }
@@ -96,8 +120,9 @@ def _warnings(overview: Overview) -> str:
         body = f"<ul>{items}</ul>"
     else:
         body = (
-            '<p class="ok">Nothing needs a look: no failed batch, no missed slot, no recent dataset drift, '
-            "no version worse than it promised.</p>"
+            '<p class="ok">Nothing needs a look: no failed batch, no missed slot, no alias moved outside the '
+            "project, no recent dataset drift, no version worse than it promised, no batch the challenger "
+            "failed to score.</p>"
         )
     rules = (
         f"Accuracy warns when a version's live MAE on its latest day with at least {MIN_OUTCOMES} outcomes is more "
@@ -107,6 +132,118 @@ def _warnings(overview: Overview) -> str:
     return (
         f'<section id="warnings" data-alerts="{len(overview.alerts)}"><h2>Warnings</h2>'
         f'<p class="caption">{_e(rules)}</p>{body}</section>'
+    )
+
+
+def _event_row(event: Any) -> str:
+    """One row of the events table (`event` is a row of Overview.events); a failed move shows its error."""
+    reason = _e(event.reason or "")
+    if event.status != "done" and event.error:
+        reason += f"<br><small>{_e(event.error)}</small>"
+    return (
+        f'<tr data-action="{_e(event.action)}" data-status="{_e(event.status)}" data-kind="{_e(event.kind or "")}">'
+        f"<td>{event.local:%Y-%m-%d %H:%M:%S}</td><td>{_e(event.action)}</td><td>{_e(event.alias or '')}</td>"
+        f"<td>{_e(version_text(event.from_version))} → {_e(version_text(event.to_version))}</td><td>{_e(event.actor)}</td>"
+        f"<td>{_e(event.status)}</td><td>{reason}</td></tr>"
+    )
+
+
+def _events(overview: Overview) -> str:
+    """The period's model events, oldest first: the record behind the charts' vertical lines."""
+    found = overview.events
+    moves = int((found["kind"] == "production").sum())
+    caption = (
+        "Every alias move and registration of the period from `model_events`, in Chicago local time. The "
+        "charts draw each done move of production (promoted, rolled back, converted, moved outside) as a solid "
+        "purple line and each change of the challenger as a dashed grey one; failed moves moved nothing and are "
+        "only listed here. `python -m worker models --history` lists them all."
+    )
+    if found.empty:
+        body = (
+            '<p class="empty">No model events in this period: no version was registered, promoted or rolled back.</p>'
+        )
+    else:
+        header = "".join(
+            f"<th>{name}</th>" for name in ("Chicago time", "action", "alias", "from → to", "actor", "status", "reason")
+        )
+        rows = "".join(_event_row(event) for event in found.itertuples())
+        body = f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+    return (
+        f'<section id="events" data-events="{len(found)}" data-moves="{moves}"><h2>Model events</h2>'
+        f'<p class="caption">{_prose(caption)}</p>{body}</section>'
+    )
+
+
+def _minutes(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.3f} min" if signed else f"{value:.3f} min"
+
+
+def _p_value(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2g}" if value > 0 else "< 1e-300"
+
+
+def _comparison_table(found: PairedEvidence, verdict: str | None) -> str:
+    interval = (
+        f"{found.ci_low:+.3f} to {found.ci_high:+.3f} min"
+        if found.ci_low is not None and found.ci_high is not None
+        else "—"
+    )
+    relative = (
+        f" ({found.relative_difference:+.1%} of production's MAE)" if found.relative_difference is not None else ""
+    )
+    rows = (
+        (f"production v{found.production_version}: MAE", _minutes(found.production_mae)),
+        (f"challenger v{found.challenger_version}: MAE", _minutes(found.challenger_mae)),
+        ("mean difference, challenger − production", _minutes(found.mean_difference, signed=True) + relative),
+        (f"{CONFIDENCE:.0%} confidence interval (paired t)", interval),
+        ("paired rides with a known duration (n)", f"{found.outcomes:,}"),
+        ("Wilcoxon signed-rank p", _p_value(found.wilcoxon_p)),
+    )
+    cells = "".join(f'<tr><th>{_e(name)}</th><td class="number">{_e(value)}</td></tr>' for name, value in rows)
+    shown = f'<tr><th>verdict</th><td class="verdict">{_e(verdict)}</td></tr>'
+    return f"<table>{cells}{shown}</table>"
+
+
+def _challenger_text(view: ChallengerView) -> str:
+    if view.challenger is None:
+        return "No challenger on record and no comparison stored: `python -m worker retrain --since 6h` makes one."
+    if view.evidence is None or view.evidence.outcomes == 0:
+        return (
+            f"Challenger v{view.challenger} against production {version_text(view.production)}: no paired outcomes yet "
+            "(batches since the challenger was set are shadow-scored; outcomes arrive as their trips end)."
+        )
+    when = f" Computed {view.computed_at:%Y-%m-%d %H:%M} UTC." if view.computed_at else ""
+    if view.current:
+        return f"Challenger v{view.challenger}, shadow-scored beside production on the same live rides.{when}"
+    return (
+        f"No challenger on record now; the latest stored comparison, of v{view.challenger} against "
+        f"v{view.production}, is shown.{when}"
+    )
+
+
+def _challenger(overview: Overview) -> str:
+    """The challenger's stored paired comparison (worker/monitor/paired.py), as `models --compare` shows it."""
+    view = overview.challenger
+    found = view.evidence
+    rule = (
+        f"The comparison is ride by ride on rides both versions scored. The challenger is better when the "
+        f"{CONFIDENCE:.0%} interval of the mean difference lies below 0 and its MAE is at least {PROMOTE_MARGIN:.0%} "
+        f"lower, worse when the interval lies above 0, over at least {MIN_PAIRED_OUTCOMES} paired rides; the quality "
+        "pass recomputes it and `python -m worker models --compare` shows it now."
+    )
+    table = _comparison_table(found, view.verdict) if found is not None and found.outcomes > 0 else ""
+    attributes = (
+        f'data-challenger="{_e(view.challenger or "")}" data-production="{_e(view.production or "")}" '
+        f'data-current="{str(view.current).lower()}" data-outcomes="{found.outcomes if found else 0}" '
+        f'data-verdict="{_e(view.verdict or "")}"'
+    )
+    return (
+        f'<section id="challenger" {attributes}><h2>Challenger</h2><p class="caption">{_e(rule)}</p>'
+        f"<p>{_prose(_challenger_text(view))}</p>{table}</section>"
     )
 
 
@@ -141,7 +278,7 @@ def render_html(overview: Overview, charts: list[Chart], source: str) -> str:
         f"<p>Read from <code>{_e(source)}</code>. Times on every chart are Chicago local time, the time the "
         "rides happen in (the database keeps ride windows that way and converts bookkeeping times from UTC)."
         "</p></header>"
-        f"{_warnings(overview)}{sections}"
+        f"{_warnings(overview)}{_challenger(overview)}{sections}{_events(overview)}"
         "<footer><p>Made by <code>python -m worker report</code>. Drift tests and thresholds are Evidently's "
         "defaults (worker/monitor/drift.py); the warning rules are in worker/monitor/overview.py.</p></footer>"
         "</main></body></html>\n"
@@ -174,6 +311,7 @@ def make_report(settings: Settings, period: timedelta, output: Path, now: dateti
     """Read the period before `now` from the configured database, draw it, and write `output`."""
     from worker.beat import slot_start
     from worker.cli.charts import all_charts
+    from worker.model.registry import CHALLENGER_ALIAS
     from worker.monitor.overview import collect
     from worker.store.database import ensure_schema, get_engine
 
@@ -192,6 +330,7 @@ def make_report(settings: Settings, period: timedelta, output: Path, now: dateti
         period,
         settings.BATCH_INTERVAL_SECONDS,
         slot_start(settings.BATCH_INTERVAL_SECONDS, now.timestamp()),
+        ModelAliases(settings.MODEL_NAME, settings.MODEL_ALIAS, CHALLENGER_ALIAS),
     )
     charts = all_charts(overview)
     size = write_atomically(output, render_html(overview, charts, redact(settings.database_url)))

@@ -14,6 +14,11 @@ the alert rules of the Prometheus issue say the same thing:
   held-out rides at training (daily_accuracy.mae > 1.25 x daily_accuracy.heldout_mae);
 - RECENT: dataset drift counts as current for hour windows and batches whose rides ended in the
   last three hours.
+
+The model's life cycle is on the same axis: the period's model events (`model_events`), of which
+PRODUCTION_MOVES and CHALLENGER_MOVES are drawn as annotations on the charts (the Grafana
+dashboards' annotation queries use the same two lists, checked by tests/unit/test_dashboards.py),
+and the stored paired comparison of the challenger the record names (worker/monitor/paired.py).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
+from worker.monitor import paired
 from worker.monitor.drift import DATASET_COLUMNS
 from worker.rides.generator import CHICAGO
-from worker.store import history, timelines
+from worker.store import events, evidence, history, timelines
 
 ACCURACY_MARGIN = 0.25  # live MAE may be this much worse than held-out (25 %) before a warning
 MIN_OUTCOMES = 200  # ... over at least this many observed outcomes of one day and version
@@ -37,6 +43,12 @@ P_VALUE_METHODS = frozenset({"ks", "chisquare"})  # drift when score < threshold
 DISTANCE_METHODS = frozenset({"wasserstein", "jensenshannon"})  # drift when score >= threshold
 MARGIN_CAP = 1000.0  # a p-value of 0 would be infinitely far past the threshold; drawn at the cap
 SHOWN_ITEMS = 5  # items listed under one warning
+# Moves of the serving alias: a step in live MAE is read against these. `first_seen` is no move (the
+# record began), `registered` moves no alias. `moved_outside` counts here unless it moved the challenger.
+PRODUCTION_MOVES = ("promoted", "rolled_back", "converted", "moved_outside")
+# What happened to the challenger (its moves outside the project too): drawn lightly, they change no prediction.
+CHALLENGER_MOVES = ("challenger_set", "challenger_retired")
+MOVED_OUTSIDE = "moved_outside"
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,29 @@ class Alert:
     kind: str
     text: str
     items: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelAliases:
+    """Which model the report is about, and the names of its two aliases (MODEL_NAME, MODEL_ALIAS and
+    the registry's challenger alias), so that the monitor room needs neither settings nor MLflow."""
+
+    name: str
+    production: str
+    challenger: str
+
+
+@dataclass(frozen=True)
+class ChallengerView:
+    """The challenger the record names (or, with none named, the last one compared) and its stored
+    paired comparison with production. `current` says whether the record still names it."""
+
+    challenger: str | None
+    production: str | None
+    current: bool
+    evidence: paired.PairedEvidence | None = None
+    verdict: str | None = None
+    computed_at: datetime | None = None  # UTC
 
 
 @dataclass(frozen=True)
@@ -61,6 +96,8 @@ class Overview:
     daily: pd.DataFrame  # daily_accuracy rows of the period
     missed: list[datetime] = field(default_factory=list)  # UTC beat slots that never ran
     alerts: list[Alert] = field(default_factory=list)
+    events: pd.DataFrame = field(default_factory=lambda: empty_events())  # + `local`, `kind` (see classify)
+    challenger: ChallengerView = ChallengerView(None, None, current=False)
 
     @property
     def since_local(self) -> datetime:
@@ -74,6 +111,65 @@ class Overview:
 def to_chicago(moment: datetime) -> datetime:
     """A UTC instant (aware, or naive as SQLite gives it back) as naive Chicago local time."""
     return timelines.utc(moment).astimezone(CHICAGO).replace(tzinfo=None)
+
+
+def empty_events() -> pd.DataFrame:
+    return pd.DataFrame(columns=[*timelines.EVENT_COLUMNS, "local", "kind"])
+
+
+def classify(action: str, alias: str | None, status: str, challenger_alias: str) -> str | None:
+    """How an event is drawn: "production" (a move of the serving alias), "challenger", or None (listed
+    in the events table only: not done, not a move, or an alias the charts do not follow)."""
+    if status != events.DONE:
+        return None
+    if action in CHALLENGER_MOVES or (action == MOVED_OUTSIDE and alias == challenger_alias):
+        return "challenger"
+    if action in PRODUCTION_MOVES:
+        return "production"
+    return None
+
+
+def model_events(engine: Engine, aliases: ModelAliases, since: datetime, now: datetime) -> pd.DataFrame:
+    """The period's settled model events, oldest first, with their Chicago-local time and how they are drawn."""
+    found = timelines.model_events_since(engine, aliases.name, since, now)
+    if found.empty:
+        return empty_events()
+    # pandas holds a missing text as NaN, which reads as true and prints "nan": keep None for "no version".
+    text = ["alias", "from_version", "to_version", "actor", "reason", "error"]
+    found[text] = found[text].astype(object).where(found[text].notna(), None)
+    found["local"] = pd.to_datetime(_chicago_series(found["at"]))
+    kinds = [
+        classify(action, alias, status, aliases.challenger)
+        for action, alias, status in zip(found["action"], found["alias"], found["status"], strict=True)
+    ]
+    found["kind"] = pd.Series(kinds, index=found.index, dtype=object)
+    return found
+
+
+def challenger_view(engine: Engine, aliases: ModelAliases) -> ChallengerView:
+    """The challenger the record names, against the production version it names, with the comparison the
+    last quality pass stored; with no challenger named, the latest stored comparison of this model."""
+    challenger = events.alias_on_record(engine, aliases.name, aliases.challenger)
+    production = events.alias_on_record(engine, aliases.name, aliases.production)
+    if challenger is not None:
+        row = evidence.comparison(engine, challenger, production) if production is not None else None
+        current = True
+    else:
+        row = evidence.latest_comparison(engine, aliases.name)
+        current = False
+        if row is None:
+            return ChallengerView(None, production, current=False)
+    found = paired.stored(row)
+    if found is None:
+        return ChallengerView(challenger, production, current=current)
+    return ChallengerView(
+        found.challenger_version,
+        found.production_version,
+        current=current,
+        evidence=found,
+        verdict=paired.verdict(found),
+        computed_at=timelines.utc(row["computed_at"]) if row.get("computed_at") else None,
+    )
 
 
 def _chicago_series(values: pd.Series) -> pd.Series:
@@ -109,10 +205,16 @@ def _numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def collect(
-    engine: Engine, now: datetime, period: timedelta, interval_seconds: float, until_slot: datetime
+    engine: Engine,
+    now: datetime,
+    period: timedelta,
+    interval_seconds: float,
+    until_slot: datetime,
+    aliases: ModelAliases,
 ) -> Overview:
     """Everything the report shows for the `period` before `now` (UTC); `until_slot` is the current
-    beat slot (still beat's to send, so not missed yet)."""
+    beat slot (still beat's to send, so not missed yet); `aliases` names the model whose events and
+    challenger are shown."""
     since = now - period
     since_local = to_chicago(since)
     batches = timelines.batches_since(engine, since_local, since)
@@ -152,6 +254,8 @@ def collect(
         window_drift=window_drift,
         daily=daily,
         missed=missed,
+        events=model_events(engine, aliases, since, now),
+        challenger=challenger_view(engine, aliases),
     )
     overview.alerts.extend(alerts(overview))
     return overview
@@ -163,10 +267,12 @@ def alerts(overview: Overview) -> list[Alert]:
     return [
         *failed_batches(overview.batches),
         *missed_slots(overview.missed),
+        *moved_outside_alerts(overview.events),
         *accuracy_alerts(overview.daily),
         *window_drift_alerts(overview.windows, overview.window_drift, now_local - RECENT),
         *batch_drift_alerts(overview.batches, overview.column_drift, now_local - RECENT),
         *monitoring_alerts(overview.batches),
+        *shadow_alerts(overview.batches),
     ]
 
 
@@ -207,6 +313,57 @@ def missed_slots(missed: list[datetime]) -> list[Alert]:
             f"{len(missed)} missed beat slot{'s' if len(missed) > 1 else ''}, "
             f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} Chicago time",
             _more([f"{to_chicago(s):%Y-%m-%d %H:%M} Chicago ({s.isoformat()})" for s in missed], len(missed)),
+        )
+    ]
+
+
+def has_version(version: object) -> bool:
+    """False for an event's missing version (None, or NaN once pandas held the column)."""
+    return version is not None and not pd.isna(version)
+
+
+def version_text(version: object) -> str:
+    """`v3`, or `none` where an alias pointed nowhere (before its first move, after a retirement)."""
+    return f"v{version}" if has_version(version) else "none"
+
+
+def moved_outside_alerts(found: pd.DataFrame) -> list[Alert]:
+    """An alias moved by something other than this project (MLflow's UI, another client): who and why are
+    unknown, and a production move changes every prediction from then on."""
+    outside = found[(found["action"] == MOVED_OUTSIDE) & (found["status"] == events.DONE)]
+    if outside.empty:
+        return []
+    outside = outside.sort_values("at", ascending=False)
+    items = [
+        f"{row.local:%Y-%m-%d %H:%M} Chicago: @{row.alias} {version_text(row.from_version)} → {version_text(row.to_version)}"
+        for row in outside.itertuples()
+    ]
+    return [
+        Alert(
+            "outside",
+            f"{len(outside)} alias move{'s' if len(outside) > 1 else ''} made outside the project in the period "
+            "(no command of this project did it; `python -m worker rollback --reason TEXT` undoes a production "
+            "move on the record)",
+            _more(items, len(items)),
+        )
+    ]
+
+
+def shadow_alerts(batches: pd.DataFrame) -> list[Alert]:
+    """Batches whose challenger could not score them: their rows are written, the paired evidence misses them."""
+    failed = batches[batches["shadow_error"].notna()].sort_values("at", ascending=False)
+    if failed.empty:
+        return []
+    items = [
+        f"{row.batch_id} ({version_text(row.challenger_version)}): {_first_line(row.shadow_error)}"
+        for row in failed.itertuples()
+    ]
+    return [
+        Alert(
+            "challenger",
+            f"the challenger failed to score {len(failed)} batch{'es' if len(failed) > 1 else ''} in the period "
+            "(their rows are written as usual; only the paired comparison misses them)",
+            _more(items, len(items)),
         )
     ]
 

@@ -4,7 +4,8 @@ per hour window and per day, as plain data frames.
 A batch belongs to the period by the end of its ride window (Chicago local, as stored), or by its
 start (UTC) when it has no window (a scored file): a backfilled slot of yesterday is yesterday's,
 even if it ran a minute ago. Times come back as stored: ride and window times naive Chicago local,
-bookkeeping times UTC (SQLite gives those back naive; `utc` makes them aware).
+bookkeeping times UTC (SQLite gives those back naive; `utc` makes them aware). Model events
+(`model_events`) belong to the period by when they happened (`at`, UTC).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from datetime import UTC, date, datetime
 import pandas as pd
 from sqlalchemy import Engine, Select, and_, or_, select
 
+from worker.store.events import DONE, FAILED
 from worker.store.schema import (
     batch_metrics,
     batch_runs,
     column_drift,
     daily_accuracy,
+    model_events,
     window_column_drift,
     window_metrics,
 )
@@ -40,6 +43,8 @@ BATCH_COLUMNS = (
     "speed_factor",
     "fare_factor",
     "error",
+    "challenger_version",
+    "shadow_error",
 )
 METRIC_COLUMNS = (
     "prediction_p10",
@@ -53,6 +58,23 @@ METRIC_COLUMNS = (
     "outcomes",
     "mae",
 )
+
+
+EVENT_COLUMNS = (
+    "id",
+    "at",
+    "action",
+    "alias",
+    "from_version",
+    "to_version",
+    "actor",
+    "status",
+    "reason",
+    "error",
+)
+# A pending move is neither a move nor a failure yet (its process asks the registry right now, or died and
+# the next observation settles it): the report shows moves that happened and moves that failed.
+SETTLED = (DONE, FAILED)
 
 
 def utc(value: datetime) -> datetime:
@@ -141,3 +163,19 @@ def daily_accuracy_since(engine: Engine, first_day: date) -> pd.DataFrame:
         .order_by(daily_accuracy.c.day, daily_accuracy.c.model_version)
     )
     return _frame(engine, query, columns)
+
+
+def model_events_since(engine: Engine, model_name: str, since_utc: datetime, until_utc: datetime) -> pd.DataFrame:
+    """The model's settled events (done or failed) with since_utc <= at <= until_utc, oldest first
+    (columns EVENT_COLUMNS; `at` as stored)."""
+    query = (
+        select(*(model_events.c[c] for c in EVENT_COLUMNS))
+        .where(
+            model_events.c.model_name == model_name,
+            model_events.c.status.in_(SETTLED),
+            model_events.c.at >= since_utc,
+            model_events.c.at <= until_utc,
+        )
+        .order_by(model_events.c.at, model_events.c.id)
+    )
+    return _frame(engine, query, list(EVENT_COLUMNS))
