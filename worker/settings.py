@@ -8,9 +8,10 @@ MLFLOW_TRACKING_URI to run on Redis, PostgreSQL and an MLflow server.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -103,7 +104,8 @@ class Settings(BaseSettings):
     def _url(cls, value: str) -> str:
         value = value.strip()
         if value and not urlsplit(value).scheme:
-            raise ValueError(f"{value!r} is not a URL (expected scheme://...)")
+            # Not the value itself: without a scheme, nothing tells which part is a password.
+            raise ValueError("it is not a URL: it has no scheme (expected scheme://...)")
         return value
 
     @field_validator("FLOWER_BASIC_AUTH")
@@ -167,29 +169,42 @@ class Settings(BaseSettings):
         return self.MODEL_URI or f"models:/{self.MODEL_NAME}@{self.MODEL_ALIAS}"
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced by ***, for anything printed or logged."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+# scheme://user:PASSWORD@ anywhere in a text; the user part may be empty (redis://:PASSWORD@host).
+URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+(?=@)")
+HIDDEN = "***"
 
 
-def hide_passwords(text: str, settings: Settings) -> str:
-    """`text` (an error message, say) with any password of the configured URLs replaced by ***."""
+def secrets_of(settings: Settings) -> set[str]:
+    """Every password the settings hold: in the four URLs (as written and decoded), MLflow's,
+    and Flower's basic-auth users'."""
+    found = set()
     for url in (settings.CELERY_BROKER_URL, settings.result_backend, settings.database_url, settings.tracking_uri):
         password = urlsplit(url).password
         if password:
-            text = text.replace(password, "***")
-    for password in (
-        settings.MLFLOW_TRACKING_PASSWORD,
-        settings.MLFLOW_AUTH_ADMIN_PASSWORD,
-        settings.MLFLOW_READER_PASSWORD,
-        settings.MLFLOW_TRAINER_PASSWORD,
-    ):
-        if password:
-            text = text.replace(password, "***")
+            found.update((password, unquote(password)))
+    found.update(
+        (
+            settings.MLFLOW_TRACKING_PASSWORD,
+            settings.MLFLOW_AUTH_ADMIN_PASSWORD,
+            settings.MLFLOW_READER_PASSWORD,
+            settings.MLFLOW_TRAINER_PASSWORD,
+        )
+    )
+    found.update(pair.partition(":")[2] for pair in settings.FLOWER_BASIC_AUTH.split(","))
+    return {secret for secret in found if secret}
+
+
+def redact(text: str, settings: Settings | None = None) -> str:
+    """`text` (a URL, an error message, a log line) with its passwords replaced by ***.
+
+    The one function everything printed, logged, reported or stored goes through. It hides the
+    password part of any URL in the text (scheme://user:***@host), and, given the settings, every
+    secret they hold wherever it appears: a driver's error may quote a password without its URL.
+    """
+    text = URL_PASSWORD.sub(lambda match: match.group("head") + HIDDEN, text)
+    if settings is not None:
+        for secret in sorted(secrets_of(settings), key=len, reverse=True):  # longest first: no partial leftovers
+            text = text.replace(secret, HIDDEN)
     return text
 
 

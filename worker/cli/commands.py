@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from worker.cli.backfill import MAX_SLOTS as MAX_BACKFILL_SLOTS
 from worker.cli.errors import PortTaken, UsageError
 from worker.cli.times import TIME_HELP
+from worker.logs import redact_handlers
 from worker.rides.cleaning import DataError
 from worker.rides.generator import FACTOR_RANGE
 from worker.rides.validation import BadRequest
-from worker.settings import Settings, SettingsError, get_settings, hide_passwords
+from worker.settings import Settings, SettingsError, get_settings, redact
 
 # Errors that mean a service is down or refusing, by class path, so that catching them does not
 # import mlflow or SQLAlchemy into commands that never use them.
@@ -607,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_handlers(logging.getLogger(), settings)
     # Alembic's INFO lines and urllib3's retry warnings would drown the command's own output.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
@@ -618,12 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:
         if is_refused(exc):
-            print(f"error: {type(exc).__name__}: {hide_passwords(str(exc), settings)}", file=sys.stderr)
+            print(f"error: {type(exc).__name__}: {redact(str(exc), settings)}", file=sys.stderr)
             return 1
         if not is_unreachable(exc):
             raise
         # A service is down or refuses: one line, and where to look.
-        detail = hide_passwords((str(exc).strip().splitlines() or [""])[0][:400], settings)
+        detail = redact((str(exc).strip().splitlines() or [""])[0][:400], settings)
         print(f"error: {type(exc).__name__}: {detail} (python -m worker status shows what is down)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -38,7 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from worker.cli.launcher import check_port_free
-from worker.settings import Settings, hide_passwords
+from worker.settings import Settings, redact
 from worker.store.snapshot import (
     FINISHED,
     MONITOR_STATUSES,
@@ -258,7 +258,7 @@ class TaxiCollector(Collector):
             return
         self.errors[source] += 1
         if source not in self.down:
-            log.warning("exporter: %s read failed: %s", source, hide_passwords(reading.error or "", self.settings))
+            log.warning("exporter: %s read failed: %s", source, redact(reading.error or "", self.settings))
             self.down.add(source)
 
     def _health(
