@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     MLFLOW_TRACKING_URI: str = Field(
         "", description="MLflow tracking server or store; empty means SQLite in LOCAL_DIR."
     )
+    DATABASE_READER_ROLE: str = Field(
+        "", description="PostgreSQL role of Grafana and the exporter; migrate grants it SELECT on what they read."
+    )
     MLFLOW_EXPERIMENT: str = Field("chicago-taxi-duration", description="Experiment that training runs log to.")
     MODEL_NAME: str = Field("chicago-taxi-duration", description="Registered model name.")
     MODEL_ALIAS: str = Field("production", description="Alias the workers load.")
@@ -115,6 +118,14 @@ class Settings(BaseSettings):
             user, _, password = pair.partition(":")
             if not user or not password:
                 raise ValueError("expected user:password pairs separated by commas")
+        return value
+
+    @field_validator("DATABASE_READER_ROLE")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError("expected a PostgreSQL role name: lower-case letters, digits and _")
         return value
 
     @field_validator("LOG_LEVEL")
