@@ -17,10 +17,22 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The passwords .env.example shipped until it shipped none: anyone can read them, so no process
+# accepts one (`python -m worker compose-env` writes real ones).
+PLACEHOLDERS = frozenset({"change-me", "change-me-12-characters"})
 
 
 class SettingsError(RuntimeError):
     """A malformed setting; the message names the environment variable."""
+
+
+def _refuse_placeholder(password: str, value: str) -> str:
+    if password in PLACEHOLDERS:
+        raise ValueError(
+            f"its password is {password!r}, a placeholder anyone can read; replace it "
+            "(`python -m worker compose-env > .env` writes new secrets)"
+        )
+    return value
 
 
 class Settings(BaseSettings):
@@ -109,7 +121,14 @@ class Settings(BaseSettings):
         if value and not urlsplit(value).scheme:
             # Not the value itself: without a scheme, nothing tells which part is a password.
             raise ValueError("it is not a URL: it has no scheme (expected scheme://...)")
-        return value
+        return _refuse_placeholder(urlsplit(value).password or "", value)
+
+    @field_validator(
+        "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_READER_PASSWORD", "MLFLOW_TRAINER_PASSWORD"
+    )
+    @classmethod
+    def _password(cls, value: str) -> str:
+        return _refuse_placeholder(value, value)
 
     @field_validator("FLOWER_BASIC_AUTH")
     @classmethod
@@ -118,6 +137,7 @@ class Settings(BaseSettings):
             user, _, password = pair.partition(":")
             if not user or not password:
                 raise ValueError("expected user:password pairs separated by commas")
+            _refuse_placeholder(password, value)
         return value
 
     @field_validator("DATABASE_READER_ROLE")
@@ -185,24 +205,28 @@ URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s
 HIDDEN = "***"
 
 
-def secrets_of(settings: Settings) -> set[str]:
-    """Every password the settings hold: in the four URLs (as written and decoded), MLflow's,
+def named_secrets(settings: Settings) -> list[tuple[str, str]]:
+    """(setting, password) for every password the settings hold: in the four URLs, MLflow's,
     and Flower's basic-auth users'."""
-    found = set()
-    for url in (settings.CELERY_BROKER_URL, settings.result_backend, settings.database_url, settings.tracking_uri):
-        password = urlsplit(url).password
+    found = []
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "MLFLOW_TRACKING_URI"):
+        password = urlsplit(getattr(settings, name)).password
         if password:
-            found.update((password, unquote(password)))
-    found.update(
-        (
-            settings.MLFLOW_TRACKING_PASSWORD,
-            settings.MLFLOW_AUTH_ADMIN_PASSWORD,
-            settings.MLFLOW_READER_PASSWORD,
-            settings.MLFLOW_TRAINER_PASSWORD,
-        )
-    )
-    found.update(pair.partition(":")[2] for pair in settings.FLOWER_BASIC_AUTH.split(","))
-    return {secret for secret in found if secret}
+            found.append((name, password))
+    for name in (
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_READER_PASSWORD",
+        "MLFLOW_TRAINER_PASSWORD",
+    ):
+        found.append((name, getattr(settings, name)))
+    found.extend(("FLOWER_BASIC_AUTH", pair.partition(":")[2]) for pair in settings.FLOWER_BASIC_AUTH.split(","))
+    return [(name, secret) for name, secret in found if secret]
+
+
+def secrets_of(settings: Settings) -> set[str]:
+    """Every password the settings hold, as written and (in URLs) percent-decoded."""
+    return {variant for _, secret in named_secrets(settings) for variant in (secret, unquote(secret))}
 
 
 def redact(text: str, settings: Settings | None = None) -> str:

@@ -175,6 +175,27 @@ def cmd_registry_users(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_compose_env(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from worker.cli.compose_env import COMPOSE_SECRETS, check_environment, kept_env, new_env
+
+    if args.check:
+        found = check_environment()
+        for problem in found:
+            print(f"error: {problem}", file=sys.stderr)
+        if found:
+            print(
+                "error: generate real secrets with `python -m worker compose-env` (README, docker-compose)",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"compose secrets: all {len(COMPOSE_SECRETS)} set, none a published placeholder")
+        return 0
+    sys.stdout.write(kept_env(Path(args.keep)) if args.keep else new_env())
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.preparation import migrate_database
 
@@ -490,6 +511,18 @@ def build_parser() -> argparse.ArgumentParser:
         "registry-users", help="as the MLflow admin: create the read-only and the training user with their permissions"
     )
     users.set_defaults(handler=cmd_registry_users)
+
+    compose_env = sub.add_parser(
+        "compose-env",
+        help="print a .env for docker compose with strong random secrets",
+        description="Print a .env for docker-compose.yaml with a fresh random value for every secret: "
+        "(umask 077 && python -m worker compose-env > .env)",
+    )
+    compose_env.add_argument("--keep", metavar="FILE", help="print FILE as it is, adding only the secrets it lacks")
+    compose_env.add_argument(
+        "--check", action="store_true", help="check the environment's secrets (set, not a placeholder); exit 2 if not"
+    )
+    compose_env.set_defaults(handler=cmd_compose_env)
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database tables")
     migrate.set_defaults(handler=cmd_migrate)
