@@ -61,7 +61,8 @@ def _broker_url() -> str:
     return "filesystem://localhost/" if url.rstrip("/") == "filesystem:" else url
 
 
-app = Celery("worker", include=["worker.tasks"])
+# Task events (which Flower shows) carry a failed task's exception and traceback: redacted first.
+app = Celery("worker", include=["worker.tasks"], events="worker.logs:RedactingEvents")
 app.conf.update(
     broker_url=_broker_url(),
     result_backend=settings.result_backend,
