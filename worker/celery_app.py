@@ -6,12 +6,14 @@ never lost and never written twice (see the README's reliability section).
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init
 from kombu import Queue
 
+from worker.logs import redact_handlers
 from worker.settings import SettingsError, get_settings
 
 try:
@@ -64,7 +66,8 @@ def _broker_url() -> str:
     return "filesystem://localhost/" if url.rstrip("/") == "filesystem:" else url
 
 
-app = Celery("worker", include=["worker.tasks"])
+# Task events (which Flower shows) carry a failed task's exception and traceback: redacted first.
+app = Celery("worker", include=["worker.tasks"], events="worker.logs:RedactingEvents")
 app.conf.update(
     broker_url=_broker_url(),
     result_backend=settings.result_backend,
@@ -136,3 +139,10 @@ def _preload_model_reader(**_: object) -> None:
     from worker.model.trust import preload_reader
 
     preload_reader()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redacted_logs(logger: logging.Logger, **_: object) -> None:
+    """Worker and beat logs (task tracebacks, retry reasons) go out with their passwords hidden."""
+    redact_handlers(logger, settings)

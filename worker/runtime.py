@@ -23,7 +23,7 @@ from worker.model.registry import (
     configure_mlflow,
     parse_model_uri,
 )
-from worker.settings import get_settings, hide_passwords
+from worker.settings import get_settings, redact
 from worker.store import writes
 from worker.store.database import get_engine, reset_engines
 
@@ -99,7 +99,7 @@ def notice_aliases(engine: Engine, resolved: Resolved | None = None) -> None:
         try:
             found = moves.observe(settings, engine, alias, version)
         except Exception as exc:  # the database may be down; the next batch looks again
-            log.warning("could not compare @%s with the record: %s", alias, hide_passwords(str(exc), settings))
+            log.warning("could not compare @%s with the record: %s", alias, redact(str(exc), settings))
             continue
         _aliases_seen[alias] = version
         if found is not None and found["action"] == "moved_outside":
@@ -117,9 +117,7 @@ def shadow(name: str, challenger: str | None, production: str | None) -> Shadow 
     try:
         loaded = _cache().get(name, challenger)
     except Exception as exc:  # refused, gone or unreachable: the batch goes on without it
-        error = hide_passwords(
-            f"challenger v{challenger} could not be loaded: {type(exc).__name__}: {exc}", get_settings()
-        )
+        error = redact(f"challenger v{challenger} could not be loaded: {type(exc).__name__}: {exc}", get_settings())
         log.warning("%s", error)
         _shadow_failures[key] = (time.monotonic(), error)
         return Shadow(challenger, None, error)

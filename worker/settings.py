@@ -8,19 +8,32 @@ MLFLOW_TRACKING_URI to run on Redis, PostgreSQL and an MLflow server.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The passwords .env.example shipped until it shipped none: anyone can read them, so no process
+# accepts one (`python -m worker compose-env` writes real ones).
+PLACEHOLDERS = frozenset({"change-me", "change-me-12-characters"})
 
 
 class SettingsError(RuntimeError):
     """A malformed setting; the message names the environment variable."""
+
+
+def _refuse_placeholder(password: str, value: str) -> str:
+    if password in PLACEHOLDERS:
+        raise ValueError(
+            f"its password is {password!r}, a placeholder anyone can read; replace it "
+            "(`python -m worker compose-env > .env` writes new secrets)"
+        )
+    return value
 
 
 class Settings(BaseSettings):
@@ -36,6 +49,9 @@ class Settings(BaseSettings):
     )
     MLFLOW_TRACKING_URI: str = Field(
         "", description="MLflow tracking server or store; empty means SQLite in LOCAL_DIR."
+    )
+    DATABASE_READER_ROLE: str = Field(
+        "", description="PostgreSQL role of Grafana and the exporter; migrate grants it SELECT on what they read."
     )
     MLFLOW_EXPERIMENT: str = Field("chicago-taxi-duration", description="Experiment that training runs log to.")
     MODEL_NAME: str = Field("chicago-taxi-duration", description="Registered model name.")
@@ -121,8 +137,16 @@ class Settings(BaseSettings):
     def _url(cls, value: str) -> str:
         value = value.strip()
         if value and not urlsplit(value).scheme:
-            raise ValueError(f"{value!r} is not a URL (expected scheme://...)")
-        return value
+            # Not the value itself: without a scheme, nothing tells which part is a password.
+            raise ValueError("it is not a URL: it has no scheme (expected scheme://...)")
+        return _refuse_placeholder(urlsplit(value).password or "", value)
+
+    @field_validator(
+        "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_READER_PASSWORD", "MLFLOW_TRAINER_PASSWORD"
+    )
+    @classmethod
+    def _password(cls, value: str) -> str:
+        return _refuse_placeholder(value, value)
 
     @field_validator("FLOWER_BASIC_AUTH")
     @classmethod
@@ -131,6 +155,15 @@ class Settings(BaseSettings):
             user, _, password = pair.partition(":")
             if not user or not password:
                 raise ValueError("expected user:password pairs separated by commas")
+            _refuse_placeholder(password, value)
+        return value
+
+    @field_validator("DATABASE_READER_ROLE")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError("expected a PostgreSQL role name: lower-case letters, digits and _")
         return value
 
     @field_validator("LOG_LEVEL")
@@ -192,29 +225,46 @@ class Settings(BaseSettings):
         return self.MODEL_URI or f"models:/{self.MODEL_NAME}@{self.MODEL_ALIAS}"
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced by ***, for anything printed or logged."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+# scheme://user:PASSWORD@ anywhere in a text; the user part may be empty (redis://:PASSWORD@host).
+URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+(?=@)")
+HIDDEN = "***"
 
 
-def hide_passwords(text: str, settings: Settings) -> str:
-    """`text` (an error message, say) with any password of the configured URLs replaced by ***."""
-    for url in (settings.CELERY_BROKER_URL, settings.result_backend, settings.database_url, settings.tracking_uri):
-        password = urlsplit(url).password
+def named_secrets(settings: Settings) -> list[tuple[str, str]]:
+    """(setting, password) for every password the settings hold: in the four URLs, MLflow's,
+    and Flower's basic-auth users'."""
+    found = []
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "MLFLOW_TRACKING_URI"):
+        password = urlsplit(getattr(settings, name)).password
         if password:
-            text = text.replace(password, "***")
-    for password in (
-        settings.MLFLOW_TRACKING_PASSWORD,
-        settings.MLFLOW_AUTH_ADMIN_PASSWORD,
-        settings.MLFLOW_READER_PASSWORD,
-        settings.MLFLOW_TRAINER_PASSWORD,
+            found.append((name, password))
+    for name in (
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_READER_PASSWORD",
+        "MLFLOW_TRAINER_PASSWORD",
     ):
-        if password:
-            text = text.replace(password, "***")
+        found.append((name, getattr(settings, name)))
+    found.extend(("FLOWER_BASIC_AUTH", pair.partition(":")[2]) for pair in settings.FLOWER_BASIC_AUTH.split(","))
+    return [(name, secret) for name, secret in found if secret]
+
+
+def secrets_of(settings: Settings) -> set[str]:
+    """Every password the settings hold, as written and (in URLs) percent-decoded."""
+    return {variant for _, secret in named_secrets(settings) for variant in (secret, unquote(secret))}
+
+
+def redact(text: str, settings: Settings | None = None) -> str:
+    """`text` (a URL, an error message, a log line) with its passwords replaced by ***.
+
+    The one function everything printed, logged, reported or stored goes through. It hides the
+    password part of any URL in the text (scheme://user:***@host), and, given the settings, every
+    secret they hold wherever it appears: a driver's error may quote a password without its URL.
+    """
+    text = URL_PASSWORD.sub(lambda match: match.group("head") + HIDDEN, text)
+    if settings is not None:
+        for secret in sorted(secrets_of(settings), key=len, reverse=True):  # longest first: no partial leftovers
+            text = text.replace(secret, HIDDEN)
     return text
 
 

@@ -76,7 +76,7 @@ def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) ->
     else:
         batch_id = given_batch_id(kwargs.get("batch_id"), task_id)
     try:
-        writes.mark_batch(runtime.engine(), batch_id, status, error[:2000])
+        writes.mark_batch(runtime.engine(), batch_id, status, error)  # redacted, then cut, as stored
     except Exception as mark_error:  # the database may be the thing that is down
         log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
 

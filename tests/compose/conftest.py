@@ -10,10 +10,12 @@ in a folder it names.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 from tests.compose.engine import HealthcheckDriver, PodmanService, missing_tools, podman
 from tests.compose.project import REPO, Project
@@ -77,27 +80,18 @@ def project(request: pytest.FixtureRequest) -> Iterator[Project]:
     service = PodmanService(root)
     name = f"ctb-test-{secrets.token_hex(4)}"
     driver = HealthcheckDriver(name)
-    settings = {
-        "POSTGRES_USER": "taxi",
-        "POSTGRES_PASSWORD": secrets.token_hex(16),
-        "POSTGRES_DB": "taxi",
-        "REDIS_PASSWORD": secrets.token_hex(16),
-        "FLOWER_BASIC_AUTH": f"admin:{secrets.token_hex(12)}",
-        # Required by the file even with the monitoring profile off (Flower's scrape user, Grafana).
-        "FLOWER_METRICS_PASSWORD": secrets.token_hex(16),
-        "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),
-        # Least privilege (README "Security"): the database roles taxi_app and mlflow, MLflow's
-        # admin (registry-users), its reader (worker, beat, flower) and trainer (init).
-        "POSTGRES_APP_PASSWORD": secrets.token_hex(16),
-        "POSTGRES_MLFLOW_PASSWORD": secrets.token_hex(16),
-        "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_hex(16),
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-        "MLFLOW_READER_PASSWORD": secrets.token_hex(16),
-        "MLFLOW_TRAINER_PASSWORD": secrets.token_hex(16),
-        **SETTINGS,
-    }
+    # The secrets as a user makes them (README, docker-compose): `python -m worker compose-env`.
+    generated = subprocess.run(
+        [sys.executable, "-m", "worker", "compose-env"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    settings = {**{k: v or "" for k, v in dotenv_values(stream=io.StringIO(generated)).items()}, **SETTINGS}
     env_file = root / "test.env"
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+    env_file.write_text(generated + "".join(f"{key}={value}\n" for key, value in SETTINGS.items()))
     env_file.chmod(0o600)
     ports = [free_port() for _ in range(3)]
     # One image tag per checkout: build layers are reused by its next run, never swapped by another's.

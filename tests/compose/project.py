@@ -191,7 +191,8 @@ class Project:
 
     @property
     def network(self) -> str:
-        return f"{self.name}_default"
+        """The back network (data): where the workers reach Redis, PostgreSQL and MLflow."""
+        return f"{self.name}_back"
 
     # ------------------------------------------------------------------ database
 

@@ -9,12 +9,13 @@ one project (conftest.py), each leaving it healthy for the next. Times are print
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
 
 from tests.compose.engine import podman
-from tests.compose.project import APP_UID, Project
+from tests.compose.project import APP_UID, COMPOSE_FILE, OVERRIDE_FILE, REPO, Project
 
 MODEL = "chicago-taxi-duration"
 FAN_OUT_RIDES = 400_000  # 8 chunks of 50,000: long enough to catch a COPY in flight
@@ -39,9 +40,10 @@ def _restore_workers(project: Project, count: int = 3) -> None:
 
 def test_up_brings_every_service_to_healthy_and_beat_batches_land_with_lineage(project: Project) -> None:
     project.measured["healthy_after_up_seconds"] = round(project.wait_healthy(list(SERVICES_UP), HEALTHY_SECONDS))
-    init = project.containers("init", every=True)
-    assert len(init) == 1 and init[0]["State"]["Status"] == "exited", init
-    assert init[0]["State"]["ExitCode"] == 0, project.logs(init[0]["Id"])[-3000:]
+    for one_shot in ("check-secrets", "init"):
+        done = project.containers(one_shot, every=True)
+        assert len(done) == 1 and done[0]["State"]["Status"] == "exited", done
+        assert done[0]["State"]["ExitCode"] == 0, project.logs(done[0]["Id"])[-3000:]
 
     deadline = time.monotonic() + 120
     while True:
@@ -96,6 +98,108 @@ def test_app_containers_run_as_the_non_root_user(project: Project) -> None:
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         assert uid_line.split()[1:] == [APP_UID] * 4, f"{service}: {uid_line}"
         assert project.exec(service, "id", "-un").strip() == "app", service
+
+
+# Which secrets (by variable) each container's environment may hold: what its service uses.
+HELD = {
+    "redis": {"REDIS_PASSWORD", "REDIS_WORKER_PASSWORD", "REDIS_BEAT_PASSWORD", "REDIS_FLOWER_PASSWORD",
+              "REDIS_EXPORTER_PASSWORD"},
+    "postgres": {"POSTGRES_PASSWORD", "POSTGRES_APP_PASSWORD", "POSTGRES_MLFLOW_PASSWORD", "POSTGRES_READER_PASSWORD"},
+    "mlflow": {"POSTGRES_MLFLOW_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"},
+    "registry-users": {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_READER_PASSWORD", "MLFLOW_TRAINER_PASSWORD"},
+    "init": {"POSTGRES_APP_PASSWORD", "MLFLOW_TRAINER_PASSWORD"},
+    "worker": {"REDIS_WORKER_PASSWORD", "POSTGRES_APP_PASSWORD", "MLFLOW_READER_PASSWORD"},
+    "beat": {"REDIS_BEAT_PASSWORD"},
+    "flower": {"REDIS_FLOWER_PASSWORD", "FLOWER_BASIC_AUTH"},
+}  # fmt: skip
+PROCESS_LIST = 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done'
+
+
+def _secrets(project: Project) -> dict[str, str]:
+    """Each secret of the test's .env by variable, as the value a process could show (Flower's: the password)."""
+    values = {k: v for k, v in project.settings.items() if "PASSWORD" in k or k.endswith(("_KEY", "_AUTH"))}
+    values["FLOWER_BASIC_AUTH"] = values["FLOWER_BASIC_AUTH"].partition(":")[2]
+    return values
+
+
+def test_each_container_holds_only_its_own_credentials_and_none_on_a_command_line(project: Project) -> None:
+    secrets = _secrets(project)
+    for service, allowed in HELD.items():
+        for container in project.containers(service, every=True):
+            env = "\n".join(container["Config"]["Env"] or [])
+            held = {name for name, value in secrets.items() if value in env}
+            assert held == allowed, f"{service} holds {sorted(held)}"
+    assert {
+        name
+        for name, value in secrets.items()
+        if value in "\n".join(project.containers("check-secrets", every=True)[0]["Config"]["Env"])
+    } == set(secrets)
+    assert project.containers("check-secrets", every=True)[0]["HostConfig"]["NetworkMode"] == "none"
+    # Every process of every running container, with its arguments: no password (redis-server has
+    # its users from a file, the init script's psql got them on standard input).
+    main = {"redis": "redis-server", "postgres": "postgres", "mlflow": "mlflow", "worker": "celery", "beat": "celery",
+            "flower": "celery"}  # fmt: skip
+    for service, program in main.items():
+        processes = project.exec(service, "sh", "-c", PROCESS_LIST)
+        assert program in processes, processes  # the list is really there
+        shown = sorted(name for name, value in secrets.items() if value in processes)
+        assert shown == [], f"{service}: a process's arguments hold {shown}"
+
+
+def test_grafanas_read_only_role_reads_the_predictions_and_cannot_change_them(project: Project) -> None:
+    import psycopg2
+    from psycopg2 import errors
+
+    from worker.store.readers import READ_TABLES
+
+    reader = psycopg2.connect(
+        host="127.0.0.1", port=project.postgres_port, user="taxi_reader", dbname=project.settings["POSTGRES_DB"],
+        password=project.settings["POSTGRES_READER_PASSWORD"], connect_timeout=5,
+    )  # fmt: skip
+    reader.autocommit = True
+    try:
+        with reader.cursor() as cur:
+            cur.execute("SELECT count(*) FROM ride_predictions")
+            assert cur.fetchone()[0] > 0
+            cur.execute("SELECT table_name FROM information_schema.role_table_grants WHERE grantee = 'taxi_reader'")
+            assert sorted(row[0] for row in cur.fetchall()) == sorted(READ_TABLES)
+            cur.execute("SET default_transaction_read_only = off")
+            for statement in ("DELETE FROM ride_predictions", "DROP TABLE batch_runs", "CREATE TABLE x (y int)"):
+                try:
+                    cur.execute(statement)
+                except errors.InsufficientPrivilege:
+                    continue
+                raise AssertionError(f"taxi_reader could run {statement}")
+    finally:
+        reader.close()
+
+
+def test_placeholder_secrets_stop_up_before_anything_starts(project: Project) -> None:
+    """An old .env (the placeholders .env.example used to ship): `up` stops at check-secrets, naming them."""
+    old = project.env_file.with_name("placeholders.env")
+    old.write_text(project.env_file.read_text() + "POSTGRES_PASSWORD=change-me\nGRAFANA_ADMIN_PASSWORD=change-me\n")
+    other = f"{project.name}-placeholders"
+    command = [
+        "docker", "compose", "-p", other, "--env-file", str(old), "-f", str(COMPOSE_FILE), "-f", str(OVERRIDE_FILE),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            [*command, "up", "-d", "postgres"], env=project.env, cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode != 0, done.stdout + done.stderr
+        assert "check-secrets" in done.stdout + done.stderr
+        labels = ["--filter", f"label=com.docker.compose.project={other}"]
+        check = podman("ps", "-a", "-q", *labels, "--filter", "label=com.docker.compose.service=check-secrets").stdout
+        log = project.logs(check.split()[0])
+        assert "error: POSTGRES_PASSWORD is 'change-me'" in log, log
+        assert "error: GRAFANA_ADMIN_PASSWORD is 'change-me'" in log, log
+        started = podman("ps", "-q", *labels, "--filter", "label=com.docker.compose.service=postgres").stdout
+        assert started.strip() == "", "postgres started with a placeholder password"
+        project.measured["placeholder_refusal"] = log.strip().splitlines()[:3]
+    finally:
+        subprocess.run([*command, "down", "-v", "--timeout", "5"], env=project.env, cwd=REPO, capture_output=True,
+                       timeout=300)  # fmt: skip
+        old.unlink(missing_ok=True)
 
 
 def test_three_workers_share_a_fanned_out_batch(project: Project) -> None:
@@ -327,6 +431,11 @@ def test_after_every_fault_each_batch_holds_exactly_its_rides(project: Project) 
     statuses = dict(project.sql("SELECT status, count(*) FROM batch_runs GROUP BY status"))
     project.measured["batches_by_status_after_faults"] = statuses
     assert statuses.get("succeeded", 0) >= 20
+
+
+def test_no_service_was_refused_a_redis_command(project: Project) -> None:
+    """Every service ran the whole story above as its own Redis user: Redis logged no ACL denial."""
+    assert project.exec("redis", "redis-cli", "acl", "log").strip() == ""
 
 
 def test_down_then_up_keeps_predictions_history_registry_and_artifacts(project: Project) -> None:

@@ -208,7 +208,7 @@ def _register_broken(settings) -> str:
     features = pipeline.named_steps["features"].transform(rides[list(RIDE_COLUMNS)])
     forest.fit(features[:, :-1], rides["trip_seconds"] / 60.0)
     from worker.model.training import model_signature
-    from worker.model.trust import TRUSTED_TYPES
+    from worker.model.trust import trusted_types
 
     configure_mlflow(settings)
     with mlflow.start_run():
@@ -218,7 +218,7 @@ def _register_broken(settings) -> str:
             signature=model_signature(np.zeros(5)),
             registered_model_name=settings.MODEL_NAME,
             serialization_format="skops",
-            skops_trusted_types=list(TRUSTED_TYPES),
+            skops_trusted_types=list(trusted_types()),
             pip_requirements=["scikit-learn"],
         )
     return str(info.registered_model_version)

@@ -60,7 +60,6 @@ INTERVAL = 10  # BATCH_INTERVAL_SECONDS of this stack
 SCRAPE = 2  # seconds
 EXPORTER_TIMEOUT = 3.0
 FLOWER_USER, FLOWER_PASSWORD = "ops", "ops-secret"
-PROMETHEUS_PASSWORD = "scrape-secret"
 WORKER = "w1"
 SMALL_TRAIN = ("--rides", "20000", "--trees", "10", "--max-depth", "10", "--seed", "1")
 TINY_TRAIN = ("--rides", "3000", "--trees", "2", "--max-depth", "3", "--seed", "2")  # worse: registered, not promoted
@@ -189,7 +188,7 @@ class Monitored:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
-def prometheus_config(m: Monitored, rules: Path, password_file: Path) -> dict[str, Any]:
+def prometheus_config(m: Monitored, rules: Path) -> dict[str, Any]:
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": f"{SCRAPE}s", "scrape_timeout": f"{SCRAPE}s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(rules)]
@@ -201,8 +200,6 @@ def prometheus_config(m: Monitored, rules: Path, password_file: Path) -> dict[st
     }
     for job in config["scrape_configs"]:
         job["static_configs"][0]["targets"] = [f"127.0.0.1:{targets[job['job_name']]}"]
-        if "basic_auth" in job:
-            job["basic_auth"]["password_file"] = str(password_file)
     return config
 
 
@@ -252,7 +249,7 @@ def monitored(make_stack) -> Iterator[Monitored]:
                 f"--port={m.flower_port}",
                 "--address=127.0.0.1",
                 name="flower",
-                extra_env={"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD},prometheus:{PROMETHEUS_PASSWORD}"},
+                extra_env={"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"},
             )
             exporter = m.start(
                 [sys.executable, "-m", "worker", "exporter", "--port", str(m.exporter_port)], "exporter", stack.env
@@ -269,14 +266,9 @@ def monitored(make_stack) -> Iterator[Monitored]:
                 ],
                 "alertmanager",
             )
-            # Prometheus with the project's config and rules; Flower's password in a file, as in compose.
-            password_file = root / "flower-password"
-            password_file.write_text(PROMETHEUS_PASSWORD)
-            password_file.chmod(0o600)
+            # Prometheus with the project's config and rules (no Flower login: its /metrics asks for none).
             (root / "rules.yml").write_text(yaml.safe_dump(rules_with_short_holds()))
-            (root / "prometheus.yml").write_text(
-                yaml.safe_dump(prometheus_config(m, root / "rules.yml", password_file))
-            )
+            (root / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(m, root / "rules.yml")))
             checked = subprocess.run(
                 [str(promtool_dir / "promtool"), "check", "config", str(root / "prometheus.yml")],
                 capture_output=True,

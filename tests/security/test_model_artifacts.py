@@ -25,7 +25,7 @@ from worker.lifecycle.training import train_and_register
 from worker.model.reference import load_reference, log_reference
 from worker.model.registry import configure_mlflow, load_version
 from worker.model.training import ForestParams
-from worker.model.trust import TRUSTED_TYPES, ModelRefused
+from worker.model.trust import ModelRefused, trusted_types
 from worker.rides.generator import RIDE_COLUMNS, generate_rides
 
 pytestmark = pytest.mark.integration
@@ -83,10 +83,10 @@ def test_trained_versions_are_skops_with_the_projects_trusted_types(trained_mode
     flavor = mlflow.models.Model.load(str(local)).flavors["sklearn"]
     assert flavor["serialization_format"] == "skops"
     assert flavor["pickled_model"] == "model.skops"
-    assert sorted(flavor["skops_trusted_types"]) == sorted(TRUSTED_TYPES)
+    assert sorted(flavor["skops_trusted_types"]) == sorted(trusted_types())
     assert not list(local.rglob("*.pkl"))
     # What the file really names beyond skops's defaults is all in the project's list.
-    assert set(skops.io.get_untrusted_types(file=local / "model.skops")) <= set(TRUSTED_TYPES)
+    assert set(skops.io.get_untrusted_types(file=local / "model.skops")) <= set(trusted_types())
     model = load_version(settings.MODEL_NAME, result.version)
     assert isinstance(model, Pipeline)
     rides = generate_rides(50, seed=1)[list(RIDE_COLUMNS)]
@@ -138,7 +138,7 @@ def test_a_skops_version_naming_an_untrusted_type_is_refused(make_settings):
     # A pipeline whose "feature function" is os.system: skops names it as an untrusted type.
     hostile = Pipeline([("features", FunctionTransformer(os.system))])
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(hostile))
-    assert untrusted and not set(untrusted) <= set(TRUSTED_TYPES), untrusted
+    assert untrusted and not set(untrusted) <= set(trusted_types()), untrusted
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(
             hostile,

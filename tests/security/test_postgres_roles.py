@@ -1,4 +1,4 @@
-"""Least privilege in PostgreSQL (issue 13): the compose stack's init script, run on our own throwaway server.
+"""Least privilege in PostgreSQL (issues 13, 18): the compose stack's init script, run on our own throwaway server.
 
 The script is deploy/postgres-init/10-roles-and-databases.sh, run the way the postgres image
 runs it (as POSTGRES_USER over the Unix socket, with the compose file's environment), on a
@@ -9,16 +9,21 @@ shared PostgreSQL is never touched: no role is created there.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import psycopg2
 import pytest
 from psycopg2 import errors
+from sqlalchemy import text as sa_text
 
+from tests.grafana import expand_sql, queries
 from tests.reliability.services import PostgresServer
 from tests.support import REPO_ROOT
 from worker import batch
@@ -27,6 +32,8 @@ from worker.model.training import ForestParams, fit_pipeline, training_frame
 from worker.rides.generator import Window
 from worker.store import writes
 from worker.store.database import get_engine, migrate
+from worker.store.readers import READ_TABLES
+from worker.store.snapshot import read_accuracy, read_batches, read_drift, scrape_engine
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +41,23 @@ SCRIPT = REPO_ROOT / "deploy" / "postgres-init" / "10-roles-and-databases.sh"
 DB = "taxi"
 APP_PASSWORD = "app-secret-7f3a9c"
 MLFLOW_PASSWORD = "mlflow-secret-2b8d41"
+READER_PASSWORD = "reader-secret-5e0c73"
+SUPERUSER_PASSWORD = "superuser-secret-91ad2e"
 APP_TABLES = {"ride_predictions", "batch_runs", "batch_chunks", "alembic_version"}
 WINDOW = Window(pd.Timestamp("2026-11-27 10:00").to_pydatetime(), pd.Timestamp("2026-11-27 10:05").to_pydatetime())
 
 
 @contextmanager
-def password_checking_postgres() -> Iterator[PostgresServer]:
-    """Our own cluster: trust on its Unix socket (the superuser, like the image's init), scram over TCP."""
+def password_checking_postgres(log_statements: bool = False) -> Iterator[PostgresServer]:
+    """Our own cluster: trust on its Unix socket (the superuser, like the image's init), scram over TCP.
+    With `log_statements`, the server logs every statement it receives (log_statement = all)."""
     pg = PostgresServer(database=DB)
     try:
         pg.init()
         (pg.data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        if log_statements:
+            with open(pg.data / "postgresql.conf", "a") as conf:
+                conf.write("\nlog_statement = 'all'\nlog_min_error_statement = info\n")
         pg.start()
         yield pg
     finally:
@@ -71,15 +84,16 @@ def connect(pg: PostgresServer, role: str, password: str, dbname: str):
     return conn
 
 
-def run_init_script(pg: PostgresServer) -> subprocess.CompletedProcess:
+def run_init_script(pg: PostgresServer, path: str | None = None) -> subprocess.CompletedProcess:
     """As the image's entrypoint does: POSTGRES_* in the environment, psql on the local socket."""
     env = {
-        "PATH": os.environ["PATH"],
+        "PATH": path or os.environ["PATH"],
         "POSTGRES_USER": "postgres",
         "POSTGRES_DB": DB,
-        "POSTGRES_PASSWORD": "superuser-secret",
+        "POSTGRES_PASSWORD": SUPERUSER_PASSWORD,
         "POSTGRES_APP_PASSWORD": APP_PASSWORD,
         "POSTGRES_MLFLOW_PASSWORD": MLFLOW_PASSWORD,
+        "POSTGRES_READER_PASSWORD": READER_PASSWORD,
         "PGHOST": str(pg.root),
         "PGPORT": str(pg.port),
     }
@@ -263,3 +277,177 @@ def test_init_script_refuses_to_run_without_its_passwords(tmp_path: Path):
     done = subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert done.returncode != 0
     assert "POSTGRES_MLFLOW_PASSWORD" in done.stderr
+    env |= {"POSTGRES_MLFLOW_PASSWORD": "y"}
+    done = subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "POSTGRES_READER_PASSWORD" in done.stderr
+
+
+# ------------------------------------------------- no password in a process list or a statement
+
+
+def test_the_init_script_passes_no_password_in_argv_nor_in_the_sql_the_server_receives(tmp_path: Path):
+    """Every psql the script starts is recorded with its arguments (a wrapper first on PATH), and the
+    server logs every statement it receives: no password in either, and every role still logs in."""
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    calls = tmp_path / "psql-calls"
+    real = subprocess.run(["bash", "-c", "command -v psql"], capture_output=True, text=True, check=True).stdout.strip()
+    wrapper = wrappers / "psql"
+    wrapper.write_text(f'#!/bin/bash\nprintf "%s\\0" "$@" >> {calls}\nprintf "\\n" >> {calls}\nexec {real} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    with password_checking_postgres(log_statements=True) as pg:
+        admin = superuser(pg)
+        query(admin, f"CREATE DATABASE {DB}")
+        admin.close()
+        run_init_script(pg, path=f"{wrappers}:{os.environ['PATH']}")
+        argv = calls.read_text()
+        server_log = pg.log.read_text()
+        assert argv.count("\n") >= 3, argv  # the wrapper saw the script's psql calls
+        assert "ALTER ROLE" in server_log or "ALTER USER" in server_log, server_log[-2000:]
+        for password in (APP_PASSWORD, MLFLOW_PASSWORD, READER_PASSWORD, SUPERUSER_PASSWORD):
+            assert password not in argv, f"a psql argument held a password: {argv}"
+            assert password not in server_log, "the server received a password in a statement's text"
+        for role, password in (
+            ("taxi_app", APP_PASSWORD),
+            ("mlflow", MLFLOW_PASSWORD),
+            ("taxi_reader", READER_PASSWORD),
+        ):
+            connect(pg, role, password, DB if role != "mlflow" else "mlflow").close()
+
+
+# ------------------------------------------------- the read-only role of Grafana and the exporter
+
+
+def migrate_with_grants(pg: PostgresServer) -> subprocess.CompletedProcess:
+    """`python -m worker migrate` as the application role, as compose's `init` runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "migrate"],
+        cwd=REPO_ROOT,
+        env={
+            "PATH": os.environ["PATH"],
+            "LOCAL_DIR": str(pg.root / "local"),
+            "DATABASE_URL": role_url(pg, "taxi_app", APP_PASSWORD, DB),
+            "DATABASE_READER_ROLE": "taxi_reader",
+        },
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def what_the_readers_run(url: str) -> list[str]:
+    """Every panel's SQL and the exporter's three reads, as the role of `url`; the failures, by label."""
+    failed = []
+    now = datetime.now(UTC)
+    engine = get_engine(url)
+    try:
+        with engine.connect() as conn:
+            for panel in queries("sql"):
+                try:
+                    conn.execute(sa_text(expand_sql(panel.target["rawSql"], now - timedelta(days=2), now, "1m")))
+                except Exception as exc:
+                    failed.append(f"{panel.label}: {str(exc).splitlines()[0]}")
+                    conn.rollback()
+    finally:
+        engine.dispose()
+    scrape = scrape_engine(url, 5)
+    try:
+        for name, read in (
+            ("read_batches", lambda: read_batches(scrape, now, 300)),
+            ("read_drift", lambda: read_drift(scrape, now)),
+            ("read_accuracy", lambda: read_accuracy(scrape, now)),
+        ):
+            try:
+                read()
+            except Exception as exc:
+                failed.append(f"exporter {name}: {str(exc).splitlines()[0]}")
+    finally:
+        scrape.dispose()
+    return failed
+
+
+def test_the_read_only_role_reads_every_panel_and_the_exporter_and_cannot_write_drop_or_create(tiny_model):
+    with password_checking_postgres() as pg:
+        admin = superuser(pg)
+        query(admin, f"CREATE DATABASE {DB}")
+        admin.close()
+        run_init_script(pg)
+        done = migrate_with_grants(pg)
+        assert "taxi_reader" in done.stdout
+        app_url = role_url(pg, "taxi_app", APP_PASSWORD, DB)
+        assert write_batch(app_url, tiny_model, "seen-by-grafana", 50, given_ids=False) == 50
+
+        reader_url = role_url(pg, "taxi_reader", READER_PASSWORD, DB)
+        assert what_the_readers_run(reader_url) == []
+        reader = connect(pg, "taxi_reader", READER_PASSWORD, DB)
+        try:
+            assert query(
+                reader, "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+            ) == [(False, False, False)]
+            assert query(reader, "SELECT count(*) FROM ride_predictions") == [(50,)]
+            granted = query(
+                reader,
+                "SELECT table_name, privilege_type FROM information_schema.role_table_grants WHERE grantee = 'taxi_reader'",
+            )
+            assert sorted(granted) == sorted((table, "SELECT") for table in READ_TABLES)
+            # Read-only by its privileges, not only by its default: a read-write transaction is refused too.
+            query(reader, "SET default_transaction_read_only = off")
+            for statement, words in (
+                ("INSERT INTO batch_runs (batch_id) VALUES ('x')", "permission denied for table batch_runs"),
+                ("UPDATE batch_runs SET status = 'failed'", "permission denied for table batch_runs"),
+                ("DELETE FROM ride_predictions", "permission denied for table ride_predictions"),
+                ("TRUNCATE ride_predictions", "permission denied for table ride_predictions"),
+                ("DROP TABLE ride_predictions", "must be owner of table ride_predictions"),
+                ("ALTER TABLE batch_runs ADD COLUMN x int", "must be owner of table batch_runs"),
+                ("CREATE TABLE predictions.intruder (x int)", "permission denied for schema predictions"),
+                ("CREATE TABLE public.intruder (x int)", "permission denied for schema public"),
+                ("CREATE TEMP TABLE intruder (x int)", "permission denied to create temporary tables"),
+                ("CREATE SCHEMA intruder", "permission denied for database"),
+                ("SELECT count(*) FROM batch_chunks", "permission denied for table batch_chunks"),
+                ("SELECT count(*) FROM ride_outcomes", "permission denied for table ride_outcomes"),
+            ):
+                fails(reader, statement, errors.InsufficientPrivilege, words)
+            assert query(reader, "SHOW statement_timeout") == [("1min",)]
+        finally:
+            reader.close()
+        with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
+            connect(pg, "taxi_reader", READER_PASSWORD, "mlflow")
+
+        # Exactly what they read: take any one grant away and some panel or exporter read fails.
+        admin = superuser(pg, DB)
+        try:
+            for table in READ_TABLES:
+                query(admin, f"REVOKE SELECT ON predictions.{table} FROM taxi_reader")
+                assert what_the_readers_run(reader_url), f"nothing reads {table}: it should not be granted"
+                query(admin, f"GRANT SELECT ON predictions.{table} TO taxi_reader")
+        finally:
+            admin.close()
+        migrate_with_grants(pg)  # idempotent: run on every `docker compose up`
+        assert what_the_readers_run(reader_url) == []
+
+
+def test_migrate_names_a_reader_role_that_does_not_exist(tmp_path: Path):
+    with password_checking_postgres() as pg:
+        admin = superuser(pg)
+        query(admin, f"CREATE DATABASE {DB}")
+        admin.close()
+        run_init_script(pg)
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", "migrate"],
+            cwd=REPO_ROOT,
+            env={
+                "PATH": os.environ["PATH"],
+                "LOCAL_DIR": str(tmp_path),
+                "DATABASE_URL": role_url(pg, "taxi_app", APP_PASSWORD, DB),
+                "DATABASE_READER_ROLE": "no_such_reader",
+            },
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: DATABASE_READER_ROLE=no_such_reader")
+    assert "Traceback" not in done.stderr

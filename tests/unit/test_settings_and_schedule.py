@@ -189,7 +189,7 @@ def test_allow_pickle_models_is_off_unless_set_and_must_be_a_boolean():
 
 
 def test_mlflow_passwords_are_masked_in_messages():
-    from worker.settings import hide_passwords
+    from worker.settings import redact
 
     settings = Settings(
         MLFLOW_TRACKING_USERNAME="taxi-reader",
@@ -198,7 +198,7 @@ def test_mlflow_passwords_are_masked_in_messages():
         MLFLOW_TRAINER_PASSWORD="trainer-pw-0003",
     )
     text = "reader-pw-0001 admin-pw-0002 trainer-pw-0003"
-    assert hide_passwords(text, settings) == "*** *** ***"
+    assert redact(text, settings) == "*** *** ***"
 
 
 def test_registry_users_needs_a_server_and_every_password(tmp_path):

@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from worker.cli.backfill import MAX_SLOTS as MAX_BACKFILL_SLOTS
 from worker.cli.errors import PortTaken, UsageError
 from worker.cli.times import TIME_HELP
+from worker.logs import redact_handlers
 from worker.rides.cleaning import DataError
 from worker.rides.generator import FACTOR_RANGE
 from worker.rides.validation import BadRequest
-from worker.settings import Settings, SettingsError, get_settings, hide_passwords
+from worker.settings import Settings, SettingsError, get_settings, redact
 
 # Errors that mean a service is down or refusing, by class path, so that catching them does not
 # import mlflow or SQLAlchemy into commands that never use them.
@@ -178,6 +179,27 @@ def cmd_registry_users(args: argparse.Namespace, settings: Settings) -> int:
 
     for line in provision_registry_access(settings):
         print(line)
+    return 0
+
+
+def cmd_compose_env(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from worker.cli.compose_env import COMPOSE_SECRETS, check_environment, kept_env, new_env
+
+    if args.check:
+        found = check_environment()
+        for problem in found:
+            print(f"error: {problem}", file=sys.stderr)
+        if found:
+            print(
+                "error: generate real secrets with `python -m worker compose-env` (README, docker-compose)",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"compose secrets: all {len(COMPOSE_SECRETS)} set, none a published placeholder")
+        return 0
+    sys.stdout.write(kept_env(Path(args.keep)) if args.keep else new_env())
     return 0
 
 
@@ -568,7 +590,7 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
         decision = policy.decide(policy.gather(settings, engine, now, state))
         now_text = f"{decision.action}: {decision.reason}"
     except Exception as exc:  # the registry may be down; the stored state is still worth showing
-        decision, now_text = None, f"unknown ({type(exc).__name__}: {hide_passwords(str(exc), settings)[:200]})"
+        decision, now_text = None, f"unknown ({type(exc).__name__}: {redact(str(exc), settings)[:200]})"
     shown = {
         "mode": settings.MODEL_POLICY,
         "paused": state["paused"],
@@ -752,6 +774,18 @@ def build_parser() -> argparse.ArgumentParser:
         "registry-users", help="as the MLflow admin: create the read-only and the training user with their permissions"
     )
     users.set_defaults(handler=cmd_registry_users)
+
+    compose_env = sub.add_parser(
+        "compose-env",
+        help="print a .env for docker compose with strong random secrets",
+        description="Print a .env for docker-compose.yaml with a fresh random value for every secret: "
+        "(umask 077 && python -m worker compose-env > .env)",
+    )
+    compose_env.add_argument("--keep", metavar="FILE", help="print FILE as it is, adding only the secrets it lacks")
+    compose_env.add_argument(
+        "--check", action="store_true", help="check the environment's secrets (set, not a placeholder); exit 2 if not"
+    )
+    compose_env.set_defaults(handler=cmd_compose_env)
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database tables")
     migrate.set_defaults(handler=cmd_migrate)
@@ -965,6 +999,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_handlers(logging.getLogger(), settings)
     # Alembic's INFO lines and urllib3's retry warnings would drown the command's own output.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
@@ -979,12 +1014,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if is_refused(exc):
-            print(f"error: {type(exc).__name__}: {hide_passwords(str(exc), settings)}", file=sys.stderr)
+            print(f"error: {type(exc).__name__}: {redact(str(exc), settings)}", file=sys.stderr)
             return 1
         if not is_unreachable(exc):
             raise
         # A service is down or refuses: one line, and where to look.
-        detail = hide_passwords((str(exc).strip().splitlines() or [""])[0][:400], settings)
+        detail = redact((str(exc).strip().splitlines() or [""])[0][:400], settings)
         print(f"error: {type(exc).__name__}: {detail} (python -m worker status shows what is down)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

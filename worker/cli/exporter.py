@@ -3,7 +3,7 @@
 Flower's /metrics covers the tasks (events, runtimes). This exporter adds what
 only the database, the broker and the registry know, read fresh on every scrape:
 when the last batch succeeded, what failed, which slots were missed, how long
-the queue is, which workers answer a ping, how the last batch drifted, how the
+the queue is, which workers send heartbeats, how the last batch drifted, how the
 live MAE of each model version compares with its held-out MAE.
 
 A scrape never hangs on a sick dependency. Each source (database, broker,
@@ -14,9 +14,10 @@ other series are left out of that scrape (absent, not zero, so that no alert
 reads "0 rows" when the truth is "unknown"). A read still stuck from an earlier
 scrape is waited on again rather than started twice.
 
-Workers alive come from pinging them through Celery's control API, not from
-events: Flower's `flower_worker_online` stays 1 for a worker killed without a
-goodbye (mher/flower#1128), a ping does not answer.
+Workers alive come from their heartbeat events, which expire (Flower's
+`flower_worker_online` stays 1 for a worker killed without a goodbye,
+mher/flower#1128). The exporter writes nothing to the broker: no ping (a ping
+travels where `shutdown` does), no queue declared (broker_reads.py).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from worker.cli.broker_reads import WorkerHeartbeats, WorkersUnknown, waiting_messages
 from worker.cli.launcher import check_port_free
-from worker.settings import Settings, hide_passwords
+from worker.settings import Settings, redact
 from worker.store.snapshot import (
     EVENT_ACTIONS,
     FINISHED,
@@ -59,9 +61,6 @@ from worker.store.snapshot import (
 log = logging.getLogger(__name__)
 
 SOURCES = ("database", "broker", "workers", "registry")
-# A ping waits this long for replies; a worker busy with a batch still answers (its main process
-# handles control messages while the pool works).
-PING_TIMEOUT_SECONDS = 1.0
 # A worker that answered once is reported (as 0) while silent for up to this long, then forgotten,
 # so a worker removed on purpose stops alerting after an hour.
 WORKER_MEMORY_SECONDS = 3600.0
@@ -130,7 +129,7 @@ class DatabaseReading:
 class BrokerReading:
     queue: str
     queue_length: int
-    workers: list[str] | None  # None: the ping itself failed
+    workers: list[str] | None  # None: not hearing the workers' heartbeats
     ping_error: str | None = None
 
 
@@ -152,18 +151,18 @@ def read_database(settings: Settings, engine: Any) -> DatabaseReading:
     )
 
 
-def read_broker(timeout: float) -> BrokerReading:
+def read_broker(timeout: float, heartbeats: WorkerHeartbeats) -> BrokerReading:
+    """The queue's length and the workers heard alive; nothing declared, sent or pinged."""
     from worker.celery_app import app
 
     queue_name = app.conf.task_default_queue
-    with app.connection_for_write() as conn:
+    with app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
-        length = conn.default_channel.queue_declare(queue_name, passive=False).message_count
-        try:
-            replies = app.control.ping(timeout=min(PING_TIMEOUT_SECONDS, timeout / 2), connection=conn)
-        except Exception as exc:  # the queue was readable; only the ping failed
-            return BrokerReading(queue_name, length, None, f"{type(exc).__name__}: {exc}")
-    return BrokerReading(queue_name, length, sorted(name for reply in replies for name in reply))
+        length = waiting_messages(conn.default_channel, queue_name)
+    try:
+        return BrokerReading(queue_name, length, heartbeats.alive())
+    except WorkersUnknown as exc:  # the queue was readable; only the heartbeats are not heard
+        return BrokerReading(queue_name, length, None, str(exc))
 
 
 def read_registry(settings: Settings) -> RegistryReading:
@@ -191,8 +190,9 @@ def gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMet
 class TaxiCollector(Collector):
     """Reads every source on each scrape (bounded), and turns the answers into metric families."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, heartbeats: WorkerHeartbeats) -> None:
         self.settings = settings
+        self.heartbeats = heartbeats
         timeout = settings.EXPORTER_TIMEOUT_SECONDS
         self.timeout = timeout
         self.engine = scrape_engine(settings.database_url, timeout)
@@ -210,7 +210,7 @@ class TaxiCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         deadline = time.monotonic() + self.timeout
         self.reads["database"].start(lambda: read_database(self.settings, self.engine))
-        self.reads["broker"].start(lambda: read_broker(self.timeout))
+        self.reads["broker"].start(lambda: read_broker(self.timeout, self.heartbeats))
         refresh = time.monotonic() - self.registry_read_at >= self.settings.MODEL_REFRESH_SECONDS
         if refresh or self.registry_cache is None:
             self.reads["registry"].start(lambda: read_registry(self.settings))
@@ -267,7 +267,7 @@ class TaxiCollector(Collector):
             return
         self.errors[source] += 1
         if source not in self.down:
-            log.warning("exporter: %s read failed: %s", source, hide_passwords(reading.error or "", self.settings))
+            log.warning("exporter: %s read failed: %s", source, redact(reading.error or "", self.settings))
             self.down.add(source)
 
     def _health(
@@ -567,12 +567,12 @@ class TaxiCollector(Collector):
                 yield family
 
     def _worker_families(self, answered: dict[str, bool]) -> Iterator[Metric]:
-        online = gauge("taxi_workers_online", "Celery workers that answered a ping in this scrape.")
+        online = gauge("taxi_workers_online", "Celery workers whose heartbeats arrive.")
         online.add_metric([], float(sum(answered.values())))
         yield online
         up = gauge(
             "taxi_worker_up",
-            "1 if the worker answered this scrape's ping, 0 if it answered one in the last hour but not this one.",
+            "1 if the worker's heartbeats arrive, 0 if they arrived in the last hour but stopped.",
             ["worker"],
         )
         for name, alive in answered.items():
@@ -584,9 +584,9 @@ def _seconds(minutes: float | None) -> float | None:
     return None if minutes is None else minutes * 60
 
 
-def build_registry(settings: Settings) -> CollectorRegistry:
+def build_registry(settings: Settings, heartbeats: WorkerHeartbeats) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(TaxiCollector(settings))
+    registry.register(TaxiCollector(settings, heartbeats))
     ProcessCollector(registry=registry)
     return registry
 
@@ -598,12 +598,15 @@ def serve(settings: Settings, port: int | None = None) -> int:
     check_port_free(address, port, "EXPORTER_PORT", owner="exporter")
     # Import the Celery app and MLflow now: their first import takes seconds, longer than a scrape may.
     import worker.celery_app
-    import worker.model.registry  # noqa: F401
+    import worker.model.registry
 
     # The registry is asked with no retries and a short timeout: a scrape waits for nobody's backoff.
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(settings.EXPORTER_TIMEOUT_SECONDS)))
-    server, thread = start_http_server(port, addr=address, registry=build_registry(settings))
+    # Heard for a whole heartbeat interval before the first scrape, so it lists every live worker.
+    heartbeats = WorkerHeartbeats(worker.celery_app.app).start()
+    heartbeats.wait_ready(seconds=5)
+    server, thread = start_http_server(port, addr=address, registry=build_registry(settings, heartbeats))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

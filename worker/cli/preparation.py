@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from worker.cli.errors import UsageError
 from worker.settings import Settings, redact
 
 
 def migrate_database(settings: Settings) -> None:
-    from worker.store.database import migrate
+    from worker.store.database import get_engine, migrate
+    from worker.store.readers import ReaderRoleMissing, grant_readers
 
     migrate(settings.database_url)
     print(f"database schema is up to date ({redact(settings.database_url)})")
+    if settings.DATABASE_READER_ROLE:
+        try:
+            granted = grant_readers(get_engine(settings.database_url), settings.DATABASE_READER_ROLE)
+        except ReaderRoleMissing as exc:
+            raise UsageError(str(exc)) from None
+        if granted:
+            print(f"read-only role {settings.DATABASE_READER_ROLE} may SELECT from: {', '.join(granted)}")
 
 
 def initialize(settings: Settings, first_model_rides: int) -> None:

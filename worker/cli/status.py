@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from worker.settings import Settings, hide_passwords, redact
+from worker.settings import Settings, redact
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -19,7 +19,7 @@ def _check(settings: Settings, probe: Callable[[], dict[str, Any]]) -> dict[str,
     try:
         return {"ok": True, **probe()}
     except Exception as exc:  # any failure here means "down", with its reason
-        return {"ok": False, "error": hide_passwords(f"{type(exc).__name__}: {exc}", settings)[:500]}
+        return {"ok": False, "error": redact(f"{type(exc).__name__}: {exc}", settings)[:500]}
 
 
 def missed_in_last_day(settings: Settings, engine: Engine) -> list[datetime]:
@@ -87,7 +87,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             resolve_version(client, settings.model_uri)  # raises, naming the URI and the fix
         aliases.update(state.aliases)
         return {
-            "uri": settings.tracking_uri,
+            "uri": redact(settings.tracking_uri),
             "model_uri": settings.model_uri,
             "model_name": state.name,
             "model_version": state.version,

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import Engine
 
 from worker.model.registry import configure_mlflow, read_state
-from worker.settings import Settings, hide_passwords
+from worker.settings import Settings, redact
 from worker.store import events
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def move_alias(
         else:
             client.set_registered_model_alias(name, alias, to_version)
     except Exception as exc:
-        error = hide_passwords(f"{type(exc).__name__}: {exc}", settings)
+        error = redact(f"{type(exc).__name__}: {exc}", settings)
         try:
             landed = registry_aliases(client, settings).get(alias) == to_version
         except Exception:  # the registry is gone altogether: the move cannot have been confirmed

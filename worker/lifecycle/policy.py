@@ -51,7 +51,7 @@ from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow
 from worker.monitor import degradation, paired
 from worker.monitor.degradation import RecentAccuracy
 from worker.rides.generator import CHICAGO
-from worker.settings import Settings, hide_passwords
+from worker.settings import Settings, redact
 from worker.store import events, evidence, policy_state
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ def run_pass(settings: Settings, engine: Engine, now: datetime | None = None, mo
         try:
             facts = gather(settings, engine, now, state)
         except Exception as exc:  # the registry (or database) cannot be read: decide nothing
-            why = hide_passwords(f"cannot see the registry or the record now: {type(exc).__name__}: {exc}", settings)
+            why = redact(f"cannot see the registry or the record now: {type(exc).__name__}: {exc}", settings)
             policy_state.save(engine, settings.MODEL_NAME, last_pass_at=now, last_action="none", last_reason=why[:2000])
             log.warning("model policy: %s", why)
             return PassResult(mode, None, False, why)
@@ -528,7 +528,7 @@ def _act(settings: Settings, engine: Engine, decision: Decision, facts: Facts, n
         log.warning("model policy: %s refused: %s", decision.action, exc)
         return False
     except Exception as exc:  # the registry or the database failed mid-act: the record says what happened
-        why = hide_passwords(f"{decision.action} failed: {type(exc).__name__}: {exc}", settings)
+        why = redact(f"{decision.action} failed: {type(exc).__name__}: {exc}", settings)
         policy_state.save(engine, name, last_action="failed", last_reason=why[:2000])
         log.warning("model policy: %s", why)
         return False

@@ -90,5 +90,10 @@ def build_features(rides: pd.DataFrame) -> np.ndarray:
     return np.where(np.isfinite(matrix), matrix, MISSING)
 
 
+def feature_step() -> FunctionTransformer:
+    """The pipeline's first step, exactly as training builds it; loading compares a version's with it."""
+    return FunctionTransformer(build_features)
+
+
 def feature_pipeline(forest) -> Pipeline:
-    return Pipeline([("features", FunctionTransformer(build_features)), ("forest", forest)])
+    return Pipeline([("features", feature_step()), ("forest", forest)])

@@ -32,7 +32,7 @@ from worker.model.reference import (
     log_reference,
 )
 from worker.model.registry import configure_mlflow, ensure_experiment, find_version, load_version
-from worker.model.trust import TRUSTED_TYPES, ModelRefused
+from worker.model.trust import ModelRefused, trusted_types
 from worker.rides.cleaning import CleaningReport, load_real_trips
 from worker.rides.generator import RIDE_COLUMNS, generate_rides
 from worker.settings import Settings
@@ -117,7 +117,7 @@ def log_pipeline(pipeline, example: pd.DataFrame, model_name: str) -> str:
 
     skops, not (cloud)pickle: reading a pickle runs code, so the workers refuse it (see trust.py).
     The trusted types stored here only serve MLflow's own loader (`mlflow.pyfunc.load_model`);
-    the workers always load with TRUSTED_TYPES from their own code.
+    the workers always load with trusted_types() from their own code.
     """
     info = mlflow.sklearn.log_model(
         pipeline,
@@ -126,7 +126,7 @@ def log_pipeline(pipeline, example: pd.DataFrame, model_name: str) -> str:
         input_example=example,
         registered_model_name=model_name,
         serialization_format="skops",
-        skops_trusted_types=list(TRUSTED_TYPES),
+        skops_trusted_types=list(trusted_types()),
     )
     return str(info.registered_model_version)
 

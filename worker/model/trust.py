@@ -15,22 +15,12 @@ raised as ModelRefused, which is not a transient error and must not be retried.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-# The scikit-learn classes of the pipeline and the project's feature function. skops trusts
-# plain containers, numpy arrays and scalar types by itself; everything else in a file must be
-# named here, whatever the artifact's own MLmodel file claims.
-TRUSTED_TYPES: tuple[str, ...] = (
-    "sklearn.pipeline.Pipeline",
-    "sklearn.preprocessing._function_transformer.FunctionTransformer",
-    "worker.model.features.build_features",
-    "sklearn.ensemble._forest.RandomForestRegressor",
-    "sklearn.tree._classes.DecisionTreeRegressor",
-    "sklearn.tree._tree.Tree",
-)
 SKOPS = "skops"
 PICKLE_FORMATS = ("pickle", "cloudpickle")
 
@@ -54,12 +44,40 @@ class ModelRefused(Exception):
         return type(self), (self.name, self.version, self.reason)
 
 
+# Rides every loaded pipeline must predict before it serves: a trusted but broken artifact (an
+# unfitted forest, one fitted on other features) fails here once, not in every batch.
+SAMPLE_RIDES = 8
+
+
+@functools.cache
+def trusted_types() -> tuple[str, ...]:
+    """The pipeline's types, named as skops names them with the scikit-learn installed now.
+
+    skops names a type by the module that defines it, and scikit-learn keeps its estimators in
+    private modules (sklearn.ensemble._forest, sklearn.tree._tree) that a release may move. A
+    written-out list of those paths would make every worker refuse every version after such an
+    upgrade, so the names are read from the public classes here. The tree structure has no
+    public name; its class is read off a fitted one-split tree. skops trusts containers and
+    numpy itself; anything else in a file must be one of these, whatever its MLmodel file says.
+    """
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.tree import DecisionTreeRegressor
+
+    from worker.model.features import build_features
+
+    tree = DecisionTreeRegressor(max_depth=1).fit([[0.0], [1.0]], [0.0, 1.0]).tree_
+    kinds = (Pipeline, FunctionTransformer, build_features, RandomForestRegressor, DecisionTreeRegressor, type(tree))
+    return tuple(sorted(f"{kind.__module__}.{kind.__qualname__}" for kind in kinds))
+
+
 def preload_reader() -> None:
     """Import what reading a skops model needs (skops's import alone takes ~1 s: it lists every
     scikit-learn estimator), so that a process forked afterwards loads a model in ~0.03 s."""
     import skops.io  # noqa: F401
 
-    from worker.model import features  # noqa: F401
+    trusted_types()
 
 
 def sklearn_flavor(model_dir: Path, name: str, version: str) -> dict[str, Any]:
@@ -88,23 +106,25 @@ def model_file(model_dir: Path, flavor: dict[str, Any], name: str, version: str)
 
 
 def check_pipeline(model: Any, name: str, version: str) -> Any:
-    """The project's pipeline exactly: raw ride columns -> build_features -> a random forest.
+    """The project's pipeline exactly: raw ride columns -> build_features -> a fitted random forest.
 
     skops's own defaults trust every scikit-learn estimator, so a file could hold some other
     (harmless, but wrong) model; its predictions would be written as durations without complaint.
+    A trusted pipeline can still be broken (its feature step called with other arguments, a forest
+    never fitted or fitted on other columns): it is refused now, once, instead of failing every
+    batch at predict, which is retried as if the registry were down.
     """
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from worker.model.features import build_features
+    from worker.model.features import feature_step
 
     steps = getattr(model, "steps", None) if isinstance(model, Pipeline) else None
     ok = (
         isinstance(steps, list)
         and [step_name for step_name, _ in steps] == ["features", "forest"]
         and isinstance(steps[0][1], FunctionTransformer)
-        and steps[0][1].func is build_features
         and isinstance(steps[1][1], RandomForestRegressor)
     )
     if not ok:
@@ -114,7 +134,62 @@ def check_pipeline(model: Any, name: str, version: str) -> Any:
             f"it holds a {type(model).__module__}.{type(model).__qualname__}, not the project's "
             "Pipeline(features=FunctionTransformer(build_features), forest=RandomForestRegressor)",
         )
+    differs = changed_arguments(steps[0][1], feature_step())
+    if differs:
+        raise ModelRefused(
+            name,
+            version,
+            f"its FunctionTransformer is not the project's FunctionTransformer(build_features): {', '.join(differs)}",
+        )
+    try_sample_rides(model, name, version)
     return model
+
+
+def changed_arguments(step: Any, expected: Any) -> list[str]:
+    """`name=value` for each constructor argument of `step` that differs from `expected`'s.
+
+    An argument a version was saved without (one a later scikit-learn added) counts as the
+    default, so an upgrade does not refuse the versions saved before it.
+    """
+    wanted = expected.get_params(deep=False)
+    differs = []
+    for argument, value in wanted.items():
+        found = getattr(step, argument, value)
+        if found is not value and not _equal(found, value):
+            differs.append(f"{argument}={_describe(found)}")
+    return differs
+
+
+def _equal(found: Any, wanted: Any) -> bool:
+    try:
+        return bool(found == wanted)
+    except Exception:  # arrays and other values without a plain truth value: not the project's
+        return False
+
+
+def _describe(value: Any) -> str:
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}"
+    return repr(value)[:80]
+
+
+def try_sample_rides(model: Any, name: str, version: str) -> None:
+    """Predict a few generated rides; a pipeline that cannot is refused (a permanent error)."""
+    import numpy as np
+
+    from worker.rides.generator import RIDE_COLUMNS, generate_rides
+
+    rides = generate_rides(SAMPLE_RIDES, seed=0)[list(RIDE_COLUMNS)]
+    try:
+        predicted = np.asarray(model.predict(rides), dtype=float)
+    except Exception as exc:  # whatever the artifact does wrong, it does it on every batch
+        raise ModelRefused(
+            name, version, f"it fails on sample rides ({type(exc).__name__}: {str(exc)[:300]})"
+        ) from None
+    if predicted.shape != (SAMPLE_RIDES,) or not np.isfinite(predicted).all():
+        raise ModelRefused(
+            name, version, f"it fails on sample rides: {predicted.shape} predictions, not {SAMPLE_RIDES} finite ones"
+        )
 
 
 def check_format(model_dir: Path, name: str, version: str, allow_pickle: bool = False) -> str:
@@ -154,7 +229,7 @@ def _untrusted_check(path: Path, name: str, version: str) -> None:
         found = skops.io.get_untrusted_types(file=path)
     except Exception as exc:  # a corrupt or foreign file: zip, JSON or schema errors alike
         raise ModelRefused(name, version, f"its skops file cannot be read ({type(exc).__name__}: {exc})") from None
-    untrusted = sorted(set(found) - set(TRUSTED_TYPES))
+    untrusted = sorted(set(found) - set(trusted_types()))
     if untrusted:
         raise ModelRefused(name, version, f"its skops file names types the project does not trust: {untrusted}")
 
@@ -177,7 +252,7 @@ def load_checked(model_dir: Path, name: str, version: str, allow_pickle: bool = 
 
     _untrusted_check(path, name, version)
     try:
-        model = skops.io.load(path, trusted=list(TRUSTED_TYPES))
+        model = skops.io.load(path, trusted=list(trusted_types()))
     except UntrustedTypesFoundException as exc:
         raise ModelRefused(name, version, f"its skops file names types the project does not trust: {exc}") from None
     except Exception as exc:  # trusted types only, but a broken file: the same every time

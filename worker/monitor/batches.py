@@ -170,6 +170,6 @@ def record_failure(engine: Engine, batch_id: str, status: str, error: str) -> No
             "window_end": run["window_end"] if run else None,
             "rows": run["rows_written"] if run else 0,
             "monitor_status": status,
-            "monitor_error": error[:2000],
+            "monitor_error": writes.stored_error(error),
         },
     )

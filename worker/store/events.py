@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.store.schema import model_aliases, model_events
+from worker.store.writes import stored_error
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 # A pending move older than this was abandoned (its process died between the registry and the
@@ -105,7 +106,7 @@ def fail(engine: Engine, event_id: int, error: str) -> None:
         conn.execute(
             update(model_events)
             .where(model_events.c.id == event_id)
-            .values(status=FAILED, error=error[:2000], finished_at=_now())
+            .values(status=FAILED, error=stored_error(error), finished_at=_now())
         )
 
 

@@ -41,7 +41,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 
 from worker.rides.generator import RIDE_COLUMNS
-from worker.settings import get_settings
+from worker.settings import SettingsError, get_settings, redact
 from worker.store.schema import batch_chunks, batch_runs, ride_outcomes, ride_predictions, shadow_predictions
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ def write_chunk(
                 chunks_done=batch_runs.c.chunks_done + 1,
                 model_name=frame["model_name"].iloc[0] if len(frame) else batch_runs.c.model_name,
                 model_version=model_version or batch_runs.c.model_version,
-                **({"shadow_error": shadow_error[:2000]} if shadow_error else {}),
+                **({"shadow_error": stored_error(shadow_error)} if shadow_error else {}),
             )
             .returning(batch_runs.c.chunks_done, batch_runs.c.chunks_total)
         ).one()
@@ -347,9 +347,25 @@ def write_chunk(
     return ChunkWrite(batch_id, chunk_index, written, duplicate=False, batch_finished=finished)
 
 
+MAX_ERROR_CHARS = 2000
+
+
+def stored_error(text: str) -> str:
+    """Error text as it may be stored: redacted and cut to MAX_ERROR_CHARS.
+
+    Stored errors are shown by `batches`, `status`, the report and Grafana (whose database role
+    reads them): a driver's or the registry client's message may quote a URL with its password.
+    """
+    try:
+        settings = get_settings()
+    except SettingsError:  # only the URL rule then; a process with bad settings never got this far
+        settings = None
+    return redact(text, settings)[:MAX_ERROR_CHARS]
+
+
 def mark_batch(engine: Engine, batch_id: str, status: str, error: str | None = None) -> None:
     """Record a retry or failure; a batch that already succeeded keeps its status."""
-    values: dict[str, Any] = {"status": status, "error": error}
+    values: dict[str, Any] = {"status": status, "error": None if error is None else stored_error(error)}
     if status == "failed":
         values["finished_at"] = func.now()
     with engine.begin() as conn:
@@ -369,7 +385,7 @@ def mark_rerun(engine: Engine, batch_id: str, note: str, undo: bool = False) -> 
             .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != "succeeded")
             .values(
                 attempts=batch_runs.c.attempts + (-1 if undo else 1),
-                **({} if undo else {"status": "retrying", "error": note[:2000]}),
+                **({} if undo else {"status": "retrying", "error": stored_error(note)}),
             )
         )
 
