@@ -15,7 +15,7 @@
 #             dangerous ones (CONFIG, SHUTDOWN, FLUSHALL, KEYS, DEBUG, ACL, MONITOR, ...). Celery
 #             needs them to send, take and acknowledge tasks, results and events, and to send
 #             control messages (Flower's revoke and shutdown are its job).
-#   exporter  read-only: the length of the `celery` queue (EXISTS, LLEN, in MULTI) and a
+#   exporter  read-only: the lengths of the `celery`, `monitoring` and `training` queues (EXISTS, LLEN, in MULTI) and a
 #             subscription to the workers' heartbeats (PSUBSCRIBE on broker database 0's
 #             worker-events topic). It can neither send a task nor a control message.
 set -eu
@@ -29,7 +29,7 @@ acl=${REDIS_ACL_FILE:-/tmp/redis-users.acl}
 
 sha() { printf '%s' "$1" | sha256sum | cut -d ' ' -f 1; }
 app='~* &* +@all -@admin -@dangerous'
-exporter='resetkeys %R~celery* resetchannels &/0.celeryev/worker.* -@all +auth +hello +ping +multi +exec +discard +exists +llen +psubscribe +punsubscribe'
+exporter='resetkeys %R~celery* %R~monitoring* %R~training* resetchannels &/0.celeryev/worker.* -@all +auth +hello +ping +multi +exec +discard +exists +llen +psubscribe +punsubscribe'
 
 umask 077
 {

@@ -225,6 +225,8 @@ def _register_broken(settings) -> str:
 
 
 def test_a_challenger_that_fails_to_predict_never_fails_a_batch(new_stack):
+    """The broken version fails on every ride; the workers find that out once, when they load it (it is
+    tried on sample rides then), and every batch is written all the same with the failure recorded."""
     stack = new_stack(MODEL_NAME=f"broken-{datetime.now(UTC):%H%M%S%f}")
     _ok(stack.cli("train", *SMALL_TRAIN, "--seed", "1"))
     settings = _settings(stack)
@@ -236,7 +238,8 @@ def test_a_challenger_that_fails_to_predict_never_fails_a_batch(new_stack):
         batch_id = next(line.split()[1] for line in out.splitlines() if line.startswith("batch "))
         row = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=batch_id)[0]
         assert (row.status, row.rows_written, row.challenger_version) == ("succeeded", 300, broken)
-        assert f"challenger v{broken} failed to predict: ValueError" in row.shadow_error
+        assert f"challenger v{broken} could not be loaded: ModelRefused" in row.shadow_error
+        assert "fails on sample rides (ValueError: X has 15 features" in row.shadow_error
         assert stack.sql("SELECT count(*) FROM shadow_predictions WHERE batch_id = :b", b=batch_id)[0][0] == 0
         assert stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=batch_id)[0][0] == 300
     status = json.loads(_ok(stack.cli("status", "--json")))

@@ -407,7 +407,7 @@ def test_the_read_only_role_reads_every_panel_and_the_exporter_and_cannot_write_
                 ("CREATE TEMP TABLE intruder (x int)", "permission denied to create temporary tables"),
                 ("CREATE SCHEMA intruder", "permission denied for database"),
                 ("SELECT count(*) FROM batch_chunks", "permission denied for table batch_chunks"),
-                ("SELECT count(*) FROM ride_outcomes", "permission denied for table ride_outcomes"),
+                ("SELECT count(*) FROM shadow_predictions", "permission denied for table shadow_predictions"),
             ):
                 fails(reader, statement, errors.InsufficientPrivilege, words)
             assert query(reader, "SHOW statement_timeout") == [("1min",)]

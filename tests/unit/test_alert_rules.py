@@ -165,3 +165,17 @@ def test_alertmanager_groups_by_alert_and_inhibits_only_alerts_that_exist():
             assert match, matcher
             named = set(match.group(2).split("|"))
             assert named <= names, named - names
+
+
+def test_the_live_accuracy_alert_is_the_degradation_rule_the_policy_and_the_report_use():
+    """One definition: the rule's margin and count are worker/monitor/degradation.py's constants, over the
+    same rolling window of most recently known outcomes that the exporter computes with its function."""
+    from worker.monitor.degradation import ACCURACY_MARGIN, MIN_OUTCOMES
+
+    rule = next(r for r in alert_rules() if r["alert"] == "TaxiLiveMaeWorseThanHeldout")
+    expr = " ".join(rule["expr"].split())
+    factor, count = re.fullmatch(
+        r"taxi_live_mae_recent_seconds > ([\d.]+) \* taxi_heldout_mae_seconds and taxi_live_recent_outcomes >= (\d+)",
+        expr,
+    ).groups()
+    assert float(factor) == 1 + ACCURACY_MARGIN and int(count) == MIN_OUTCOMES

@@ -26,7 +26,18 @@ from sqlalchemy import create_engine, insert
 from tests.support import REPO_ROOT, free_port, required_tool, stop_process_group, wait_until
 from worker.rides.generator import CHICAGO
 from worker.store.database import migrate
-from worker.store.schema import batch_metrics, batch_runs, column_drift, daily_accuracy, model_events, window_metrics
+from worker.store.schema import (
+    batch_metrics,
+    batch_runs,
+    column_drift,
+    daily_accuracy,
+    model_aliases,
+    model_events,
+    model_policy,
+    ride_outcomes,
+    ride_predictions,
+    window_metrics,
+)
 
 INTERVAL = 300.0
 TIMEOUT = 2.0  # EXPORTER_TIMEOUT_SECONDS in these tests
@@ -195,6 +206,29 @@ def fill(url: str, now: datetime) -> dict:
             conn.execute(insert(daily_accuracy).values(**row))
         for row in moves:
             conn.execute(insert(model_events).values(**row))
+        # Production v2 on the record, 600 rides with known outcomes, each 3 minutes off; 20 not yet known.
+        conn.execute(insert(model_aliases).values(model_name="chicago-taxi-duration", alias="production", version="2"))
+        rides = [
+            {"trip_id": f"00000000-0000-4000-8000-{k:012d}", "trip_start_timestamp": datetime(2026, 7, 1, 12, 0),
+             "fare": 9.0, "trip_miles": 2.0, "predicted_duration": 13.0, "model_name": "chicago-taxi-duration",
+             "model_version": "2", "batch_id": "m0"}
+            for k in range(620)
+        ]  # fmt: skip
+        conn.execute(insert(ride_predictions), rides)
+        conn.execute(
+            insert(ride_outcomes),
+            [
+                {"trip_id": r["trip_id"], "actual_duration": 10.0, "observed_at": datetime(2026, 7, 1, 12, 10),
+                 "source": "generated", "known_at": now - timedelta(minutes=5) if k < 600 else now + hour}
+                for k, r in enumerate(rides)
+            ],
+        )  # fmt: skip
+        conn.execute(
+            insert(model_policy).values(
+                model_name="chicago-taxi-duration", attention="recovery_failed", last_action="wait",
+                last_pass_at=now - timedelta(minutes=2), last_retrain_at=now - 4 * hour,
+            )
+        )  # fmt: skip
     engine.dispose()
     return {
         "last_schedule": newest_schedule["finished_at"],
@@ -245,6 +279,15 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     assert value(found, "taxi_model_events_last_day", action="rolled_back") == 1
     assert value(found, "taxi_model_events_last_day", action="registered") == 0  # two days ago
     assert value(found, "taxi_model_moves_failed_last_day") == 1
+    # Production's rolling window: the 600 outcomes known by now (the 20 known later do not count yet).
+    assert value(found, "taxi_live_recent_outcomes", model_version="2") == 600
+    assert value(found, "taxi_live_mae_recent_seconds", model_version="2") == pytest.approx(180.0)
+    assert "taxi_production_degraded" not in names(found)  # its held-out MAE is the registry's, which is down
+    assert value(found, "taxi_policy_attention", reason="recovery_failed") == 1
+    assert value(found, "taxi_policy_attention", reason="halted_after_rollback") == 0
+    assert value(found, "taxi_policy_halted") == 0
+    assert value(found, "taxi_policy_info", mode="off", last_action="wait") == 1
+    assert value(found, "taxi_policy_last_retrain_timestamp_seconds") == pytest.approx((now - timedelta(hours=4)).timestamp())
     assert value(found, "taxi_model_last_production_move_timestamp_seconds") == pytest.approx(
         expected["last_production_move"].timestamp()
     )

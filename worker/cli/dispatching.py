@@ -58,13 +58,20 @@ def dispatch_slot(slot: datetime, interval: float, rides: int | None, world: Wor
     return f"schedule-{slot.isoformat()}"
 
 
-def queue_length() -> int:
-    """Messages waiting in the default queue (what workers have not taken yet)."""
-    from worker.celery_app import app
+def queue_lengths() -> dict[str, int]:
+    """Messages waiting in each queue (scoring, monitoring, training), read without declaring any."""
+    from worker.celery_app import QUEUES, app
+    from worker.cli.broker_reads import waiting_messages
 
-    with app.connection_for_write() as conn:
+    with app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=3)
-        return conn.default_channel.queue_declare("celery", passive=False).message_count
+        return {queue: waiting_messages(conn.default_channel, queue) for queue in QUEUES}
+
+
+def queue_length() -> int:
+    """Messages waiting in every queue together: what backfill throttles on (a backfill's batches
+    queue their monitoring too, which must not pile up behind it either)."""
+    return sum(queue_lengths().values())
 
 
 @dataclass

@@ -51,6 +51,7 @@ from worker.store.snapshot import (
     DriftState,
     LifecycleState,
     VersionAccuracy,
+    as_utc,
     read_accuracy,
     read_batches,
     read_drift,
@@ -127,8 +128,7 @@ class DatabaseReading:
 
 @dataclass
 class BrokerReading:
-    queue: str
-    queue_length: int
+    queue_lengths: dict[str, int]  # by queue
     workers: list[str] | None  # None: not hearing the workers' heartbeats
     ping_error: str | None = None
 
@@ -147,22 +147,23 @@ def read_database(settings: Settings, engine: Any) -> DatabaseReading:
         batches=read_batches(engine, now, settings.BATCH_INTERVAL_SECONDS),
         drift=read_drift(engine, now),
         accuracy=read_accuracy(engine, now),
-        lifecycle=read_lifecycle(engine, now, settings.MODEL_NAME, settings.MODEL_ALIAS),
+        lifecycle=read_lifecycle(
+            engine, now, settings.MODEL_NAME, settings.MODEL_ALIAS, settings.POLICY_WINDOW_OUTCOMES
+        ),
     )
 
 
 def read_broker(timeout: float, heartbeats: WorkerHeartbeats) -> BrokerReading:
-    """The queue's length and the workers heard alive; nothing declared, sent or pinged."""
-    from worker.celery_app import app
+    """Every queue's length and the workers heard alive; nothing declared, sent or pinged."""
+    from worker.celery_app import QUEUES, app
 
-    queue_name = app.conf.task_default_queue
     with app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
-        length = waiting_messages(conn.default_channel, queue_name)
+        lengths = {queue: waiting_messages(conn.default_channel, queue) for queue in QUEUES}
     try:
-        return BrokerReading(queue_name, length, heartbeats.alive())
-    except WorkersUnknown as exc:  # the queue was readable; only the heartbeats are not heard
-        return BrokerReading(queue_name, length, None, str(exc))
+        return BrokerReading(lengths, heartbeats.alive())
+    except WorkersUnknown as exc:  # the queues were readable; only the heartbeats are not heard
+        return BrokerReading(lengths, None, str(exc))
 
 
 def read_registry(settings: Settings) -> RegistryReading:
@@ -235,8 +236,11 @@ class TaxiCollector(Collector):
             yield from self._batches(database.value.batches)
             yield from self._drift(database.value.drift)
         if broker.ok:
-            queue = gauge("taxi_queue_length", "Messages waiting in the broker queue.", ["queue"])
-            queue.add_metric([broker.value.queue], broker.value.queue_length)
+            queue = gauge(
+                "taxi_queue_length", "Messages waiting in each broker queue (celery, monitoring, training).", ["queue"]
+            )
+            for name, length in broker.value.queue_lengths.items():
+                queue.add_metric([name], length)
             yield queue
         if workers.ok:
             yield from self._worker_families(workers.value)
@@ -522,6 +526,8 @@ class TaxiCollector(Collector):
             )
             moved.add_metric([], state.last_production_move.timestamp())
             yield moved
+        yield from self._recent_accuracy(state)
+        yield from self._policy(state)
         cached = self.registry_cache
         if cached is None or cached.challenger_version is None:
             return
@@ -564,6 +570,72 @@ class TaxiCollector(Collector):
             if value is not None:
                 family = gauge(name, documentation, labels)
                 family.add_metric(values, value)
+                yield family
+
+    def _recent_accuracy(self, state: LifecycleState) -> Iterator[Metric]:
+        """Production's live accuracy over the most recently known outcomes, and whether it is degraded:
+        the one definition (worker/monitor/degradation.py) the alert, the report and the policy use."""
+        from worker.monitor.degradation import RecentAccuracy, degraded
+
+        if state.production_on_record is None or state.recent is None:
+            return
+        version = state.production_on_record
+        cached = self.registry_cache
+        promised = cached.heldout_mae_minutes.get(version) if cached else None
+        recent = RecentAccuracy(version, int(state.recent["outcomes"] or 0), state.recent["mae"], promised, None)
+        outcomes = gauge(
+            "taxi_live_recent_outcomes",
+            "Outcomes in production's rolling window of most recently known outcomes (POLICY_WINDOW_OUTCOMES).",
+            ["model_version"],
+        )
+        outcomes.add_metric([version], recent.outcomes)
+        yield outcomes
+        if recent.mae is not None:
+            mae = gauge(
+                "taxi_live_mae_recent_seconds",
+                "Production's live MAE over its most recently known outcomes (by when each became known).",
+                ["model_version"],
+            )
+            mae.add_metric([version], recent.mae * 60)
+            yield mae
+        if promised is not None:
+            flag = gauge(
+                "taxi_production_degraded",
+                "1 if production's recent live MAE is over 25 % above its held-out MAE on 500+ outcomes.",
+                ["model_version"],
+            )
+            flag.add_metric([version], float(degraded(recent)))
+            yield flag
+
+    def _policy(self, state: LifecycleState) -> Iterator[Metric]:
+        policy = state.policy or {}
+        info = InfoMetricFamily("taxi_policy", "The model policy: MODEL_POLICY and what its last pass did.")
+        info.add_metric([], {"mode": self.settings.MODEL_POLICY, "last_action": str(policy.get("last_action") or "")})
+        yield info
+        for name, documentation, value in (
+            ("taxi_policy_paused", "1 if a person paused the model policy.", float(bool(policy.get("paused")))),
+            ("taxi_policy_halted", "1 if the policy halted after its own rollback.", float(bool(policy.get("halted")))),
+        ):
+            family = gauge(name, documentation)
+            family.add_metric([], value)
+            yield family
+        attention = gauge(
+            "taxi_policy_attention",
+            "1 for the reason a person is needed now (recovery_failed, halted_after_rollback, hand_promotion_worse).",
+            ["reason"],
+        )
+        from worker.lifecycle.policy import ATTENTION_REASONS
+
+        for reason in ATTENTION_REASONS:
+            attention.add_metric([reason], float(policy.get("attention") == reason))
+        yield attention
+        for column, name, documentation in (
+            ("last_pass_at", "taxi_policy_last_pass_timestamp_seconds", "When the policy's last pass ran."),
+            ("last_retrain_at", "taxi_policy_last_retrain_timestamp_seconds", "When the policy last retrained."),
+        ):
+            if policy.get(column) is not None:
+                family = gauge(name, documentation)
+                family.add_metric([], as_utc(policy[column]).timestamp())
                 yield family
 
     def _worker_families(self, answered: dict[str, bool]) -> Iterator[Metric]:

@@ -46,13 +46,14 @@ def fill_command(missed: list[datetime], interval: float) -> str:
 def collect_status(settings: Settings) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from worker.cli.dispatching import queue_length
+    from worker.cli.dispatching import queue_lengths
     from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow, read_state, resolve_version
     from worker.store import writes
     from worker.store.database import get_engine, schema_problem, schema_ready
 
     def broker() -> dict[str, Any]:
-        return {"url": redact(settings.CELERY_BROKER_URL), "queue_length": queue_length()}
+        lengths = queue_lengths()
+        return {"url": redact(settings.CELERY_BROKER_URL), "queue_length": sum(lengths.values()), "queues": lengths}
 
     def database() -> dict[str, Any]:
         engine = get_engine(settings.database_url)

@@ -65,6 +65,8 @@ RETIRE_OUTCOMES = 3_000  # a challenger not better after this many paired rides 
 CHALLENGER_MAX_AGE = timedelta(hours=12)  # ... or after waiting this long
 RECOVERY_SECONDS = 3 * 3600  # retrained, yet still degraded this long after: a person is needed
 KNOWN_WINDOW = timedelta(days=7)  # how far back retraining looks for known outcomes
+# Why a person is needed (the exporter's taxi_policy_attention{reason}, the alerts on it).
+ATTENTION_REASONS = ("recovery_failed", "halted_after_rollback", "hand_promotion_worse")
 PRODUCTION_MOVES = ("promoted", "rolled_back", "converted", "moved_outside", "first_seen")
 
 

@@ -12,7 +12,12 @@ READ_TABLES = (
     "batch_metrics",
     "column_drift",
     "daily_accuracy",
+    "model_aliases",
+    "model_events",
+    "model_policy",
+    "ride_outcomes",
     "ride_predictions",
+    "shadow_comparisons",
     "window_column_drift",
     "window_metrics",
 )

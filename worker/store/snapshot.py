@@ -28,7 +28,9 @@ from worker.store.schema import (
     batch_runs,
     column_drift,
     daily_accuracy,
+    model_aliases,
     model_events,
+    model_policy,
     shadow_comparisons,
     window_metrics,
 )
@@ -269,9 +271,14 @@ class LifecycleState:
     events_last_day: dict[str, int] = field(default_factory=dict)  # by action, done only
     failed_moves_last_day: int = 0
     last_production_move: datetime | None = None
+    production_on_record: str | None = None  # where model_aliases says the production alias points
+    recent: dict | None = None  # its live accuracy over the most recently known outcomes (evidence.recent_errors)
+    policy: dict | None = None  # the model_policy row
 
 
-def read_lifecycle(engine: Engine, now: datetime, model_name: str, production_alias: str) -> LifecycleState:
+def read_lifecycle(
+    engine: Engine, now: datetime, model_name: str, production_alias: str, window: int = 1000
+) -> LifecycleState:
     state = LifecycleState()
     e, s = model_events.c, shadow_comparisons.c
     day = now - timedelta(days=1)
@@ -301,4 +308,15 @@ def read_lifecycle(engine: Engine, now: datetime, model_name: str, production_al
             )
         ).scalar_one()
         state.last_production_move = as_utc(last) if last is not None else None
+        state.production_on_record = conn.execute(
+            select(model_aliases.c.version).where(
+                model_aliases.c.model_name == model_name, model_aliases.c.alias == production_alias
+            )
+        ).scalar_one_or_none()
+        policy = conn.execute(select(model_policy).where(model_policy.c.model_name == model_name)).mappings().first()
+        state.policy = dict(policy) if policy else None
+    if state.production_on_record is not None:
+        from worker.store.evidence import recent_errors
+
+        state.recent = recent_errors(engine, state.production_on_record, window, now, since=now - timedelta(days=7))
     return state

@@ -1,0 +1,43 @@
+"""A challenger that raises while a batch is predicted: the batch's own rows are unaffected and the failure
+is returned to be recorded. (Real versions that would raise are refused when loaded, see
+tests/integration/test_lifecycle.py; this is the guard for whatever still raises at predict.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from worker.batch import shadow_frame
+from worker.model.registry import LoadedModel, Shadow
+from worker.rides.batch_rides import generated_chunk
+from worker.rides.generator import Window
+
+
+class Raises:
+    def predict(self, rides: pd.DataFrame) -> np.ndarray:
+        raise MemoryError("out of memory while predicting")
+
+
+class Halves:
+    def predict(self, rides: pd.DataFrame) -> np.ndarray:
+        return np.full(len(rides), 0.5)
+
+
+RIDES = generated_chunk("b", 1, 0, 50, Window(pd.Timestamp("2026-12-02 10:00"), pd.Timestamp("2026-12-02 10:05")))
+
+
+def test_a_challenger_that_raises_gives_no_rows_and_says_why() -> None:
+    frame, error, _ = shadow_frame(RIDES, Shadow("7", LoadedModel(Raises(), "m", "7")))
+    assert frame is None and error == "challenger v7 failed to predict: MemoryError: out of memory while predicting"
+
+
+def test_a_challenger_that_cannot_load_gives_its_error_and_one_that_works_its_rows() -> None:
+    assert shadow_frame(RIDES, Shadow("7", None, "challenger v7 could not be loaded: X")) == (
+        None,
+        "challenger v7 could not be loaded: X",
+        0.0,
+    )
+    frame, error, _ = shadow_frame(RIDES, Shadow("8", LoadedModel(Halves(), "m", "8")))
+    assert error is None and list(frame["trip_id"]) == list(RIDES["trip_id"])
+    assert set(frame["model_version"]) == {"8"} and set(frame["predicted_duration"]) == {0.5}
+    assert shadow_frame(RIDES, None) == (None, None, 0.0)
