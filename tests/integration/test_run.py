@@ -98,7 +98,7 @@ def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
         assert "report       .venv/bin/python -m worker report --since 24h" in text
         # A quiet first run: no library warning the user can do nothing about (issue 13).
         assert library_warnings(text) == [], text
-        for name in ("worker", "beat"):
+        for name in ("worker", "monitor", "trainer", "beat"):
             assert "No hostname was supplied" not in (tmp_path / "local" / "logs" / f"{name}.log").read_text()
         assert f"exporter     http://127.0.0.1:{exporter_port}/metrics" in text
 
@@ -108,7 +108,7 @@ def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
             lambda: (
                 (body := scrape(exporter_port))
                 and 'taxi_batch_last_success_timestamp_seconds{trigger="adhoc"}' in body
-                and "taxi_workers_online 1.0" in body
+                and "taxi_workers_online 3.0" in body  # scoring, monitoring and training: one process each
                 and 'taxi_production_model_info{model_name="chicago-taxi-duration",model_version="1"} 1.0' in body
                 and body
             ),
@@ -138,6 +138,18 @@ def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
             time.sleep(1)
         assert report["ok"] is True, report
         assert report["database"]["last_batch"]["batch_id"].startswith("schedule-"), report
+        assert set(report["broker"]["queues"]) == {"celery", "monitoring", "training"}
+        # The monitoring worker (queue `monitoring`) monitored what the scoring worker wrote.
+        monitored = wait_until(
+            "a batch monitored by the monitoring worker",
+            lambda: "Task worker.tasks.monitor_batch[" in (tmp_path / "local" / "logs" / "monitor.log").read_text(),
+            60,
+        )
+        assert (
+            monitored
+            and "worker.tasks.monitor_batch["
+            not in (tmp_path / "local" / "logs" / "worker.log").read_text().split("[tasks]")[-1].split("ready.")[-1]
+        )
         assert report["broker"]["url"].startswith("filesystem://")
 
         # The report command it prints works on the embedded SQLite database, with the batches in it.
@@ -157,7 +169,7 @@ def test_run_sets_up_everything_runs_batches_and_stops_cleanly(tmp_path):
         run.send_signal(signal.SIGINT)  # what Ctrl-C sends
         run.wait(timeout=120)
     text = log.read_text()
-    for part in ("worker", "beat", "flower", "exporter"):
+    for part in ("worker", "monitor", "trainer", "beat", "flower", "exporter"):
         assert f"stopped {part}" in text
     assert run.returncode == 0, text
     assert processes_with_env(f"LOCAL_DIR={tmp_path / 'local'}") == [], "processes left running"

@@ -287,7 +287,9 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     assert value(found, "taxi_policy_attention", reason="halted_after_rollback") == 0
     assert value(found, "taxi_policy_halted") == 0
     assert value(found, "taxi_policy_info", mode="off", last_action="wait") == 1
-    assert value(found, "taxi_policy_last_retrain_timestamp_seconds") == pytest.approx((now - timedelta(hours=4)).timestamp())
+    assert value(found, "taxi_policy_last_retrain_timestamp_seconds") == pytest.approx(
+        (now - timedelta(hours=4)).timestamp()
+    )
     assert value(found, "taxi_model_last_production_move_timestamp_seconds") == pytest.approx(
         expected["last_production_move"].timestamp()
     )

@@ -1,7 +1,8 @@
 """`python -m worker run` (`make run`): the whole service on one machine, stopped by Ctrl-C.
 
-It prepares what is missing (schema, a first model), starts a worker, beat,
-Flower and the Prometheus exporter as child processes, sends a first batch at
+It prepares what is missing (schema, a first model), starts the workers (one per
+queue: scoring, monitoring, training, so that neither monitoring nor a retrain ever
+delays a scheduled batch), beat, Flower and the Prometheus exporter as child processes, sends a first batch at
 once, says where to look, and on Ctrl-C or SIGTERM stops every child it started.
 """
 
@@ -82,8 +83,23 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
     # Ctrl-C must work even if we were started with SIGINT ignored (a shell's background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        worker, _ = _start("worker", celery_command("worker", "--loglevel=INFO", "--concurrency=2"), logs)
-        children.append(("worker", worker))
+        for name, queue, concurrency in (
+            ("worker", "celery", 2),
+            ("monitor", "monitoring", 1),
+            ("trainer", "training", 1),
+        ):
+            process, _ = _start(
+                name,
+                celery_command(
+                    "worker",
+                    "--loglevel=INFO",
+                    f"--concurrency={concurrency}",
+                    f"--queues={queue}",
+                    f"--hostname={name}@%h",
+                ),
+                logs,
+            )
+            children.append((name, process))
         beat, _ = _start(
             "beat",
             celery_command("beat", "--loglevel=INFO", f"--schedule={settings.LOCAL_DIR / 'celerybeat-schedule'}"),
@@ -113,7 +129,7 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
             "  status       .venv/bin/python -m worker status\n"
             f"  report       .venv/bin/python -m worker report --since 24h  (charts in one HTML file: {default_output(settings)})\n"
             f"  predictions  table ride_predictions in {redact(settings.database_url)}\n"
-            f"  logs         {logs}/worker.log, beat.log, flower.log, exporter.log\n"
+            f"  logs         {logs}/worker.log, monitor.log, trainer.log, beat.log, flower.log, exporter.log\n"
             f"next batches every {settings.BATCH_INTERVAL_SECONDS:g} s on the clock. Ctrl-C stops everything.",
             flush=True,
         )
