@@ -20,8 +20,8 @@ from tests.compose.project import APP_UID, COMPOSE_FILE, OVERRIDE_FILE, REPO, Pr
 MODEL = "chicago-taxi-duration"
 FAN_OUT_RIDES = 400_000  # 8 chunks of 50,000: long enough to catch a COPY in flight
 HEALTHY_SECONDS = 240.0
-APP_SERVICES = ("mlflow", "worker", "beat", "flower")
-SERVICES_UP = ("redis", "postgres", "mlflow", "worker", "beat", "flower")
+APP_SERVICES = ("mlflow", "worker", "monitor", "trainer", "beat", "flower")
+SERVICES_UP = ("redis", "postgres", "mlflow", "worker", "monitor", "trainer", "beat", "flower")
 # The volumes of the default profile (monitoring's are made only with --profile monitoring).
 VOLUMES = ("redis-data", "postgres-data", "mlflow-artifacts", "mlflow-auth", "beat-schedule")
 
@@ -109,6 +109,8 @@ HELD = {
     "registry-users": {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_READER_PASSWORD", "MLFLOW_TRAINER_PASSWORD"},
     "init": {"POSTGRES_APP_PASSWORD", "MLFLOW_TRAINER_PASSWORD"},
     "worker": {"REDIS_WORKER_PASSWORD", "POSTGRES_APP_PASSWORD", "MLFLOW_READER_PASSWORD"},
+    "monitor": {"REDIS_WORKER_PASSWORD", "POSTGRES_APP_PASSWORD", "MLFLOW_READER_PASSWORD"},
+    "trainer": {"REDIS_WORKER_PASSWORD", "POSTGRES_APP_PASSWORD", "MLFLOW_TRAINER_PASSWORD"},
     "beat": {"REDIS_BEAT_PASSWORD"},
     "flower": {"REDIS_FLOWER_PASSWORD", "FLOWER_BASIC_AUTH"},
 }  # fmt: skip
@@ -138,7 +140,7 @@ def test_each_container_holds_only_its_own_credentials_and_none_on_a_command_lin
     # Every process of every running container, with its arguments: no password (redis-server has
     # its users from a file, the init script's psql got them on standard input).
     main = {"redis": "redis-server", "postgres": "postgres", "mlflow": "mlflow", "worker": "celery", "beat": "celery",
-            "flower": "celery"}  # fmt: skip
+            "flower": "celery", "monitor": "celery", "trainer": "celery"}  # fmt: skip
     for service, program in main.items():
         processes = project.exec(service, "sh", "-c", PROCESS_LIST)
         assert program in processes, processes  # the list is really there

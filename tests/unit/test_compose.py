@@ -42,7 +42,9 @@ COMPOSE_FILE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-APP_SERVICES = {"check-secrets", "mlflow", "registry-users", "init", "worker", "beat", "flower", "exporter"}
+APP_SERVICES = {
+    "check-secrets", "mlflow", "registry-users", "init", "worker", "monitor", "trainer", "beat", "flower", "exporter",
+}  # fmt: skip
 # The services that talk to the broker, each as its own Redis user.
 CELERY_SERVICES = {"worker", "beat", "flower", "exporter"}
 MONITORING_SERVICES = {"exporter", "prometheus", "alertmanager", "grafana"}
@@ -330,6 +332,8 @@ def test_resolved_configuration(compose_config: ComposeConfig) -> None:
         "registry-users": [],
         "init": [],
         "worker": [],
+        "monitor": [],
+        "trainer": [],
         "beat": [],
         "flower": [("127.0.0.1", "5555", 5555)],
         "exporter": [],
@@ -361,6 +365,8 @@ SECRET_VALUES_PER_SERVICE = {
     "registry-users": {"dummy_mlflow_admin_pw", "dummy_reader_pw", "dummy_trainer_pw"},
     "init": {"dummy_app_pw", "dummy_trainer_pw"},
     "worker": {"dummy_redis_worker_pw", "dummy_app_pw", "dummy_reader_pw"},
+    "monitor": {"dummy_redis_worker_pw", "dummy_app_pw", "dummy_reader_pw"},
+    "trainer": {"dummy_redis_worker_pw", "dummy_app_pw", "dummy_trainer_pw"},
     "beat": {"dummy_redis_beat_pw"},
     "flower": {"dummy_redis_flower_pw", "dummy_flower_pw"},
     "exporter": {"dummy_redis_exporter_pw", "dummy_reader_db_pw", "dummy_reader_pw"},
@@ -484,7 +490,28 @@ def test_worker_can_be_scaled(services: dict[str, Any]) -> None:
     worker = services["worker"]
     assert "container_name" not in worker
     assert "ports" not in worker
-    assert worker["command"] == ["celery", "-A", "worker", "worker", "--loglevel=INFO"]
+    assert worker["command"] == ["celery", "-A", "worker", "worker", "--loglevel=INFO", "--queues=celery"]
+
+
+def test_monitoring_and_training_have_workers_of_their_own(services: dict[str, Any]) -> None:
+    """Scoring never waits behind monitoring or a retrain: each queue its own service; only the trainer
+    holds the MLflow user that may move aliases (the policy's writes to the registry happen there)."""
+    from worker.celery_app import QUEUES
+
+    queues = {
+        name: [arg.removeprefix("--queues=") for arg in services[name]["command"] if arg.startswith("--queues=")]
+        for name in ("worker", "monitor", "trainer")
+    }
+    assert queues == {"worker": ["celery"], "monitor": ["monitoring"], "trainer": ["training"]}
+    assert sorted(q for names in queues.values() for q in names) == sorted(QUEUES)
+    env = {name: services[name]["environment"] for name in ("worker", "monitor", "trainer")}
+    assert env["trainer"]["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_TRAINER_USERNAME:-taxi-trainer}"
+    for name in ("worker", "monitor"):
+        assert env[name]["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_READER_USERNAME:-taxi-reader}", name
+    for name in ("monitor", "trainer"):
+        hostname = next(a for a in services[name]["command"] if a.startswith("--hostname="))
+        assert hostname == f"--hostname={name}@%h"
+        assert f"{name}@$$(hostname)" in services[name]["healthcheck"]["test"][1]
 
 
 def test_worker_waits_for_its_dependencies(services: dict[str, Any]) -> None:
@@ -881,21 +908,17 @@ def test_every_service_holding_a_secret_starts_only_after_check_secrets(services
 # Every pair of services that share a network, i.e. could open a connection to each other. The
 # data (back) is reachable from the services that use it and from nothing a person opens.
 REACHES = {
-    "redis": {"postgres", "mlflow", "registry-users", "init", "worker", "beat", "flower", "exporter"},
-    "postgres": {"redis", "mlflow", "registry-users", "init", "worker", "beat", "flower", "exporter", "grafana"},
-    "mlflow": {"redis", "postgres", "registry-users", "init", "worker", "beat", "flower", "exporter"},
-    "registry-users": {"redis", "postgres", "mlflow", "init", "worker", "beat", "flower", "exporter"},
-    "init": {"redis", "postgres", "mlflow", "registry-users", "worker", "beat", "flower", "exporter"},
-    "worker": {"redis", "postgres", "mlflow", "registry-users", "init", "beat", "flower", "exporter"},
-    "beat": {"redis", "postgres", "mlflow", "registry-users", "init", "worker", "flower", "exporter"},
-    "flower": {
-        "redis", "postgres", "mlflow", "registry-users", "init", "worker", "beat", "exporter",
-        "prometheus", "alertmanager",
-    },
-    "exporter": {
-        "redis", "postgres", "mlflow", "registry-users", "init", "worker", "beat", "flower",
-        "prometheus", "alertmanager",
-    },
+    "redis": {"postgres", "mlflow", "registry-users", "init", "worker", "monitor", "trainer", "beat", "flower", "exporter"},
+    "postgres": {"redis", "mlflow", "registry-users", "init", "worker", "monitor", "trainer", "beat", "flower", "exporter", "grafana"},
+    "mlflow": {"redis", "postgres", "registry-users", "init", "worker", "monitor", "trainer", "beat", "flower", "exporter"},
+    "registry-users": {"redis", "postgres", "mlflow", "init", "worker", "monitor", "trainer", "beat", "flower", "exporter"},
+    "init": {"redis", "postgres", "mlflow", "registry-users", "worker", "monitor", "trainer", "beat", "flower", "exporter"},
+    "worker": {"redis", "postgres", "mlflow", "registry-users", "init", "monitor", "trainer", "beat", "flower", "exporter"},
+    "monitor": {"redis", "postgres", "mlflow", "registry-users", "init", "worker", "trainer", "beat", "flower", "exporter"},
+    "trainer": {"redis", "postgres", "mlflow", "registry-users", "init", "worker", "monitor", "beat", "flower", "exporter"},
+    "beat": {"redis", "postgres", "mlflow", "registry-users", "init", "worker", "monitor", "trainer", "flower", "exporter"},
+    "flower": {"redis", "postgres", "mlflow", "registry-users", "init", "worker", "monitor", "trainer", "beat", "exporter", "prometheus", "alertmanager"},
+    "exporter": {"redis", "postgres", "mlflow", "registry-users", "init", "worker", "monitor", "trainer", "beat", "flower", "prometheus", "alertmanager"},
     "prometheus": {"flower", "exporter", "alertmanager", "grafana"},
     "alertmanager": {"flower", "exporter", "prometheus", "grafana"},
     "grafana": {"prometheus", "alertmanager", "postgres"},
@@ -917,7 +940,7 @@ def test_who_can_reach_whom_on_the_compose_networks(compose_config: ComposeConfi
     # The point of it, spelled out: Grafana (a web app people log in to) reaches none of the data
     # but PostgreSQL, where its role may only read; Prometheus and Alertmanager reach no data at all.
     for name in ("grafana", "prometheus", "alertmanager"):
-        assert not reaches[name] & {"redis", "mlflow", "worker", "init", "beat"}, name
+        assert not reaches[name] & {"redis", "mlflow", "worker", "monitor", "trainer", "init", "beat"}, name
     assert not reaches["prometheus"] & {"postgres"} and not reaches["alertmanager"] & {"postgres"}
 
 
@@ -928,7 +951,7 @@ def test_each_service_holds_only_its_own_redis_user_and_the_exporters_may_only_r
     rules = dict(re.findall(r"^(app|exporter)='([^']*)'$", script, re.MULTILINE))
     assert {"-@admin", "-@dangerous"} <= set(rules["app"].split())
     exporter = rules["exporter"].split()
-    assert exporter[:2] == ["resetkeys", "%R~celery*"]  # read-only keys: the queue
+    assert exporter[:4] == ["resetkeys", "%R~celery*", "%R~monitoring*", "%R~training*"]  # read-only: the queues
     assert "-@all" in exporter
     allowed = {rule[1:] for rule in exporter if rule.startswith("+")}
     assert allowed == {
