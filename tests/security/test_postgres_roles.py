@@ -23,7 +23,7 @@ import pytest
 from psycopg2 import errors
 from sqlalchemy import text as sa_text
 
-from tests.grafana import expand_sql, queries
+from tests.grafana import annotation_queries, expand_sql, queries
 from tests.reliability.services import PostgresServer
 from tests.support import REPO_ROOT
 from worker import batch
@@ -33,7 +33,7 @@ from worker.rides.generator import Window
 from worker.store import writes
 from worker.store.database import get_engine, migrate
 from worker.store.readers import READ_TABLES
-from worker.store.snapshot import read_accuracy, read_batches, read_drift, scrape_engine
+from worker.store.snapshot import read_accuracy, read_batches, read_drift, read_lifecycle, scrape_engine
 
 pytestmark = pytest.mark.integration
 
@@ -351,6 +351,12 @@ def what_the_readers_run(url: str) -> list[str]:
                 except Exception as exc:
                     failed.append(f"{panel.label}: {str(exc).splitlines()[0]}")
                     conn.rollback()
+            for annotation in annotation_queries():
+                try:
+                    conn.execute(sa_text(expand_sql(annotation.target["rawSql"], now - timedelta(days=2), now, "1m")))
+                except Exception as exc:
+                    failed.append(f"{annotation.label}: {str(exc).splitlines()[0]}")
+                    conn.rollback()
     finally:
         engine.dispose()
     scrape = scrape_engine(url, 5)
@@ -359,6 +365,7 @@ def what_the_readers_run(url: str) -> list[str]:
             ("read_batches", lambda: read_batches(scrape, now, 300)),
             ("read_drift", lambda: read_drift(scrape, now)),
             ("read_accuracy", lambda: read_accuracy(scrape, now)),
+            ("read_lifecycle", lambda: read_lifecycle(scrape, now, "chicago-taxi-duration", "production")),
         ):
             try:
                 read()
@@ -379,6 +386,14 @@ def test_the_read_only_role_reads_every_panel_and_the_exporter_and_cannot_write_
         assert "taxi_reader" in done.stdout
         app_url = role_url(pg, "taxi_app", APP_PASSWORD, DB)
         assert write_batch(app_url, tiny_model, "seen-by-grafana", 50, given_ids=False) == 50
+        # Production on the record, so that the exporter reads its recent outcomes too.
+        app = get_engine(app_url)
+        with app.begin() as conn:
+            conn.execute(
+                sa_text(
+                    "INSERT INTO model_aliases (model_name, alias, version) VALUES ('chicago-taxi-duration', 'production', '1')"
+                )
+            )
 
         reader_url = role_url(pg, "taxi_reader", READER_PASSWORD, DB)
         assert what_the_readers_run(reader_url) == []
