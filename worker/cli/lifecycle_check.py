@@ -32,7 +32,7 @@ from worker.lifecycle import policy, promotion
 from worker.lifecycle.moves import POLICY_ACTOR, move_alias
 from worker.lifecycle.training import train_and_register
 from worker.model.registry import CHALLENGER_ALIAS, LoadedModel, Shadow, configure_mlflow, load_version, read_state
-from worker.model.training import TARGET, ForestParams, fit_pipeline
+from worker.model.training import TARGET, ForestParams, fit_and_register, fit_pipeline
 from worker.monitor import quality
 from worker.monitor.batches import monitor_batch
 from worker.rides.batch_rides import generated_chunk
@@ -180,7 +180,7 @@ def true_world_model(world: World, seed: int):
 
 def _inject(settings: Settings, engine, seed: int, now: datetime, actor: str) -> str:
     """Register a clearly worse (but loadable) version and promote it as `actor` would."""
-    trained = train_and_register(settings, rides=2000, seed=seed, params=BAD_FOREST, engine=engine)
+    trained = fit_and_register(settings, rides=2000, seed=seed, params=BAD_FOREST)  # registered, no alias moved
     promotion.promote(settings, engine, trained.version, f"lifecycle-check: bad version promoted by {actor}",
                       force=True, actor=actor, now=now)  # fmt: skip
     return trained.version
