@@ -150,15 +150,14 @@ def test_the_policy_recovers_from_a_fare_rise_and_undoes_its_own_bad_promotion(n
 
     # A bad version promoted with the policy as actor (injected) is rolled back, and the policy stops.
     from worker.lifecycle.promotion import promote
-    from worker.lifecycle.training import train_and_register
-    from worker.model.training import ForestParams
+    from worker.model.training import ForestParams, fit_and_register
     from worker.store.database import get_engine
 
     settings = _settings(stack)
     engine = get_engine(stack.db_url)
-    bad = train_and_register(
-        settings, rides=2000, seed=9, params=ForestParams(n_estimators=2, max_depth=3), engine=engine
-    )
+    # Registered only (fit_and_register moves no alias: `train` would promote it past a production
+    # of another world), then promoted as the policy would have.
+    bad = fit_and_register(settings, rides=2000, seed=9, params=ForestParams(n_estimators=2, max_depth=3))
     promote(settings, engine, bad.version, "injected: a wrong promotion", force=True, actor="policy")
     waited = _pass(stack, mode="auto")
     assert waited["decision"]["action"] == "wait" and f"of {ROLLBACK_OUTCOMES} outcomes" in waited["decision"]["reason"]
