@@ -68,6 +68,7 @@ class RetrainResult:
     alias: str  # where the new version went: challenger, or production with --promote/--force
     reason: str
     fit_seconds: float
+    promised_mae: float | None = None  # its `mae_minutes`: on generated rides of every hour of its world
 
     def as_evidence(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class RetrainResult:
             "rows_generated": self.rows_generated,
             "world": None if self.world is None else self.world.__dict__,
             "holdout": self.evidence.as_dict(),
+            "promised_mae": self.promised_mae,
         }
 
 
@@ -176,7 +178,14 @@ def retrain(
     reference_rides[TARGET] = reference_rides["trip_seconds"] / 60.0
     reference_inputs = pd.concat([reference_rides[list(RIDE_COLUMNS)], inputs], ignore_index=True)
     reference_truth = np.concatenate([reference_rides[TARGET].to_numpy(), truth])
-    reference = build_reference(reference_inputs, pipeline.predict(reference_inputs), reference_truth, seed)
+    reference_predictions = np.asarray(pipeline.predict(reference_inputs), dtype=float)
+    reference = build_reference(reference_inputs, reference_predictions, reference_truth, seed)
+    # What the version promises (its `mae_minutes`, which live accuracy is judged against): its MAE on
+    # rides of every hour of the world it was trained for. The held-out observed rides are the fair
+    # ground for comparing it with production, but not for a promise: right after a change the rides
+    # whose outcome is known first are the short ones (a long trip ends later), and their MAE is low.
+    generated_mae = float(np.mean(np.abs(reference_predictions[: len(reference_rides)] - reference_rides[TARGET])))
+    promised = generated_mae if world is not None else (found_evidence.challenger_mae or 0.0)
 
     window_text = f"{start:%Y-%m-%d %H:%M}–{end:%Y-%m-%d %H:%M} UTC"
     trained_on = f"history: {len(train):,} rides known {window_text}"
@@ -186,7 +195,8 @@ def retrain(
             f"{'estimated' if design == 'world' else 'calibrated'})"
         )
     metrics = {
-        "mae_minutes": found_evidence.challenger_mae or 0.0,
+        "mae_minutes": promised,
+        "holdout_mae_minutes": found_evidence.challenger_mae or 0.0,
         "production_mae_minutes_same_data": found_evidence.production_mae or 0.0,
         "paired_mean_difference_minutes": found_evidence.mean_difference or 0.0,
         "fit_seconds": fit_seconds,
@@ -229,6 +239,7 @@ def retrain(
         alias=CHALLENGER_ALIAS,
         reason="",
         fit_seconds=fit_seconds,
+        promised_mae=promised,
     )
     numbers = result.as_evidence()
     record_registered(
