@@ -135,8 +135,11 @@ def fill(url: str, now: datetime) -> dict:
                 "started_at": slot + timedelta(seconds=1),
                 "finished_at": slot + timedelta(seconds=3 + k),
                 "model_version": "2",
+                "sent_by": "beat",
             }
         )
+    # The newest slot was filled by a backfill (beat is dead): it is no heartbeat of beat's.
+    schedule_rows[-1]["sent_by"] = "backfill"
     newest_schedule = max(schedule_rows, key=lambda row: row["finished_at"])
     other_rows = [
         # an ad-hoc batch that succeeded 2 hours ago: counts for "last", not for "last hour"
@@ -232,7 +235,7 @@ def fill(url: str, now: datetime) -> dict:
     engine.dispose()
     return {
         "last_schedule": newest_schedule["finished_at"],
-        "last_slot": max(row["slot"] for row in schedule_rows),
+        "last_slot": max(row["slot"] for row in schedule_rows if row["sent_by"] == "beat"),
         "last_schedule_rows": newest_schedule["rows_written"],
         "last_schedule_seconds": (newest_schedule["finished_at"] - newest_schedule["started_at"]).total_seconds(),
         "window_end_utc": window_end_local.replace(tzinfo=CHICAGO).astimezone(UTC),

@@ -309,8 +309,8 @@ class TaxiCollector(Collector):
         if state.last_slot is not None:
             slot = gauge(
                 "taxi_batch_last_slot_timestamp_seconds",
-                "The newest beat slot whose batch succeeded: beat's heartbeat (a backfill of past slots does not "
-                "move it forward).",
+                "The newest slot beat itself sent whose batch succeeded: beat's heartbeat (backfills and reruns, "
+                "however recent their slots, do not move it).",
             )
             slot.add_metric([], state.last_slot.timestamp())
             yield slot

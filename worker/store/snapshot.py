@@ -69,7 +69,7 @@ class BatchState:
     """The schedule's health: when batches last succeeded or failed, and what is in flight."""
 
     last_success: dict[str, datetime] = field(default_factory=dict)  # by trigger
-    last_slot: datetime | None = None  # the newest beat slot whose batch succeeded
+    last_slot: datetime | None = None  # the newest slot beat itself sent whose batch succeeded
     last_failure: dict[str, datetime] = field(default_factory=dict)
     last_rows: dict[str, int] = field(default_factory=dict)  # of the newest succeeded batch, by trigger
     last_duration_seconds: dict[str, float] = field(default_factory=dict)
@@ -138,8 +138,10 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
                 .group_by(c.trigger)
             )
             target.update({trigger: as_utc(at) for trigger, at in rows if at is not None})
+        # Beat's heartbeat: only slots beat itself sent (a backfill of the minutes just missed must
+        # not make a dead beat look alive).
         last_slot = conn.execute(
-            select(func.max(c.slot)).where(c.status == "succeeded", c.slot.is_not(None))
+            select(func.max(c.slot)).where(c.status == "succeeded", c.slot.is_not(None), c.sent_by == "beat")
         ).scalar_one()
         state.last_slot = as_utc(last_slot) if last_slot is not None else None
         newest = (
