@@ -36,6 +36,7 @@ from worker.store.schema import (
     model_policy,
     ride_outcomes,
     ride_predictions,
+    window_column_drift,
     window_metrics,
 )
 
@@ -205,6 +206,15 @@ def fill(url: str, now: datetime) -> dict:
         conn.execute(insert(column_drift), drift_rows)
         for row in windows:
             conn.execute(insert(window_metrics).values(**row))
+        # The newest ended hour's predicted durations drifted for v3 (slower traffic, say).
+        for version, moved in (("2", False), ("3", True)):
+            conn.execute(
+                insert(window_column_drift).values(
+                    window_end=window_end_local, window_minutes=60, model_version=version,
+                    column_name="predicted_duration", method="wasserstein", score=0.3 if moved else 0.01,
+                    threshold=0.1, drifted=moved,
+                )
+            )  # fmt: skip
         for row in accuracy:
             conn.execute(insert(daily_accuracy).values(**row))
         for row in moves:
@@ -313,6 +323,7 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     # The newest 60-minute window, any version drifted; its Chicago-local end as a true instant.
     assert value(found, "taxi_hour_window_dataset_drift") == 1
     assert value(found, "taxi_hour_window_drifted_columns") == 4
+    assert value(found, "taxi_hour_window_prediction_drift") == 1
     assert value(found, "taxi_hour_window_end_timestamp_seconds") == expected["window_end_utc"].timestamp()
     assert expected["window_end_utc"].hour == 19  # 14:00 in Chicago in July is 19:00 UTC
 

@@ -668,3 +668,22 @@ def test_bad_options_are_refused_in_one_line(args, message, tmp_path):
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
     assert not list(tmp_path.glob("*.html"))
+
+
+def test_prediction_drift_of_an_hour_is_a_warning_even_without_dataset_drift() -> None:
+    from worker.monitor.overview import prediction_drift_alerts
+
+    end = datetime(2026, 11, 27, 11, 0)
+    rows = pd.DataFrame(
+        [
+            {"window_end": end, "window_start": end - timedelta(hours=1), "model_version": "1", "column_name": column,
+             "method": "wasserstein", "score": score, "threshold": 0.1, "drifted": score >= 0.1}
+            for column, score in (("fare", 0.04), ("trip_miles", 0.01), ("predicted_duration", 0.31))
+        ]
+    )  # fmt: skip
+    (alert,) = prediction_drift_alerts(rows, end - timedelta(hours=3))
+    assert alert.kind == "drift" and alert.text.startswith("prediction drift in 1 hour window of the last 3 h")
+    assert alert.items == ("2026-11-27 10:00–11:00 (v1): wasserstein 0.31 against 0.1",)
+    calm = rows.assign(drifted=False)
+    assert prediction_drift_alerts(calm, end - timedelta(hours=3)) == []
+    assert prediction_drift_alerts(rows, end) == []  # ended before the period

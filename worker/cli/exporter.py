@@ -438,6 +438,13 @@ class TaxiCollector(Collector):
                 )
                 window.add_metric([], float(state.hour_window_dataset_drift))
                 yield window
+            if state.hour_window_prediction_drift is not None:
+                predicted = gauge(
+                    "taxi_hour_window_prediction_drift",
+                    "1 if the predicted duration drifted in the newest ended clock-hour window (any model version).",
+                )
+                predicted.add_metric([], float(state.hour_window_prediction_drift))
+                yield predicted
             if state.hour_window_drifted_columns is not None:
                 columns = gauge(
                     "taxi_hour_window_drifted_columns", "Columns that drifted in the newest ended hour window."

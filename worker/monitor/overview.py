@@ -270,6 +270,7 @@ def alerts(overview: Overview) -> list[Alert]:
         *moved_outside_alerts(overview.events),
         *accuracy_alerts(overview.daily),
         *window_drift_alerts(overview.windows, overview.window_drift, now_local - RECENT),
+        *prediction_drift_alerts(overview.window_drift, now_local - RECENT),
         *batch_drift_alerts(overview.batches, overview.column_drift, now_local - RECENT),
         *monitoring_alerts(overview.batches),
         *shadow_alerts(overview.batches),
@@ -416,6 +417,32 @@ def window_drift_alerts(windows: pd.DataFrame, window_drift: pd.DataFrame, since
             "drift",
             f"dataset drift in {len(recent)} hour window{'s' if len(recent) > 1 else ''} "
             f"of the last {RECENT.total_seconds() / 3600:g} h",
+            _more(items, len(items)),
+        )
+    ]
+
+
+def prediction_drift_alerts(window_drift: pd.DataFrame, since_local: datetime) -> list[Alert]:
+    """Hour windows whose predicted durations drifted (the alert TaxiPredictionDrift's signal): the
+    first sign of a changed world, hours before outcomes arrive, even where dataset drift is silent."""
+    moved = window_drift[
+        (window_drift["window_end"] > since_local)
+        & (window_drift["column_name"] == "predicted_duration")
+        & window_drift["drifted"].eq(True)
+    ].sort_values("window_end", ascending=False)
+    if moved.empty:
+        return []
+    items = [
+        f"{row.window_start:%Y-%m-%d %H:%M}–{row.window_end:%H:%M} (v{row.model_version}): {row.method} "
+        f"{row.score:.3g} against {row.threshold:g}"
+        for row in moved.itertuples()
+    ]
+    return [
+        Alert(
+            "drift",
+            f"prediction drift in {len(moved)} hour window{'s' if len(moved) > 1 else ''} of the last "
+            f"{RECENT.total_seconds() / 3600:g} h: the predicted durations moved (a changed world shows here "
+            "before any outcome)",
             _more(items, len(items)),
         )
     ]

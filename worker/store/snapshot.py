@@ -32,6 +32,7 @@ from worker.store.schema import (
     model_events,
     model_policy,
     shadow_comparisons,
+    window_column_drift,
     window_metrics,
 )
 
@@ -102,6 +103,7 @@ class DriftState:
     hour_window_end: datetime | None = None  # UTC
     hour_window_dataset_drift: bool | None = None
     hour_window_drifted_columns: int | None = None
+    hour_window_prediction_drift: bool | None = None
 
 
 @dataclass
@@ -227,6 +229,17 @@ def read_drift(engine: Engine, now: datetime) -> DriftState:
             state.hour_window_dataset_drift = any(flags) if flags else None
             counts = [r.drifted_columns for r in rows if r.drifted_columns is not None]
             state.hour_window_drifted_columns = max(counts) if counts else None
+            # The prediction itself: it moves at once when the world does (slower traffic moves it
+            # in every hour while fares and miles hardly move), hours before outcomes are known.
+            d = window_column_drift.c
+            predicted = conn.execute(
+                select(d.drifted).where(
+                    d.window_minutes == HOUR_WINDOW_MINUTES,
+                    d.window_end == newest_end,
+                    d.column_name == "predicted_duration",
+                )
+            ).all()
+            state.hour_window_prediction_drift = any(bool(r.drifted) for r in predicted) if predicted else None
     return state
 
 
