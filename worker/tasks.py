@@ -28,9 +28,9 @@ from worker.rides.batch_rides import seed_for, trip_ids
 from worker.rides.generator import World, chicago_now, expected_rides
 from worker.rides.validation import BadRequest, records_to_frame, validate_rides
 from worker.settings import get_settings
-from worker.store import monitoring as monitoring_store
 from worker.store import retention, writes
 from worker.store.database import ensure_schema
+from worker.store.locks import pass_lock
 
 log = logging.getLogger(__name__)
 
@@ -433,24 +433,20 @@ def update_quality(self: Task) -> dict:
         return {"skipped": "MONITORING is off"}
     engine = runtime.engine()
     now = datetime.now(UTC)
-    swept = 0
-    recent = now - quality.LOOKBACK
-    for batch_id in monitoring_store.unmonitored_batches(engine, recent, now - timedelta(minutes=2), limit=20):
-        try:
-            monitoring_batches.monitor_batch(
-                engine, batch_id, runtime.reference, chicago_now(), sample_rows=get_settings().MONITOR_SAMPLE_ROWS
-            )
-        except Exception as exc:
-            status = "waiting" if isinstance(exc, MONITOR_WAITS) else "failed"
-            _monitor_failed(engine, batch_id, status, f"{type(exc).__name__}: {exc}")
-        swept += 1
-    done = quality.update_quality(engine, chicago_now(), runtime.heldout_mae, runtime.reference, now_utc=now)
-    # A move of an alias behind the project's back is noticed even while no batch runs.
-    runtime.notice_aliases(engine)
-    compared = quality.refresh_comparisons(
-        engine, get_settings().MODEL_NAME, chicago_now(), since=now - quality.LOOKBACK
-    )
-    return {**done, "swept": swept, "comparisons": compared}
+    sample = get_settings().MONITOR_SAMPLE_ROWS
+    with pass_lock(engine, "update_quality") as held:
+        if not held:  # the previous pass still runs (beat sends one a minute): let it finish alone
+            return {"skipped": "another update_quality pass is running"}
+        swept = quality.sweep_unmonitored(engine, runtime.reference, chicago_now(), now, sample, waits=MONITOR_WAITS)
+        done = quality.update_quality(
+            engine, chicago_now(), runtime.heldout_mae, runtime.reference, now_utc=now, sample_rows=sample
+        )
+        # A move of an alias behind the project's back is noticed even while no batch runs.
+        runtime.notice_aliases(engine)
+        compared = quality.refresh_comparisons(
+            engine, get_settings().MODEL_NAME, chicago_now(), since=now - quality.LOOKBACK
+        )
+    return {**done, **swept, "comparisons": compared}
 
 
 @app.task(

@@ -8,6 +8,7 @@ import math
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 import redis
 
@@ -142,3 +143,77 @@ def test_a_backfill_that_cannot_send_puts_the_failed_slot_back_exactly(make_stac
         kept = ("status", "error", "attempts", "finished_at")
         assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
         assert after["finished_at"] == finished
+
+
+class Constant:
+    """A stand-in model for writing rows fast (what is predicted does not matter to these tests)."""
+
+    def predict(self, rides):
+        import numpy as np
+
+        return np.full(len(rides), 12.0)
+
+
+def _reference():
+    from worker.rides.generator import RIDE_COLUMNS, generate_rides
+
+    rides = generate_rides(20_000, seed=3)
+    frame = rides[list(RIDE_COLUMNS)].copy()
+    frame["predicted_duration"] = 12.0
+    frame["actual_duration"] = rides["trip_seconds"] / 60.0
+    return frame
+
+
+def test_concurrent_monitors_of_one_hour_leave_it_computed_from_all_its_batches(fresh_pg_url):
+    """A backfill finishes an hour's twelve slots nearly at once, and each slot's monitoring recomputes
+    the hour. Without a lock per window the last writer wins, and it may have read a subset: here the
+    first slot's monitor is the slow one (its reference is a hundred times larger, so its drift tests
+    take a second or two), reads its hour while it holds one batch, and would write last."""
+    import threading
+
+    from sqlalchemy import create_engine
+
+    from worker import batch
+    from worker.model.registry import LoadedModel
+    from worker.monitor.batches import monitor_window
+    from worker.rides.generator import Window
+    from worker.store import writes
+
+    # Twelve monitors at once in one process (a worker runs one or two): a pool for all of them.
+    engine = create_engine(fresh_pg_url, pool_size=30)
+    reference = _reference()
+    large = pd.concat([reference] * 100, ignore_index=True)
+    large["trip_start_timestamp"] = pd.Timestamp("2026-11-20 08:30")  # every row in the hours compared
+    model = LoadedModel(Constant(), "m", "1")
+    failures = []
+    for hour in range(2):
+        start = datetime(2026, 11, 20, 8 + hour)
+        threads = []
+        for k in range(12):
+            window = Window(start + timedelta(minutes=5 * k), start + timedelta(minutes=5 * (k + 1)))
+            batch_id = f"schedule-h{hour}-{k}"
+            writes.start_batch(engine, batch_id=batch_id, trigger="schedule", rides_requested=100, chunks_total=1,
+                               task_id=None, seed=k, window=(window.start, window.end), attempt=1)  # fmt: skip
+            writes.pin_model(engine, batch_id, "m", "1", "alias")
+            batch.run_generated_chunk(engine, model, batch_id=batch_id, chunk_index=0, rides=100, seed=k, window=window)
+            frame = large if k == 0 else reference
+            thread = threading.Thread(
+                target=monitor_window, args=(engine, window.end, "m", "1", lambda *_, f=frame: f), daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(timeout=120)
+        stored = stack_row = None
+        with engine.connect() as conn:
+            from sqlalchemy import text
+
+            stack_row = conn.execute(
+                text("SELECT batches, rows FROM window_metrics WHERE window_end = :e"),
+                {"e": start + timedelta(hours=1)},
+            ).one()
+        stored = tuple(stack_row)
+        if stored != (12, 1200):
+            failures.append((hour, stored))
+    engine.dispose()
+    assert failures == [], f"hours left computed from a subset of their batches: {failures}"
