@@ -14,7 +14,6 @@ Prometheus like a counter reset.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -22,7 +21,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import make_url
 
 from worker.rides.generator import CHICAGO
-from worker.store.history import missed_slots
+from worker.store.history import attempt_started, missed_in_last_day
 from worker.store.schema import (
     batch_metrics,
     batch_runs,
@@ -153,7 +152,7 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
             .subquery()
         )
         for trigger, rows_written, started_at, finished_at in conn.execute(
-            select(c.trigger, c.rows_written, c.started_at, c.finished_at).join(
+            select(c.trigger, c.rows_written, attempt_started(), c.finished_at).join(
                 newest, (c.trigger == newest.c.trigger) & (c.finished_at == newest.c.finished_at)
             )
         ):
@@ -170,10 +169,7 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
         state.unfinished.update(
             conn.execute(select(c.status, func.count()).where(c.status.in_(UNFINISHED)).group_by(c.status)).all()
         )
-    # A slot still waiting in the queue is not missed yet: leave the current and the previous slot out.
-    current_slot = math.floor(now.timestamp() / interval_seconds) * interval_seconds
-    until = datetime.fromtimestamp(current_slot - interval_seconds, UTC)
-    state.missed_slots_last_day = len(missed_slots(engine, interval_seconds, now - MISSED_SLOTS_LOOKBACK, until))
+    state.missed_slots_last_day = len(missed_in_last_day(engine, interval_seconds, now))
     return state
 
 
