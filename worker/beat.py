@@ -15,6 +15,8 @@ from celery import schedules
 from celery.signals import beat_init, before_task_publish
 
 RUN_BATCH = "worker.tasks.run_batch"
+# Who sent a scheduled slot's batch: only beat's own sends are its heartbeat.
+SENDERS = ("beat", "backfill", "rerun")
 _IN_BEAT = {"active": False}
 # The slot each interval was last found due for, so the message names the slot beat decided on,
 # even if publishing it crosses the next boundary.
@@ -61,6 +63,7 @@ def _stamp_slot(sender: str | None = None, body: object = None, **_: object) -> 
         due = _DUE_SLOTS.get(float(interval))
         slot = datetime.fromtimestamp(due, UTC) if due is not None else slot_start(interval)
         kwargs["slot"] = slot.isoformat()
+        kwargs["sent_by"] = "beat"
 
 
 def slot_window(slot: str, interval_seconds: float) -> tuple[datetime, datetime]:
@@ -74,3 +77,34 @@ def slot_window(slot: str, interval_seconds: float) -> tuple[datetime, datetime]
     start = (datetime.fromisoformat(slot) - timedelta(seconds=interval_seconds)).astimezone(CHICAGO)
     start = start.replace(tzinfo=None, fold=0)
     return start, start + timedelta(seconds=interval_seconds)
+
+
+class SlotRefused(ValueError):
+    """A slot that names no instant, or one off beat's grid."""
+
+
+def parse_slot(value: object, interval_seconds: float) -> datetime:
+    """The UTC instant a slot names (ISO 8601 with its offset: `Z`, `+00:00` and `-06:00` spellings of
+    one instant are one slot), refused when it lies off beat's grid of `interval_seconds`."""
+    try:
+        instant = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise SlotRefused(f"slot must be an ISO 8601 time with its UTC offset, got {value!r}") from None
+    if instant.tzinfo is None:
+        raise SlotRefused(f"slot must carry its UTC offset, got {value!r}")
+    instant = instant.astimezone(UTC)
+    steps = instant.timestamp() / interval_seconds
+    if abs(steps - round(steps)) > 1e-6:
+        before = datetime.fromtimestamp(math.floor(steps) * interval_seconds, UTC)
+        after = datetime.fromtimestamp(math.ceil(steps) * interval_seconds, UTC)
+        raise SlotRefused(
+            f"slot {value!r} is not on beat's grid of {interval_seconds:g} s (the nearest slots are "
+            f"{before.isoformat()} and {after.isoformat()})"
+        )
+    return datetime.fromtimestamp(round(steps) * interval_seconds, UTC)
+
+
+def schedule_batch_id(slot: datetime) -> str:
+    """The one name of a slot's batch, for beat, backfill, rerun and dispatch alike: its UTC instant as
+    beat writes it (`schedule-2026-11-26T16:00:00+00:00`)."""
+    return f"schedule-{slot.astimezone(UTC).isoformat()}"

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import batch, runtime
-from worker.beat import RUN_BATCH, slot_window
+from worker.beat import RUN_BATCH, SENDERS, SlotRefused, parse_slot, schedule_batch_id, slot_window
 from worker.celery_app import app
 from worker.lifecycle import policy
 from worker.model.registry import ModelUnavailable
@@ -28,9 +28,9 @@ from worker.rides.batch_rides import seed_for, trip_ids
 from worker.rides.generator import World, chicago_now, expected_rides
 from worker.rides.validation import BadRequest, records_to_frame, validate_rides
 from worker.settings import get_settings
-from worker.store import monitoring as monitoring_store
 from worker.store import retention, writes
 from worker.store.database import ensure_schema
+from worker.store.locks import pass_lock
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,14 @@ class PipelineTask(Task):
         mark(self.name, kwargs, task_id, status, f"{type(exc).__name__}: {exc}")
 
 
-def run_batch_id(slot: object, task_id: str) -> str:
-    return f"schedule-{slot}" if slot else f"adhoc-{task_id}"
+def run_batch_id(slot: object, task_id: str, interval: object = None) -> str:
+    """The batch id run_batch uses: the slot's one name (whatever offset it was written with), else ad hoc."""
+    if not slot:
+        return f"adhoc-{task_id}"
+    try:
+        return schedule_batch_id(parse_slot(slot, float(interval)))  # type: ignore[arg-type]
+    except (SlotRefused, TypeError, ValueError):  # refused by run_batch itself; only a retry's record needs a name
+        return f"schedule-{slot}"
 
 
 def given_batch_id(batch_id: object, task_id: str) -> str:
@@ -72,7 +78,7 @@ def given_batch_id(batch_id: object, task_id: str) -> str:
 def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) -> None:
     """Record a retry or failure on the task's batch, named as the task itself names it."""
     if task_name == RUN_BATCH:
-        batch_id = run_batch_id(kwargs.get("slot"), task_id)  # never a stray batch_id kwarg
+        batch_id = run_batch_id(kwargs.get("slot"), task_id, kwargs.get("interval"))  # never a stray batch_id kwarg
     else:
         batch_id = given_batch_id(kwargs.get("batch_id"), task_id)
     try:
@@ -120,17 +126,32 @@ def check_world(speed_factor: object, fare_factor: object) -> World:
         raise BadRequest(str(exc)) from None
 
 
+def check_chunk(row: dict, chunk_index: object, generated: bool) -> None:
+    """A chunk must be one its batch planned: of the right kind of batch (generated rides for
+    predict_chunk, given rides for score_rides) and below the batch's own number of chunks. Any
+    broker client can send a task; without this, a new chunk index would claim a new ledger key
+    and add rows to somebody's batch (a scheduled one, say), or finish a failed one."""
+    if isinstance(chunk_index, bool) or not isinstance(chunk_index, int) or chunk_index < 0:
+        raise BadRequest(f"chunk_index must be a whole number from 0, got {chunk_index!r}")
+    kinds = ("schedule", "adhoc") if generated else ("file", "adhoc")
+    if row["trigger"] not in kinds or (generated != (row["seed"] is not None)):
+        what = "generated rides" if generated else "rides a caller gives"
+        raise BadRequest(f"batch {row['batch_id']} is a {row['trigger']} batch; it takes no chunk of {what}")
+    if chunk_index >= row["chunks_total"]:
+        raise BadRequest(
+            f"batch {row['batch_id']} was planned with {row['chunks_total']} chunk(s); chunk {chunk_index} is not one"
+        )
+
+
 def scheduled_window(slot: object, interval: object) -> tuple[datetime, tuple[datetime, datetime]]:
-    """The slot as a UTC instant, and the Chicago-local window of rides its batch generates."""
+    """The slot as a UTC instant on beat's grid, and the Chicago-local window of rides its batch generates."""
     if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
         raise BadRequest(f"a scheduled batch needs a positive interval, got {interval!r}")
     try:
-        instant = datetime.fromisoformat(str(slot))
-    except ValueError:
-        raise BadRequest(f"slot must be an ISO 8601 time with its UTC offset, got {slot!r}") from None
-    if instant.tzinfo is None:
-        raise BadRequest(f"slot must carry its UTC offset, got {slot!r}")
-    return instant, slot_window(str(slot), interval)
+        instant = parse_slot(slot, float(interval))
+    except SlotRefused as exc:
+        raise BadRequest(str(exc)) from None
+    return instant, slot_window(instant.isoformat(), interval)
 
 
 @app.task(bind=True, base=PipelineTask, name="worker.tasks.run_batch")
@@ -142,6 +163,7 @@ def run_batch(
     slot: str | None = None,
     speed_factor: float = 1.0,
     fare_factor: float = 1.0,
+    sent_by: str | None = None,
 ) -> dict:
     """Generate `rides` rides, predict their durations, write them (fanning out above CHUNK_SIZE).
 
@@ -153,13 +175,15 @@ def run_batch(
     started = time.perf_counter()
     seed = check_seed(seed)
     world = check_world(speed_factor, fare_factor)
-    batch_id = run_batch_id(slot, self.request.id)
+    if sent_by is not None and sent_by not in SENDERS:
+        raise BadRequest(f"sent_by must be one of {', '.join(SENDERS)}, got {sent_by!r}")
     slot_at = None
     if slot is not None:
         slot_at, (start, end) = scheduled_window(slot, interval)
     else:
         end = chicago_now().replace(microsecond=0)
         start = end - timedelta(seconds=settings.BATCH_INTERVAL_SECONDS)
+    batch_id = schedule_batch_id(slot_at) if slot_at is not None else run_batch_id(None, self.request.id)
     if rides is None and slot is not None:
         rides = settings.RIDES_PER_BATCH or expected_rides(start, (end - start).total_seconds() / 60)
     rides = check_count("rides", rides, settings.MAX_RIDES_PER_REQUEST)
@@ -182,6 +206,7 @@ def run_batch(
         fare_factor=world.fare_factor,
         slot=slot_at,
         chunk_size=settings.CHUNK_SIZE,
+        sent_by=sent_by if slot_at is not None else None,
     )
     if row["status"] == "succeeded":
         log.info("batch %s was already written (%s rows); nothing to do", batch_id, row["rows_written"])
@@ -264,12 +289,13 @@ def predict_chunk(
     """One chunk of a large batch; written once, whoever runs it and however often, with the
     version (and challenger) the batch was pinned to."""
     engine = runtime.engine()
+    row = writes.get_batch(engine, batch_id) if isinstance(batch_id, str) else None
+    if row is None:
+        raise BadRequest(f"batch {batch_id!r} is not recorded; predict_chunk belongs to a run_batch")
+    check_chunk(row, chunk_index, generated=True)
     if model_name and model_version:
         model = runtime.model(model_name, model_version)
     else:  # a message from before versions were pinned: pin now, like run_batch
-        row = writes.get_batch(engine, batch_id)
-        if row is None:
-            raise BadRequest(f"batch {batch_id!r} is not recorded; predict_chunk belongs to a run_batch")
         row, model = runtime.pinned_model(engine, row)
         challenger_version = row.get("challenger_version")
     result = batch.run_generated_chunk(
@@ -307,9 +333,21 @@ def score_rides(
         raise BadRequest(f"{len(checked.errors)} of {len(frame)} rides refused, nothing written: {shown}")
     if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= MAX_BATCH_ID):
         raise BadRequest(f"batch_id must be a string of 1 to {MAX_BATCH_ID} characters, got {batch_id!r}")
+    if isinstance(chunks_total, bool) or not isinstance(chunks_total, int) or chunks_total < 1:
+        raise BadRequest(f"chunks_total must be a whole number from 1, got {chunks_total!r}")
+    if isinstance(chunk_index, bool) or not isinstance(chunk_index, int) or not 0 <= chunk_index < chunks_total:
+        raise BadRequest(f"chunk_index must be a whole number from 0 to chunks_total - 1, got {chunk_index!r}")
     batch_id = given_batch_id(batch_id, self.request.id)
     engine = runtime.engine()
     ensure_schema(engine)
+    # Checked before anything is recorded: a chunk for somebody else's batch must not even touch its row.
+    existing = writes.get_batch(engine, batch_id)
+    if existing is not None:
+        check_chunk(existing, chunk_index, generated=False)
+        if existing["chunks_total"] != chunks_total:
+            raise BadRequest(
+                f"batch {batch_id} was planned with {existing['chunks_total']} chunk(s), this message says {chunks_total}"
+            )
     row = writes.start_batch(
         engine,
         batch_id=batch_id,
@@ -395,24 +433,20 @@ def update_quality(self: Task) -> dict:
         return {"skipped": "MONITORING is off"}
     engine = runtime.engine()
     now = datetime.now(UTC)
-    swept = 0
-    recent = now - quality.LOOKBACK
-    for batch_id in monitoring_store.unmonitored_batches(engine, recent, now - timedelta(minutes=2), limit=20):
-        try:
-            monitoring_batches.monitor_batch(
-                engine, batch_id, runtime.reference, chicago_now(), sample_rows=get_settings().MONITOR_SAMPLE_ROWS
-            )
-        except Exception as exc:
-            status = "waiting" if isinstance(exc, MONITOR_WAITS) else "failed"
-            _monitor_failed(engine, batch_id, status, f"{type(exc).__name__}: {exc}")
-        swept += 1
-    done = quality.update_quality(engine, chicago_now(), runtime.heldout_mae, runtime.reference, now_utc=now)
-    # A move of an alias behind the project's back is noticed even while no batch runs.
-    runtime.notice_aliases(engine)
-    compared = quality.refresh_comparisons(
-        engine, get_settings().MODEL_NAME, chicago_now(), since=now - quality.LOOKBACK
-    )
-    return {**done, "swept": swept, "comparisons": compared}
+    sample = get_settings().MONITOR_SAMPLE_ROWS
+    with pass_lock(engine, "update_quality") as held:
+        if not held:  # the previous pass still runs (beat sends one a minute): let it finish alone
+            return {"skipped": "another update_quality pass is running"}
+        swept = quality.sweep_unmonitored(engine, runtime.reference, chicago_now(), now, sample, waits=MONITOR_WAITS)
+        done = quality.update_quality(
+            engine, chicago_now(), runtime.heldout_mae, runtime.reference, now_utc=now, sample_rows=sample
+        )
+        # A move of an alias behind the project's back is noticed even while no batch runs.
+        runtime.notice_aliases(engine)
+        compared = quality.refresh_comparisons(
+            engine, get_settings().MODEL_NAME, chicago_now(), since=now - quality.LOOKBACK
+        )
+    return {**done, **swept, "comparisons": compared}
 
 
 @app.task(

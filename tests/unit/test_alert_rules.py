@@ -179,3 +179,16 @@ def test_the_live_accuracy_alert_is_the_degradation_rule_the_policy_and_the_repo
         expr,
     ).groups()
     assert float(factor) == 1 + ACCURACY_MARGIN and int(count) == MIN_OUTCOMES
+
+
+def test_the_drift_alerts_are_the_reports_drift_warnings():
+    """The report warns when the alerts would fire: their numbers are worker/monitor/overview.py's."""
+    from worker.monitor.overview import DRIFT_BATCHES, DRIFT_SHARE, RECENT, WINDOW_FRESH
+
+    rules = {(r["alert"], r["labels"].get("basis")): " ".join(r["expr"].split()) for r in alert_rules()}
+    batches = rules[("TaxiDatasetDrift", "batches")]
+    assert f"taxi_drifted_batches_last_hour >= {DRIFT_BATCHES} " in batches
+    assert f">= ignoring (status) {DRIFT_SHARE} * taxi_monitored_batches_last_hour" in batches
+    assert RECENT.total_seconds() == 3600  # the exporter's "last hour"
+    for key in (("TaxiDatasetDrift", "hour_window"), ("TaxiPredictionDrift", None)):
+        assert f"time() - taxi_hour_window_end_timestamp_seconds < {WINDOW_FRESH.total_seconds():.0f}" in rules[key]

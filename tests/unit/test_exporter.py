@@ -36,6 +36,7 @@ from worker.store.schema import (
     model_policy,
     ride_outcomes,
     ride_predictions,
+    window_column_drift,
     window_metrics,
 )
 
@@ -120,7 +121,9 @@ def fill(url: str, now: datetime) -> dict:
     """Batches, drift and accuracy with known answers; returns the times the exporter must report."""
     hour = timedelta(hours=1)
     current_slot = datetime.fromtimestamp((now.timestamp() // INTERVAL) * INTERVAL, UTC)
-    slots = [current_slot - timedelta(seconds=INTERVAL * k) for k in range(2, 12)]  # 10 slots, none of the newest two
+    # 9 slots, none of the newest two; the oldest at most 55 minutes old, so that it is still in "the last
+    # hour" however long the exporter takes to start (a slot at 59 minutes fell out of it in one run).
+    slots = [current_slot - timedelta(seconds=INTERVAL * k) for k in range(2, 11)]
     missing = {slots[3], slots[6]}  # never ran: missed
     schedule_rows = []
     for k, slot in enumerate(sorted(set(slots) - missing)):
@@ -135,8 +138,11 @@ def fill(url: str, now: datetime) -> dict:
                 "started_at": slot + timedelta(seconds=1),
                 "finished_at": slot + timedelta(seconds=3 + k),
                 "model_version": "2",
+                "sent_by": "beat",
             }
         )
+    # The newest slot was filled by a backfill (beat is dead): it is no heartbeat of beat's.
+    schedule_rows[-1]["sent_by"] = "backfill"
     newest_schedule = max(schedule_rows, key=lambda row: row["finished_at"])
     other_rows = [
         # an ad-hoc batch that succeeded 2 hours ago: counts for "last", not for "last hour"
@@ -202,6 +208,15 @@ def fill(url: str, now: datetime) -> dict:
         conn.execute(insert(column_drift), drift_rows)
         for row in windows:
             conn.execute(insert(window_metrics).values(**row))
+        # The newest ended hour's predicted durations drifted for v3 (slower traffic, say).
+        for version, moved in (("2", False), ("3", True)):
+            conn.execute(
+                insert(window_column_drift).values(
+                    window_end=window_end_local, window_minutes=60, model_version=version,
+                    column_name="predicted_duration", method="wasserstein", score=0.3 if moved else 0.01,
+                    threshold=0.1, drifted=moved,
+                )
+            )  # fmt: skip
         for row in accuracy:
             conn.execute(insert(daily_accuracy).values(**row))
         for row in moves:
@@ -232,7 +247,7 @@ def fill(url: str, now: datetime) -> dict:
     engine.dispose()
     return {
         "last_schedule": newest_schedule["finished_at"],
-        "last_slot": max(row["slot"] for row in schedule_rows),
+        "last_slot": max(row["slot"] for row in schedule_rows if row["sent_by"] == "beat"),
         "last_schedule_rows": newest_schedule["rows_written"],
         "last_schedule_seconds": (newest_schedule["finished_at"] - newest_schedule["started_at"]).total_seconds(),
         "window_end_utc": window_end_local.replace(tzinfo=CHICAGO).astimezone(UTC),
@@ -270,7 +285,7 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     assert value(found, "taxi_batch_last_duration_seconds", trigger="schedule") == pytest.approx(
         expected["last_schedule_seconds"]
     )
-    assert value(found, "taxi_batches_finished_last_hour", status="succeeded", trigger="schedule") == 8
+    assert value(found, "taxi_batches_finished_last_hour", status="succeeded", trigger="schedule") == 7
     assert value(found, "taxi_batches_finished_last_hour", status="succeeded", trigger="adhoc") == 0  # 2 h ago
     assert value(found, "taxi_batches_finished_last_hour", status="failed", trigger="adhoc") == 1
     assert value(found, "taxi_batches_finished_last_hour", status="failed", trigger="file") == 0
@@ -293,7 +308,7 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     assert value(found, "taxi_model_last_production_move_timestamp_seconds") == pytest.approx(
         expected["last_production_move"].timestamp()
     )
-    assert value(found, "taxi_rows_written_last_hour", trigger="schedule") == sum(100 + k for k in range(8))
+    assert value(found, "taxi_rows_written_last_hour", trigger="schedule") == sum(100 + k for k in range(7))
     assert value(found, "taxi_rows_written_last_hour", trigger="file") == 3
     assert value(found, "taxi_batches_unfinished", status="running") == 1
     assert value(found, "taxi_batches_unfinished", status="retrying") == 1
@@ -310,6 +325,7 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     # The newest 60-minute window, any version drifted; its Chicago-local end as a true instant.
     assert value(found, "taxi_hour_window_dataset_drift") == 1
     assert value(found, "taxi_hour_window_drifted_columns") == 4
+    assert value(found, "taxi_hour_window_prediction_drift") == 1
     assert value(found, "taxi_hour_window_end_timestamp_seconds") == expected["window_end_utc"].timestamp()
     assert expected["window_end_utc"].hour == 19  # 14:00 in Chicago in July is 19:00 UTC
 

@@ -10,7 +10,7 @@ import math
 import re
 import subprocess
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from matplotlib.dates import date2num
 from sqlalchemy import insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tests.support import REPO_ROOT
 from worker.cli.charts import LABEL_ROWS, event_label, label_rows
@@ -43,6 +44,8 @@ from worker.store.schema import (
     daily_accuracy,
     model_aliases,
     model_events,
+    ride_outcomes,
+    ride_predictions,
     shadow_comparisons,
     window_column_drift,
     window_metrics,
@@ -212,6 +215,27 @@ def _fill(engine) -> None:
         _batch(conn, "file-8d1c", None, started=NOW - timedelta(minutes=10), version="2")  # no window
         # A slot of three days ago, backfilled a minute ago: it belongs to its own day, not to this period.
         _batch(conn, "schedule-old", _slot(3 * 24 * 60), started=NOW - timedelta(minutes=1))
+        # Production v2 on the record, its 600 most recently known outcomes each 3.4 minutes off (held out: 2.0).
+        conn.execute(
+            sqlite_insert(model_aliases)
+            .values(model_name="m", alias="production", version="2", updated_at=NOW)
+            .on_conflict_do_nothing()
+        )
+        rides = [
+            {"trip_id": f"00000000-0000-4000-8000-{k:012d}", "trip_start_timestamp": to_chicago(_slot(30)),
+             "fare": 9.0, "trip_miles": 2.0, "predicted_duration": 13.4, "model_name": "m", "model_version": "2",
+             "batch_id": f"schedule-{_slot(30).isoformat()}"}
+            for k in range(600)
+        ]  # fmt: skip
+        conn.execute(insert(ride_predictions), rides)
+        conn.execute(
+            insert(ride_outcomes),
+            [
+                {"trip_id": r["trip_id"], "actual_duration": 10.0, "observed_at": to_chicago(_slot(20)),
+                 "source": "generated", "known_at": NOW - timedelta(minutes=20)}
+                for r in rides
+            ],
+        )  # fmt: skip
         _window(conn, to_chicago(_slot(0)) - timedelta(hours=1, minutes=to_chicago(_slot(0)).minute), drifted=0)
         _window(conn, to_chicago(_slot(0)) - timedelta(minutes=to_chicago(_slot(0)).minute), drifted=4, version="2")
         today = to_chicago(NOW).date()
@@ -315,7 +339,7 @@ def _fill_lifecycle(engine) -> None:
                 error="MlflowException: 403 Permission denied" if status == "failed" else None,
             )  # fmt: skip
         conn.execute(
-            insert(model_aliases),
+            sqlite_insert(model_aliases).on_conflict_do_nothing(),
             [
                 {"model_name": "m", "alias": "production", "version": "2", "updated_at": NOW},
                 {"model_name": "m", "alias": "challenger", "version": "4", "updated_at": NOW},
@@ -360,18 +384,18 @@ def _daily(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["day", "model_version", "outcomes", "mae", "heldout_mae"])
 
 
-def test_accuracy_warns_only_past_the_margin_over_enough_outcomes():
-    day = date(2026, 11, 27)
+def test_accuracy_warns_by_the_alerts_and_the_policys_rule():
+    from worker.monitor.degradation import RecentAccuracy
+
     limit = 2.0 * (1 + ACCURACY_MARGIN)
-    assert accuracy_alerts(_daily([(day, "1", MIN_OUTCOMES, limit - 0.01, 2.0)])) == []
-    assert accuracy_alerts(_daily([(day, "1", MIN_OUTCOMES - 1, 9.0, 2.0)])) == []  # too few outcomes to say
-    assert accuracy_alerts(_daily([(day, "1", 5000, 9.0, None)])) == []  # nothing promised to compare with
-    # The latest day with enough outcomes counts: yesterday's bad day is over, today's small day is not enough.
-    assert accuracy_alerts(_daily([(day - timedelta(1), "1", 900, 9.0, 2.0), (day, "1", 900, 2.1, 2.0)])) == []
-    assert accuracy_alerts(_daily([(day - timedelta(1), "1", 900, 2.1, 2.0), (day, "1", 30, 9.0, 2.0)])) == []
-    (alert,) = accuracy_alerts(_daily([(day, "1", 300, 2.1, 2.0), (day, "7", MIN_OUTCOMES, limit + 0.01, 2.0)]))
-    assert alert.kind == "accuracy" and alert.text.startswith("model v7: live MAE 2.51 min on 2026-11-27")
-    assert "25.5% above its held-out MAE 2.00 min" in alert.text
+    at = datetime(2026, 11, 27, 18, tzinfo=UTC)
+    assert accuracy_alerts(None) == []
+    assert accuracy_alerts(RecentAccuracy("1", MIN_OUTCOMES, limit, 2.0, at)) == []  # at the margin: not above it
+    assert accuracy_alerts(RecentAccuracy("1", MIN_OUTCOMES - 1, 9.0, 2.0, at)) == []  # too few outcomes to say
+    assert accuracy_alerts(RecentAccuracy("1", 5000, 9.0, None, at)) == []  # nothing promised to compare with
+    (alert,) = accuracy_alerts(RecentAccuracy("7", MIN_OUTCOMES, limit + 0.01, 2.0, at))
+    assert alert.kind == "accuracy" and alert.text.startswith("production v7: live MAE 2.51 min over its 500 most")
+    assert "25.5% above its held-out MAE 2.00 min" in alert.text and "TaxiLiveMaeWorseThanHeldout" in alert.text
 
 
 def test_lines_break_over_gaps_of_more_than_two_slots():
@@ -403,13 +427,13 @@ def test_a_period_holds_the_batches_whose_rides_it_covers_and_warns_about_what_n
     assert failed.text.startswith("1 failed batch in the period")
     assert "server closed the connection" in failed.items[0]
     assert missed.text.startswith("2 missed beat slots, ") and missed.text.endswith(" Chicago time")
-    assert accuracy.text.startswith("model v2: live MAE 3.40 min")  # v1's bad day was yesterday
-    assert windows.text == "dataset drift in 1 hour window of the last 3 h"
+    assert accuracy.text.startswith("production v2: live MAE 3.40 min over its 600 most recently known outcomes")
+    assert windows.text == "dataset drift in the last clock hour that has ended"
     assert (
         "(v2, 1200 rides): 4 of 6 columns drifted (dropoff_community_area, fare, pickup_community_area, trip_miles)"
         in windows.items[0]
     )
-    assert batches.text == "dataset drift in 9 of 21 monitored batches of the last 3 h"
+    assert batches.text == "dataset drift in 9 of 9 monitored batches of the last 1 h"
     assert broken.text.startswith("monitoring failed for 1 batch") and "ValueError: bad <b>" in broken.items[0]
     assert "`python -m worker reference --version 0`" in no_reference.text
 
@@ -418,7 +442,7 @@ def test_the_page_draws_every_chart_and_escapes_what_the_database_holds(database
     settings, engine = database
     _fill(engine)
     out = settings.LOCAL_DIR / "report.html"
-    written = make_report(settings, timedelta(hours=24), out, now=NOW)
+    written = make_report(settings.model_copy(update={"MODEL_NAME": "m"}), timedelta(hours=24), out, now=NOW)
     page = out.read_text()
     assert written.size == len(page.encode()) and written.charts_with_data == 5 and written.alerts == 7
     for key in ("batches", "predictions", "drift", "accuracy", "versions"):
@@ -668,3 +692,23 @@ def test_bad_options_are_refused_in_one_line(args, message, tmp_path):
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
     assert not list(tmp_path.glob("*.html"))
+
+
+def test_prediction_drift_of_an_hour_is_a_warning_even_without_dataset_drift() -> None:
+    from worker.monitor.overview import prediction_drift_alerts
+
+    end = datetime(2026, 11, 27, 11, 0)
+    rows = pd.DataFrame(
+        [
+            {"window_end": end, "window_start": end - timedelta(hours=1), "model_version": "1", "column_name": column,
+             "method": "wasserstein", "score": score, "threshold": 0.1, "drifted": score >= 0.1}
+            for column, score in (("fare", 0.04), ("trip_miles", 0.01), ("predicted_duration", 0.31))
+        ]
+    )  # fmt: skip
+    (alert,) = prediction_drift_alerts(rows, end - timedelta(minutes=90), end + timedelta(minutes=20))
+    assert alert.kind == "drift" and alert.text.startswith("prediction drift in the last clock hour that has ended")
+    assert alert.items == ("2026-11-27 10:00–11:00 (v1): wasserstein 0.31 against 0.1",)
+    calm = rows.assign(drifted=False)
+    assert prediction_drift_alerts(calm, end - timedelta(minutes=90), end + timedelta(minutes=20)) == []
+    assert prediction_drift_alerts(rows, end, end + timedelta(hours=2)) == []  # stale: ended over 90 minutes ago
+    assert prediction_drift_alerts(rows, end - timedelta(minutes=90), end - timedelta(minutes=1)) == []  # in progress

@@ -40,7 +40,9 @@ class BackfillPlan:
 
 
 def batch_id_of(slot: datetime) -> str:
-    return f"schedule-{slot.isoformat()}"
+    from worker.beat import schedule_batch_id
+
+    return schedule_batch_id(slot)
 
 
 def plan_backfill(
@@ -86,7 +88,7 @@ def send_slots(
     max_queued: int = DEFAULT_MAX_QUEUED,
     progress: Callable[[int, int], None] | None = None,
     queued: Callable[[], int] = queue_length,
-    before_send: Callable[[datetime], None] | None = None,
+    send: Callable[[datetime], str] | None = None,
     stall_seconds: float = 600.0,
 ) -> list[str]:
     """Send each slot, waiting while `max_queued` or more messages are still waiting for a worker.
@@ -103,9 +105,7 @@ def send_slots(
                     f"sent {len(sent)} of {len(slots)} slots (is a worker running? then run the same backfill again)"
                 )
             time.sleep(0.2)
-        if before_send is not None:
-            before_send(slot)
-        sent.append(dispatch_slot(slot, interval, rides, world))
+        sent.append(send(slot) if send is not None else dispatch_slot(slot, interval, rides, world, sent_by="backfill"))
         if progress is not None:
             progress(done, len(slots))
     return sent
@@ -177,11 +177,17 @@ def run_backfill(
         f"{len(plan.to_send)} to send, {len(plan.already_written)} already written, {len(plan.in_flight)} in flight"
     )
 
-    def reopen(slot: datetime) -> None:
-        # A failed slot shows as retrying until a worker runs it again, so --wait does not count
-        # the old failure as this backfill's result (and it counts one more attempt).
-        if slot in plan.failed:
-            writes.mark_rerun(engine, batch_id_of(slot), "backfill requested")
+    def send(slot: datetime) -> str:
+        """A failed slot shows as retrying until a worker runs it again, so --wait does not count the
+        old failure as this backfill's result; if it cannot be sent, it is put back exactly as it was
+        (else later backfills would skip it as in flight, for ever)."""
+        before = writes.reopen_batch(engine, batch_id_of(slot), "backfill requested") if slot in plan.failed else None
+        try:
+            return dispatch_slot(slot, interval, rides, world, sent_by="backfill")
+        except Exception:
+            if before is not None:
+                writes.undo_reopen(engine, batch_id_of(slot), before)
+            raise
 
     sent: list[str] = []
     if plan.to_send:
@@ -194,7 +200,7 @@ def run_backfill(
                 world,
                 max_queued,
                 update,
-                before_send=reopen,
+                send=send,
                 stall_seconds=min(timeout, 600.0),
             )
         finally:

@@ -11,7 +11,8 @@ ERROR_CHARS = 60
 
 
 def _took(row: dict[str, Any]) -> str:
-    """How long the latest attempt took (a rerun hours later is not hours of work)."""
+    """How long the latest attempt took (a rerun hours later is not hours of work): as
+    worker/store/history.py's attempt_started defines it for every reader."""
     started = row.get("attempt_started_at") or row["started_at"]
     if row["finished_at"] is None or started is None:
         return ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from worker.beat import RUN_BATCH
@@ -49,13 +49,22 @@ def dispatch_batch(
     return task_id, f"adhoc-{task_id}"
 
 
-def dispatch_slot(slot: datetime, interval: float, rides: int | None, world: World = CALIBRATED) -> str:
-    """Send run_batch for one beat slot exactly as beat would (same kwargs, same batch id)."""
+def dispatch_slot(
+    slot: datetime, interval: float, rides: int | None, world: World = CALIBRATED, sent_by: str = "backfill"
+) -> str:
+    """Send run_batch for one beat slot as beat would (same kwargs, same batch id), saying who sent it."""
+    from worker.beat import schedule_batch_id
     from worker.celery_app import app
 
-    kwargs = {"rides": rides, "interval": interval, "slot": slot.isoformat(), **world_kwargs(world)}
+    kwargs = {
+        "rides": rides,
+        "interval": interval,
+        "slot": slot.astimezone(UTC).isoformat(),
+        "sent_by": sent_by,
+        **world_kwargs(world),
+    }
     app.send_task(RUN_BATCH, kwargs=kwargs)
-    return f"schedule-{slot.isoformat()}"
+    return schedule_batch_id(slot)
 
 
 def queue_lengths() -> dict[str, int]:

@@ -309,8 +309,8 @@ class TaxiCollector(Collector):
         if state.last_slot is not None:
             slot = gauge(
                 "taxi_batch_last_slot_timestamp_seconds",
-                "The newest beat slot whose batch succeeded: beat's heartbeat (a backfill of past slots does not "
-                "move it forward).",
+                "The newest slot beat itself sent whose batch succeeded: beat's heartbeat (backfills and reruns, "
+                "however recent their slots, do not move it).",
             )
             slot.add_metric([], state.last_slot.timestamp())
             yield slot
@@ -438,6 +438,13 @@ class TaxiCollector(Collector):
                 )
                 window.add_metric([], float(state.hour_window_dataset_drift))
                 yield window
+            if state.hour_window_prediction_drift is not None:
+                predicted = gauge(
+                    "taxi_hour_window_prediction_drift",
+                    "1 if the predicted duration drifted in the newest ended clock-hour window (any model version).",
+                )
+                predicted.add_metric([], float(state.hour_window_prediction_drift))
+                yield predicted
             if state.hour_window_drifted_columns is not None:
                 columns = gauge(
                     "taxi_hour_window_drifted_columns", "Columns that drifted in the newest ended hour window."

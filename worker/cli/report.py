@@ -26,8 +26,11 @@ from worker.cli.errors import UsageError
 from worker.cli.status import fill_command
 from worker.monitor.overview import (
     ACCURACY_MARGIN,
+    DRIFT_BATCHES,
+    DRIFT_SHARE,
     MIN_OUTCOMES,
     RECENT,
+    WINDOW_FRESH,
     Alert,
     ChallengerView,
     ModelAliases,
@@ -125,9 +128,10 @@ def _warnings(overview: Overview) -> str:
             "failed to score.</p>"
         )
     rules = (
-        f"Accuracy warns when a version's live MAE on its latest day with at least {MIN_OUTCOMES} outcomes is more "
-        f"than {ACCURACY_MARGIN:.0%} above its held-out MAE; drift counts as current for the last "
-        f"{RECENT.total_seconds() / 3600:g} h."
+        f"Warnings follow the alert rules: accuracy when production's MAE over its most recently known outcomes "
+        f"is more than {ACCURACY_MARGIN:.0%} above its held-out MAE on at least {MIN_OUTCOMES}; drift when at least "
+        f"{DRIFT_BATCHES} and {DRIFT_SHARE:.0%} of the batches of the last {RECENT.total_seconds() / 3600:g} h drifted, "
+        f"or the last ended hour window did (at most {WINDOW_FRESH.total_seconds() / 60:.0f} minutes ago)."
     )
     return (
         f'<section id="warnings" data-alerts="{len(overview.alerts)}"><h2>Warnings</h2>'
@@ -309,11 +313,11 @@ def default_output(settings: Settings) -> Path:
 
 def make_report(settings: Settings, period: timedelta, output: Path, now: datetime | None = None) -> Written:
     """Read the period before `now` from the configured database, draw it, and write `output`."""
-    from worker.beat import slot_start
     from worker.cli.charts import all_charts
     from worker.model.registry import CHALLENGER_ALIAS
     from worker.monitor.overview import collect
     from worker.store.database import ensure_schema, get_engine
+    from worker.store.history import settled_until
 
     if period > MAX_PERIOD:
         raise UsageError(f"--since reaches back more than {MAX_PERIOD.days // 365} years")
@@ -329,8 +333,9 @@ def make_report(settings: Settings, period: timedelta, output: Path, now: dateti
         now,
         period,
         settings.BATCH_INTERVAL_SECONDS,
-        slot_start(settings.BATCH_INTERVAL_SECONDS, now.timestamp()),
+        settled_until(now, settings.BATCH_INTERVAL_SECONDS),
         ModelAliases(settings.MODEL_NAME, settings.MODEL_ALIAS, CHALLENGER_ALIAS),
+        settings.POLICY_WINDOW_OUTCOMES,
     )
     charts = all_charts(overview)
     size = write_atomically(output, render_html(overview, charts, redact(settings.database_url)))

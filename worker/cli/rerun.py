@@ -45,15 +45,15 @@ def rerun_batch(settings: Settings, engine: Engine, batch_id: str, now: datetime
     world = World(float(row["speed_factor"]), float(row["fare_factor"]))
     rides = int(row["rides_requested"])
     # Shown as retrying from now on, so `--wait` and `batches` never mistake the old failure for the rerun's.
-    writes.mark_rerun(engine, batch_id, f"rerun requested (was {status}: {row['error'] or 'no error'})")
+    before = writes.reopen_batch(engine, batch_id, f"rerun requested (was {status}: {row['error'] or 'no error'})")
     try:
         if batch_id.startswith("schedule-"):
             slot = datetime.fromisoformat(batch_id.removeprefix("schedule-"))
             interval = (row["window_end"] - row["window_start"]).total_seconds()
-            return dispatch_slot(slot, interval, rides, world)
+            return dispatch_slot(slot, interval, rides, world, sent_by="rerun")
         _, sent = dispatch_batch(rides, int(row["seed"]), world, task_id=batch_id.removeprefix("adhoc-"))
         return sent
-    except Exception:  # nothing was sent: put the batch back as it was
-        writes.mark_rerun(engine, batch_id, "", undo=True)
-        writes.mark_batch(engine, batch_id, status, row["error"])
+    except Exception:  # nothing was sent: put the batch back exactly as it was
+        if before is not None:
+            writes.undo_reopen(engine, batch_id, before)
         raise

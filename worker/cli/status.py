@@ -23,14 +23,11 @@ def _check(settings: Settings, probe: Callable[[], dict[str, Any]]) -> dict[str,
 
 
 def missed_in_last_day(settings: Settings, engine: Engine) -> list[datetime]:
-    """Beat slots of the last 24 hours that never ran (the current slot is still beat's)."""
-    from worker.beat import slot_start
-    from worker.store.history import missed_slots
+    """Beat slots of the last 24 hours that never ran (the current slot and the one before it are
+    still beat's and the workers': worker/store/history.py's one cut-off)."""
+    from worker.store import history
 
-    now = datetime.now(UTC)
-    return missed_slots(
-        engine, settings.BATCH_INTERVAL_SECONDS, now - timedelta(days=1), slot_start(settings.BATCH_INTERVAL_SECONDS)
-    )
+    return history.missed_in_last_day(engine, settings.BATCH_INTERVAL_SECONDS, datetime.now(UTC))
 
 
 def fill_command(missed: list[datetime], interval: float) -> str:

@@ -25,6 +25,7 @@ from worker.monitor.drift import (
 )
 from worker.rides.generator import RIDE_COLUMNS
 from worker.store import monitoring, writes
+from worker.store.locks import window_lock
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def monitor_batch(
         _drift_rows(found),
     )
     if run["window_end"] is not None and run["trigger"] == "schedule":
-        monitor_window(engine, run["window_end"], run["model_name"], run["model_version"], references)
+        monitor_window(engine, run["window_end"], run["model_name"], run["model_version"], references, sample_rows)
     return BatchReport(batch_id, "ok", total, found)
 
 
@@ -125,15 +126,30 @@ def hour_of(moment: datetime) -> tuple[datetime, datetime]:
 
 
 def monitor_window(
-    engine: Engine, window_end: datetime, model_name: str, model_version: str, references: ReferenceLookup
+    engine: Engine,
+    window_end: datetime,
+    model_name: str,
+    model_version: str,
+    references: ReferenceLookup,
+    sample_rows: int | None = None,
 ) -> DatasetDrift | None:
     """Recompute the drift of the clock hour holding `window_end` (its scheduled batches of one version
-    so far; ad-hoc batches are one-offs and stay out of the schedule's windows)."""
+    so far; ad-hoc batches are one-offs and stay out of the schedule's windows), on at most
+    `sample_rows` of its rides. One monitor at a time per window: the read and the write happen under
+    the window's lock, so monitors of one hour's batches running together (a backfill) cannot leave
+    it computed from a subset of them."""
     start, end = hour_of(window_end)
     reference = references(model_name, model_version)
     if reference is None:
         return None
-    rows, batches = monitoring.window_rows(engine, start, end, model_version)
+    with window_lock(engine, f"window:{end.isoformat()}:{WINDOW_MINUTES}:{model_version}"):
+        return _recompute_window(engine, start, end, model_version, reference, sample_rows)
+
+
+def _recompute_window(
+    engine: Engine, start: datetime, end: datetime, model_version: str, reference, sample_rows: int | None
+) -> DatasetDrift | None:
+    rows, batches = monitoring.window_rows(engine, start, end, model_version, sample=sample_rows)
     if rows.empty:
         return None
     compared, label = reference_for_window(reference, start, end)
@@ -146,7 +162,9 @@ def monitor_window(
             "model_version": model_version,
             "window_start": start,
             "batches": batches,
-            "rows": len(rows),
+            "rows": monitoring.window_row_count(engine, start, end, model_version)
+            if sample_rows and len(rows) >= sample_rows
+            else len(rows),
             "columns_checked": found.counted,
             "drifted_columns": found.drifted,
             "dataset_drift": found.dataset_drift,

@@ -9,11 +9,14 @@ above 1 means drifted, 10 means ten times past the threshold, whichever the test
 The warnings' thresholds are module constants, named here once so that the report, the README and
 the alert rules of the Prometheus issue say the same thing:
 
-- ACCURACY_MARGIN, MIN_OUTCOMES: a model version's live MAE of its latest Chicago day with at least
-  MIN_OUTCOMES observed outcomes is more than ACCURACY_MARGIN (25 %) above the MAE it scored on
-  held-out rides at training (daily_accuracy.mae > 1.25 x daily_accuracy.heldout_mae);
-- RECENT: dataset drift counts as current for hour windows and batches whose rides ended in the
-  last three hours.
+- accuracy: production is degraded by worker/monitor/degradation.py's rule (the one of the alert
+  TaxiLiveMaeWorseThanHeldout and of the model policy): over its POLICY_WINDOW_OUTCOMES most
+  recently known outcomes, its MAE is more than ACCURACY_MARGIN (25 %) above its held-out MAE, on
+  at least MIN_OUTCOMES (500);
+- drift, as the alerts TaxiDatasetDrift and TaxiPredictionDrift say it: at least DRIFT_BATCHES and
+  at least DRIFT_SHARE of the batches of the last RECENT (one hour) drifted; the newest hour window
+  that has ended, if it ended at most WINDOW_FRESH (90 minutes) ago, drifted (its dataset, or its
+  predicted durations). tests/unit/test_alert_rules.py holds the rule file to these constants.
 
 The model's life cycle is on the same axis: the period's model events (`model_events`), of which
 PRODUCTION_MOVES and CHALLENGER_MOVES are drawn as annotations on the charts (the Grafana
@@ -32,13 +35,15 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from worker.monitor import paired
+from worker.monitor.degradation import ACCURACY_MARGIN, MIN_OUTCOMES, RecentAccuracy, degraded, recent_accuracy
 from worker.monitor.drift import DATASET_COLUMNS
 from worker.rides.generator import CHICAGO
 from worker.store import events, evidence, history, timelines
 
-ACCURACY_MARGIN = 0.25  # live MAE may be this much worse than held-out (25 %) before a warning
-MIN_OUTCOMES = 200  # ... over at least this many observed outcomes of one day and version
-RECENT = timedelta(hours=3)  # how far back dataset drift counts as current
+DRIFT_BATCHES = 3  # batches of the last hour that must have drifted ...
+DRIFT_SHARE = 0.5  # ... and their share of the hour's monitored batches
+WINDOW_FRESH = timedelta(minutes=90)  # an ended hour window counts this long after its end
+RECENT = timedelta(hours=1)  # the batches whose drift counts as current (the alert's last hour)
 P_VALUE_METHODS = frozenset({"ks", "chisquare"})  # drift when score < threshold
 DISTANCE_METHODS = frozenset({"wasserstein", "jensenshannon"})  # drift when score >= threshold
 MARGIN_CAP = 1000.0  # a p-value of 0 would be infinitely far past the threshold; drawn at the cap
@@ -95,6 +100,7 @@ class Overview:
     window_drift: pd.DataFrame  # per hour window and column, + `window_start`, `margin`
     daily: pd.DataFrame  # daily_accuracy rows of the period
     missed: list[datetime] = field(default_factory=list)  # UTC beat slots that never ran
+    production: RecentAccuracy | None = None  # production's recent live accuracy (degradation's rule)
     alerts: list[Alert] = field(default_factory=list)
     events: pd.DataFrame = field(default_factory=lambda: empty_events())  # + `local`, `kind` (see classify)
     challenger: ChallengerView = ChallengerView(None, None, current=False)
@@ -211,10 +217,11 @@ def collect(
     interval_seconds: float,
     until_slot: datetime,
     aliases: ModelAliases,
+    window: int = 1000,
 ) -> Overview:
-    """Everything the report shows for the `period` before `now` (UTC); `until_slot` is the current
-    beat slot (still beat's to send, so not missed yet); `aliases` names the model whose events and
-    challenger are shown."""
+    """Everything the report shows for the `period` before `now` (UTC); slots before `until_slot` can be
+    missed (history.settled_until); `aliases` names the model whose events and challenger are shown;
+    `window` is POLICY_WINDOW_OUTCOMES (production's recent accuracy)."""
     since = now - period
     since_local = to_chicago(since)
     batches = timelines.batches_since(engine, since_local, since)
@@ -256,9 +263,23 @@ def collect(
         missed=missed,
         events=model_events(engine, aliases, since, now),
         challenger=challenger_view(engine, aliases),
+        production=production_accuracy(engine, aliases, daily, window, now),
     )
     overview.alerts.extend(alerts(overview))
     return overview
+
+
+def production_accuracy(
+    engine: Engine, aliases: ModelAliases, daily: pd.DataFrame, window: int, now: datetime
+) -> RecentAccuracy | None:
+    """Production (as the record has it) over its most recently known outcomes, beside its held-out MAE
+    (as the quality pass stored it for the version)."""
+    version = events.alias_on_record(engine, aliases.name, aliases.production)
+    if version is None:
+        return None
+    promised = daily[(daily["model_version"] == version) & daily["heldout_mae"].notna()]
+    heldout = float(promised.sort_values("day")["heldout_mae"].iloc[-1]) if not promised.empty else None
+    return recent_accuracy(engine, version, heldout, window, now)
 
 
 def alerts(overview: Overview) -> list[Alert]:
@@ -268,8 +289,9 @@ def alerts(overview: Overview) -> list[Alert]:
         *failed_batches(overview.batches),
         *missed_slots(overview.missed),
         *moved_outside_alerts(overview.events),
-        *accuracy_alerts(overview.daily),
-        *window_drift_alerts(overview.windows, overview.window_drift, now_local - RECENT),
+        *accuracy_alerts(overview.production),
+        *window_drift_alerts(overview.windows, overview.window_drift, now_local - WINDOW_FRESH, now_local),
+        *prediction_drift_alerts(overview.window_drift, now_local - WINDOW_FRESH, now_local),
         *batch_drift_alerts(overview.batches, overview.column_drift, now_local - RECENT),
         *monitoring_alerts(overview.batches),
         *shadow_alerts(overview.batches),
@@ -368,27 +390,20 @@ def shadow_alerts(batches: pd.DataFrame) -> list[Alert]:
     ]
 
 
-def accuracy_alerts(
-    daily: pd.DataFrame, margin: float = ACCURACY_MARGIN, min_outcomes: int = MIN_OUTCOMES
-) -> list[Alert]:
-    """Per model version: its latest day with at least `min_outcomes` outcomes, if its MAE is more
-    than `margin` above the version's held-out MAE."""
-    counted = daily[(daily["outcomes"] >= min_outcomes) & daily["heldout_mae"].notna() & daily["mae"].notna()]
-    found = []
-    for version, rows in counted.groupby("model_version", sort=True):
-        latest = rows.sort_values("day").iloc[-1]
-        limit = (1 + margin) * latest["heldout_mae"]
-        if latest["mae"] > limit:
-            worse = latest["mae"] / latest["heldout_mae"] - 1
-            found.append(
-                Alert(
-                    "accuracy",
-                    f"model v{version}: live MAE {latest['mae']:.2f} min on {latest['day']} "
-                    f"({int(latest['outcomes'])} outcomes) is {worse:.1%} above its held-out MAE "
-                    f"{latest['heldout_mae']:.2f} min (warning above {margin:.0%}, from {min_outcomes} outcomes)",
-                )
-            )
-    return found
+def accuracy_alerts(production: RecentAccuracy | None) -> list[Alert]:
+    """Production degraded, by the one rule (worker/monitor/degradation.py) the alert and the policy use."""
+    if production is None or not degraded(production):
+        return []
+    worse = production.mae / production.heldout_mae - 1
+    return [
+        Alert(
+            "accuracy",
+            f"production v{production.version}: live MAE {production.mae:.2f} min over its {production.outcomes} most "
+            f"recently known outcomes is {worse:.1%} above its held-out MAE {production.heldout_mae:.2f} min "
+            f"(degraded above {ACCURACY_MARGIN:.0%}, from {MIN_OUTCOMES} outcomes: the rule of "
+            "TaxiLiveMaeWorseThanHeldout and of the model policy)",
+        )
+    ]
 
 
 def _drifted_columns(window_drift: pd.DataFrame, window_end: datetime, version: str) -> list[str]:
@@ -400,22 +415,51 @@ def _drifted_columns(window_drift: pd.DataFrame, window_end: datetime, version: 
     return sorted(rows["column_name"])
 
 
-def window_drift_alerts(windows: pd.DataFrame, window_drift: pd.DataFrame, since_local: datetime) -> list[Alert]:
-    recent = windows[(windows["window_end"] > since_local) & windows["dataset_drift"].eq(True)]
+def _newest_ended(frame: pd.DataFrame, fresh_since: datetime, now_local: datetime) -> pd.DataFrame:
+    """The rows of the newest hour window that has ended by `now_local`, if it ended after `fresh_since`
+    (the hour in progress is as noisy as a batch; a window older than that is stale)."""
+    ended = frame[frame["window_end"] <= now_local]
+    if ended.empty:
+        return ended
+    newest = ended["window_end"].max()
+    return ended[(ended["window_end"] == newest) & (ended["window_end"] > fresh_since)]
+
+
+def window_drift_alerts(
+    windows: pd.DataFrame, window_drift: pd.DataFrame, fresh_since: datetime, now_local: datetime
+) -> list[Alert]:
+    """The newest ended hour window drifted (any version): TaxiDatasetDrift's hour-window rule."""
+    recent = _newest_ended(windows, fresh_since, now_local)
+    recent = recent[recent["dataset_drift"].eq(True)]
     if recent.empty:
         return []
-    recent = recent.sort_values("window_end", ascending=False)
     items = [
         f"{row.window_start:%Y-%m-%d %H:%M}–{row.window_end:%H:%M} (v{row.model_version}, {row.rows} rides): "
         f"{row.drifted_columns} of {row.columns_checked} columns drifted "
         f"({', '.join(_drifted_columns(window_drift, row.window_end, row.model_version))})"
         for row in recent.itertuples()
     ]
+    return [Alert("drift", "dataset drift in the last clock hour that has ended", _more(items, len(items)))]
+
+
+def prediction_drift_alerts(window_drift: pd.DataFrame, fresh_since: datetime, now_local: datetime) -> list[Alert]:
+    """The predicted durations of the newest ended hour window drifted (TaxiPredictionDrift's rule): the
+    first sign of a changed world, hours before outcomes arrive, even where dataset drift is silent."""
+    predicted = window_drift[window_drift["column_name"] == "predicted_duration"]
+    moved = _newest_ended(predicted, fresh_since, now_local)
+    moved = moved[moved["drifted"].eq(True)]
+    if moved.empty:
+        return []
+    items = [
+        f"{row.window_start:%Y-%m-%d %H:%M}–{row.window_end:%H:%M} (v{row.model_version}): {row.method} "
+        f"{row.score:.3g} against {row.threshold:g}"
+        for row in moved.itertuples()
+    ]
     return [
         Alert(
             "drift",
-            f"dataset drift in {len(recent)} hour window{'s' if len(recent) > 1 else ''} "
-            f"of the last {RECENT.total_seconds() / 3600:g} h",
+            "prediction drift in the last clock hour that has ended: the predicted durations moved (a changed "
+            "world shows here before any outcome)",
             _more(items, len(items)),
         )
     ]
@@ -424,7 +468,8 @@ def window_drift_alerts(windows: pd.DataFrame, window_drift: pd.DataFrame, since
 def batch_drift_alerts(batches: pd.DataFrame, column_drift: pd.DataFrame, since_local: datetime) -> list[Alert]:
     recent = batches[(batches["at"] > since_local) & batches["dataset_drift"].notna()]
     drifted = recent[recent["dataset_drift"].eq(True)].sort_values("at", ascending=False)
-    if drifted.empty:
+    # TaxiDatasetDrift's batch rule: a slot drifts by chance a few % of the time, a majority does not.
+    if len(drifted) < DRIFT_BATCHES or len(drifted) < DRIFT_SHARE * len(recent):
         return []
     counted = column_drift[column_drift["drifted"].eq(True) & column_drift["column_name"].isin(DATASET_COLUMNS)]
     columns = counted.groupby("batch_id")["column_name"].agg(sorted)

@@ -38,10 +38,19 @@ HeldoutLookup = Callable[[str, str], float | None]
 LOOKBACK = timedelta(hours=6)  # made-up trips last at most 3 h; files get theirs through `outcomes`
 
 
-def update_batch(engine: Engine, batch_id: str, known_at: datetime, references: ReferenceLookup | None = None) -> dict:
+def update_batch(
+    engine: Engine,
+    batch_id: str,
+    known_at: datetime,
+    references: ReferenceLookup | None = None,
+    sample_rows: int | None = None,
+) -> dict:
     """Fill the batch's quality columns from the outcomes known at `known_at` (Chicago local), and
-    its target drift once all its outcomes are in. A registry that cannot be asked for the reference
-    leaves the target drift for a later pass (RegistryDown), never the quality figures."""
+    its target drift once all its outcomes are in (on at most `sample_rows` of its rides). A
+    registry that cannot be asked for the reference leaves the target drift for a later pass
+    (RegistryDown), never the quality figures. `changed` in the result says whether more outcomes
+    are known than the last pass counted."""
+    before = monitoring.get_batch_metrics(engine, batch_id)
     found = monitoring.batch_quality(engine, batch_id, known_at)
     values = {
         "outcomes": int(found["outcomes"] or 0),
@@ -53,20 +62,22 @@ def update_batch(engine: Engine, batch_id: str, known_at: datetime, references: 
     metrics = monitoring.get_batch_metrics(engine, batch_id)
     if references is not None and metrics and values["outcomes"] and values["outcomes"] >= (metrics["rows"] or 0):
         try:
-            _target_drift(engine, batch_id, known_at, references)
+            _target_drift(engine, batch_id, known_at, references, sample_rows)
         except REGISTRY_ERRORS as exc:
             raise RegistryDown(f"target drift of {batch_id} waits for the registry: {exc}") from exc
-    return values
+    return {**values, "changed": before is None or before["outcomes"] != values["outcomes"]}
 
 
-def _target_drift(engine: Engine, batch_id: str, known_at: datetime, references: ReferenceLookup) -> None:
+def _target_drift(
+    engine: Engine, batch_id: str, known_at: datetime, references: ReferenceLookup, sample_rows: int | None = None
+) -> None:
     run = writes.get_batch(engine, batch_id)
     if run is None or not run["model_version"]:
         return
     reference = references(run["model_name"], run["model_version"])
     if reference is None or TARGET not in reference:
         return
-    rows = monitoring.batch_rows(engine, batch_id, known_at)
+    rows = monitoring.batch_rows(engine, batch_id, known_at, sample=sample_rows)
     compared, _ = reference_for_window(reference, run["window_start"], run["window_end"])
     found = column_drift(TARGET, compared, rows)
     monitoring.save_target_drift(
@@ -112,6 +123,9 @@ def update_days(engine: Engine, days: list[date], known_at: datetime, heldout: H
     return written
 
 
+MAX_DAYS_PER_PASS = 31  # the newest days a pass recomputes; a file of old trips spreads over hundreds
+
+
 def update_quality(
     engine: Engine,
     known_at: datetime,
@@ -119,23 +133,70 @@ def update_quality(
     references: ReferenceLookup | None = None,
     batch_ids: list[str] | None = None,
     now_utc: datetime | None = None,
+    sample_rows: int | None = None,
 ) -> dict:
-    """One pass: every recent batch still waiting for outcomes (or the given ones), then their days.
-    After the first registry failure the pass stops asking the registry (each try can take many
-    seconds against a host that drops packets) and leaves target drift for the next pass."""
+    """One pass: every recent batch still waiting for outcomes (or the given ones), then the days of
+    those whose outcomes changed. After the first registry failure the pass stops asking the registry
+    (each try can take many seconds against a host that drops packets) and leaves target drift for
+    the next pass. Days are bounded: only those with new outcomes, at most MAX_DAYS_PER_PASS (the
+    newest), so one scored file of 2013 trips does not make every pass recompute years of days."""
     if batch_ids is None:
         since = (now_utc or datetime.now().astimezone()) - LOOKBACK
         batch_ids = monitoring.batches_awaiting_outcomes(engine, since)
     waiting = 0
+    changed = []
     for batch_id in batch_ids:
         try:
-            update_batch(engine, batch_id, known_at, references)
+            if update_batch(engine, batch_id, known_at, references, sample_rows)["changed"]:
+                changed.append(batch_id)
         except RegistryDown as exc:
             log.warning("%s; later batches of this pass skip their target drift", exc)
             references = None
             waiting += 1
-    days = monitoring.days_of_batches(engine, batch_ids) if batch_ids else []
-    return {"batches": len(batch_ids), "days": update_days(engine, days, known_at, heldout), "target_waiting": waiting}
+            changed.append(batch_id)  # its quality figures were saved before the registry was asked
+    days = monitoring.days_of_batches(engine, changed) if changed else []
+    if len(days) > MAX_DAYS_PER_PASS:
+        log.info(
+            "live accuracy: %d days with new outcomes; this pass updates the newest %d", len(days), MAX_DAYS_PER_PASS
+        )
+        days = days[-MAX_DAYS_PER_PASS:]
+    return {
+        "batches": len(batch_ids),
+        "changed": len(changed),
+        "days": update_days(engine, days, known_at, heldout),
+        "target_waiting": waiting,
+    }
+
+
+def sweep_unmonitored(
+    engine: Engine,
+    references: ReferenceLookup,
+    known_at: datetime,
+    now_utc: datetime,
+    sample_rows: int | None,
+    limit: int = 20,
+    waits: tuple[type[BaseException], ...] = (MlflowException, OSError),
+) -> dict:
+    """Monitor recent finished batches whose monitoring was lost (or waits for the registry), at most
+    `limit`. The first failure that means "the registry (or database) cannot be asked now" ends the
+    sweep: every further batch would wait just as long (an MLflow call to a dead host can take a
+    minute), and the next pass tries again."""
+    from worker.monitor.batches import monitor_batch, record_failure
+
+    found = monitoring.unmonitored_batches(engine, now_utc - LOOKBACK, now_utc - timedelta(minutes=2), limit=limit)
+    swept = 0
+    for batch_id in found:
+        swept += 1
+        try:
+            monitor_batch(engine, batch_id, references, known_at, sample_rows=sample_rows)
+        except waits as exc:
+            record_failure(engine, batch_id, "waiting", f"{type(exc).__name__}: {exc}")
+            log.warning("monitoring sweep stopped after %s: %s (%d batches left for the next pass)",
+                        batch_id, exc, len(found) - swept)  # fmt: skip
+            return {"swept": swept, "left": len(found) - swept}
+        except Exception as exc:  # this batch's own problem: record it, go on
+            record_failure(engine, batch_id, "failed", f"{type(exc).__name__}: {exc}")
+    return {"swept": swept, "left": 0}
 
 
 def _float(value: object) -> float | None:

@@ -7,12 +7,18 @@ first scheduled batch recorded), so a fresh install has nothing missing.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from worker.store.schema import batch_runs
+
+
+def attempt_started():
+    """When a batch's latest attempt started: the start of its duration (a rerun a day later is not a
+    day-long batch). The one definition of `batches`, the exporter and the Pipeline dashboard."""
+    return func.coalesce(batch_runs.c.attempt_started_at, batch_runs.c.started_at)
 
 
 def slot_grid(start: datetime, end: datetime, interval_seconds: float) -> list[datetime]:
@@ -40,6 +46,18 @@ def schedule_first_seen(engine: Engine, on_time_seconds: float) -> datetime | No
             if (_utc(started) - _utc(slot)).total_seconds() <= on_time_seconds:
                 return _utc(started)
     return None
+
+
+def settled_until(now: datetime, interval_seconds: float) -> datetime:
+    """Slots before this one can be missed; the current slot and the one before it may still be in the
+    queue or running. The one cut-off of `status`, the report and the exporter."""
+    current = math.floor(now.timestamp() / interval_seconds) * interval_seconds
+    return datetime.fromtimestamp(current - interval_seconds, UTC)
+
+
+def missed_in_last_day(engine: Engine, interval_seconds: float, now: datetime) -> list[datetime]:
+    """Slots of the 24 hours before `now` that have no batch at all (the cut-off of settled_until)."""
+    return missed_slots(engine, interval_seconds, now - timedelta(days=1), settled_until(now, interval_seconds))
 
 
 def missed_slots(engine: Engine, interval_seconds: float, since: datetime, until: datetime) -> list[datetime]:

@@ -70,24 +70,38 @@ def batch_row_count(engine: Engine, batch_id: str) -> int:
         ).scalar_one()
 
 
-def window_rows(engine: Engine, start: datetime, end: datetime, model_version: str) -> tuple[pd.DataFrame, int]:
-    """Predictions of the scheduled batches whose window ends in (start, end], scored by one version,
-    and how many batches that is."""
-    batches = select(batch_runs.c.batch_id).where(
+def _window_batches(start: datetime, end: datetime, model_version: str):
+    return select(batch_runs.c.batch_id).where(
         batch_runs.c.trigger == "schedule",
         batch_runs.c.window_end > start,
         batch_runs.c.window_end <= end,
         batch_runs.c.status == "succeeded",
         batch_runs.c.model_version == model_version,
     )
+
+
+def window_rows(
+    engine: Engine, start: datetime, end: datetime, model_version: str, sample: int | None = None
+) -> tuple[pd.DataFrame, int]:
+    """Predictions of the scheduled batches whose window ends in (start, end], scored by one version
+    (at most `sample` of them, drawn at random by the database), and how many batches that is."""
     with engine.connect() as conn:
-        ids = list(conn.execute(batches).scalars())
+        ids = list(conn.execute(_window_batches(start, end, model_version)).scalars())
         if not ids:
             return pd.DataFrame(columns=list(BATCH_ROW_COLUMNS)), 0
-        rows = conn.execute(
-            select(*(ride_predictions.c[c] for c in BATCH_ROW_COLUMNS)).where(ride_predictions.c.batch_id.in_(ids))
-        )
-        return _frame(rows, list(BATCH_ROW_COLUMNS)), len(ids)
+        query = select(*(ride_predictions.c[c] for c in BATCH_ROW_COLUMNS)).where(ride_predictions.c.batch_id.in_(ids))
+        if sample is not None:
+            query = query.order_by(func.random()).limit(sample)
+        return _frame(conn.execute(query), list(BATCH_ROW_COLUMNS)), len(ids)
+
+
+def window_row_count(engine: Engine, start: datetime, end: datetime, model_version: str) -> int:
+    batches = _window_batches(start, end, model_version).subquery()
+    query = select(func.coalesce(func.sum(batch_runs.c.rows_written), 0)).where(
+        batch_runs.c.batch_id.in_(select(batches.c.batch_id))
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def save_batch_metrics(engine: Engine, values: dict[str, Any], drift: Iterable[dict[str, Any]] = ()) -> None:
@@ -226,21 +240,17 @@ def day_outcomes(engine: Engine, day: date, known_at: datetime) -> pd.DataFrame:
 
 
 def days_of_batches(engine: Engine, batch_ids: list[str]) -> list[date]:
-    """The Chicago-local days on which these batches' trips started."""
+    """The Chicago-local days on which these batches' trips started (the days there are, not every day
+    from the first to the last: a file of trips from 2013 to 2026 has hundreds, not thousands)."""
     found: set[date] = set()
+    day = func.date(ride_predictions.c.trip_start_timestamp)
     with engine.connect() as conn:
         for i in range(0, len(batch_ids), 500):
             part = batch_ids[i : i + 500]
-            query = select(
-                func.min(ride_predictions.c.trip_start_timestamp), func.max(ride_predictions.c.trip_start_timestamp)
-            ).where(ride_predictions.c.batch_id.in_(part))
-            low, high = conn.execute(query).one()
-            if low is None:
-                continue
-            day = pd.Timestamp(low).date()
-            while day <= pd.Timestamp(high).date():
-                found.add(day)
-                day += pd.Timedelta(days=1)
+            query = select(day).where(ride_predictions.c.batch_id.in_(part)).distinct()
+            for (value,) in conn.execute(query):
+                if value is not None:
+                    found.add(value if isinstance(value, date) else date.fromisoformat(str(value)))
     return sorted(found)
 
 

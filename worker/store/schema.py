@@ -84,6 +84,7 @@ batch_runs = Table(
     Column(
         "shadow_error", Text, comment="why the challenger could not score (part of) the batch; the batch is unaffected"
     ),
+    Column("sent_by", String(20), comment="who first sent a scheduled slot: beat, backfill or rerun"),
     Index("ix_batch_runs_finished_at", "finished_at"),
     Index("ix_batch_runs_started_at", "started_at"),
     Index("ix_batch_runs_slot", "slot"),

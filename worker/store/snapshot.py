@@ -14,7 +14,6 @@ Prometheus like a counter reset.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -22,7 +21,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import make_url
 
 from worker.rides.generator import CHICAGO
-from worker.store.history import missed_slots
+from worker.store.history import attempt_started, missed_in_last_day
 from worker.store.schema import (
     batch_metrics,
     batch_runs,
@@ -32,6 +31,7 @@ from worker.store.schema import (
     model_events,
     model_policy,
     shadow_comparisons,
+    window_column_drift,
     window_metrics,
 )
 
@@ -69,7 +69,7 @@ class BatchState:
     """The schedule's health: when batches last succeeded or failed, and what is in flight."""
 
     last_success: dict[str, datetime] = field(default_factory=dict)  # by trigger
-    last_slot: datetime | None = None  # the newest beat slot whose batch succeeded
+    last_slot: datetime | None = None  # the newest slot beat itself sent whose batch succeeded
     last_failure: dict[str, datetime] = field(default_factory=dict)
     last_rows: dict[str, int] = field(default_factory=dict)  # of the newest succeeded batch, by trigger
     last_duration_seconds: dict[str, float] = field(default_factory=dict)
@@ -102,6 +102,7 @@ class DriftState:
     hour_window_end: datetime | None = None  # UTC
     hour_window_dataset_drift: bool | None = None
     hour_window_drifted_columns: int | None = None
+    hour_window_prediction_drift: bool | None = None
 
 
 @dataclass
@@ -138,8 +139,10 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
                 .group_by(c.trigger)
             )
             target.update({trigger: as_utc(at) for trigger, at in rows if at is not None})
+        # Beat's heartbeat: only slots beat itself sent (a backfill of the minutes just missed must
+        # not make a dead beat look alive).
         last_slot = conn.execute(
-            select(func.max(c.slot)).where(c.status == "succeeded", c.slot.is_not(None))
+            select(func.max(c.slot)).where(c.status == "succeeded", c.slot.is_not(None), c.sent_by == "beat")
         ).scalar_one()
         state.last_slot = as_utc(last_slot) if last_slot is not None else None
         newest = (
@@ -149,7 +152,7 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
             .subquery()
         )
         for trigger, rows_written, started_at, finished_at in conn.execute(
-            select(c.trigger, c.rows_written, c.started_at, c.finished_at).join(
+            select(c.trigger, c.rows_written, attempt_started(), c.finished_at).join(
                 newest, (c.trigger == newest.c.trigger) & (c.finished_at == newest.c.finished_at)
             )
         ):
@@ -166,10 +169,7 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
         state.unfinished.update(
             conn.execute(select(c.status, func.count()).where(c.status.in_(UNFINISHED)).group_by(c.status)).all()
         )
-    # A slot still waiting in the queue is not missed yet: leave the current and the previous slot out.
-    current_slot = math.floor(now.timestamp() / interval_seconds) * interval_seconds
-    until = datetime.fromtimestamp(current_slot - interval_seconds, UTC)
-    state.missed_slots_last_day = len(missed_slots(engine, interval_seconds, now - MISSED_SLOTS_LOOKBACK, until))
+    state.missed_slots_last_day = len(missed_in_last_day(engine, interval_seconds, now))
     return state
 
 
@@ -225,6 +225,17 @@ def read_drift(engine: Engine, now: datetime) -> DriftState:
             state.hour_window_dataset_drift = any(flags) if flags else None
             counts = [r.drifted_columns for r in rows if r.drifted_columns is not None]
             state.hour_window_drifted_columns = max(counts) if counts else None
+            # The prediction itself: it moves at once when the world does (slower traffic moves it
+            # in every hour while fares and miles hardly move), hours before outcomes are known.
+            d = window_column_drift.c
+            predicted = conn.execute(
+                select(d.drifted).where(
+                    d.window_minutes == HOUR_WINDOW_MINUTES,
+                    d.window_end == newest_end,
+                    d.column_name == "predicted_duration",
+                )
+            ).all()
+            state.hour_window_prediction_drift = any(bool(r.drifted) for r in predicted) if predicted else None
     return state
 
 

@@ -111,6 +111,7 @@ def start_batch(
     fare_factor: float = 1.0,
     slot: datetime | None = None,
     chunk_size: int | None = None,
+    sent_by: str | None = None,
 ) -> dict[str, Any]:
     """Record the batch (first delivery) or count another attempt; returns its row as stored.
 
@@ -118,7 +119,7 @@ def start_batch(
     must follow, so callers take those from the returned row, not from their own arguments.
     `attempt` is Celery's retry count + 1; a message the broker delivered again (after a lost
     worker or the visibility timeout) counts one more attempt on top. A `failed` batch stays
-    failed: only `rerun` and `backfill` reopen one (they mark it `retrying` first), so a late
+    failed: only `rerun` and `backfill` reopen one (`reopen_batch` marks it `retrying` first), so a late
     message of a batch that failed cannot leave it `running` for ever.
     """
     with engine.begin() as conn:
@@ -139,6 +140,7 @@ def start_batch(
                 fare_factor=fare_factor,
                 slot=slot,
                 chunk_size=chunk_size,
+                sent_by=sent_by,
                 attempt_started_at=func.now(),
             )
             .on_conflict_do_nothing(index_elements=["batch_id"])
@@ -376,18 +378,41 @@ def mark_batch(engine: Engine, batch_id: str, status: str, error: str | None = N
         )
 
 
-def mark_rerun(engine: Engine, batch_id: str, note: str, undo: bool = False) -> None:
-    """Count the coming rerun as one more attempt and show the batch as retrying until it runs
-    (`undo` puts the batch back as it was when the rerun could not be sent)."""
+REOPEN_KEPT = ("status", "error", "attempts", "finished_at")
+
+
+def reopen_batch(engine: Engine, batch_id: str, note: str) -> dict[str, Any] | None:
+    """Show a failed (or stuck) batch as `retrying` with one more attempt, before `rerun` or `backfill`
+    sends it again; returns what the row held before (for `undo_reopen`), or None if it succeeded."""
     with engine.begin() as conn:
+        query = select(*(batch_runs.c[c] for c in REOPEN_KEPT)).where(batch_runs.c.batch_id == batch_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        before = conn.execute(query).mappings().first()
+        if before is None or before["status"] == "succeeded":
+            return None
         conn.execute(
             update(batch_runs)
-            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != "succeeded")
-            .values(
-                attempts=batch_runs.c.attempts + (-1 if undo else 1),
-                **({} if undo else {"status": "retrying", "error": stored_error(note)}),
-            )
+            .where(batch_runs.c.batch_id == batch_id)
+            .values(status="retrying", error=stored_error(note), attempts=before["attempts"] + 1)
         )
+    return dict(before)
+
+
+def undo_reopen(engine: Engine, batch_id: str, before: dict[str, Any]) -> bool:
+    """The send failed: put the row back exactly as `reopen_batch` found it, unless a worker has
+    touched it since (then it is that worker's). True if it was put back."""
+    with engine.begin() as conn:
+        restored = conn.execute(
+            update(batch_runs)
+            .where(
+                batch_runs.c.batch_id == batch_id,
+                batch_runs.c.status == "retrying",
+                batch_runs.c.attempts == before["attempts"] + 1,
+            )
+            .values(**{column: before[column] for column in REOPEN_KEPT})
+        ).rowcount
+    return bool(restored)
 
 
 def get_batch(engine: Engine, batch_id: str) -> dict[str, Any] | None:

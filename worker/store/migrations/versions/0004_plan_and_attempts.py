@@ -1,5 +1,5 @@
 """The chunk size a batch was planned with, when its latest attempt started, and an index for
-the daily accuracy's reads by trip start.
+the daily accuracy's reads by trip start (built CONCURRENTLY on PostgreSQL: writers go on).
 
 Revision ID: 0004
 Revises: 0003
@@ -22,7 +22,19 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("attempt_started_at", sa.DateTime(timezone=True), comment="UTC start of the latest attempt")
         )
-    op.create_index("ix_ride_predictions_trip_start_timestamp", "ride_predictions", ["trip_start_timestamp"])
+    if op.get_bind().dialect.name == "postgresql":
+        # CONCURRENTLY, outside the migration's transaction: a plain build would block every writer of
+        # ride_predictions for as long as it reads the table (see the README's upgrade notes).
+        with op.get_context().autocommit_block():
+            op.create_index(
+                "ix_ride_predictions_trip_start_timestamp",
+                "ride_predictions",
+                ["trip_start_timestamp"],
+                postgresql_concurrently=True,
+                if_not_exists=True,
+            )
+    else:
+        op.create_index("ix_ride_predictions_trip_start_timestamp", "ride_predictions", ["trip_start_timestamp"])
 
 
 def downgrade() -> None:
