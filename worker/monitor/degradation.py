@@ -12,8 +12,9 @@ numbers (a unit test holds the rule file to these constants), and the report and
 `degraded`.
 
 Where did it begin? `change_point` walks the per-batch live accuracy (what monitoring stores per
-batch) back from the newest batch while batches are degraded by the same margin, and returns the
-ride-window start of the earliest: rides from then on come from the changed world.
+batch) back from the newest batch whose outcomes are (nearly) all known, while batches are
+degraded by the same margin, and returns the ride-window start of the earliest: rides from then on
+come from the changed world.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from worker.store import evidence
 ACCURACY_MARGIN = 0.25  # live MAE may be this much worse than held-out (25 %) before it counts as degraded
 MIN_OUTCOMES = 500  # ... over at least this many outcomes: the MAE's standard error is then about 5 %
 LOOKBACK = timedelta(days=7)  # a version with no outcome known in a week has no recent accuracy
-MIN_BATCH_OUTCOMES = 20  # a batch with fewer known outcomes neither extends nor breaks a run
+MIN_BATCH_OUTCOMES = 20  # a batch with fewer known outcomes neither extends nor breaks a run ...
+COMPLETE_SHARE = 0.9  # ... nor one with fewer than this share of its outcomes known: the first known are
+# the short trips (a long trip ends later), whose small errors would hide a degradation (slower traffic
+# was missed that way in lifecycle-check); about an hour after a slot, nine in ten of its trips have ended
 HEALTHY_BATCHES_TO_STOP = 3  # this many healthy batches in a row end the walk back (one can be noise)
 
 
@@ -80,7 +84,7 @@ def change_point(
     start = None
     healthy = 0
     for row in batches.itertuples():
-        if row.outcomes is None or row.outcomes < MIN_BATCH_OUTCOMES:
+        if row.outcomes is None or row.outcomes < max(MIN_BATCH_OUTCOMES, COMPLETE_SHARE * (row.rows or 0)):
             continue
         if row.mae > limit:
             start = row.window_start

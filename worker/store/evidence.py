@@ -273,14 +273,14 @@ def batch_accuracy(engine: Engine, version: str, until_local: datetime, limit: i
     window start and end, outcomes and MAE as the quality pass stored them, newest window first."""
     m, r = batch_metrics.c, batch_runs.c
     query = (
-        select(r.batch_id, r.window_start, r.window_end, m.outcomes, m.mae)
+        select(r.batch_id, r.window_start, r.window_end, m.rows, m.outcomes, m.mae)
         .select_from(batch_runs.join(batch_metrics, m.batch_id == r.batch_id))
         .where(r.model_version == version, r.window_end.is_not(None), r.window_end <= until_local, m.mae.is_not(None))
         .order_by(r.window_end.desc())
         .limit(limit)
     )
     with engine.connect() as conn:
-        return _frame(conn.execute(query), ["batch_id", "window_start", "window_end", "outcomes", "mae"])
+        return _frame(conn.execute(query), ["batch_id", "window_start", "window_end", "rows", "outcomes", "mae"])
 
 
 def rides_known_since(engine: Engine, rides_from_local: datetime, now: datetime) -> int:
