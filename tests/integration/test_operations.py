@@ -73,9 +73,11 @@ def test_backfill_fills_the_slots_beat_missed_and_skips_the_ones_it_wrote(new_st
     # are still beat's and the workers').
     status = wait_until(
         "three slots missed",
-        lambda: (found := json.loads(stack.cli("status", "--json").stdout))
-        and len(found["database"]["missed_slots_24h"]) >= 3
-        and found,
+        lambda: (
+            (found := json.loads(stack.cli("status", "--json").stdout))
+            and len(found["database"]["missed_slots_24h"]) >= 3
+            and found
+        ),
         60,
         every=1,
     )
