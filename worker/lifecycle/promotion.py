@@ -117,17 +117,8 @@ def promote(
         now=now,
     )
     if aliases.get(CHALLENGER_ALIAS) == version:
-        move_alias(
-            settings,
-            engine,
-            alias=CHALLENGER_ALIAS,
-            to_version=None,
-            action="challenger_retired",
-            reason=f"promoted to @{settings.MODEL_ALIAS}",
-            evidence=numbers,
-            actor=actor,
-            client=client,
-            now=now,
+        retire_challenger(
+            settings, engine, f"promoted to @{settings.MODEL_ALIAS}", numbers, actor=actor, now=now, client=client
         )
     assert event is not None
     return event
@@ -179,6 +170,7 @@ def retire_challenger(
     evidence: dict[str, Any] | None = None,
     actor: str | None = None,
     now: datetime | None = None,
+    client=None,
 ) -> dict[str, Any] | None:
     """Remove the challenger alias (the version stays registered); None if there is none."""
     return move_alias(
@@ -191,4 +183,5 @@ def retire_challenger(
         evidence=evidence,
         actor=actor,
         now=now,
+        client=client,
     )

@@ -35,7 +35,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from worker.lifecycle.moves import move_alias, record_registered, registry_aliases
-from worker.lifecycle.promotion import LifecycleRefused, check_alias_uri
+from worker.lifecycle.promotion import LifecycleRefused, check_alias_uri, retire_challenger
 from worker.model.reference import build_reference
 from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow, load_version
 from worker.model.training import DEFAULT_FOREST, TARGET, ForestParams, fit_pipeline, register_version
@@ -261,17 +261,8 @@ def retrain(
             now=now,
         )
         if aliases.get(CHALLENGER_ALIAS) is not None:
-            move_alias(
-                settings,
-                engine,
-                alias=CHALLENGER_ALIAS,
-                to_version=None,
-                action="challenger_retired",
-                reason=f"version {version} was promoted directly by retrain",
-                evidence=numbers,
-                actor=actor,
-                client=client,
-                now=now,
+            retire_challenger(
+                settings, engine, f"version {version} was promoted directly by retrain", numbers, actor, now, client
             )
         return RetrainResult(**{**result.__dict__, "alias": settings.MODEL_ALIAS, "reason": why})
     previous = aliases.get(CHALLENGER_ALIAS)
