@@ -45,6 +45,36 @@ def with_record(settings: Settings) -> Settings:
     return settings
 
 
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_stay_with_the_test() -> Iterator[None]:
+    """`configure_mlflow` points MLflow's process-wide URIs (and, through set_registry_uri, the exported
+    MLFLOW_REGISTRY_URI) at the test's server; a later test's bare MlflowClient would otherwise talk to
+    a server that test stopped long ago. Put back what the test started with."""
+    saved_env = {name: os.environ.get(name) for name in MLFLOW_URI_VARIABLES}
+    loaded = "mlflow" in sys.modules
+    if loaded:
+        from mlflow.tracking._model_registry import utils as registry_uris
+        from mlflow.tracking._tracking_service import utils as tracking_uris
+
+        saved = (tracking_uris._tracking_uri, registry_uris._registry_uri)
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        tracking, registry = saved if loaded else (None, None)
+        if mlflow.tracking._tracking_service.utils._tracking_uri != tracking:
+            mlflow.set_tracking_uri(tracking)
+        mlflow.tracking._model_registry.utils._registry_uri = registry
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def mlflow_server() -> Iterator[str]:
     """A real MLflow tracking server on a free 127.0.0.1 port; yields its tracking URI."""

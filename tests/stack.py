@@ -81,7 +81,8 @@ def _free_redis_dbs(count: int) -> list[int]:
             chosen.append(db)
         if len(chosen) == count:
             return chosen
-    raise RuntimeError("no empty Redis databases left for the tests")
+    holders = ", ".join(f"{s.logs.name} {s.redis_dbs}" for s in _OPEN_STACKS if s.redis_dbs) or "none of ours"
+    raise RuntimeError(f"no empty Redis databases left for the tests (held by stacks: {holders})")
 
 
 @dataclass
@@ -202,6 +203,22 @@ class Stack:
         self.redis_dbs.clear()  # handed back: a second close must not flush numbers another stack took since
 
 
+# Every Stack not yet closed, oldest first: what a test made is closed when that test ends (below).
+_OPEN_STACKS: list[Stack] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_the_tests_own_stacks(request) -> Iterator[None]:
+    """A Stack made in a test's body holds two of the fourteen Redis db numbers until it is closed; a
+    test that forgets (or fails before its own close) must not starve the rest of the session. Stacks
+    of module and session fixtures were made before this snapshot and are theirs to close."""
+    before = len(_OPEN_STACKS)
+    yield
+    for stack in _OPEN_STACKS[before:]:
+        stack.close()
+    del _OPEN_STACKS[before:]
+
+
 @pytest.fixture(scope="session")
 def make_stack(trained_model, tmp_path_factory) -> Iterator[Callable[..., Stack]]:
     """Builds Stacks sharing the session's MLflow server and trained model; closes them all at the end."""
@@ -230,6 +247,7 @@ def make_stack(trained_model, tmp_path_factory) -> Iterator[Callable[..., Stack]
         }
         stack = Stack(env=env, db_url=db_url, redis_dbs=dbs, logs=local)
         stacks.append(stack)
+        _OPEN_STACKS.append(stack)
         return stack
 
     yield factory

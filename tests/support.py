@@ -122,3 +122,11 @@ def required_tool(name: str, package: str = "prometheus prometheus-alertmanager"
             pytest.fail(hint)
         pytest.skip(hint)
     return found
+
+
+def registry_client(uri: str):
+    """An MlflowClient for this tracking server's registry too: a bare MlflowClient(uri) takes its
+    registry from MLFLOW_REGISTRY_URI when that is exported, which may name another test's server."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

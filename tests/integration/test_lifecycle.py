@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestRegressor
 
-from tests.support import wait_until
+from tests.support import registry_client, wait_until
 from worker.model.features import feature_pipeline
 from worker.model.registry import configure_mlflow
 from worker.rides.generator import RIDE_COLUMNS, generate_rides
@@ -128,7 +128,7 @@ def test_an_alias_moved_behind_the_services_back_is_recorded_once(new_stack):
     _next_batches_use(stack, "1")
 
     # Someone moves the alias with MLflow's own client: no command of the project did it.
-    mlflow.MlflowClient(stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
+    registry_client(stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
         stack.env["MODEL_NAME"], "production", "2"
     )
     client = stack.client()

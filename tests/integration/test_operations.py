@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from tests.support import wait_until
+from tests.support import registry_client, wait_until
 from worker import batch
 from worker.rides.batch_rides import generated_chunk
 from worker.rides.generator import Window, World
@@ -369,7 +369,6 @@ def test_prune_deletes_old_batches_with_all_their_rows(stack):
 def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_version_is_deleted(
     make_stack, fresh_pg_url, make_settings
 ):
-    from mlflow.tracking import MlflowClient
 
     from tests.conftest import SMALL_FOREST, SMALL_RIDES
     from worker.lifecycle.training import train_and_register
@@ -378,7 +377,7 @@ def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_vers
     settings = make_settings()
     first = train_and_register(settings, rides=SMALL_RIDES, seed=1, params=ForestParams(**SMALL_FOREST))
     second = train_and_register(settings, rides=SMALL_RIDES, seed=2, force=True, params=ForestParams(**SMALL_FOREST))
-    registry = MlflowClient(settings.MLFLOW_TRACKING_URI)
+    registry = registry_client(settings.MLFLOW_TRACKING_URI)
     registry.set_registered_model_alias(settings.MODEL_NAME, "production", first.version)
 
     stack = make_stack(fresh_pg_url, MODEL_NAME=settings.MODEL_NAME, CHUNK_SIZE="2000", MODEL_REFRESH_SECONDS="0.5")

@@ -42,7 +42,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -50,7 +49,15 @@ from sqlalchemy import create_engine, text
 
 from tests.grafana import annotation_queries, expand_sql, queries, substitute_variables
 from tests.stack import Stack, migrated_database
-from tests.support import REPO_ROOT, free_port, required_tool, stop_process_group, wait_for_http, wait_until
+from tests.support import (
+    REPO_ROOT,
+    free_port,
+    registry_client,
+    required_tool,
+    stop_process_group,
+    wait_for_http,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -454,7 +461,7 @@ def test_a_challenger_set_behind_the_services_back_shadow_scores_and_its_compari
     model = m.stack.env["MODEL_NAME"]
     trained = m.stack.cli("train", *TINY_TRAIN)
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    mlflow.MlflowClient(m.stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(model, "challenger", "2")
+    registry_client(m.stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(model, "challenger", "2")
     # The six slots after the ones the live-accuracy test backfilled, in the same past hour, in the world
     # with dearer fares that the previous test made the drift alert fire for (so that it keeps firing).
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=30)

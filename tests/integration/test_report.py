@@ -16,10 +16,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from tests.support import REPO_ROOT, wait_until
+from tests.support import REPO_ROOT, registry_client, wait_until
 from worker.monitor import paired
 
 pytestmark = pytest.mark.integration
@@ -159,7 +158,7 @@ def test_the_report_of_real_batches_opens_offline_in_chromium_with_every_chart_d
     _ok(stack.cli("promote", "2", "--reason", "try the small forest"))
     _ok(stack.cli("dispatch", "--rides", "300", "--wait"))
     _ok(stack.cli("rollback", "--reason", "the small forest is worse"))
-    mlflow.MlflowClient(stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(model, "challenger", "2")
+    registry_client(stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(model, "challenger", "2")
     _backfill(stack, shifted, current, "--fare-factor", "1.25")
     # Slots count as missed only once beat was seen running on time. These were backfilled, so say
     # that beat wrote the first one at its slot (what the backfill stands in for here).

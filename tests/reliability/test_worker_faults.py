@@ -31,7 +31,7 @@ from kombu import Connection
 from sqlalchemy import create_engine, text
 
 from tests.stack import CELERY, Stack, migrated_database
-from tests.support import REPO_ROOT, wait_until
+from tests.support import REPO_ROOT, registry_client, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -200,16 +200,15 @@ def test_pool_child_sigkilled_mid_batch_is_requeued_and_written_once(faults):
 def test_pool_child_sigkilled_mid_batch_with_a_challenger_writes_its_shadow_rows_once(new_stack):
     """The same kill with a challenger set: the shadow predictions ride in the batch's own transaction,
     so they are rolled back with it and written once with the redelivery, one per ride."""
-    from mlflow import MlflowClient
 
     stack = new_stack(MODEL_NAME=f"shadow-kill-{uuid.uuid4().hex[:6]}", **ONE_CHUNK)
     small = ("--rides", "20000", "--trees", "5", "--max-depth", "8")
     for seed in ("1", "2"):
         trained = stack.cli("train", *small, "--seed", seed)
         assert trained.returncode == 0, trained.stdout + trained.stderr
-    production = MlflowClient(stack.env["MLFLOW_TRACKING_URI"]).get_registered_model(stack.env["MODEL_NAME"])
+    production = registry_client(stack.env["MLFLOW_TRACKING_URI"]).get_registered_model(stack.env["MODEL_NAME"])
     challenger = "2" if production.aliases["production"] == "1" else "1"
-    MlflowClient(stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
+    registry_client(stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
         stack.env["MODEL_NAME"], "challenger", challenger
     )
     main = stack.start_worker("shadowkill", concurrency=1)
@@ -375,10 +374,16 @@ def test_same_chunk_run_twice_in_parallel_writes_once(faults):
         with holder.begin() as conn:  # the batch_runs row run_batch makes before it fans out
             conn.execute(
                 text(
-                    "INSERT INTO batch_runs (batch_id, trigger, rides_requested, chunks_total, status, "
-                    "window_start, window_end) VALUES (:b, 'adhoc', :n, 1, 'running', :s, :e)"
+                    "INSERT INTO batch_runs (batch_id, trigger, seed, rides_requested, chunks_total, status, "
+                    "window_start, window_end) VALUES (:b, 'adhoc', :seed, :n, 1, 'running', :s, :e)"
                 ),
-                {"b": batch_id, "n": rides, "s": kwargs["window"][0], "e": kwargs["window"][1]},
+                {
+                    "b": batch_id,
+                    "seed": str(kwargs["seed"]),
+                    "n": rides,
+                    "s": kwargs["window"][0],
+                    "e": kwargs["window"][1],
+                },
             )
         client = stack.client()
         with holder.connect() as hold, watcher.connect() as watch:

@@ -86,7 +86,7 @@ def test_errors_stored_on_a_batch_and_its_monitoring_are_redacted(marked_setting
     raw = f"OperationalError: Error 111 connecting to redis://worker:{MARKER}@127.0.0.1:1/0 ({MARKER})"
     writes.mark_batch(engine, "b1", "retrying", raw)
     record_failure(engine, "b1", "waiting", raw)
-    writes.mark_rerun(engine, "b1", f"rerun after http://u:{MARKER}@mlflow:5000 was down")
+    writes.reopen_batch(engine, "b1", f"rerun after http://u:{MARKER}@mlflow:5000 was down")
     with engine.connect() as conn:
         from sqlalchemy import text
 
