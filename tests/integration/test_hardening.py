@@ -4,15 +4,17 @@ not plan them; one slot has one name, whatever offset it is written with."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
 import redis
 
 from tests.reliability.services import RedisServer
+from worker.rides.generator import CHICAGO
 
 pytestmark = pytest.mark.integration
 
@@ -164,6 +166,62 @@ def _reference():
     return frame
 
 
+@pytest.mark.parametrize(("day", "hours"), [(date(2026, 11, 1), 25), (date(2026, 3, 8), 23)])
+def test_hour_windows_follow_the_clock_across_daylight_saving(fresh_pg_url, day, hours):
+    """Every half-hour slot of a Chicago day that daylight saving lengthens or shortens, written and
+    monitored as beat's batches are. Keyed by wall time, November's two 01:00-02:00 hours were one
+    window of four batches; keyed by instants there is one window per hour the day really had, two
+    batches each, and each shown at its Chicago wall time."""
+    from sqlalchemy import create_engine, text
+
+    from worker import batch
+    from worker.beat import slot_window
+    from worker.model.registry import LoadedModel
+    from worker.monitor.batches import monitor_window
+    from worker.rides.generator import Window
+    from worker.store import writes
+
+    interval = 1800
+    engine = create_engine(fresh_pg_url)
+    reference = _reference()
+    model = LoadedModel(Constant(), "m", "1")
+    first = datetime.combine(day, datetime.min.time(), CHICAGO).astimezone(UTC)
+    last = datetime.combine(day + timedelta(days=1), datetime.min.time(), CHICAGO).astimezone(UTC)
+    slot, slots = first + timedelta(seconds=interval), 0
+    while slot <= last:
+        start, end = slot_window(slot.isoformat(), interval)
+        batch_id = f"schedule-{slot.isoformat()}"
+        writes.start_batch(engine, batch_id=batch_id, trigger="schedule", rides_requested=20, chunks_total=1,
+                           task_id=None, seed=slots, window=(start, end), attempt=1, slot=slot,
+                           sent_by="beat")  # fmt: skip
+        writes.pin_model(engine, batch_id, "m", "1", "alias")
+        batch.run_generated_chunk(
+            engine, model, batch_id=batch_id, chunk_index=0, rides=20, seed=slots, window=Window(start, end)
+        )
+        monitor_window(engine, slot, "m", "1", lambda *_: reference)
+        slot, slots = slot + timedelta(seconds=interval), slots + 1
+    with engine.connect() as conn:
+        windows = conn.execute(
+            text(
+                "SELECT window_end, window_end AT TIME ZONE 'America/Chicago' AS shown, batches, rows "
+                "FROM window_metrics WHERE window_end > :first AND window_end <= :last ORDER BY window_end"
+            ),
+            {"first": first, "last": last},
+        ).all()
+    engine.dispose()
+    assert slots == hours * 2
+    assert len(windows) == hours, [str(w.shown) for w in windows]
+    assert [(w.batches, w.rows) for w in windows] == [(2, 40)] * hours
+    assert all(
+        later.window_end - earlier.window_end == timedelta(hours=1) for earlier, later in itertools.pairwise(windows)
+    )
+    shown = [w.shown.strftime("%H:%M") for w in windows]
+    if hours == 25:
+        assert shown[:3] == ["01:00", "01:00", "02:00"]  # at 02:00 CDT the clocks went back to 01:00 CST
+    else:
+        assert shown[:3] == ["01:00", "03:00", "04:00"]  # 02:00-03:00 did not exist
+
+
 def test_concurrent_monitors_of_one_hour_leave_it_computed_from_all_its_batches(fresh_pg_url):
     """A backfill finishes an hour's twelve slots nearly at once, and each slot's monitoring recomputes
     the hour. Without a lock per window the last writer wins, and it may have read a subset: here the
@@ -191,14 +249,16 @@ def test_concurrent_monitors_of_one_hour_leave_it_computed_from_all_its_batches(
         threads = []
         for k in range(12):
             window = Window(start + timedelta(minutes=5 * k), start + timedelta(minutes=5 * (k + 1)))
+            slot = window.end.replace(tzinfo=CHICAGO).astimezone(UTC)  # the instant the window ends
             batch_id = f"schedule-h{hour}-{k}"
             writes.start_batch(engine, batch_id=batch_id, trigger="schedule", rides_requested=100, chunks_total=1,
-                               task_id=None, seed=k, window=(window.start, window.end), attempt=1)  # fmt: skip
+                               task_id=None, seed=k, window=(window.start, window.end), attempt=1,
+                               slot=slot)  # fmt: skip
             writes.pin_model(engine, batch_id, "m", "1", "alias")
             batch.run_generated_chunk(engine, model, batch_id=batch_id, chunk_index=0, rides=100, seed=k, window=window)
             frame = large if k == 0 else reference
             thread = threading.Thread(
-                target=monitor_window, args=(engine, window.end, "m", "1", lambda *_, f=frame: f), daemon=True
+                target=monitor_window, args=(engine, slot, "m", "1", lambda *_, f=frame: f), daemon=True
             )
             thread.start()
             threads.append(thread)
@@ -210,7 +270,7 @@ def test_concurrent_monitors_of_one_hour_leave_it_computed_from_all_its_batches(
 
             stack_row = conn.execute(
                 text("SELECT batches, rows FROM window_metrics WHERE window_end = :e"),
-                {"e": start + timedelta(hours=1)},
+                {"e": (start + timedelta(hours=1)).replace(tzinfo=CHICAGO).astimezone(UTC)},
             ).one()
         stored = tuple(stack_row)
         if stored != (12, 1200):

@@ -70,6 +70,52 @@ def test_upgrading_a_0001_database_keeps_its_batches_and_fills_their_slot() -> N
         drop_database(name)
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_upgrading_to_utc_windows_keeps_each_hour_at_its_instant(backend: str, tmp_path: Path) -> None:
+    """0008: hour windows stored by Chicago wall time become the UTC instants those wall times were
+    (a summer and a winter hour, so both offsets), and their column tests move with them."""
+    from sqlalchemy import text
+
+    from tests.stack import create_database, drop_database
+
+    name, url = create_database() if backend == "postgresql" else (None, f"sqlite:///{tmp_path / 'p.db'}")
+    try:
+        migrate(url, "0007")
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            for end in ("2026-07-01 14:00:00", "2026-12-01 14:00:00"):
+                conn.execute(
+                    text(
+                        "INSERT INTO window_metrics (window_end, window_minutes, model_version, window_start, "
+                        "batches, rows) VALUES (:e, 60, '1', :s, 12, 900)"
+                    ),
+                    {"e": end, "s": end.replace("14:", "13:")},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO window_column_drift (window_end, window_minutes, model_version, column_name, "
+                        "method, score, threshold, drifted) VALUES (:e, 60, '1', 'fare', 'wasserstein', 0.2, 0.1, true)"
+                    ),
+                    {"e": end},
+                )
+        migrate(url)
+        with engine.connect() as conn:
+            windows = conn.execute(text("SELECT window_start, window_end FROM window_metrics ORDER BY 2")).all()
+            drift = conn.execute(text("SELECT window_end FROM window_column_drift ORDER BY 1")).scalars().all()
+        engine.dispose()
+        as_utc = lambda v: v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)  # noqa: E731
+        expected = [datetime(2026, 7, 1, 19, tzinfo=UTC), datetime(2026, 12, 1, 20, tzinfo=UTC)]
+        if backend == "sqlite":  # no time zones: naive UTC text, as SQLAlchemy gives it back
+            windows = [tuple(datetime.fromisoformat(str(v)) for v in row) for row in windows]
+            drift = [datetime.fromisoformat(str(v)) for v in drift]
+        assert [as_utc(end) for _, end in windows] == expected
+        assert [as_utc(start) for start, _ in windows] == [e.replace(hour=e.hour - 1) for e in expected]
+        assert [as_utc(end) for end in drift] == expected
+    finally:
+        if name:
+            drop_database(name)
+
+
 def test_a_database_behind_the_code_is_refused_naming_the_revision_and_the_fix(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.support import wait_until
+from worker.rides.generator import CHICAGO
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +180,9 @@ def test_a_changed_world_drifts_and_the_calibrated_one_does_not(new_stack):
     assert sum(w.rows for w in windows) == 10 * 400  # all ten slots, each in the hour it ends in
 
     def holding(rows):
-        return [w for w in windows if any(w.window_start < r.window_end <= w.window_end for r in rows)]
+        """Hour windows (UTC instants) that hold these batches (whose windows are Chicago wall times)."""
+        ends = [r.window_end.replace(tzinfo=CHICAGO) for r in rows]
+        return [w for w in windows if any(w.window_start < end <= w.window_end for end in ends)]
 
     assert all(w.dataset_drift for w in holding(dear_rows))
     assert sum(w.dataset_drift for w in holding(calm_rows)) <= 1

@@ -40,6 +40,7 @@ from worker.monitor.overview import CHALLENGER_MOVES, MOVED_OUTSIDE, PRODUCTION_
 
 GRID_WIDTH = 24
 # Columns holding naive Chicago-local times (schema comments): never compared or drawn without a zone.
+# (The hour-window tables' window_end/window_start are UTC instants: see the check below.)
 CHICAGO_LOCAL = ("trip_start_timestamp", "window_end", "window_start", "observed_at")
 EXPECTED_UIDS = {"taxi-predictions", "taxi-model-health", "taxi-pipeline"}
 # The dashboards on which a step can be read against the model move that caused it.
@@ -142,7 +143,12 @@ def test_every_sql_query_filters_on_the_time_range_with_known_macros(query):
 
 
 def _assert_chicago_columns_converted(sql: str, label: str) -> None:
-    for column in CHICAGO_LOCAL:
+    columns = CHICAGO_LOCAL
+    if re.search(r"\bFROM window_(metrics|column_drift)\b", sql) and not re.search(r"\bbatch_(runs|metrics)\b", sql):
+        # The hour windows are keyed by UTC instants (timestamptz): converting one would make a wall time.
+        assert not re.search(r"\bwindow_(end|start) AT TIME ZONE", sql), f"{label}: hour windows are UTC instants"
+        columns = tuple(c for c in CHICAGO_LOCAL if c not in ("window_end", "window_start"))
+    for column in columns:
         for match in re.finditer(rf"\b{column}\b", sql):
             following = sql[match.end() : match.end() + 40]
             assert following.startswith(" AT TIME ZONE 'America/Chicago'"), (

@@ -181,13 +181,13 @@ def fill(url: str, now: datetime) -> dict:
         {"batch_id": "m0", "column_name": "pickup_community_area", "method": "chisquare", "score": 0.2, "threshold": 0.05, "drifted": False},
         {"batch_id": "m1", "column_name": "fare", "method": "wasserstein", "score": 0.01, "threshold": 0.1, "drifted": False},
     ]  # fmt: skip
-    window_end_local = datetime(2026, 7, 1, 14, 0)  # summer: Chicago is UTC-5
-    in_progress = (now.astimezone(CHICAGO).replace(tzinfo=None, minute=0, second=0, microsecond=0)) + hour
+    window_end = datetime(2026, 7, 1, 14, 0, tzinfo=CHICAGO).astimezone(UTC)  # windows are keyed by UTC instants
+    in_progress = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + hour
     windows = [
-        {"window_end": window_end_local - hour, "window_minutes": 60, "model_version": "2", "window_start": window_end_local - 2 * hour, "batches": 12, "rows": 900, "dataset_drift": True, "drifted_columns": 5},
-        {"window_end": window_end_local, "window_minutes": 60, "model_version": "2", "window_start": window_end_local - hour, "batches": 12, "rows": 900, "dataset_drift": False, "drifted_columns": 1},
-        {"window_end": window_end_local, "window_minutes": 60, "model_version": "3", "window_start": window_end_local - hour, "batches": 2, "rows": 90, "dataset_drift": True, "drifted_columns": 4},
-        {"window_end": window_end_local, "window_minutes": 30, "model_version": "2", "window_start": window_end_local - hour / 2, "batches": 6, "rows": 450, "dataset_drift": True, "drifted_columns": 6},
+        {"window_end": window_end - hour, "window_minutes": 60, "model_version": "2", "window_start": window_end - 2 * hour, "batches": 12, "rows": 900, "dataset_drift": True, "drifted_columns": 5},
+        {"window_end": window_end, "window_minutes": 60, "model_version": "2", "window_start": window_end - hour, "batches": 12, "rows": 900, "dataset_drift": False, "drifted_columns": 1},
+        {"window_end": window_end, "window_minutes": 60, "model_version": "3", "window_start": window_end - hour, "batches": 2, "rows": 90, "dataset_drift": True, "drifted_columns": 4},
+        {"window_end": window_end, "window_minutes": 30, "model_version": "2", "window_start": window_end - hour / 2, "batches": 6, "rows": 450, "dataset_drift": True, "drifted_columns": 6},
         # The hour in progress (its end lies ahead): left out.
         {"window_end": in_progress, "window_minutes": 60, "model_version": "2", "window_start": in_progress - hour, "batches": 2, "rows": 90, "dataset_drift": False, "drifted_columns": 0},
     ]  # fmt: skip
@@ -212,7 +212,7 @@ def fill(url: str, now: datetime) -> dict:
         for version, moved in (("2", False), ("3", True)):
             conn.execute(
                 insert(window_column_drift).values(
-                    window_end=window_end_local, window_minutes=60, model_version=version,
+                    window_end=window_end, window_minutes=60, model_version=version,
                     column_name="predicted_duration", method="wasserstein", score=0.3 if moved else 0.01,
                     threshold=0.1, drifted=moved,
                 )
@@ -250,7 +250,7 @@ def fill(url: str, now: datetime) -> dict:
         "last_slot": max(row["slot"] for row in schedule_rows if row["sent_by"] == "beat"),
         "last_schedule_rows": newest_schedule["rows_written"],
         "last_schedule_seconds": (newest_schedule["finished_at"] - newest_schedule["started_at"]).total_seconds(),
-        "window_end_utc": window_end_local.replace(tzinfo=CHICAGO).astimezone(UTC),
+        "window_end_utc": window_end,
         "batch_ids": {row["batch_id"] for row in schedule_rows + other_rows + monitored},
         "last_production_move": now - hour,
     }

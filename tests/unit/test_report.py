@@ -35,6 +35,7 @@ from worker.monitor.overview import (
     gaps,
     to_chicago,
 )
+from worker.rides.generator import CHICAGO
 from worker.settings import Settings
 from worker.store.database import build_engine, migrate
 from worker.store.schema import (
@@ -156,12 +157,14 @@ def _metrics(
 
 
 def _window(conn, end_local: datetime, drifted: int, version: str = "1") -> None:
+    """An hour window ending at a Chicago wall time, stored as windows are: by its UTC instant."""
+    end = end_local.replace(tzinfo=CHICAGO).astimezone(UTC)
     conn.execute(
         insert(window_metrics).values(
-            window_end=end_local,
+            window_end=end,
             window_minutes=60,
             model_version=version,
-            window_start=end_local - timedelta(hours=1),
+            window_start=end - timedelta(hours=1),
             batches=12,
             rows=1200,
             columns_checked=6,
@@ -175,7 +178,7 @@ def _window(conn, end_local: datetime, drifted: int, version: str = "1") -> None
         insert(window_column_drift),
         [
             {
-                "window_end": end_local,
+                "window_end": end,
                 "window_minutes": 60,
                 "model_version": version,
                 "column_name": column,
@@ -697,10 +700,12 @@ def test_bad_options_are_refused_in_one_line(args, message, tmp_path):
 def test_prediction_drift_of_an_hour_is_a_warning_even_without_dataset_drift() -> None:
     from worker.monitor.overview import prediction_drift_alerts
 
-    end = datetime(2026, 11, 27, 11, 0)
+    local = datetime(2026, 11, 27, 11, 0)  # shown in Chicago time; decided by the UTC instant
+    end = datetime(2026, 11, 27, 17, 0, tzinfo=UTC)
     rows = pd.DataFrame(
         [
-            {"window_end": end, "window_start": end - timedelta(hours=1), "model_version": "1", "column_name": column,
+            {"window_end": local, "window_start": local - timedelta(hours=1), "end_utc": end.replace(tzinfo=None),
+             "model_version": "1", "column_name": column,
              "method": "wasserstein", "score": score, "threshold": 0.1, "drifted": score >= 0.1}
             for column, score in (("fare", 0.04), ("trip_miles", 0.01), ("predicted_duration", 0.31))
         ]

@@ -23,9 +23,10 @@ from worker.monitor.drift import (
     prediction_summary,
     reference_for_window,
 )
-from worker.rides.generator import RIDE_COLUMNS
+from worker.rides.generator import CHICAGO, RIDE_COLUMNS
 from worker.store import monitoring, writes
 from worker.store.locks import window_lock
+from worker.store.timelines import utc
 
 log = logging.getLogger(__name__)
 
@@ -112,33 +113,42 @@ def monitor_batch(
         },
         _drift_rows(found),
     )
-    if run["window_end"] is not None and run["trigger"] == "schedule":
-        monitor_window(engine, run["window_end"], run["model_name"], run["model_version"], references, sample_rows)
+    if run["slot"] is not None and run["trigger"] == "schedule":
+        monitor_window(engine, run["slot"], run["model_name"], run["model_version"], references, sample_rows)
     return BatchReport(batch_id, "ok", total, found)
 
 
-def hour_of(moment: datetime) -> tuple[datetime, datetime]:
-    """The clock hour (start, end] a window ending at `moment` belongs to."""
+def hour_of(slot: datetime) -> tuple[datetime, datetime]:
+    """The clock hour (start, end], as UTC instants, that a slot (the instant its window ends) belongs to.
+
+    Chicago's offsets are whole hours, so its clock hours are UTC hours: keyed by instants, the two
+    01:00-02:00 hours of November's change are two windows and March's missing hour none."""
+    moment = utc(slot)
     end = moment.replace(minute=0, second=0, microsecond=0)
     if end < moment:
         end += timedelta(hours=1)
     return end - timedelta(minutes=WINDOW_MINUTES), end
 
 
+def chicago_wall_time(instant: datetime) -> datetime:
+    """A UTC instant as the naive Chicago time rides and references are expressed in."""
+    return utc(instant).astimezone(CHICAGO).replace(tzinfo=None)
+
+
 def monitor_window(
     engine: Engine,
-    window_end: datetime,
+    slot: datetime,
     model_name: str,
     model_version: str,
     references: ReferenceLookup,
     sample_rows: int | None = None,
 ) -> DatasetDrift | None:
-    """Recompute the drift of the clock hour holding `window_end` (its scheduled batches of one version
+    """Recompute the drift of the clock hour holding `slot` (its scheduled batches of one version
     so far; ad-hoc batches are one-offs and stay out of the schedule's windows), on at most
     `sample_rows` of its rides. One monitor at a time per window: the read and the write happen under
     the window's lock, so monitors of one hour's batches running together (a backfill) cannot leave
     it computed from a subset of them."""
-    start, end = hour_of(window_end)
+    start, end = hour_of(slot)
     reference = references(model_name, model_version)
     if reference is None:
         return None
@@ -152,7 +162,7 @@ def _recompute_window(
     rows, batches = monitoring.window_rows(engine, start, end, model_version, sample=sample_rows)
     if rows.empty:
         return None
-    compared, label = reference_for_window(reference, start, end)
+    compared, label = reference_for_window(reference, chicago_wall_time(start), chicago_wall_time(end))
     found = dataset_drift(compared, rows)
     monitoring.save_window(
         engine,

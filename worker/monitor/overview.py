@@ -182,6 +182,17 @@ def _chicago_series(values: pd.Series) -> pd.Series:
     return pd.Series([to_chicago(v) if pd.notna(v) else pd.NaT for v in values], index=values.index, dtype=object)
 
 
+def _utc_series(values: pd.Series) -> pd.Series:
+    """Stored UTC instants as naive UTC times, comparable with each other whatever the backend."""
+    return pd.to_datetime(
+        pd.Series(
+            [timelines.utc(v).replace(tzinfo=None) if pd.notna(v) else pd.NaT for v in values],
+            index=values.index,
+            dtype=object,
+        )
+    )
+
+
 def drift_margin(method: str, score: float | None, threshold: float) -> float:
     """How far past its threshold a test's score is: above 1 = drifted, for either kind of test;
     NaN when the test had nothing to compare (no score)."""
@@ -237,11 +248,15 @@ def collect(
     drift = _with_margins(timelines.column_drift_since(engine, since_local, since))
     drift = drift.merge(batches[["batch_id", "at", "model_version"]], on="batch_id", how="left")
 
-    windows = timelines.windows_since(engine, since_local)
-    windows["window_start"] = pd.to_datetime(windows["window_start"])
-    windows["window_end"] = pd.to_datetime(windows["window_end"])
-    window_drift = _with_margins(timelines.window_drift_since(engine, since_local))
-    window_drift["window_end"] = pd.to_datetime(window_drift["window_end"])
+    # Hour windows are stored by UTC instant and shown in Chicago time; `end_utc` orders them (the
+    # wall time repeats for an hour each November).
+    windows = timelines.windows_since(engine, since)
+    windows["end_utc"] = _utc_series(windows["window_end"])
+    windows["window_start"] = pd.to_datetime(_chicago_series(windows["window_start"]))
+    windows["window_end"] = pd.to_datetime(_chicago_series(windows["window_end"]))
+    window_drift = _with_margins(timelines.window_drift_since(engine, since))
+    window_drift["end_utc"] = _utc_series(window_drift["window_end"])
+    window_drift["window_end"] = pd.to_datetime(_chicago_series(window_drift["window_end"]))
     window_drift["window_start"] = window_drift["window_end"] - pd.to_timedelta(
         window_drift["window_minutes"].astype(float), unit="min"
     )
@@ -285,13 +300,14 @@ def production_accuracy(
 def alerts(overview: Overview) -> list[Alert]:
     """The report's warnings, most pressing first: what failed, what is missing, what got worse."""
     now_local = overview.generated_local
+    now = overview.generated_at
     return [
         *failed_batches(overview.batches),
         *missed_slots(overview.missed),
         *moved_outside_alerts(overview.events),
         *accuracy_alerts(overview.production),
-        *window_drift_alerts(overview.windows, overview.window_drift, now_local - WINDOW_FRESH, now_local),
-        *prediction_drift_alerts(overview.window_drift, now_local - WINDOW_FRESH, now_local),
+        *window_drift_alerts(overview.windows, overview.window_drift, now - WINDOW_FRESH, now),
+        *prediction_drift_alerts(overview.window_drift, now - WINDOW_FRESH, now),
         *batch_drift_alerts(overview.batches, overview.column_drift, now_local - RECENT),
         *monitoring_alerts(overview.batches),
         *shadow_alerts(overview.batches),
@@ -406,47 +422,46 @@ def accuracy_alerts(production: RecentAccuracy | None) -> list[Alert]:
     ]
 
 
-def _drifted_columns(window_drift: pd.DataFrame, window_end: datetime, version: str) -> list[str]:
+def _drifted_columns(window_drift: pd.DataFrame, end_utc: datetime, version: str) -> list[str]:
     rows = window_drift[
-        (window_drift["window_end"] == window_end)
-        & (window_drift["model_version"] == version)
-        & window_drift["drifted"]
+        (window_drift["end_utc"] == end_utc) & (window_drift["model_version"] == version) & window_drift["drifted"]
     ]
     return sorted(rows["column_name"])
 
 
-def _newest_ended(frame: pd.DataFrame, fresh_since: datetime, now_local: datetime) -> pd.DataFrame:
-    """The rows of the newest hour window that has ended by `now_local`, if it ended after `fresh_since`
-    (the hour in progress is as noisy as a batch; a window older than that is stale)."""
-    ended = frame[frame["window_end"] <= now_local]
+def _newest_ended(frame: pd.DataFrame, fresh_since: datetime, now: datetime) -> pd.DataFrame:
+    """The rows of the newest hour window that has ended by `now`, if it ended after `fresh_since`
+    (the hour in progress is as noisy as a batch; a window older than that is stale). Both are UTC."""
+    fresh_since, now = (timelines.utc(t).replace(tzinfo=None) for t in (fresh_since, now))
+    ended = frame[frame["end_utc"] <= now]
     if ended.empty:
         return ended
-    newest = ended["window_end"].max()
-    return ended[(ended["window_end"] == newest) & (ended["window_end"] > fresh_since)]
+    newest = ended["end_utc"].max()
+    return ended[(ended["end_utc"] == newest) & (ended["end_utc"] > fresh_since)]
 
 
 def window_drift_alerts(
-    windows: pd.DataFrame, window_drift: pd.DataFrame, fresh_since: datetime, now_local: datetime
+    windows: pd.DataFrame, window_drift: pd.DataFrame, fresh_since: datetime, now: datetime
 ) -> list[Alert]:
     """The newest ended hour window drifted (any version): TaxiDatasetDrift's hour-window rule."""
-    recent = _newest_ended(windows, fresh_since, now_local)
+    recent = _newest_ended(windows, fresh_since, now)
     recent = recent[recent["dataset_drift"].eq(True)]
     if recent.empty:
         return []
     items = [
         f"{row.window_start:%Y-%m-%d %H:%M}–{row.window_end:%H:%M} (v{row.model_version}, {row.rows} rides): "
         f"{row.drifted_columns} of {row.columns_checked} columns drifted "
-        f"({', '.join(_drifted_columns(window_drift, row.window_end, row.model_version))})"
+        f"({', '.join(_drifted_columns(window_drift, row.end_utc, row.model_version))})"
         for row in recent.itertuples()
     ]
     return [Alert("drift", "dataset drift in the last clock hour that has ended", _more(items, len(items)))]
 
 
-def prediction_drift_alerts(window_drift: pd.DataFrame, fresh_since: datetime, now_local: datetime) -> list[Alert]:
+def prediction_drift_alerts(window_drift: pd.DataFrame, fresh_since: datetime, now: datetime) -> list[Alert]:
     """The predicted durations of the newest ended hour window drifted (TaxiPredictionDrift's rule): the
     first sign of a changed world, hours before outcomes arrive, even where dataset drift is silent."""
     predicted = window_drift[window_drift["column_name"] == "predicted_duration"]
-    moved = _newest_ended(predicted, fresh_since, now_local)
+    moved = _newest_ended(predicted, fresh_since, now)
     moved = moved[moved["drifted"].eq(True)]
     if moved.empty:
         return []

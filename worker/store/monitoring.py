@@ -71,10 +71,12 @@ def batch_row_count(engine: Engine, batch_id: str) -> int:
 
 
 def _window_batches(start: datetime, end: datetime, model_version: str):
+    """Scheduled batches whose slot (the UTC instant their window ends) lies in (start, end]: by the
+    instant, not the Chicago wall time, which repeats for an hour each November."""
     return select(batch_runs.c.batch_id).where(
         batch_runs.c.trigger == "schedule",
-        batch_runs.c.window_end > start,
-        batch_runs.c.window_end <= end,
+        batch_runs.c.slot > start,
+        batch_runs.c.slot <= end,
         batch_runs.c.status == "succeeded",
         batch_runs.c.model_version == model_version,
     )
@@ -83,7 +85,7 @@ def _window_batches(start: datetime, end: datetime, model_version: str):
 def window_rows(
     engine: Engine, start: datetime, end: datetime, model_version: str, sample: int | None = None
 ) -> tuple[pd.DataFrame, int]:
-    """Predictions of the scheduled batches whose window ends in (start, end], scored by one version
+    """Predictions of the scheduled batches whose slot is in (start, end] (UTC), scored by one version
     (at most `sample` of them, drawn at random by the database), and how many batches that is."""
     with engine.connect() as conn:
         ids = list(conn.execute(_window_batches(start, end, model_version)).scalars())

@@ -100,12 +100,13 @@ def prune(engine: Engine, older_than_days: float, now: datetime, seconds: float 
     cutoff = now - timedelta(days=older_than_days)
     deadline = None if seconds is None else time.monotonic() + seconds
     counts = delete_batches(engine, old_batches(engine, cutoff), deadline=deadline)
-    # Window and daily tables are keyed by Chicago-local time; a day's margin keeps the windows of
-    # batches that were not old enough to go.
-    local_cutoff = (cutoff - timedelta(days=1)).astimezone(CHICAGO).replace(tzinfo=None)
+    # Hour windows are keyed by UTC instants, days by Chicago-local dates; a day's margin keeps the
+    # windows of batches that were not old enough to go.
+    margin = cutoff - timedelta(days=1)
+    local_cutoff = margin.astimezone(CHICAGO).replace(tzinfo=None)
     with engine.begin() as conn:
         for table in (window_column_drift, window_metrics):
-            counts[table.name] += conn.execute(delete(table).where(table.c.window_end < local_cutoff)).rowcount
+            counts[table.name] += conn.execute(delete(table).where(table.c.window_end < margin)).rowcount
         counts["daily_accuracy"] += conn.execute(
             delete(daily_accuracy).where(daily_accuracy.c.day < local_cutoff.date())
         ).rowcount

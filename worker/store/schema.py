@@ -163,14 +163,15 @@ column_drift = Table(
 )
 
 # Rolling windows (a clock hour of scheduled batches, per model version): the like-for-like
-# comparison with enough rides to see a shift that single night slots are too small for.
+# comparison with enough rides to see a shift that single night slots are too small for. Keyed by
+# UTC instants: the two 01:00-02:00 hours of November's change are two windows, not one.
 window_metrics = Table(
     "window_metrics",
     metadata,
-    Column("window_end", DateTime(timezone=False), primary_key=True, comment="Chicago local"),
+    Column("window_end", DateTime(timezone=True), primary_key=True, comment="UTC instant the clock hour ends"),
     Column("window_minutes", Integer, primary_key=True),
     Column("model_version", String(40), primary_key=True),
-    Column("window_start", DateTime(timezone=False), nullable=False, comment="Chicago local"),
+    Column("window_start", DateTime(timezone=True), nullable=False, comment="UTC instant the clock hour starts"),
     Column("batches", Integer, nullable=False),
     Column("rows", Integer, nullable=False),
     Column("columns_checked", Integer),
@@ -183,7 +184,7 @@ window_metrics = Table(
 window_column_drift = Table(
     "window_column_drift",
     metadata,
-    Column("window_end", DateTime(timezone=False), primary_key=True, comment="Chicago local"),
+    Column("window_end", DateTime(timezone=True), primary_key=True, comment="UTC instant the clock hour ends"),
     Column("window_minutes", Integer, primary_key=True),
     Column("model_version", String(40), primary_key=True),
     Column("column_name", String(60), primary_key=True),

@@ -15,7 +15,7 @@ Prometheus like a counter reset.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import make_url
@@ -34,6 +34,7 @@ from worker.store.schema import (
     window_column_drift,
     window_metrics,
 )
+from worker.store.timelines import utc as as_utc
 
 TRIGGERS = ("schedule", "adhoc", "file")
 FINISHED = ("succeeded", "failed")
@@ -115,16 +116,6 @@ class VersionAccuracy:
     mae_minutes: float
     heldout_mae_minutes: float | None
     baseline_mae_minutes: float | None
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands timestamps back naive; they were stored as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def chicago_to_utc(value: datetime) -> datetime:
-    """A naive Chicago-local time (rides, windows) as an aware UTC time."""
-    return value.replace(tzinfo=CHICAGO).astimezone(UTC)
 
 
 def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> BatchState:
@@ -210,9 +201,8 @@ def read_drift(engine: Engine, now: datetime) -> DriftState:
         # The newest hour that has ended: the monitor recomputes the current hour after each batch,
         # and a window of a few batches is as noisy as a single batch.
         w = window_metrics.c
-        now_local = now.astimezone(CHICAGO).replace(tzinfo=None)
         newest_end = conn.execute(
-            select(func.max(w.window_end)).where(w.window_minutes == HOUR_WINDOW_MINUTES, w.window_end <= now_local)
+            select(func.max(w.window_end)).where(w.window_minutes == HOUR_WINDOW_MINUTES, w.window_end <= now)
         ).scalar_one()
         if newest_end is not None:
             rows = conn.execute(
@@ -220,7 +210,7 @@ def read_drift(engine: Engine, now: datetime) -> DriftState:
                     w.window_minutes == HOUR_WINDOW_MINUTES, w.window_end == newest_end
                 )
             ).all()
-            state.hour_window_end = chicago_to_utc(newest_end)
+            state.hour_window_end = as_utc(newest_end)
             flags = [bool(r.dataset_drift) for r in rows if r.dataset_drift is not None]
             state.hour_window_dataset_drift = any(flags) if flags else None
             counts = [r.drifted_columns for r in rows if r.drifted_columns is not None]

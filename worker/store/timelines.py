@@ -116,8 +116,8 @@ def column_drift_since(engine: Engine, since_local: datetime, since_utc: datetim
     return _frame(engine, query, columns)
 
 
-def windows_since(engine: Engine, since_local: datetime) -> pd.DataFrame:
-    """The hour windows (per model version) that end in the period."""
+def windows_since(engine: Engine, since: datetime) -> pd.DataFrame:
+    """The hour windows (per model version) that end after `since` (UTC); their ends and starts are UTC."""
     columns = [
         "window_start",
         "window_end",
@@ -132,14 +132,14 @@ def windows_since(engine: Engine, since_local: datetime) -> pd.DataFrame:
     ]
     query = (
         select(*(window_metrics.c[c] for c in columns))
-        .where(window_metrics.c.window_end > since_local)
+        .where(window_metrics.c.window_end > since)
         .order_by(window_metrics.c.window_end, window_metrics.c.model_version)
     )
     return _frame(engine, query, columns)
 
 
-def window_drift_since(engine: Engine, since_local: datetime) -> pd.DataFrame:
-    """Each column test of the hour windows that end in the period."""
+def window_drift_since(engine: Engine, since: datetime) -> pd.DataFrame:
+    """Each column test of the hour windows that end after `since` (UTC)."""
     columns = [
         "window_end",
         "window_minutes",
@@ -150,7 +150,7 @@ def window_drift_since(engine: Engine, since_local: datetime) -> pd.DataFrame:
         "threshold",
         "drifted",
     ]
-    query = select(*(window_column_drift.c[c] for c in columns)).where(window_column_drift.c.window_end > since_local)
+    query = select(*(window_column_drift.c[c] for c in columns)).where(window_column_drift.c.window_end > since)
     return _frame(engine, query, columns)
 
 
