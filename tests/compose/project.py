@@ -134,16 +134,58 @@ class Project:
                     found.append((round(stamp - since, 1), needle))
         return found
 
+    @staticmethod
+    def in_flight(victim_log: dict[str, dict[str, list[float]]], since: float) -> dict[str, float]:
+        """The tasks a worker received after `since` and had not finished, each with when it got it."""
+        return {
+            task: events["received"][0]
+            for task, events in victim_log.items()
+            if events["received"] and events["received"][0] >= since - 1 and not events["succeeded"]
+        }
+
+    def wait_tasks_ended(self, container: str, tasks: set[str], seconds: float) -> dict[str, str]:
+        """Wait until this worker's own log says how its delivery of each task ended: Celery's line for it
+        (`Task NAME[ID] succeeded/retry:/raised .../rejected`, anything but `received`; the task's own log
+        lines read `NAME[ID]: ...`), or the hard time limit's kill. Returns each task's first such line."""
+        ends = {
+            task: re.compile(
+                rf"Task [\w.]+\[{task}\] (?!received)|Hard time limit \(.*\) exceeded for [\w.]+\[{task}\]"
+            )
+            for task in tasks
+        }
+        deadline = time.monotonic() + seconds
+        while True:
+            ended: dict[str, str] = {}
+            for line in self.logs(container).splitlines():
+                for task in tasks - ended.keys():
+                    if ends[task].search(line):
+                        ended[task] = line[:300]
+            if ended.keys() == tasks:
+                return ended
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the worker's log never said how {sorted(tasks - ended.keys())} ended in {seconds:.0f}s:\n"
+                    + self.logs(container)[-3000:]
+                )
+            time.sleep(1)
+
+    def late_deliveries(self) -> list[str]:
+        """Messages in Redis that could still write rows of a batch that may already be written: a
+        chunk (`predict_chunk`, `score_rides`) or a retried task, whether queued or delivered and not
+        yet acknowledged (running, or held by a worker until its retry's countdown ends)."""
+        found = []
+        for command in (("lrange", "celery", "0", "-1"), ("hvals", "unacked")):
+            for message in self.exec("redis", "redis-cli", *command).splitlines():
+                if re.search(r"worker\.tasks\.(predict_chunk|score_rides)|\"retries\":\s*[1-9]", message):
+                    found.append(message[:200])
+        return found
+
     def redeliveries(
         self, victim_log: dict[str, dict[str, list[float]]], victim_id: str, since: float
     ) -> dict[str, dict]:
         """The tasks the victim received after `since` and had not finished, each with when the victim
         got it and when, and by which other worker, it was received again."""
-        in_flight = {
-            task: events["received"][0]
-            for task, events in victim_log.items()
-            if events["received"] and events["received"][0] >= since - 1 and not events["succeeded"]
-        }
+        in_flight = self.in_flight(victim_log, since)
         found: dict[str, dict] = {
             task: {"first": first, "again": None, "by": None} for task, first in in_flight.items()
         }

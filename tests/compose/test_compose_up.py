@@ -305,7 +305,10 @@ def test_frozen_worker_mid_copy_is_redelivered_and_its_late_write_changes_nothin
     settled_after = time.time() - unpaused_at
     # Gone (its process was killed) or back in the pool, idle: no longer in the COPY or its transaction.
     assert backend is None or backend[0] == "idle", f"the zombie's session is still busy a minute on: {backend}"
-    time.sleep(5)
+    # The zombie's own log says how each delivery it was frozen in ended (written nothing, retried,
+    # killed by the hard time limit): only then can no late write of it still come.
+    held = set(project.in_flight(frozen_log, dispatched))
+    zombie_ended = project.wait_tasks_ended(frozen["Id"], held, float(project.settings["TASK_TIME_LIMIT"]) + 60)
     assert project.assert_written_once(batch_id, FAN_OUT_RIDES) == chunks  # the zombie wrote nothing
 
     zombie_log = project.logs(frozen["Id"])
@@ -324,6 +327,7 @@ def test_frozen_worker_mid_copy_is_redelivered_and_its_late_write_changes_nothin
         "zombie_session_after_unpause": backend,
         "zombie_session_settled_after_unpause_seconds": round(settled_after, 1),
         "zombie_log_says": outcome,
+        "zombie_deliveries_ended": {task[:8]: line for task, line in zombie_ended.items()},
     }
     project.wait_healthy(["worker"], HEALTHY_SECONDS)
 
@@ -348,7 +352,8 @@ def test_worker_cut_off_the_network_mid_copy(project: Project) -> None:
     project.wait_batch(batch_id, _vt(project) + 120)
     written_after = time.time() - cut_at
     chunks = project.assert_written_once(batch_id, FAN_OUT_RIDES)
-    delays = _assert_redelivered_after_visibility_timeout(project, project.task_log(cut["Id"]), cut, dispatched)
+    cut_log = project.task_log(cut["Id"])
+    delays = _assert_redelivered_after_visibility_timeout(project, cut_log, cut, dispatched)
 
     podman("network", "connect", project.network, cut["Id"])
     reconnected = time.monotonic()
@@ -358,7 +363,10 @@ def test_worker_cut_off_the_network_mid_copy(project: Project) -> None:
         assert time.monotonic() - reconnected < 300, "the reconnected worker never answered its healthcheck"
         time.sleep(3)
     recovered = round(time.monotonic() - reconnected, 1)
-    time.sleep(5)
+    # The cut worker's own log says how each delivery it held ended (killed by the hard time limit while
+    # cut off, retried, or written nothing once back): only then can no late write of it still come.
+    held = set(project.in_flight(cut_log, dispatched))
+    project.wait_tasks_ended(cut["Id"], held, float(project.settings["TASK_TIME_LIMIT"]) + 60)
     assert project.assert_written_once(batch_id, FAN_OUT_RIDES) == chunks
     project.measured["network_cut"] = {
         "backend_at_cut": state_at_cut,
@@ -420,7 +428,12 @@ def test_after_every_fault_each_batch_holds_exactly_its_rides(project: Project) 
     """Across all the scenarios above, and every scheduled batch written meanwhile: each batch that
     succeeded has exactly as many predictions as rides requested, one per trip id and ledger row sums
     that match (a zombie's late write or a retried chunk would show up here, however late it came)."""
-    time.sleep(10)  # let any late retry of the earlier scenarios run
+    # Nothing of the earlier scenarios is left to run: no chunk and no retried task is queued, running
+    # or held for a retry's countdown (a late write could only come from one of those).
+    deadline = time.monotonic() + 300
+    while late := project.late_deliveries():
+        assert time.monotonic() < deadline, f"deliveries still pending after 300 s: {late}"
+        time.sleep(2)
     mismatched = project.sql(
         "SELECT b.batch_id, b.rides_requested, b.rows_written, count(p.trip_id), "
         "  (SELECT coalesce(sum(rows_written), 0) FROM batch_chunks c WHERE c.batch_id = b.batch_id) "

@@ -8,16 +8,18 @@ webhook receiver is a small HTTP server in this test. What the test changes in t
 files, and only this: targets and ports (free ones on 127.0.0.1), the scrape, evaluation and
 grouping intervals (seconds instead of tens of seconds), and every rule's `for:` hold (one
 second per minute: 1m becomes 1s). The rule expressions and the real holds are what the
-`promtool test rules` unit tests check.
+`promtool test rules` unit tests check. An alert said to stay silent is checked once Prometheus
+has evaluated its rule on the data that decides it, over at least the rule's (scaled) hold, in
+Prometheus's own record of every evaluation (ALERTS): never pending, never firing.
 
 The tests run in file order on the shared stack and tell one story: batches flow and every
-target is up; unshifted batches keep the drift alert silent; beat stops and the no-batch
-alert fires while the worker alert stays silent; a world with dearer fares makes the drift
-alert fire; a second version, set as the challenger behind the service's back, shadow-scores
-backfilled slots (the stack's model is its own, trained by `train`, so that its promotion is on the
-record: the dashboards' model-event annotations and paired-comparison panel then have rows to
-return); the worker is SIGKILLed and the worker alert fires although Flower still counts it
-online; the firing alerts reach Alertmanager and its webhook.
+target is up; unshifted batches, and an ended hour window of them, keep the drift alerts
+silent; beat stops and the no-batch alert fires while the worker alerts stay silent; a world
+with dearer fares makes the drift alert fire; a second version, set as the challenger behind
+the service's back, shadow-scores backfilled slots (the stack's model is its own, trained by
+`train`, so that its promotion is on the record: the dashboards' model-event annotations and
+paired-comparison panel then have rows to return); the worker is SIGKILLed and the worker alert
+fires although Flower still counts it online; the firing alerts reach Alertmanager and its webhook.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -75,6 +79,16 @@ TINY_TRAIN = ("--rides", "3000", "--trees", "2", "--max-depth", "3", "--seed", "
 def get_json(url: str, timeout: float = 10) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+def evaluation_time(group: dict[str, Any]) -> float:
+    """A rule group's lastEvaluation (RFC 3339, nanoseconds) as Unix time."""
+    stamp = group["lastEvaluation"]
+    if stamp.startswith("0001-"):  # not evaluated yet
+        return 0.0
+    whole, fraction, zone = re.fullmatch(r"([^.]+?)(\.\d+)?(Z|[+-]\d\d:\d\d)", stamp).groups()
+    zone = "+00:00" if zone == "Z" else zone
+    return datetime.fromisoformat(whole + zone).timestamp() + float(fraction or 0)
 
 
 def scaled_hold(duration: str) -> str:
@@ -171,6 +185,41 @@ class Monitored:
                     states.setdefault(rule["name"], set()).add(rule["state"])
         return states
 
+    def seen_at(self, expr: str) -> float:
+        """Wait until `expr` has a series in Prometheus; the wall-clock time it was seen there. The scrape
+        that carried it is stored by then, so every rule evaluation that starts later reads it."""
+        wait_until(f"{expr} in Prometheus", lambda: self.query(expr), 60, every=0.5)
+        return time.time()
+
+    def group_of(self, alert: str) -> dict[str, Any]:
+        for group in get_json(f"{self.prometheus}/api/v1/rules")["data"]["groups"]:
+            if any(rule["type"] == "alerting" and rule["name"] == alert for rule in group["rules"]):
+                return group
+        raise AssertionError(f"no alert rule {alert} loaded")
+
+    def assert_silent(self, alerts: list[str], since: float, hold: float = 0.0) -> float:
+        """The alerts were neither pending nor firing at any evaluation from `since` (when the data that
+        decides them was in Prometheus) to an evaluation at least `hold` seconds later: long enough for
+        a rule held that long to have fired. Waits for that evaluation (the positive signal that the
+        window has passed), then reads Prometheus's own record of every evaluation (ALERTS, written
+        for pending and firing alerts alike). Returns the time of the evaluation waited for."""
+
+        def evaluated() -> float | None:
+            newest = min(evaluation_time(self.group_of(alert)) for alert in alerts)
+            return newest if newest >= since + hold + 1 else None  # +1: the evaluation interval
+
+        until = wait_until(f"{alerts} evaluated {hold:.0f} s after the data", evaluated, hold + 60, every=0.5)
+        span = max(1, int(until - since) + 1)
+        names = "|".join(alerts)
+        params = {"query": f'count_over_time(ALERTS{{alertname=~"{names}"}}[{span}s])', "time": until}
+        answer = get_json(f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode(params))
+        assert answer["status"] == "success", answer
+        active = [(series["metric"], series["value"][1]) for series in answer["data"]["result"]]
+        assert active == [], f"pending or firing at some evaluation of the last {span} s: {active}"
+        states = self.rule_states()
+        assert all(states[alert] == {"inactive"} for alert in alerts), {alert: states[alert] for alert in alerts}
+        return until
+
     def scrape_exporter(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.exporter_port}/metrics", timeout=30) as response:
             return response.read().decode()
@@ -217,6 +266,18 @@ def rules_with_short_holds() -> dict[str, Any]:
             if "for" in rule:
                 rule["for"] = scaled_hold(rule["for"])
     return document
+
+
+def short_hold_seconds(alert: str) -> float:
+    """The `for:` hold of an alert rule as this test's Prometheus runs it (scaled_hold), in seconds."""
+    holds = [
+        rule.get("for", "0s")
+        for group in rules_with_short_holds()["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == alert
+    ]
+    assert holds, f"no alert rule {alert}"
+    return max(float(hold.removesuffix("s")) for hold in holds)
 
 
 def alertmanager_config(webhook: Webhook) -> dict[str, Any]:
@@ -368,18 +429,53 @@ def test_the_exporters_output_passes_promtool_check_metrics(monitored: Monitored
             assert f"`{name}`" in readme, f"{name} is not in the README's metric table"
 
 
+def previous_hour_slots() -> tuple[datetime, datetime]:
+    """Six slots of the previous clock hour, from half past (at least 30 minutes ago): their trips have
+    ended, so their outcomes are known, and their hour window has ended, so the exporter shows it."""
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=30)
+    return start, start + timedelta(seconds=6 * INTERVAL)
+
+
 def test_unshifted_batches_keep_the_drift_alert_silent(monitored: Monitored):
+    """Both drift rules, and the prediction-drift rule, have what they need to fire, and do not: an
+    ended hour window of unshifted batches (backfilled slots of the previous hour; beat's batches are
+    all in the hour in progress, which the exporter leaves out) and more batches in the last hour
+    than the per-batch rule needs. Silent once Prometheus evaluated them on that data."""
     m = monitored
-    wait_until(
-        "at least 4 monitored batches in Prometheus",
-        lambda: (m.value('taxi_monitored_batches_last_hour{status="ok"}') or 0) >= 4,
-        120,
-        every=1,
+    start, end = previous_hour_slots()
+    done = m.stack.cli("backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The hour window holds every batch of its hour once the last of them was monitored.
+    hour_end = end.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    chicago = ZoneInfo("America/Chicago")
+    local_end = hour_end.astimezone(chicago).replace(tzinfo=None)
+    local_start = local_end - timedelta(hours=1)
+
+    def window_complete() -> bool:
+        rows = m.stack.sql(
+            "SELECT w.batches, (SELECT count(*) FROM batch_runs b WHERE b.trigger = 'schedule' "
+            "  AND b.status = 'succeeded' AND b.window_end > :start AND b.window_end <= :end) AS written "
+            "FROM window_metrics w WHERE w.window_minutes = 60 AND w.window_end = :end",
+            start=local_start,
+            end=local_end,
+        )
+        return bool(rows) and rows[0].written >= 6 and rows[0].batches == rows[0].written
+
+    wait_until("the previous hour's window computed from all its batches", window_complete, 120, every=1)
+    computed = time.time()
+    # A scrape that read the database after that, with the window's end: every rule evaluated from
+    # now on reads the complete window and every monitored batch.
+    seen = m.seen_at(
+        f"(timestamp(taxi_hour_window_end_timestamp_seconds) > {computed})"
+        f" and (taxi_hour_window_end_timestamp_seconds == {hour_end.timestamp()})"
     )
-    time.sleep(2 * SCRAPE)
+    # What the rules read: were the batches or the window drifted, they would fire.
+    assert m.value("taxi_hour_window_dataset_drift") is not None
+    assert m.value("taxi_hour_window_prediction_drift") is not None
+    assert m.value("time() - taxi_hour_window_end_timestamp_seconds") < 5400  # fresh: the rule would count it
+    assert m.value('taxi_monitored_batches_last_hour{status="ok"}') >= 6
     drift = m.query('{__name__=~"taxi_(drifted_batches|monitored_batches)_last_hour|taxi_hour_window_.*"}')
-    assert m.firing("TaxiDatasetDrift") == [], (
-        [(a["labels"], a["value"]) for a in m.firing("TaxiDatasetDrift")],
+    detail = (
         [(d["metric"], d["value"][1]) for d in drift],
         m.stack.sql(
             "SELECT b.trigger, m.rows, m.drifted_columns, m.columns_checked, m.dataset_drift, m.reference "
@@ -387,20 +483,23 @@ def test_unshifted_batches_keep_the_drift_alert_silent(monitored: Monitored):
         ),
         m.stack.sql("SELECT window_end, rows, drifted_columns, columns_checked, dataset_drift FROM window_metrics"),
     )
-    assert m.alerts("pending") == [] or all(a["labels"]["alertname"] != "TaxiDatasetDrift" for a in m.alerts("pending"))
-    assert m.rule_states()["TaxiDatasetDrift"] == {"inactive"}
+    try:
+        m.assert_silent(["TaxiDatasetDrift", "TaxiPredictionDrift"], since=seen)
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\n{detail}") from None
 
 
 def test_a_stopped_beat_fires_the_no_batch_alert_and_not_the_worker_alert(monitored: Monitored):
     m = monitored
     m.stack.stop(m.beat)
-    stopped = time.monotonic()
+    stopped, stopped_at = time.monotonic(), time.time()
     wait_until("TaxiNoBatchSucceeded to fire", lambda: m.firing("TaxiNoBatchSucceeded"), 3 * INTERVAL + 60, every=1)
     took = time.monotonic() - stopped
     print(f"TaxiNoBatchSucceeded fired {took:.0f} s after beat stopped (3 intervals = {3 * INTERVAL} s)")
     assert took >= 2 * INTERVAL - SCRAPE  # not before the schedule really was overdue
-    assert m.firing("TaxiWorkerOffline") == []
-    assert m.firing("TaxiNoWorkerAnswering") == []
+    # The worker is alive: its rules were never even pending since beat stopped, over a span longer than their holds.
+    workers = ["TaxiWorkerOffline", "TaxiNoWorkerAnswering"]
+    m.assert_silent(workers, since=stopped_at, hold=max(short_hold_seconds(alert) for alert in workers))
     # The slots beat did not send are missed (the newest two are not counted yet: they may be queued).
     wait_until("TaxiSlotsMissed to fire", lambda: m.firing("TaxiSlotsMissed"), 30, every=1)
     assert m.value("taxi_missed_slots_last_day") >= 1
@@ -411,11 +510,8 @@ def test_backfilled_past_slots_bring_outcomes_and_live_accuracy(monitored: Monit
     true durations are observed and the live MAE of the version appears beside its held-out MAE;
     and that hour has ended, so its window is complete (the dashboards then have every table)."""
     m = monitored
-    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=30)
-    done = m.stack.cli(
-        "backfill", "--from", start.isoformat(), "--to", (start + timedelta(seconds=6 * INTERVAL)).isoformat(),
-        "--wait", timeout=300,
-    )  # fmt: skip
+    start, end = previous_hour_slots()  # the silent-drift test wrote them already, unless the hour turned since
+    done = m.stack.cli("backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     client = m.stack.client()
 
@@ -432,7 +528,12 @@ def test_backfilled_past_slots_bring_outcomes_and_live_accuracy(monitored: Monit
     assert m.value(f'taxi_live_outcomes{{model_version="{version}"}}') > 0
     # Unshifted rides: the live MAE stays well inside the alert's margin.
     assert float(live[0]["value"][1]) < 1.25 * heldout
-    assert m.firing("TaxiLiveMaeWorseThanHeldout") == []
+    # And the alert's own series: enough outcomes for it to count, its MAE inside the margin. It stays
+    # silent (never pending) for longer than its hold, so it could have fired.
+    alerted = f'{{model_version="{version}"}}'
+    seen = m.seen_at(f"taxi_live_recent_outcomes{alerted} >= 500")
+    assert m.value(f"taxi_live_mae_recent_seconds{alerted}") < 1.25 * heldout
+    m.assert_silent(["TaxiLiveMaeWorseThanHeldout"], since=seen, hold=short_hold_seconds("TaxiLiveMaeWorseThanHeldout"))
 
 
 def test_a_world_with_dearer_fares_fires_the_drift_alert(monitored: Monitored):
@@ -462,7 +563,7 @@ def test_a_challenger_set_behind_the_services_back_shadow_scores_and_its_compari
     trained = m.stack.cli("train", *TINY_TRAIN)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     registry_client(m.stack.env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(model, "challenger", "2")
-    # The six slots after the ones the live-accuracy test backfilled, in the same past hour, in the world
+    # The six slots after the ones backfilled by the tests above, in the same past hour, in the world
     # with dearer fares that the previous test made the drift alert fire for (so that it keeps firing).
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=30)
     start += timedelta(seconds=6 * INTERVAL)

@@ -229,7 +229,16 @@ def test_queued_batch_survives_a_redis_crash_only_with_append_only_persistence(
                     wait_until("the batch to succeed", lambda: batch_run(stack, batch_id)["status"] == "succeeded", 60)
                     assert batch_run(stack, batch_id)["rows_written"] == 60
                 else:
-                    time.sleep(3)  # a worker that had anything to run would have started it by now
+                    # A batch sent after the restart: once the worker (one process) wrote it, it had
+                    # taken whatever the queue held before it. The lost batch was not among that.
+                    later = stack.cli("dispatch", "--rides", "60")
+                    assert later.returncode == 0, later.stderr
+                    later_id = next(line.split()[1] for line in later.stdout.splitlines() if line.startswith("batch "))
+                    wait_until(
+                        "the batch sent after the restart to succeed",
+                        lambda: (batch_run(stack, later_id) or {}).get("status") == "succeeded",
+                        60,
+                    )
                     assert batch_run(stack, batch_id) is None
         finally:
             release(stack)
