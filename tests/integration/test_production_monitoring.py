@@ -44,7 +44,6 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -447,17 +446,14 @@ def test_unshifted_batches_keep_the_drift_alert_silent(monitored: Monitored):
     assert done.returncode == 0, done.stdout + done.stderr
     # The hour window holds every batch of its hour once the last of them was monitored.
     hour_end = end.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    chicago = ZoneInfo("America/Chicago")
-    local_end = hour_end.astimezone(chicago).replace(tzinfo=None)
-    local_start = local_end - timedelta(hours=1)
 
     def window_complete() -> bool:
         rows = m.stack.sql(
             "SELECT w.batches, (SELECT count(*) FROM batch_runs b WHERE b.trigger = 'schedule' "
-            "  AND b.status = 'succeeded' AND b.window_end > :start AND b.window_end <= :end) AS written "
+            "  AND b.status = 'succeeded' AND b.slot > :start AND b.slot <= :end) AS written "
             "FROM window_metrics w WHERE w.window_minutes = 60 AND w.window_end = :end",
-            start=local_start,
-            end=local_end,
+            start=hour_end - timedelta(hours=1),
+            end=hour_end,
         )
         return bool(rows) and rows[0].written >= 6 and rows[0].batches == rows[0].written
 
