@@ -4,7 +4,8 @@ Grafana cannot run on this machine, so the tests check what it would do with our
 `expand_sql` is a port of Grafana's PostgreSQL macro engine
 (pkg/tsdb/grafana-postgresql-datasource/macros.go: the same pattern, the same argument
 splitting, the same expansions, an unknown macro is an error), applied after the dashboard
-variables ($__interval, $__rate_interval) are substituted, as Grafana's frontend does.
+variables ($__interval, $__rate_interval, and the dashboards' own, e.g. $whatif) are substituted, as
+Grafana's frontend does.
 Annotation queries (the dashboard's `annotations.list`) are SQL run the same way; Grafana draws a
 marker per returned row from its `time` column, with `text` and comma-separated `tags`.
 """
@@ -122,23 +123,40 @@ def interval_seconds(text: str) -> float:
     return int(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
-def substitute_variables(text: str, interval: str = "1m", rate_interval: str = "2m") -> str:
-    """What Grafana's frontend does before a query leaves the browser."""
+def dashboard_variables() -> dict[str, str]:
+    """Each dashboard variable's current value as the files ship it (e.g. whatif: include)."""
+    return {
+        variable["name"]: variable["current"]["value"]
+        for board in dashboards().values()
+        for variable in board["templating"]["list"]
+    }
+
+
+def substitute_variables(
+    text: str, interval: str = "1m", rate_interval: str = "2m", variables: dict[str, str] | None = None
+) -> str:
+    """What Grafana's frontend does before a query leaves the browser: the built-in interval variables,
+    then the dashboards' own ($whatif), at their shipped values unless `variables` says otherwise."""
     seconds = interval_seconds(interval)
-    return (
+    text = (
         text.replace("$__rate_interval", rate_interval)
         .replace("$__interval_ms", str(int(seconds * 1000)))
         .replace("$__interval", interval)
     )
+    for name, value in {**dashboard_variables(), **(variables or {})}.items():
+        text = text.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    return text
 
 
 def _rfc3339(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def expand_sql(sql: str, start: datetime, end: datetime, interval: str = "1m") -> str:
+def expand_sql(
+    sql: str, start: datetime, end: datetime, interval: str = "1m", variables: dict[str, str] | None = None
+) -> str:
     """The SQL Grafana's PostgreSQL datasource would run for the time range [start, end]."""
-    sql = substitute_variables(sql, interval)
+    sql = substitute_variables(sql, interval, variables=variables)
 
     def evaluate(name: str, args: list[str], whole: str, at: int) -> str:
         if name == "__timeGroup" and len(sql) > at + len(whole) and sql[at + len(whole)] == ",":

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         ge=500,
         description="Live accuracy's rolling window: this many most recently known outcomes (alert, report, policy).",
     )
+    WHATIF_BATCHES: Literal["include", "exclude"] = Field(
+        "include",
+        description="Batches sent with a world knob (speed or fare factor not 1): include them in production "
+        "figures (live accuracy, drift windows and alerts, retraining, dashboards, report) or exclude them.",
+    )
     TRAINING_SOFT_TIME_LIMIT: float = Field(
         600.0, gt=0, description="Seconds before a training task (the policy's pass) is asked to stop."
     )

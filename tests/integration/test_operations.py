@@ -241,7 +241,7 @@ def test_a_failed_knobbed_batch_is_rerun_to_exactly_its_planned_rows(new_stack):
     mine = next(b for b in history if b["batch_id"] == batch_id)
     assert (mine["speed_factor"], mine["fare_factor"], mine["status"]) == (0.7, 1.1, "succeeded")
     table = stack.cli("batches", "--status", "succeeded").stdout
-    assert f"{batch_id} [speed=0.7, fare=1.1]" in table and "9000/9000" in table
+    assert f"{batch_id} [what-if speed ×0.7, fare ×1.1]" in table and "9000/9000" in table
 
 
 @pytest.mark.parametrize(

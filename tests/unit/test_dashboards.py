@@ -238,3 +238,21 @@ def test_the_dashboard_provider_reads_the_folder_compose_mounts():
     source = os.path.relpath(DASHBOARDS, REPO_ROOT)
     assert f"./{source}:{provider['options']['path']}:ro" in mounts
     assert provider["allowUiUpdates"] is False
+
+
+def test_what_if_batches_are_told_apart_by_the_one_definition_and_shipped_included():
+    """The dashboards' SQL tests a batch for what-if with worker/store/whatif.py's WHATIF_SQL, word for word,
+    and their `whatif` variable ships at WHATIF_BATCHES's default."""
+    from worker.settings import Settings
+    from worker.store.whatif import WHATIF_SQL
+
+    marked = [query for query in queries("sql") if "factor" in query.target["rawSql"]]
+    assert {query.panel_title for query in marked} >= {"Rows per batch", "Live MAE per batch"}
+    for query in marked:
+        sql = query.target["rawSql"]
+        assert sql.count("speed_factor") == sql.count(WHATIF_SQL), query.label
+        assert "$whatif" in sql, query.label
+    for name in ("predictions.json", "model-health.json"):
+        (variable,) = [v for v in dashboards()[name]["templating"]["list"] if v["name"] == "whatif"]
+        assert variable["current"]["value"] == Settings.model_fields["WHATIF_BATCHES"].default
+        assert [option["value"] for option in variable["options"]] == ["include", "exclude"]

@@ -34,7 +34,12 @@ def test_beat_schedule_names_registered_tasks():
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("BATCH_INTERVAL_SECONDS", "five"), ("DATABASE_URL", "not a url"), ("MAX_RIDES_PER_REQUEST", "-1")],
+    [
+        ("BATCH_INTERVAL_SECONDS", "five"),
+        ("DATABASE_URL", "not a url"),
+        ("MAX_RIDES_PER_REQUEST", "-1"),
+        ("WHATIF_BATCHES", "sometimes"),
+    ],
 )
 def test_malformed_setting_stops_the_cli_naming_the_variable(variable, value, tmp_path):
     done = subprocess.run(
@@ -49,6 +54,21 @@ def test_malformed_setting_stops_the_cli_naming_the_variable(variable, value, tm
     assert variable in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_whatif_batches_is_include_or_exclude_and_a_bad_value_names_the_variable(monkeypatch):
+    from worker.settings import SettingsError, get_settings
+
+    assert Settings().WHATIF_BATCHES == "include"  # what-if batches count, like the world they stand for
+    assert Settings(WHATIF_BATCHES="exclude").WHATIF_BATCHES == "exclude"
+    monkeypatch.setenv("WHATIF_BATCHES", "Exclude ")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError, match=r"^invalid setting WHATIF_BATCHES: .*'include' or 'exclude'"):
+            get_settings()
+    finally:
+        monkeypatch.delenv("WHATIF_BATCHES")
+        get_settings.cache_clear()
 
 
 def test_soft_limit_must_stay_below_hard_limit_and_visibility_timeout():

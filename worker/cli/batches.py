@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from worker.store.whatif import knobs_text
+
 COLUMNS = ("batch", "trigger", "status", "rows", "model", "tries", "started (UTC)", "took", "error")
 ERROR_CHARS = 60
 
@@ -28,10 +30,15 @@ def _utc(moment: datetime | None) -> str:
 
 
 def _knobs(row: dict[str, Any]) -> str:
-    parts = [
-        f"{name}={row[key]:g}" for name, key in (("speed", "speed_factor"), ("fare", "fare_factor")) if row[key] != 1
-    ]
-    return f" [{', '.join(parts)}]" if parts else ""
+    """A what-if batch's mark after its id: it was sent with a world knob (WHATIF_BATCHES decides whether
+    it counts in production figures)."""
+    knobs = knobs_text(row["speed_factor"], row["fare_factor"])
+    return f" [what-if {knobs}]" if knobs else ""
+
+
+def with_marks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with `what_if`: their knobs as people read them ("fare ×1.25"), "" for a calibrated batch."""
+    return [{**row, "what_if": knobs_text(row["speed_factor"], row["fare_factor"])} for row in rows]
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -69,4 +76,4 @@ def render_json(rows: list[dict[str, Any]]) -> str:
     def plain(value: object) -> object:
         return value.isoformat() if isinstance(value, datetime) else value
 
-    return json.dumps([{key: plain(value) for key, value in row.items()} for row in rows], indent=1)
+    return json.dumps([{key: plain(value) for key, value in row.items()} for row in with_marks(rows)], indent=1)

@@ -45,6 +45,7 @@ from worker.monitor.overview import (
     has_version,
     to_chicago,
     version_text,
+    whatif_knobs,
 )
 
 TIME_LABEL = "Chicago local time (America/Chicago)"
@@ -342,7 +343,8 @@ def batches_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
     caption = (
         "One bar per batch over its ride window: its height is the rides written, its colour its status "
         "(a failed batch is drawn at the rides it was asked for). Red bands are beat slots that never ran "
-        "(missed slots: fill them with backfill)."
+        "(missed slots: fill them with backfill). A black triangle marks a what-if batch (sent with "
+        "--speed-factor or --fare-factor): it counts in the other charts' figures unless WHATIF_BATCHES=exclude."
     )
     batches = overview.batches
     if batches.empty and not overview.missed:
@@ -411,6 +413,7 @@ def batches_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
             )
         if len(missed_at):
             legend.append(Patch(facecolor=DRIFT_COLOR, alpha=0.3, label=f"missed slot: {len(missed_at)}"))
+        legend += _whatif_marks(ax, overview, heights, key)
         _model_events(ax, overview, span, key)
         legend += _event_handles(overview)
         ax.set_ylim(floor, ceiling)
@@ -426,6 +429,23 @@ def batches_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
     return Chart(key, title, caption, svg, marks=len(batches) + len(overview.missed))
 
 
+def _whatif_marks(ax: Axes, overview: Overview, heights: np.ndarray, key: str) -> list:
+    """A black triangle over each what-if batch's bar (sent with a world knob), and its legend entry,
+    which says whether they count in production figures."""
+    knobs = whatif_knobs(overview.batches).to_numpy()
+    mask = knobs != ""
+    if not mask.any():
+        return []
+    part = overview.batches[mask]
+    middle = _num(part["start"]) + (_num(part["at"]) - _num(part["start"])) / 2
+    ax.scatter(middle, heights[mask] * (1.25 if ax.get_yscale() == "log" else 1.0), marker="v", s=22,
+               color=WINDOW_COLOR, zorder=4, gid=f"{key}-whatif", clip_on=False)  # fmt: skip
+    shown = "left out of figures" if overview.whatif_excluded else "counted in figures"
+    return [
+        Line2D([], [], marker="v", linestyle="none", color=WINDOW_COLOR, label=f"what-if ({shown}): {int(mask.sum())}")
+    ]
+
+
 # 2 ------------------------------------------------------------------------------------------------
 def predictions_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
     key, title = "predictions", "Predictions over time"
@@ -434,7 +454,7 @@ def predictions_chart(overview: Overview, span: tuple[datetime, datetime]) -> Ch
         "(band: 10th to 90th percentile). Scheduled slots form the line; ad-hoc and file batches are dots "
         "with whiskers. The line breaks where slots are missing."
     )
-    batches = overview.batches.dropna(subset=["prediction_p50"]).sort_values("at")
+    batches = overview.counted.dropna(subset=["prediction_p50"]).sort_values("at")
     if batches.empty:
         return Chart(
             key,
@@ -526,7 +546,7 @@ def drift_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart:
         "window. The true duration (target drift) is shown but never counted."
     )
     drift = overview.column_drift.dropna(subset=["margin", "at"])
-    batches = overview.batches.dropna(subset=["drifted_columns"])
+    batches = overview.counted.dropna(subset=["drifted_columns"])
     windows = overview.windows.dropna(subset=["drifted_columns"])
     if drift.empty and windows.empty:
         return Chart(
@@ -683,7 +703,7 @@ def accuracy_chart(overview: Overview, span: tuple[datetime, datetime]) -> Chart
         f"{ACCURACY_MARGIN:.0%} above it. Grey: the always-the-median baseline on the same day's rides, "
         "which any useful model beats."
     )
-    scored = overview.batches.dropna(subset=["mae"])
+    scored = overview.counted.dropna(subset=["mae"])
     scored = scored[scored["outcomes"].fillna(0) > 0]
     daily = overview.daily.dropna(subset=["mae"])
     if scored.empty and daily.empty:

@@ -101,6 +101,13 @@ def _factor(text: str) -> float:
     return value
 
 
+# What a what-if batch does to production figures, said in both commands' --help.
+WHATIF_HELP = (
+    "a batch with a knob not 1 is a what-if batch: marked in `batches`, the report and the dashboards, and "
+    "counted in production figures (live accuracy, drift, alerts, retraining) unless WHATIF_BATCHES=exclude"
+)
+
+
 def _world_options(parser: argparse.ArgumentParser) -> None:
     low, high = FACTOR_RANGE
     parser.add_argument(
@@ -108,14 +115,15 @@ def _world_options(parser: argparse.ArgumentParser) -> None:
         type=_factor,
         default=1.0,
         metavar="F",
-        help=f"a world that changed: every generated speed x F ({low:g}..{high:g}; 0.7 = heavy traffic)",
+        help=f"a world that changed: every generated speed x F ({low:g}..{high:g}; 0.7 = heavy traffic); "
+        + WHATIF_HELP,
     )
     parser.add_argument(
         "--fare-factor",
         type=_factor,
         default=1.0,
         metavar="F",
-        help=f"a world that changed: meter rates x F ({low:g}..{high:g}; 1.25 = a 25%% fare increase)",
+        help=f"a world that changed: meter rates x F ({low:g}..{high:g}; 1.25 = a 25%% fare increase); " + WHATIF_HELP,
     )
 
 

@@ -36,6 +36,7 @@ from worker.monitor.overview import (
     ModelAliases,
     Overview,
     version_text,
+    whatif_summary,
 )
 from worker.monitor.paired import CONFIDENCE, MIN_PAIRED_OUTCOMES, PROMOTE_MARGIN, PairedEvidence
 from worker.settings import Settings, redact
@@ -270,6 +271,9 @@ def render_html(overview: Overview, charts: list[Chart], source: str) -> str:
         if len(batches)
         else "no batches in this period"
     )
+    whatif = whatif_summary(overview)
+    if whatif:
+        summary += f"; {whatif}"
     sections = "".join(_chart(i, chart) for i, chart in enumerate(charts, start=1))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -38,7 +38,7 @@ from worker.monitor import paired
 from worker.monitor.degradation import ACCURACY_MARGIN, MIN_OUTCOMES, RecentAccuracy, degraded, recent_accuracy
 from worker.monitor.drift import DATASET_COLUMNS
 from worker.rides.generator import CHICAGO
-from worker.store import events, evidence, history, timelines
+from worker.store import events, evidence, history, timelines, whatif
 
 DRIFT_BATCHES = 3  # batches of the last hour that must have drifted ...
 DRIFT_SHARE = 0.5  # ... and their share of the hour's monitored batches
@@ -104,6 +104,13 @@ class Overview:
     alerts: list[Alert] = field(default_factory=list)
     events: pd.DataFrame = field(default_factory=lambda: empty_events())  # + `local`, `kind` (see classify)
     challenger: ChallengerView = ChallengerView(None, None, current=False)
+    whatif_excluded: bool = False  # WHATIF_BATCHES=exclude: what-if batches are in `batches`, not in figures
+
+    @property
+    def counted(self) -> pd.DataFrame:
+        """The batches that count in production figures (predictions, drift, live accuracy); `batches`
+        keeps every one for the batches and versions charts, where what-if batches are marked."""
+        return self.batches[self.batches["counts"]]
 
     @property
     def since_local(self) -> datetime:
@@ -247,6 +254,7 @@ def collect(
 
     drift = _with_margins(timelines.column_drift_since(engine, since_local, since))
     drift = drift.merge(batches[["batch_id", "at", "model_version"]], on="batch_id", how="left")
+    drift = drift[drift["batch_id"].isin(batches.loc[batches["counts"], "batch_id"])]
 
     # Hour windows are stored by UTC instant and shown in Chicago time; `end_utc` orders them (the
     # wall time repeats for an hour each November).
@@ -279,6 +287,7 @@ def collect(
         events=model_events(engine, aliases, since, now),
         challenger=challenger_view(engine, aliases),
         production=production_accuracy(engine, aliases, daily, window, now),
+        whatif_excluded=whatif.excluded(),
     )
     overview.alerts.extend(alerts(overview))
     return overview
@@ -308,7 +317,7 @@ def alerts(overview: Overview) -> list[Alert]:
         *accuracy_alerts(overview.production),
         *window_drift_alerts(overview.windows, overview.window_drift, now - WINDOW_FRESH, now),
         *prediction_drift_alerts(overview.window_drift, now - WINDOW_FRESH, now),
-        *batch_drift_alerts(overview.batches, overview.column_drift, now_local - RECENT),
+        *batch_drift_alerts(overview.counted, overview.column_drift, now_local - RECENT),
         *monitoring_alerts(overview.batches),
         *shadow_alerts(overview.batches),
     ]
@@ -536,6 +545,34 @@ def monitoring_alerts(batches: pd.DataFrame) -> list[Alert]:
             )
         )
     return found
+
+
+def whatif_knobs(batches: pd.DataFrame) -> pd.Series:
+    """Each batch's world knobs as people read them ("fare ×1.25"; "" for a calibrated batch)."""
+    return pd.Series(
+        [
+            whatif.knobs_text(float(s), float(f))
+            for s, f in zip(batches["speed_factor"], batches["fare_factor"], strict=True)
+        ],
+        index=batches.index,
+        dtype=object,
+    )
+
+
+def whatif_summary(overview: Overview) -> str | None:
+    """One sentence for the report's head: how many what-if batches the period holds, their knobs, and
+    whether they count in production figures (None when it holds none)."""
+    knobs = whatif_knobs(overview.batches)
+    knobs = knobs[knobs != ""]
+    if knobs.empty:
+        return None
+    groups = ", ".join(f"{text}: {count}" for text, count in sorted(knobs.value_counts().items()))
+    counted = (
+        "left out of production figures (WHATIF_BATCHES=exclude)"
+        if overview.whatif_excluded
+        else "counted in production figures (WHATIF_BATCHES=exclude leaves them out)"
+    )
+    return f"{len(knobs)} what-if batch{'es' if len(knobs) > 1 else ''} ({groups}), {counted}"
 
 
 def gaps(times: pd.Series, interval_seconds: float) -> np.ndarray:

@@ -3,7 +3,9 @@ paired errors of challenger and production on the same rides (shadow scoring), a
 live accuracy and use (for `models`).
 
 Only reads, and the one stored summary of a paired comparison (`shadow_comparisons`), which the
-quality pass and `models --compare` write and every other reader shows.
+quality pass and `models --compare` write and every other reader shows. Every read of rides and outcomes
+keeps only batches that count in production figures (worker/store/whatif.py: all of them, unless
+WHATIF_BATCHES=exclude leaves what-if batches out).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from worker.store.schema import (
     shadow_comparisons,
     shadow_predictions,
 )
+from worker.store.whatif import counts_in_production
 
 OBSERVED_COLUMNS = (*RIDE_COLUMNS, "actual_duration", "known_at", "batch_id", "model_version")
 
@@ -46,7 +49,7 @@ def observed_rides(
     scored the ride. `limit` keeps the most recently known; `rides_from_local` (Chicago local) keeps
     rides that started then or later (after a change in the world, say)."""
     known = known_at_column()
-    conditions = [known >= start, known < end]
+    conditions = [known >= start, known < end, counts_in_production(ride_predictions.c.batch_id)]
     if rides_from_local is not None:
         conditions.append(ride_predictions.c.trip_start_timestamp >= rides_from_local)
     query = (
@@ -66,15 +69,16 @@ def observed_rides(
 
 
 def count_observed(engine: Engine, start: datetime, end: datetime, rides_from_local: datetime | None = None) -> int:
+    """How many outcomes observed_rides would find (uncapped)."""
     known = known_at_column()
-    if rides_from_local is None:
-        query = select(func.count()).select_from(ride_outcomes).where(known >= start, known < end)
-    else:
-        query = (
-            select(func.count())
-            .select_from(ride_outcomes.join(ride_predictions, ride_predictions.c.trip_id == ride_outcomes.c.trip_id))
-            .where(known >= start, known < end, ride_predictions.c.trip_start_timestamp >= rides_from_local)
-        )
+    conditions = [known >= start, known < end, counts_in_production(ride_predictions.c.batch_id)]
+    if rides_from_local is not None:
+        conditions.append(ride_predictions.c.trip_start_timestamp >= rides_from_local)
+    query = (
+        select(func.count())
+        .select_from(ride_outcomes.join(ride_predictions, ride_predictions.c.trip_id == ride_outcomes.c.trip_id))
+        .where(*conditions)
+    )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
 
@@ -84,7 +88,7 @@ def _paired(challenger: str, production: str, known_by_local: datetime, since: d
     joined = shadow_predictions.join(ride_predictions, p.trip_id == s.trip_id).join(
         ride_outcomes, and_(o.trip_id == s.trip_id, o.observed_at <= known_by_local)
     )
-    conditions = [s.model_version == challenger, p.model_version == production]
+    conditions = [s.model_version == challenger, p.model_version == production, counts_in_production(p.batch_id)]
     if since is not None:
         conditions.append(s.created_at >= since)
     production_error = func.abs(p.predicted_duration - o.actual_duration)
@@ -197,7 +201,7 @@ def version_accuracy(engine: Engine, since: datetime) -> dict[str, tuple[int, fl
     query = (
         select(m.model_version, outcomes, weighted)
         .select_from(batch_metrics.join(batch_runs, batch_runs.c.batch_id == m.batch_id))
-        .where(batch_runs.c.finished_at >= since, m.outcomes > 0, m.mae.is_not(None))
+        .where(batch_runs.c.finished_at >= since, m.outcomes > 0, m.mae.is_not(None), counts_in_production(m.batch_id))
         .group_by(m.model_version)
     )
     with engine.connect() as conn:
@@ -246,7 +250,12 @@ def recent_errors(
     arrival): how many, their MAE (minutes), and when the oldest of them became known. `since` bounds
     how far back to look (an index range, so a version that stopped serving costs nothing)."""
     o, p = ride_outcomes.c, ride_predictions.c
-    conditions = [p.model_version == version, o.known_at <= now, o.known_at.is_not(None)]
+    conditions = [
+        p.model_version == version,
+        o.known_at <= now,
+        o.known_at.is_not(None),
+        counts_in_production(p.batch_id),
+    ]
     if since is not None:
         conditions.append(o.known_at >= since)
     newest = (
@@ -275,7 +284,13 @@ def batch_accuracy(engine: Engine, version: str, until_local: datetime, limit: i
     query = (
         select(r.batch_id, r.window_start, r.window_end, m.rows, m.outcomes, m.mae)
         .select_from(batch_runs.join(batch_metrics, m.batch_id == r.batch_id))
-        .where(r.model_version == version, r.window_end.is_not(None), r.window_end <= until_local, m.mae.is_not(None))
+        .where(
+            r.model_version == version,
+            r.window_end.is_not(None),
+            r.window_end <= until_local,
+            m.mae.is_not(None),
+            counts_in_production(r.batch_id),
+        )
         .order_by(r.window_end.desc())
         .limit(limit)
     )
@@ -290,7 +305,7 @@ def rides_known_since(engine: Engine, rides_from_local: datetime, now: datetime)
     query = (
         select(func.count())
         .select_from(ride_outcomes.join(ride_predictions, p.trip_id == o.trip_id))
-        .where(p.trip_start_timestamp >= rides_from_local, known_at_column() < now)
+        .where(p.trip_start_timestamp >= rides_from_local, known_at_column() < now, counts_in_production(p.batch_id))
     )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
@@ -299,7 +314,7 @@ def rides_known_since(engine: Engine, rides_from_local: datetime, now: datetime)
 def outcomes_known(engine: Engine, version: str, now: datetime, since: datetime | None = None) -> int:
     """Outcomes of rides scored by `version` known to the service by `now` (all of them: uncapped)."""
     o, p = ride_outcomes.c, ride_predictions.c
-    conditions = [p.model_version == version, o.known_at <= now]
+    conditions = [p.model_version == version, o.known_at <= now, counts_in_production(p.batch_id)]
     if since is not None:
         conditions.append(o.known_at >= since)
     query = (

@@ -26,6 +26,7 @@ from worker.store.schema import (
     window_column_drift,
     window_metrics,
 )
+from worker.store.whatif import counts_in_production
 
 # What monitoring reads back (not trip_id: nothing downstream needs it, and building a UUID object
 # per row took about 0.4 s per 100,000 rows, more than the drift tests).
@@ -71,14 +72,16 @@ def batch_row_count(engine: Engine, batch_id: str) -> int:
 
 
 def _window_batches(start: datetime, end: datetime, model_version: str):
-    """Scheduled batches whose slot (the UTC instant their window ends) lies in (start, end]: by the
-    instant, not the Chicago wall time, which repeats for an hour each November."""
+    """Scheduled batches of one version that count in production figures (a what-if backfill of the
+    hour's slots stays out with WHATIF_BATCHES=exclude) whose slot (the UTC instant their window ends)
+    lies in (start, end]: by the instant, not the Chicago wall time, which repeats each November."""
     return select(batch_runs.c.batch_id).where(
         batch_runs.c.trigger == "schedule",
         batch_runs.c.slot > start,
         batch_runs.c.slot <= end,
         batch_runs.c.status == "succeeded",
         batch_runs.c.model_version == model_version,
+        counts_in_production(batch_runs.c.batch_id),
     )
 
 
@@ -231,6 +234,7 @@ def day_outcomes(engine: Engine, day: date, known_at: datetime) -> pd.DataFrame:
                 ride_predictions.c.trip_start_timestamp >= start,
                 ride_predictions.c.trip_start_timestamp < end,
                 ride_outcomes.c.observed_at <= known_at,
+                counts_in_production(ride_predictions.c.batch_id),
             )
         )
     )
@@ -306,17 +310,19 @@ def load_outcomes(engine: Engine, outcomes: pd.DataFrame) -> dict[str, Any]:
 
 
 def latest_summary(engine: Engine) -> dict[str, Any]:
-    """For `status`: the last monitored batch's drift, and the latest live accuracy with its version."""
+    """For `status`: the last monitored batch's drift, and the latest live accuracy with its version (of
+    batches that count in production figures)."""
+    counted = counts_in_production(batch_metrics.c.batch_id)
     with engine.connect() as conn:
         last = (
-            conn.execute(select(batch_metrics).order_by(batch_metrics.c.monitored_at.desc()).limit(1))
+            conn.execute(select(batch_metrics).where(counted).order_by(batch_metrics.c.monitored_at.desc()).limit(1))
             .mappings()
             .first()
         )
         scored = (
             conn.execute(
                 select(batch_metrics)
-                .where(batch_metrics.c.mae.is_not(None))
+                .where(batch_metrics.c.mae.is_not(None), counted)
                 .order_by(batch_metrics.c.window_end.desc().nulls_last(), batch_metrics.c.quality_at.desc())
                 .limit(1)
             )

@@ -35,6 +35,7 @@ from worker.store.schema import (
     window_metrics,
 )
 from worker.store.timelines import utc as as_utc
+from worker.store.whatif import counts_in_production
 
 TRIGGERS = ("schedule", "adhoc", "file")
 FINISHED = ("succeeded", "failed")
@@ -167,20 +168,23 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
 def read_drift(engine: Engine, now: datetime) -> DriftState:
     state = DriftState()
     m = batch_metrics.c
+    counted = counts_in_production(m.batch_id)  # what-if batches stay out with WHATIF_BATCHES=exclude
     with engine.connect() as conn:
         state.monitored_last_hour.update(
             conn.execute(
-                select(m.monitor_status, func.count()).where(m.monitored_at >= now - RECENT).group_by(m.monitor_status)
+                select(m.monitor_status, func.count())
+                .where(m.monitored_at >= now - RECENT, counted)
+                .group_by(m.monitor_status)
             ).all()
         )
         state.drifted_last_hour = conn.execute(
             select(func.count()).where(
-                m.monitored_at >= now - RECENT, m.monitor_status == "ok", m.dataset_drift.is_(True)
+                m.monitored_at >= now - RECENT, m.monitor_status == "ok", m.dataset_drift.is_(True), counted
             )
         ).scalar_one()
         last = conn.execute(
             select(m.batch_id, m.monitored_at, m.dataset_drift, m.drifted_columns, m.columns_checked)
-            .where(m.monitor_status == "ok", m.dataset_drift.is_not(None))
+            .where(m.monitor_status == "ok", m.dataset_drift.is_not(None), counted)
             .order_by(m.monitored_at.desc(), m.batch_id.desc())
             .limit(1)
         ).first()

@@ -25,6 +25,7 @@ from worker.store.schema import (
     window_column_drift,
     window_metrics,
 )
+from worker.store.whatif import counts_in_production
 
 BATCH_COLUMNS = (
     "batch_id",
@@ -95,14 +96,21 @@ def _frame(engine: Engine, query: Select, columns: list[str]) -> pd.DataFrame:
 
 
 def batches_since(engine: Engine, since_local: datetime, since_utc: datetime) -> pd.DataFrame:
-    """Every batch of the period with its monitoring row, if any (columns BATCH_COLUMNS + METRIC_COLUMNS)."""
+    """Every batch of the period with its monitoring row, if any (columns BATCH_COLUMNS + METRIC_COLUMNS),
+    and `counts`: whether it counts in production figures (worker/store/whatif.py)."""
     query = (
-        select(*(batch_runs.c[c] for c in BATCH_COLUMNS), *(batch_metrics.c[c] for c in METRIC_COLUMNS))
+        select(
+            *(batch_runs.c[c] for c in BATCH_COLUMNS),
+            *(batch_metrics.c[c] for c in METRIC_COLUMNS),
+            counts_in_production(batch_runs.c.batch_id).label("counts"),
+        )
         .select_from(batch_runs.outerjoin(batch_metrics, batch_metrics.c.batch_id == batch_runs.c.batch_id))
         .where(_in_period(since_local, since_utc))
         .order_by(batch_runs.c.started_at, batch_runs.c.batch_id)
     )
-    return _frame(engine, query, [*BATCH_COLUMNS, *METRIC_COLUMNS])
+    frame = _frame(engine, query, [*BATCH_COLUMNS, *METRIC_COLUMNS, "counts"])
+    frame["counts"] = frame["counts"].astype(bool)
+    return frame
 
 
 def column_drift_since(engine: Engine, since_local: datetime, since_utc: datetime) -> pd.DataFrame:
