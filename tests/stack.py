@@ -73,11 +73,17 @@ def fresh_pg_url() -> Iterator[str]:
         yield url
 
 
+# The db numbers this session's open stacks hold. Emptiness alone is not a claim: a live stack's db
+# once read as empty in CI (emptied by something not found), and a second stack then shared the
+# session worker's broker, which took its batches.
+_CLAIMED: set[int] = set()
+
+
 def _free_redis_dbs(count: int) -> list[int]:
-    """Redis db numbers that hold no keys now (tests empty them again when done)."""
+    """Redis db numbers that hold no keys now and no open stack of this session holds."""
     chosen = []
     for db in range(15, 1, -1):
-        if redis.Redis(host=REDIS_HOST, db=db).dbsize() == 0:
+        if db not in _CLAIMED and redis.Redis(host=REDIS_HOST, db=db).dbsize() == 0:
             chosen.append(db)
         if len(chosen) == count:
             return chosen
@@ -200,6 +206,7 @@ class Stack:
             self.stop(process)
         for db in self.redis_dbs:
             redis.Redis(host=REDIS_HOST, db=db).flushdb()
+            _CLAIMED.discard(db)
         self.redis_dbs.clear()  # handed back: a second close must not flush numbers another stack took since
 
 
@@ -227,6 +234,7 @@ def make_stack(trained_model, tmp_path_factory) -> Iterator[Callable[..., Stack]
 
     def factory(db_url: str, **overrides: str) -> Stack:
         dbs = _free_redis_dbs(2)
+        _CLAIMED.update(dbs)
         for db in dbs:
             redis.Redis(host=REDIS_HOST, db=db).set("ctb-test-claim", "1")  # keeps later stacks off; flushed at close
         local = tmp_path_factory.mktemp("stack")
