@@ -73,44 +73,58 @@ def test_upgrading_a_0001_database_keeps_its_batches_and_fills_their_slot() -> N
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_upgrading_to_utc_windows_keeps_each_hour_at_its_instant(backend: str, tmp_path: Path) -> None:
     """0008: hour windows stored by Chicago wall time become the UTC instants those wall times were
-    (a summer and a winter hour, so both offsets), and their column tests move with them."""
+    (a summer and a winter hour, so both offsets), and their column tests move with them. Two old keys
+    that name one instant (02:00 of March's change does not exist: it and 03:00 are both 08:00 UTC)
+    do not stop the upgrade: the window of more rides is kept, with its column tests."""
     from sqlalchemy import text
 
     from tests.stack import create_database, drop_database
 
     name, url = create_database() if backend == "postgresql" else (None, f"sqlite:///{tmp_path / 'p.db'}")
+    stored = [  # (end, start, rows): Chicago wall times, as 0007 stored them
+        ("2026-07-01 14:00:00", "2026-07-01 13:00:00", 900),
+        ("2026-12-01 14:00:00", "2026-12-01 13:00:00", 900),
+        ("2026-03-08 02:00:00", "2026-03-08 01:00:00", 700),
+        ("2026-03-08 03:00:00", "2026-03-08 02:00:00", 40),
+    ]
     try:
         migrate(url, "0007")
         engine = create_engine(url)
         with engine.begin() as conn:
-            for end in ("2026-07-01 14:00:00", "2026-12-01 14:00:00"):
+            for end, start, rows in stored:
                 conn.execute(
                     text(
                         "INSERT INTO window_metrics (window_end, window_minutes, model_version, window_start, "
-                        "batches, rows) VALUES (:e, 60, '1', :s, 12, 900)"
+                        "batches, rows) VALUES (:e, 60, '1', :s, 12, :r)"
                     ),
-                    {"e": end, "s": end.replace("14:", "13:")},
+                    {"e": end, "s": start, "r": rows},
                 )
                 conn.execute(
                     text(
                         "INSERT INTO window_column_drift (window_end, window_minutes, model_version, column_name, "
-                        "method, score, threshold, drifted) VALUES (:e, 60, '1', 'fare', 'wasserstein', 0.2, 0.1, true)"
+                        "method, score, threshold, drifted) VALUES (:e, 60, '1', 'fare', 'wasserstein', :r, 0.1, true)"
                     ),
-                    {"e": end},
+                    {"e": end, "r": rows / 1000},
                 )
         migrate(url)
         with engine.connect() as conn:
-            windows = conn.execute(text("SELECT window_start, window_end FROM window_metrics ORDER BY 2")).all()
-            drift = conn.execute(text("SELECT window_end FROM window_column_drift ORDER BY 1")).scalars().all()
+            windows = conn.execute(text("SELECT window_start, window_end, rows FROM window_metrics ORDER BY 2")).all()
+            drift = conn.execute(text("SELECT window_end, score FROM window_column_drift ORDER BY 1")).all()
         engine.dispose()
-        as_utc = lambda v: v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)  # noqa: E731
-        expected = [datetime(2026, 7, 1, 19, tzinfo=UTC), datetime(2026, 12, 1, 20, tzinfo=UTC)]
-        if backend == "sqlite":  # no time zones: naive UTC text, as SQLAlchemy gives it back
-            windows = [tuple(datetime.fromisoformat(str(v)) for v in row) for row in windows]
-            drift = [datetime.fromisoformat(str(v)) for v in drift]
-        assert [as_utc(end) for _, end in windows] == expected
-        assert [as_utc(start) for start, _ in windows] == [e.replace(hour=e.hour - 1) for e in expected]
-        assert [as_utc(end) for end in drift] == expected
+        as_utc = lambda v: (  # noqa: E731  (SQLite: naive UTC text, as SQLAlchemy gives it back)
+            datetime.fromisoformat(str(v)).replace(tzinfo=UTC)
+            if not isinstance(v, datetime) or v.tzinfo is None
+            else v.astimezone(UTC)
+        )
+        march, summer, winter = (datetime(2026, 3, 8, 8, tzinfo=UTC), datetime(2026, 7, 1, 19, tzinfo=UTC),
+                                 datetime(2026, 12, 1, 20, tzinfo=UTC))  # fmt: skip
+        assert [(as_utc(end), rows) for _, end, rows in windows] == [(march, 700), (summer, 900), (winter, 900)]
+        assert [as_utc(start) for start, _, _ in windows] == [
+            datetime(2026, 3, 8, 7, tzinfo=UTC),
+            datetime(2026, 7, 1, 18, tzinfo=UTC),
+            datetime(2026, 12, 1, 19, tzinfo=UTC),
+        ]
+        assert [(as_utc(end), score) for end, score in drift] == [(march, 0.7), (summer, 0.9), (winter, 0.9)]
     finally:
         if name:
             drop_database(name)
