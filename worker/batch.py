@@ -199,9 +199,11 @@ def run_generated_chunk(
     world: World = CALIBRATED,
     shadow: Shadow | None = None,
     now: datetime | None = None,
+    written_at: datetime | None = None,
 ) -> ChunkResult:
+    """`written_at`: the batch's recorded first start, which its trip ids carry (see trip_ids)."""
     started = time.perf_counter()
-    frame = generated_chunk(batch_id, seed, chunk_index, rides, window, world)
+    frame = generated_chunk(batch_id, seed, chunk_index, rides, window, world, written_at)
     timings = {"generate": time.perf_counter() - started}
     return predict_and_write(
         engine, model, batch_id, chunk_index, frame, timings, ids_are_new=True, shadow=shadow, now=now

@@ -76,8 +76,13 @@ class Settings(BaseSettings):
     RIDES_PER_BATCH: int | None = Field(
         None, ge=1, description="Fixed rides per scheduled batch; unset means Chicago's volume."
     )
-    MAX_RIDES_PER_REQUEST: int = Field(1_000_000, ge=1, description="Largest batch or file a request may ask for.")
-    CHUNK_SIZE: int = Field(50_000, ge=1, description="Rides per chunk; larger requests fan out across workers.")
+    # At most 2**24: a trip id numbers the rides of a chunk in 24 bits (worker/rides/batch_rides.py).
+    MAX_RIDES_PER_REQUEST: int = Field(
+        1_000_000, ge=1, le=1 << 24, description="Largest batch or file a request may ask for."
+    )
+    CHUNK_SIZE: int = Field(
+        50_000, ge=1, le=1 << 24, description="Rides per chunk; larger requests fan out across workers."
+    )
     TASK_SOFT_TIME_LIMIT: float = Field(210.0, gt=0, description="Seconds before a task is asked to stop.")
     TASK_TIME_LIMIT: float = Field(240.0, gt=0, description="Seconds before a task's process is killed.")
     VISIBILITY_TIMEOUT: float = Field(

@@ -259,6 +259,7 @@ def run_batch(
         window=plan.window,
         world=plan.world,
         shadow=runtime.shadow(model.name, row.get("challenger_version"), model.version),
+        written_at=row["started_at"],
     )
     after_write(result)
     if not result.write.duplicate:
@@ -308,6 +309,7 @@ def predict_chunk(
         window=batch.parse_window(*window),
         world=check_world(speed_factor, fare_factor),
         shadow=runtime.shadow(model.name, challenger_version, model.version),
+        written_at=row["started_at"],
     )
     after_write(result)
     return result.as_dict()
@@ -364,7 +366,7 @@ def score_rides(
     valid = checked.valid
     missing_ids = valid["trip_id"].isna().to_numpy()
     if missing_ids.any():
-        generated = trip_ids(batch_id, chunk_index, len(valid))
+        generated = trip_ids(batch_id, chunk_index, len(valid), row["started_at"])
         valid.loc[missing_ids, "trip_id"] = generated[missing_ids]
     shadow = runtime.shadow(model.name, row.get("challenger_version"), model.version)
     result = batch.predict_and_write(engine, model, batch_id, chunk_index, valid, {}, shadow=shadow)

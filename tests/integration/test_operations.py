@@ -163,7 +163,7 @@ def _planned_rows(row, chunk_size: int) -> pd.DataFrame:
     world = World(row.speed_factor, row.fare_factor)
     window = Window(row.window_start, row.window_end)
     frames = [
-        generated_chunk(row.batch_id, int(row.seed), i, n, window, world)
+        generated_chunk(row.batch_id, int(row.seed), i, n, window, world, row.started_at)
         for i, n in enumerate(batch.chunk_sizes(row.rides_requested, chunk_size))
     ]
     return pd.concat(frames, ignore_index=True)
