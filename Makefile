@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# Two stamps: `make run` installs only what running needs (requirements.txt); the test and lint
+# targets add the test tools (requirements-dev.txt) on first use.
+RUN_STAMP := $(VENV)/.installed-run
+STAMP     := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-unit test-integration test-reliability test-compose bench lint format migrate clean
@@ -10,15 +13,18 @@ STAMP  := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(RUN_STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the pinned requirements
+install: $(STAMP) ## create .venv and install the pinned requirements and the test tools
 
-run: $(STAMP) ## set up, then run worker + beat + Flower and a first batch (Ctrl-C stops all)
+run: $(RUN_STAMP) ## set up, then run worker + beat + Flower and a first batch (Ctrl-C stops all)
 	$(PY) -m worker run
 
 test: $(STAMP) ## unit, integration and reliability tests (CI runs this, then test-compose)
@@ -36,7 +42,7 @@ test-reliability: $(STAMP) ## fault-injection tests with real processes (kills, 
 test-compose: $(STAMP) ## docker compose up for real (Podman, local base images) and faults across containers; root
 	$(PY) -m pytest tests/compose -s -p no:cacheprovider
 
-bench: $(STAMP) ## throughput and latency benchmark against the configured Redis and PostgreSQL
+bench: $(RUN_STAMP) ## throughput and latency benchmark against the configured Redis and PostgreSQL
 	$(PY) -m worker bench
 
 lint: $(STAMP) ## ruff (lint, import order, formatting) and the import-linter contracts (rooms import one way)
@@ -48,7 +54,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-migrate: $(STAMP) ## create or upgrade the database tables
+migrate: $(RUN_STAMP) ## create or upgrade the database tables
 	$(PY) -m worker migrate
 
 clean: ## remove the embedded stores (.local) and caches, keep .venv

@@ -731,6 +731,11 @@ def cmd_lifecycle_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.history:
+        from worker.cli.history_bench import run_history_bench
+
+        run_history_bench(settings, args.history, args.repeat, max(args.sizes), args.history_ids)
+        return 0
     from worker.cli.bench import run_bench
 
     run_bench(settings, args.sizes, args.repeat, args.latency_runs, with_worker=not args.no_worker)
@@ -892,6 +897,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=_positive_int, default=3)
     bench.add_argument("--latency-runs", type=_positive_int, default=5)
     bench.add_argument("--no-worker", action="store_true", help="only the in-process stages")
+    bench.add_argument(
+        "--history",
+        type=_positive_float,
+        nargs="+",
+        metavar="DAYS",
+        help="instead: writes and reads on an empty database and on ones holding DAYS of Chicago-volume "
+        "history, side by side (throwaway databases on the configured PostgreSQL server)",
+    )
+    bench.add_argument(
+        "--history-ids",
+        choices=("ordered", "random"),
+        default="ordered",
+        help="the history's trip ids: as the workers write them, or random (a database from before ordered ids)",
+    )
     bench.set_defaults(handler=cmd_bench)
 
     models = sub.add_parser(

@@ -50,14 +50,20 @@ def trip_ids(batch_id: str, chunk_index: int, n: int, written_at: datetime | Non
         raise ValueError(f"chunk index {chunk_index} is outside the {CHUNK_BITS} bits a trip id gives it")
     if not 0 <= n <= 1 << PLACE_BITS:
         raise ValueError(f"{n:,} rides in one chunk: a trip id numbers at most {1 << PLACE_BITS:,}")
-    millis = id_millis(written_at if written_at is not None else datetime.now(UTC))
-    mark = batch_mark(batch_id)
-    high = (millis << 16) | (0x7 << 12) | (mark >> 18)
-    low = (0b10 << 62) | ((mark & 0x3FFFF) << 44) | (chunk_index << PLACE_BITS)
+    high, low = id_halves(batch_id, chunk_index, written_at if written_at is not None else datetime.now(UTC))
     raw = np.empty((n, 2), dtype=">u8")
     raw[:, 0] = high
     raw[:, 1] = np.uint64(low) + np.arange(n, dtype=np.uint64)
     return np.frombuffer(raw.tobytes().hex().encode(), dtype="S32").astype(str)
+
+
+def id_halves(batch_id: str, chunk_index: int, written_at: datetime) -> tuple[int, int]:
+    """The two 64-bit halves of a chunk's first trip id; the ride's place is added to the second.
+    One definition for the ids a worker writes and the history the benchmark makes in SQL."""
+    mark = batch_mark(batch_id)
+    high = (id_millis(written_at) << 16) | (0x7 << 12) | (mark >> 18)  # version 7
+    low = (0b10 << 62) | ((mark & 0x3FFFF) << 44) | (chunk_index << PLACE_BITS)  # RFC 4122 variant
+    return high, low
 
 
 def generated_chunk(
