@@ -124,32 +124,31 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
     since = now - RECENT
     c = batch_runs.c
     with engine.connect() as conn:
-        for status, target in (("succeeded", state.last_success), ("failed", state.last_failure)):
-            rows = conn.execute(
-                select(c.trigger, func.max(c.finished_at))
-                .where(c.status == status, c.finished_at.is_not(None))
-                .group_by(c.trigger)
-            )
-            target.update({trigger: as_utc(at) for trigger, at in rows if at is not None})
+        # The newest finished batch of each trigger and status, read backwards along the finished_at
+        # index: it costs the same on the 90th day as on the first (a max() per group read every
+        # succeeded batch ever kept: 11 ms a scrape on 90 days of slots, growing with history).
+        for trigger in TRIGGERS:
+            for status, target in (("succeeded", state.last_success), ("failed", state.last_failure)):
+                newest = conn.execute(
+                    select(c.rows_written, attempt_started().label("started_at"), c.finished_at)
+                    .where(c.trigger == trigger, c.status == status, c.finished_at.is_not(None))
+                    .order_by(c.finished_at.desc())
+                    .limit(1)
+                ).first()
+                if newest is None:
+                    continue
+                target[trigger] = as_utc(newest.finished_at)
+                if status == "succeeded":
+                    state.last_rows[trigger] = newest.rows_written
+                    state.last_duration_seconds[trigger] = max(
+                        0.0, (as_utc(newest.finished_at) - as_utc(newest.started_at)).total_seconds()
+                    )
         # Beat's heartbeat: only slots beat itself sent (a backfill of the minutes just missed must
         # not make a dead beat look alive).
         last_slot = conn.execute(
             select(func.max(c.slot)).where(c.status == "succeeded", c.slot.is_not(None), c.sent_by == "beat")
         ).scalar_one()
         state.last_slot = as_utc(last_slot) if last_slot is not None else None
-        newest = (
-            select(c.trigger, func.max(c.finished_at).label("finished_at"))
-            .where(c.status == "succeeded")
-            .group_by(c.trigger)
-            .subquery()
-        )
-        for trigger, rows_written, started_at, finished_at in conn.execute(
-            select(c.trigger, c.rows_written, attempt_started(), c.finished_at).join(
-                newest, (c.trigger == newest.c.trigger) & (c.finished_at == newest.c.finished_at)
-            )
-        ):
-            state.last_rows[trigger] = rows_written
-            state.last_duration_seconds[trigger] = max(0.0, (as_utc(finished_at) - as_utc(started_at)).total_seconds())
         for status, trigger, count, rows in conn.execute(
             select(c.status, c.trigger, func.count(), func.coalesce(func.sum(c.rows_written), 0))
             .where(c.finished_at >= since, c.status.in_(FINISHED))
