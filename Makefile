@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Two stamps: `make run` installs only what running needs (requirements.txt); the test and lint
-# targets add the test tools (requirements-dev.txt) on first use.
-RUN_STAMP := $(VENV)/.installed-run
-STAMP     := $(VENV)/.installed
+# targets add the test tools (requirements-dev.txt) on first use. uv installs the same pinned
+# requirements as pip would (same versions, checked), in a third of the time: a fresh clone's
+# `make run` spent 66 of its 103 s in pip, most of it byte-compiling one file at a time.
+RUN_STAMP  := $(VENV)/.installed-run
+STAMP      := $(VENV)/.installed
+UV_VERSION := 0.13.9
+UV_INSTALL := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-unit test-integration test-reliability test-compose bench lint format migrate clean
@@ -15,11 +19,12 @@ help: ## list the targets
 
 $(RUN_STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV_INSTALL) -r requirements.txt
 	touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP) requirements-dev.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(UV_INSTALL) -r requirements-dev.txt
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the pinned requirements and the test tools
