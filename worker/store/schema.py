@@ -89,6 +89,8 @@ batch_runs = Table(
     Index("ix_batch_runs_started_at", "started_at"),
     Index("ix_batch_runs_slot", "slot"),
     Index("ix_batch_runs_status", "status"),
+    # The newest finished batch per trigger and status (exporter, status), one descent each.
+    Index("ix_batch_runs_trigger_status_finished_at", "trigger", "status", "finished_at"),
 )
 
 batch_chunks = Table(
