@@ -98,13 +98,47 @@ def monitor_cost(settings: Settings, rides: int, repeat: int) -> dict:
     return {"rides": rides, "seconds": statistics.median(times)}
 
 
+def timed_batch(engine, model, rides: int, seed: int, shadow=None, label: str = "bench") -> dict[str, float]:
+    """One ad hoc batch of generated rides, written as a worker writes it: its stage timings and
+    total (generate, predict, write, and the challenger's shadow prediction if one is given)."""
+    from worker import batch
+    from worker.rides.generator import recent_window
+    from worker.store import writes
+
+    batch_id = f"{label}-{uuid.uuid4()}"
+    row = writes.start_batch(
+        engine,
+        batch_id=batch_id,
+        trigger="adhoc",
+        rides_requested=rides,
+        chunks_total=1,
+        task_id=None,
+        seed=seed,
+        window=None,
+        attempt=1,
+    )
+    started = time.perf_counter()
+    result = batch.run_generated_chunk(
+        engine,
+        model,
+        batch_id=batch_id,
+        chunk_index=0,
+        rides=rides,
+        seed=seed,
+        window=recent_window(5),
+        shadow=shadow,
+        written_at=row["started_at"],
+    )
+    total = time.perf_counter() - started
+    assert result.write.rows_written == rides, result
+    return {**result.timings, "total": total}
+
+
 def stage_bench(settings: Settings, sizes: list[int], repeat: int, challenger: bool = False) -> list[dict]:
     """In one process; with `challenger`, the production model also stands in as the challenger, so
     every ride is predicted twice and its shadow prediction written in the same transaction."""
-    from worker import batch, runtime
+    from worker import runtime
     from worker.model.registry import Shadow
-    from worker.rides.generator import recent_window
-    from worker.store import writes
 
     engine = runtime.engine()
     model = runtime.model()
@@ -113,33 +147,9 @@ def stage_bench(settings: Settings, sizes: list[int], repeat: int, challenger: b
     for size in sizes:
         runs = []
         for attempt in range(repeat + 1):  # the first run warms caches and is not counted
-            batch_id = f"bench-{uuid.uuid4()}"
-            writes.start_batch(
-                engine,
-                batch_id=batch_id,
-                trigger="adhoc",
-                rides_requested=size,
-                chunks_total=1,
-                task_id=None,
-                seed=attempt,
-                window=None,
-                attempt=1,
-            )
-            started = time.perf_counter()
-            result = batch.run_generated_chunk(
-                engine,
-                model,
-                batch_id=batch_id,
-                chunk_index=0,
-                rides=size,
-                seed=attempt,
-                window=recent_window(5),
-                shadow=shadow,
-            )
-            total = time.perf_counter() - started
-            assert result.write.rows_written == size
+            timings = timed_batch(engine, model, size, attempt, shadow=shadow)
             if attempt:
-                runs.append({**result.timings, "total": total})
+                runs.append(timings)
         median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         results.append({"rides": size, **median, "rides_per_second": size / median["total"]})
     _cleanup(engine, [])

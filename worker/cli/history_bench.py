@@ -29,6 +29,7 @@ import pandas as pd
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
+from worker.cli.bench import timed_batch
 from worker.cli.errors import UsageError
 from worker.settings import Settings
 
@@ -195,39 +196,6 @@ def _median_seconds(run: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
-def write_batch(engine: Engine, model, rides: int, seed: int) -> dict[str, float]:
-    """One ad hoc batch of generated rides, written as a worker writes it; its stage timings."""
-    from worker import batch
-    from worker.rides.generator import recent_window
-    from worker.store import writes
-
-    batch_id = f"bench-history-{seed}-{rides}-{time.time_ns()}"
-    row = writes.start_batch(
-        engine,
-        batch_id=batch_id,
-        trigger="adhoc",
-        rides_requested=rides,
-        chunks_total=1,
-        task_id=None,
-        seed=seed,
-        window=None,
-        attempt=1,
-    )
-    started = time.perf_counter()
-    result = batch.run_generated_chunk(
-        engine,
-        model,
-        batch_id=batch_id,
-        chunk_index=0,
-        rides=rides,
-        seed=seed,
-        window=recent_window(5),
-        written_at=row["started_at"],
-    )
-    assert result.write.rows_written == rides, result
-    return {**result.timings, "total": time.perf_counter() - started}
-
-
 def bare_copy_seconds(engine: Engine, model, rides: int, repeat: int) -> float:
     """COPY of `rides` prediction rows (the same columns, ids in the workers' layout) into a plain
     table with a primary key on trip_id and nothing else: what the database itself can take."""
@@ -287,8 +255,10 @@ def measure(settings: Settings, engine: Engine, model, repeat: int, big: int) ->
         "rides_scored": read_seconds(engine, RIDES_SCORED, *day, repeat),
         "exporter": _median_seconds(lambda: _exporter_reading(settings, engine), repeat),
     }
-    writes_big = [write_batch(engine, model, big, seed) for seed in range(repeat + 1)][1:]
-    writes_small = [write_batch(engine, model, 1000, 100 + seed) for seed in range(repeat + 2)][1:]
+    writes_big = [timed_batch(engine, model, big, seed, label="bench-history") for seed in range(repeat + 1)][1:]
+    writes_small = [timed_batch(engine, model, 1000, 100 + seed, label="bench-history") for seed in range(repeat + 2)][
+        1:
+    ]
     figures |= {
         "big_write": statistics.median(w["write"] for w in writes_big),
         "big_total": statistics.median(w["total"] for w in writes_big),
