@@ -13,5 +13,5 @@ def test_the_history_benchmark_refuses_a_database_that_is_not_postgresql(tmp_pat
     from worker.settings import Settings
 
     settings = Settings(LOCAL_DIR=tmp_path, DATABASE_URL="")
-    with pytest.raises(UsageError, match="needs DATABASE_URL to name a PostgreSQL server.*sqlite"):
+    with pytest.raises(UsageError, match=r"needs DATABASE_URL to name a PostgreSQL server.*sqlite"):
         run_history_bench(settings, [1.0], repeat=1, big=1000, ids="ordered")
