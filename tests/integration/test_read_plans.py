@@ -88,3 +88,30 @@ def test_every_annotation_filter_can_use_an_index(history_url, annotation):
     now = datetime.now(UTC)
     sql = expand_sql(annotation.target["rawSql"], now - default_range(annotation.dashboard), now, "1m")
     assert not full_scans(plan_of(history_url, sql)), f"{annotation.label} reads a whole per-ride table"
+
+
+def test_the_history_benchmark_names_a_database_it_may_not_create():
+    """A role without CREATEDB: one line that names the throwaway database, nothing left behind."""
+    import uuid
+
+    from worker.cli.errors import UsageError
+    from worker.cli.history_bench import throwaway_database
+
+    role = f"ctb_nocreate_{uuid.uuid4().hex[:8]}"
+    admin = get_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN NOCREATEDB'))
+    try:
+        url = f"postgresql+psycopg2://{role}@127.0.0.1:5432/postgres"
+        with (
+            pytest.raises(
+                UsageError, match=rf"could not create a throwaway database {role}_probe: .*permission denied"
+            ),
+            throwaway_database(url, f"{role}_probe"),
+        ):
+            pass
+        get_engine(url).dispose()
+    finally:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'DROP ROLE "{role}"'))
+            assert not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": f"{role}_probe"}).all()

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from worker.cli.bench import timed_batch
 from worker.cli.errors import UsageError
@@ -36,7 +37,6 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 SLOT = timedelta(minutes=5)
-HISTORY_IDS = ("ordered", "random")
 
 # One day of rides by trip start, as the "Predicted duration by trip start" panel asked for it before
 # (a filter on the converted column) and asks now (the column against the range's ends converted).
@@ -81,17 +81,13 @@ def throwaway_database(url: str, name: str) -> Iterator[str]:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         try:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-        except Exception as exc:
-            raise UsageError(f"bench --history could not create a throwaway database {name}: {exc}") from exc
+        except DBAPIError as exc:  # e.g. a role without CREATEDB; the server's message names no password
+            raise UsageError(f"bench --history could not create a throwaway database {name}: {exc.orig}") from exc
     own = make_url(url).set(database=name).render_as_string(hide_password=False)
     try:
         yield own
     finally:
-        from worker.store.database import _ENGINES
-
-        engine = _ENGINES.pop(own, None)
-        if engine is not None:
-            engine.dispose()
+        get_engine(own).dispose()  # its pooled connections go before the database does
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
