@@ -24,7 +24,7 @@ from worker.lifecycle import policy
 from worker.model.registry import ModelUnavailable
 from worker.monitor import batches as monitoring_batches
 from worker.monitor import quality
-from worker.rides.batch_rides import seed_for, trip_ids
+from worker.rides.batch_rides import CHUNK_BITS, MAX_CHUNKS, seed_for, trip_ids
 from worker.rides.generator import World, chicago_now, expected_rides
 from worker.rides.validation import BadRequest, records_to_frame, validate_rides
 from worker.settings import get_settings
@@ -335,8 +335,11 @@ def score_rides(
         raise BadRequest(f"{len(checked.errors)} of {len(frame)} rides refused, nothing written: {shown}")
     if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= MAX_BATCH_ID):
         raise BadRequest(f"batch_id must be a string of 1 to {MAX_BATCH_ID} characters, got {batch_id!r}")
-    if isinstance(chunks_total, bool) or not isinstance(chunks_total, int) or chunks_total < 1:
-        raise BadRequest(f"chunks_total must be a whole number from 1, got {chunks_total!r}")
+    if isinstance(chunks_total, bool) or not isinstance(chunks_total, int) or not 1 <= chunks_total <= MAX_CHUNKS:
+        raise BadRequest(
+            f"chunks_total must be a whole number from 1 to {MAX_CHUNKS:,} (a trip id numbers a batch's "
+            f"chunks in {CHUNK_BITS} bits), got {chunks_total!r}"
+        )
     if isinstance(chunk_index, bool) or not isinstance(chunk_index, int) or not 0 <= chunk_index < chunks_total:
         raise BadRequest(f"chunk_index must be a whole number from 0 to chunks_total - 1, got {chunk_index!r}")
     batch_id = given_batch_id(batch_id, self.request.id)

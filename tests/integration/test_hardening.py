@@ -64,6 +64,10 @@ def test_a_chunk_its_batch_did_not_plan_is_refused_and_changes_nothing(stack):
             client.send_task(f"worker.tasks.{task}", kwargs=kwargs).get(timeout=60)
     with pytest.raises(Exception, match="chunk_index must be a whole number from 0 to chunks_total - 1"):
         client.send_task("worker.tasks.score_rides", kwargs={"rides": [RIDE], "chunk_index": 3}).get(timeout=60)
+    with pytest.raises(Exception, match=r"chunks_total must be a whole number from 1 to 1,048,576 \(a trip id"):
+        client.send_task(
+            "worker.tasks.score_rides", kwargs={"rides": [RIDE], "chunk_index": 1 << 20, "chunks_total": (1 << 20) + 1}
+        ).get(timeout=60)
     with pytest.raises(Exception, match="is not recorded; predict_chunk belongs to a run_batch"):
         client.send_task(
             "worker.tasks.predict_chunk",

@@ -22,6 +22,7 @@ def seed_for(batch_id: str) -> int:
 
 # A trip id's 74 free bits after the time: the batch's mark, the chunk index, the ride's place.
 MARK_BITS, CHUNK_BITS, PLACE_BITS = 30, 20, 24
+MAX_CHUNKS = 1 << CHUNK_BITS  # chunks a batch may have
 
 
 def batch_mark(batch_id: str) -> int:
