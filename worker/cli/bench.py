@@ -58,10 +58,9 @@ def _cleanup(engine, batch_ids: list[str]) -> None:
 def monitor_cost(settings: Settings, rides: int, repeat: int) -> dict:
     """Median seconds to monitor a written batch of `rides` (read its rows, summarise, test drift
     against the version's reference, store), as the monitoring task does after each commit."""
-    from worker import batch, runtime
+    from worker import runtime
     from worker.monitor.batches import monitor_batch
-    from worker.rides.generator import chicago_now, recent_window
-    from worker.store import writes
+    from worker.rides.generator import chicago_now
 
     engine = runtime.engine()
     model = runtime.model()
@@ -70,22 +69,8 @@ def monitor_cost(settings: Settings, rides: int, repeat: int) -> dict:
     ids, times = [], []
     try:
         for attempt in range(repeat + 1):  # the first run warms caches and is not counted
-            batch_id = f"bench-monitor-{uuid.uuid4()}"
+            batch_id, _ = timed_batch(engine, model, rides, attempt, label="bench-monitor")
             ids.append(batch_id)
-            writes.start_batch(
-                engine,
-                batch_id=batch_id,
-                trigger="adhoc",
-                rides_requested=rides,
-                chunks_total=1,
-                task_id=None,
-                seed=attempt,
-                window=(recent_window(5).start, recent_window(5).end),
-                attempt=1,
-            )
-            batch.run_generated_chunk(
-                engine, model, batch_id=batch_id, chunk_index=0, rides=rides, seed=attempt, window=recent_window(5)
-            )
             started = time.perf_counter()
             report = monitor_batch(
                 engine, batch_id, runtime.reference, chicago_now(), sample_rows=settings.MONITOR_SAMPLE_ROWS
@@ -98,14 +83,18 @@ def monitor_cost(settings: Settings, rides: int, repeat: int) -> dict:
     return {"rides": rides, "seconds": statistics.median(times)}
 
 
-def timed_batch(engine, model, rides: int, seed: int, shadow=None, label: str = "bench") -> dict[str, float]:
-    """One ad hoc batch of generated rides, written as a worker writes it: its stage timings and
-    total (generate, predict, write, and the challenger's shadow prediction if one is given)."""
+def timed_batch(
+    engine, model, rides: int, seed: int, shadow=None, label: str = "bench"
+) -> tuple[str, dict[str, float]]:
+    """One ad hoc batch of generated rides of the last five minutes, written as a worker writes it:
+    its id, and its stage timings and total (generate, predict, write, and the challenger's shadow
+    prediction if one is given). Its window is recorded, so that it can be monitored too."""
     from worker import batch
     from worker.rides.generator import recent_window
     from worker.store import writes
 
     batch_id = f"{label}-{uuid.uuid4()}"
+    window = recent_window(5)
     row = writes.start_batch(
         engine,
         batch_id=batch_id,
@@ -114,7 +103,7 @@ def timed_batch(engine, model, rides: int, seed: int, shadow=None, label: str = 
         chunks_total=1,
         task_id=None,
         seed=seed,
-        window=None,
+        window=(window.start, window.end),
         attempt=1,
     )
     started = time.perf_counter()
@@ -125,13 +114,13 @@ def timed_batch(engine, model, rides: int, seed: int, shadow=None, label: str = 
         chunk_index=0,
         rides=rides,
         seed=seed,
-        window=recent_window(5),
+        window=window,
         shadow=shadow,
         written_at=row["started_at"],
     )
     total = time.perf_counter() - started
     assert result.write.rows_written == rides, result
-    return {**result.timings, "total": total}
+    return batch_id, {**result.timings, "total": total}
 
 
 def stage_bench(settings: Settings, sizes: list[int], repeat: int, challenger: bool = False) -> list[dict]:
@@ -147,7 +136,7 @@ def stage_bench(settings: Settings, sizes: list[int], repeat: int, challenger: b
     for size in sizes:
         runs = []
         for attempt in range(repeat + 1):  # the first run warms caches and is not counted
-            timings = timed_batch(engine, model, size, attempt, shadow=shadow)
+            _, timings = timed_batch(engine, model, size, attempt, shadow=shadow)
             if attempt:
                 runs.append(timings)
         median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}

@@ -251,10 +251,10 @@ def measure(settings: Settings, engine: Engine, model, repeat: int, big: int) ->
         "rides_scored": read_seconds(engine, RIDES_SCORED, *day, repeat),
         "exporter": _median_seconds(lambda: _exporter_reading(settings, engine), repeat),
     }
-    writes_big = [timed_batch(engine, model, big, seed, label="bench-history") for seed in range(repeat + 1)][1:]
-    writes_small = [timed_batch(engine, model, 1000, 100 + seed, label="bench-history") for seed in range(repeat + 2)][
-        1:
-    ]
+    writes_big = [timed_batch(engine, model, big, seed, label="bench-history")[1] for seed in range(repeat + 1)][1:]
+    writes_small = [
+        timed_batch(engine, model, 1000, 100 + seed, label="bench-history")[1] for seed in range(repeat + 2)
+    ][1:]
     figures |= {
         "big_write": statistics.median(w["write"] for w in writes_big),
         "big_total": statistics.median(w["total"] for w in writes_big),
