@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from tests.grafana import DASHBOARDS, annotation_queries, expand_sql, queries
 from tests.stack import migrated_database
@@ -115,3 +116,25 @@ def test_the_history_benchmark_names_a_database_it_may_not_create():
         with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text(f'DROP ROLE "{role}"'))
             assert not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": f"{role}_probe"}).all()
+
+
+def test_the_history_benchmark_prints_its_table_and_leaves_no_database_behind(stack):
+    """The command the README's table comes from, end to end on a small history (a real registry
+    model, throwaway databases beside the stack's own)."""
+    done = stack.cli("bench", "--history", "0.05", "--repeat", "1", "--sizes", "2000", timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in (
+        "history: predictions (and as many outcomes)",
+        "2,000-ride batch: against empty (aim: within 15 %)",
+        "bare COPY of 2,000 prediction rows, PK only",
+        "trip-start panel: filter on the column itself, ms",
+        "an exporter scrape's database reads",
+    ):
+        assert line in done.stdout, done.stdout
+    own = make_url(stack.env["DATABASE_URL"]).database
+    admin = get_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    with admin.connect() as conn:
+        left = conn.execute(
+            text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": f"{own}_history_%"}
+        ).all()
+    assert not left
