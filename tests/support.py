@@ -130,3 +130,24 @@ def registry_client(uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def assert_each_batch_written_once(stack, batch_ids: list[str]) -> None:
+    """Each batch succeeded with all its rows, once: no trip id twice, one ledger key per chunk."""
+    rows = {r.batch_id: r for r in stack.sql("SELECT * FROM batch_runs WHERE batch_id = ANY(:ids)", ids=batch_ids)}
+    assert set(rows) == set(batch_ids)
+    for batch_id, row in rows.items():
+        assert row.status == "succeeded", (batch_id, row.status, row.error)
+        assert row.rows_written == row.rides_requested
+    counts = dict(
+        stack.sql(
+            "SELECT batch_id, count(*) FROM ride_predictions WHERE batch_id = ANY(:ids) GROUP BY 1", ids=batch_ids
+        )
+    )
+    assert counts == {b: rows[b].rows_written for b in batch_ids}
+    dupes = stack.sql("SELECT trip_id FROM ride_predictions GROUP BY 1 HAVING count(*) > 1")
+    assert dupes == []
+    ledger = stack.sql(
+        "SELECT batch_id, count(*) FROM batch_chunks WHERE batch_id = ANY(:ids) GROUP BY 1", ids=batch_ids
+    )
+    assert dict(ledger) == {b: rows[b].chunks_total for b in batch_ids}

@@ -15,6 +15,9 @@ from celery import schedules
 from celery.signals import beat_init, before_task_publish
 
 RUN_BATCH = "worker.tasks.run_batch"
+# A run of slots in one message (backfill): each slot still its own batch, named as beat names it.
+RUN_SLOTS = "worker.tasks.run_slots"
+MAX_SLOTS_PER_RUN = 288  # a day of 5-minute slots: a message stays small, a task well inside its time limit
 # Who sent a scheduled slot's batch: only beat's own sends are its heartbeat.
 SENDERS = ("beat", "backfill", "rerun")
 _IN_BEAT = {"active": False}

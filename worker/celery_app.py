@@ -117,6 +117,7 @@ app.conf.update(
     task_default_queue=SCORING_QUEUE,
     task_routes={
         "worker.tasks.monitor_batch": {"queue": MONITORING_QUEUE},
+        "worker.tasks.monitor_batches": {"queue": MONITORING_QUEUE},
         "worker.tasks.update_quality": {"queue": MONITORING_QUEUE},
         "worker.tasks.model_policy": {"queue": TRAINING_QUEUE},
     },

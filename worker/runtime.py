@@ -65,17 +65,26 @@ def pinned_model(engine: Engine, row: dict) -> tuple[dict, LoadedModel]:
     """The batch's pinned model: the version stored in its row, or the one MODEL_URI resolves to
     now, pinned first with the challenger of the same registry read (a parallel chunk or an
     earlier attempt may have pinned them already)."""
-    if not row.get("model_version"):
+    return pinned_models(engine, [row])[0]
+
+
+def pinned_models(engine: Engine, rows: list[dict]) -> list[tuple[dict, LoadedModel]]:
+    """`pinned_model` for several batches (a run of slots): one registry read and one statement pin
+    all those not pinned yet; each keeps a version an earlier attempt pinned."""
+    unpinned = [row["batch_id"] for row in rows if not row.get("model_version")]
+    if unpinned:
         resolved = resolve_model()
         if resolved.pinned_by == "fallback":
-            log.warning("batch %s pinned to version %s without asking the registry", row["batch_id"], resolved.version)
+            log.warning(
+                "batch %s pinned to version %s without asking the registry", ", ".join(unpinned), resolved.version
+            )
         else:
             notice_aliases(engine, resolved)
         challenger = resolved.challenger if resolved.challenger != resolved.version else None
-        row = writes.pin_model(
-            engine, row["batch_id"], resolved.name, resolved.version, resolved.pinned_by, challenger=challenger
-        )
-    return row, model(row["model_name"], row["model_version"])
+        pinned = writes.pin_models(engine, unpinned, resolved.name, resolved.version, resolved.pinned_by, challenger)
+        now_pinned = {row["batch_id"]: row for row in pinned}
+        rows = [now_pinned.get(row["batch_id"], row) for row in rows]
+    return [(row, model(row["model_name"], row["model_version"])) for row in rows]
 
 
 def notice_aliases(engine: Engine, resolved: Resolved | None = None) -> None:

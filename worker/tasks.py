@@ -18,7 +18,16 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import batch, runtime
-from worker.beat import RUN_BATCH, SENDERS, SlotRefused, parse_slot, schedule_batch_id, slot_window
+from worker.beat import (
+    MAX_SLOTS_PER_RUN,
+    RUN_BATCH,
+    RUN_SLOTS,
+    SENDERS,
+    SlotRefused,
+    parse_slot,
+    schedule_batch_id,
+    slot_window,
+)
 from worker.celery_app import app
 from worker.lifecycle import policy
 from worker.model.registry import ModelUnavailable
@@ -39,7 +48,7 @@ log = logging.getLogger(__name__)
 TRANSIENT = (OperationalError, InterfaceError, ModelUnavailable, ConnectionError)
 MAX_BATCH_ID = 120  # batch_runs.batch_id is VARCHAR(120)
 # The tasks that write a batch, whose retries and failures are recorded on it.
-BATCH_TASKS = frozenset({RUN_BATCH, "worker.tasks.predict_chunk", "worker.tasks.score_rides"})
+BATCH_TASKS = frozenset({RUN_BATCH, RUN_SLOTS, "worker.tasks.predict_chunk", "worker.tasks.score_rides"})
 
 
 class PipelineTask(Task):
@@ -78,13 +87,19 @@ def given_batch_id(batch_id: object, task_id: str) -> str:
 def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) -> None:
     """Record a retry or failure on the task's batch, named as the task itself names it."""
     if task_name == RUN_BATCH:
-        batch_id = run_batch_id(kwargs.get("slot"), task_id, kwargs.get("interval"))  # never a stray batch_id kwarg
+        batch_ids = [run_batch_id(kwargs.get("slot"), task_id, kwargs.get("interval"))]  # never a stray batch_id
+    elif task_name == RUN_SLOTS:  # each slot's batch; one already written keeps its status (mark_batch)
+        slots = kwargs.get("slots")
+        slots = slots[:MAX_SLOTS_PER_RUN] if isinstance(slots, list) else []
+        batch_ids = [run_batch_id(slot, task_id, kwargs.get("interval")) for slot in slots if slot]
     else:
-        batch_id = given_batch_id(kwargs.get("batch_id"), task_id)
-    try:
-        writes.mark_batch(runtime.engine(), batch_id, status, error)  # redacted, then cut, as stored
-    except Exception as mark_error:  # the database may be the thing that is down
-        log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
+        batch_ids = [given_batch_id(kwargs.get("batch_id"), task_id)]
+    for batch_id in batch_ids:
+        try:
+            writes.mark_batch(runtime.engine(), batch_id, status, error)  # redacted, then cut, as stored
+        except Exception as mark_error:  # the database may be the thing that is down
+            log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
+            return
 
 
 @task_revoked.connect
@@ -216,28 +231,7 @@ def run_batch(
     row, model = runtime.pinned_model(engine, row)
 
     if len(plan.sizes) > 1:
-        group(
-            predict_chunk.s(
-                batch_id=batch_id,
-                chunk_index=i,
-                rides=n,
-                seed=plan.seed,
-                window=[plan.window.start.isoformat(), plan.window.end.isoformat()],
-                speed_factor=plan.world.speed_factor,
-                fare_factor=plan.world.fare_factor,
-                model_name=model.name,
-                model_version=model.version,
-                challenger_version=row.get("challenger_version"),
-            )
-            for i, n in enumerate(plan.sizes)
-        ).apply_async()
-        log.info(
-            "batch %s: %d rides fanned out in %d chunks, model v%s",
-            batch_id,
-            plan.rides,
-            len(plan.sizes),
-            model.version,
-        )
+        fan_out(batch_id, plan, model, row)
         return {
             "batch_id": batch_id,
             "rides": plan.rides,
@@ -271,6 +265,130 @@ def run_batch(
             result.model_version,
         )
     return summary(writes.get_batch(engine, batch_id) or row, started, duplicate=result.write.duplicate, chunk=result)
+
+
+def fan_out(batch_id: str, plan: batch.Plan, model: Any, row: dict) -> None:
+    """A batch above CHUNK_SIZE: one predict_chunk message per chunk, each pinned to the batch's versions."""
+    group(
+        predict_chunk.s(
+            batch_id=batch_id,
+            chunk_index=i,
+            rides=n,
+            seed=plan.seed,
+            window=[plan.window.start.isoformat(), plan.window.end.isoformat()],
+            speed_factor=plan.world.speed_factor,
+            fare_factor=plan.world.fare_factor,
+            model_name=model.name,
+            model_version=model.version,
+            challenger_version=row.get("challenger_version"),
+        )
+        for i, n in enumerate(plan.sizes)
+    ).apply_async()
+    log.info(
+        "batch %s: %d rides fanned out in %d chunks, model v%s", batch_id, plan.rides, len(plan.sizes), model.version
+    )
+
+
+def check_slots(slots: object) -> list[str]:
+    if not isinstance(slots, list) or not slots or not all(isinstance(slot, str) and slot for slot in slots):
+        raise BadRequest(f"slots must be a non-empty list of slot times, got {slots!r}")
+    if len(slots) > MAX_SLOTS_PER_RUN:
+        raise BadRequest(f"slots holds {len(slots)} slots; a run takes at most {MAX_SLOTS_PER_RUN}")
+    return slots
+
+
+@app.task(bind=True, base=PipelineTask, name=RUN_SLOTS)
+def run_slots(
+    self: PipelineTask,
+    slots: list[str],
+    interval: float,
+    rides: int | None = None,
+    speed_factor: float = 1.0,
+    fare_factor: float = 1.0,
+    sent_by: str = "backfill",
+) -> dict:
+    """A run of beat slots (backfill sends an hour of them per message), each still its own batch
+    `schedule-<slot>` with the plan, ids and rows its own run_batch would write: a slot already
+    written is skipped, and a run_batch of the same slot, at the same time or later, writes nothing.
+
+    What is shared is the fixed cost: one transaction records the run's batches, one registry read
+    pins them, the forest predicts once and one transaction writes them (see write_batches)."""
+    settings = get_settings()
+    started = time.perf_counter()
+    slots = check_slots(slots)
+    world = check_world(speed_factor, fare_factor)
+    if sent_by not in SENDERS:
+        raise BadRequest(f"sent_by must be one of {', '.join(SENDERS)}, got {sent_by!r}")
+    planned: dict[str, dict] = {}
+    for slot in slots:
+        slot_at, (start, end) = scheduled_window(slot, interval)
+        batch_id = schedule_batch_id(slot_at)
+        if batch_id in planned:
+            raise BadRequest(f"slot {slot} is in the run twice (as {batch_id})")
+        count = (
+            rides
+            if rides is not None
+            else settings.RIDES_PER_BATCH or expected_rides(start, (end - start).total_seconds() / 60)
+        )
+        count = check_count("rides", count, settings.MAX_RIDES_PER_REQUEST)
+        planned[batch_id] = {
+            "batch_id": batch_id,
+            "trigger": "schedule",
+            "rides_requested": count,
+            "chunks_total": len(batch.chunk_sizes(count, settings.CHUNK_SIZE)),
+            "task_id": self.request.id,
+            "seed": seed_for(batch_id),
+            "window": (start, end),
+            "attempt": self.request.retries + 1,
+            "redelivered": redelivered(self),
+            "speed_factor": world.speed_factor,
+            "fare_factor": world.fare_factor,
+            "slot": slot_at,
+            "chunk_size": settings.CHUNK_SIZE,
+            "sent_by": sent_by,
+        }
+    engine = runtime.engine()
+    ensure_schema(engine)
+    rows = [row for row in writes.start_batches(engine, list(planned.values())) if row["status"] != "succeeded"]
+    skipped = len(planned) - len(rows)
+    groups: dict[tuple, list[batch.SlotRun]] = {}
+    models: dict[tuple, Any] = {}
+    fanned = 0
+    for row, model in runtime.pinned_models(engine, rows) if rows else []:
+        plan = batch.Plan.of(row, settings.CHUNK_SIZE)  # the first delivery's plan, as run_batch follows it
+        if len(plan.sizes) > 1:
+            fan_out(row["batch_id"], plan, model, row)
+            fanned += 1
+            continue
+        key = (model.name, model.version, row.get("challenger_version"))
+        models[key] = model
+        groups.setdefault(key, []).append(batch.SlotRun(row["batch_id"], plan, row["started_at"]))
+    results: list[batch.ChunkResult] = []
+    for (name, version, challenger), runs in groups.items():
+        results += batch.run_generated_batches(
+            engine, models[(name, version, challenger)], runs, shadow=runtime.shadow(name, challenger, version)
+        )
+    finished = [result.write.batch_id for result in results if result.write.batch_finished]
+    queue_monitoring(finished)
+    written = [result for result in results if not result.write.duplicate]
+    log.info(
+        "run of %d slots: %d written (%d rows), %d already written, %d fanned out",
+        len(planned),
+        len(written),
+        sum(result.write.rows_written for result in written),
+        skipped + len(results) - len(written),
+        fanned,
+    )
+    return {
+        "slots": len(planned),
+        "written": len(written),
+        "rows_written": sum(result.write.rows_written for result in written),
+        "already_written": skipped + len(results) - len(written),
+        "fanned_out": fanned,
+        "batch_ids": list(planned),
+        "timings": {k: round(v, 4) for k, v in results[0].timings.items()} if results else {},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 @app.task(bind=True, base=PipelineTask, name="worker.tasks.predict_chunk")
@@ -378,14 +496,23 @@ def score_rides(
 
 
 def after_write(result: batch.ChunkResult) -> None:
-    """The write that finished a batch queues its monitoring; a lost message is caught up by
-    update_quality's sweep, so a broker hiccup here never fails the batch."""
-    if not result.write.batch_finished or not get_settings().MONITORING:
+    """The write that finished a batch queues its monitoring."""
+    if result.write.batch_finished:
+        queue_monitoring([result.write.batch_id])
+
+
+def queue_monitoring(batch_ids: list[str]) -> None:
+    """Queue the monitoring of finished batches: one message for one batch, one for a run of them. A
+    lost message is caught up by update_quality's sweep, so a broker hiccup never fails a batch."""
+    if not batch_ids or not get_settings().MONITORING:
         return
     try:
-        monitor_batch.apply_async(kwargs={"batch_id": result.write.batch_id})
+        if len(batch_ids) == 1:
+            monitor_batch.apply_async(kwargs={"batch_id": batch_ids[0]})
+        else:
+            monitor_batches.apply_async(kwargs={"batch_ids": batch_ids})
     except Exception as exc:
-        log.warning("could not queue monitoring of batch %s (the sweep will): %s", result.write.batch_id, exc)
+        log.warning("could not queue monitoring of batch %s (the sweep will): %s", ", ".join(batch_ids), exc)
 
 
 # The registry (or the database) cannot be asked now: monitoring waits and tries again.
@@ -420,6 +547,48 @@ def monitor_batch(self: Task, batch_id: str) -> dict:
         "rows": report.rows,
         "dataset_drift": report.drift.dataset_drift if report.drift else None,
         "drifted_columns": report.drift.drifted if report.drift else None,
+    }
+
+
+@app.task(bind=True, name="worker.tasks.monitor_batches", max_retries=12)
+def monitor_batches(self: Task, batch_ids: list[str]) -> dict:
+    """monitor_batch for a run of batches written together (run_slots): each batch's drift and summary,
+    then each clock hour they fall in once. A batch whose monitoring fails says so on its metrics row
+    and the others go on; while the registry or the database cannot be asked, the run waits and tries
+    again, as monitor_batch does."""
+    if not isinstance(batch_ids, list) or not batch_ids or not all(isinstance(b, str) and b for b in batch_ids):
+        raise BadRequest(f"batch_ids must be a non-empty list of batch ids, got {batch_ids!r}")
+    if len(batch_ids) > MAX_SLOTS_PER_RUN:
+        raise BadRequest(f"batch_ids holds {len(batch_ids)} batches; a run takes at most {MAX_SLOTS_PER_RUN}")
+    engine = runtime.engine()
+    waiting: list[Exception] = []
+
+    def failed(batch_id: str, exc: Exception) -> None:
+        if isinstance(exc, MONITOR_WAITS):
+            waiting.append(exc)
+            _monitor_failed(
+                engine,
+                batch_id,
+                "waiting" if self.request.retries < self.max_retries else "failed",
+                f"{type(exc).__name__}: {exc}",
+            )
+            return
+        log.error("monitoring batch %s failed: %s: %s", batch_id, type(exc).__name__, exc)
+        _monitor_failed(engine, batch_id, "failed", f"{type(exc).__name__}: {exc}")
+
+    try:
+        reports = monitoring_batches.monitor_run(
+            engine, batch_ids, runtime.reference, chicago_now(), get_settings().MONITOR_SAMPLE_ROWS, failed=failed
+        )
+    except MONITOR_WAITS as exc:  # the hours' windows: the batches are monitored, the windows wait
+        waiting.append(exc)
+        reports = []
+    if waiting and self.request.retries < self.max_retries:
+        raise self.retry(exc=waiting[0], countdown=min(300, 5 * 2**self.request.retries)) from None
+    return {
+        "batches": len(batch_ids),
+        "monitored": sum(report.status != "skipped" for report in reports),
+        "drifted": sum(bool(report.drift and report.drift.dataset_drift) for report in reports),
     }
 
 

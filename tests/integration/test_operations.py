@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from tests.support import registry_client, wait_until
+from tests.support import assert_each_batch_written_once, registry_client, wait_until
 from worker import batch
 from worker.rides.batch_rides import generated_chunk
 from worker.rides.generator import Window, World
@@ -35,26 +35,6 @@ def _scheduled(stack) -> dict[str, tuple]:
         "SELECT batch_id, status, rows_written, rides_requested, attempts FROM batch_runs WHERE trigger = 'schedule'"
     )
     return {row.batch_id: row for row in rows}
-
-
-def _assert_each_slot_written_once(stack, batch_ids: list[str]) -> None:
-    rows = {r.batch_id: r for r in stack.sql("SELECT * FROM batch_runs WHERE batch_id = ANY(:ids)", ids=batch_ids)}
-    assert set(rows) == set(batch_ids)
-    for batch_id, row in rows.items():
-        assert row.status == "succeeded", (batch_id, row.status, row.error)
-        assert row.rows_written == row.rides_requested
-    counts = dict(
-        stack.sql(
-            "SELECT batch_id, count(*) FROM ride_predictions WHERE batch_id = ANY(:ids) GROUP BY 1", ids=batch_ids
-        )
-    )
-    assert counts == {b: rows[b].rows_written for b in batch_ids}
-    dupes = stack.sql("SELECT trip_id FROM ride_predictions GROUP BY 1 HAVING count(*) > 1")
-    assert dupes == []
-    ledger = stack.sql(
-        "SELECT batch_id, count(*) FROM batch_chunks WHERE batch_id = ANY(:ids) GROUP BY 1", ids=batch_ids
-    )
-    assert dict(ledger) == {b: rows[b].chunks_total for b in batch_ids}
 
 
 def test_backfill_fills_the_slots_beat_missed_and_skips_the_ones_it_wrote(new_stack):
@@ -96,7 +76,7 @@ def test_backfill_fills_the_slots_beat_missed_and_skips_the_ones_it_wrote(new_st
     assert f"{len(ids) - already} written" in done.stdout, done.stdout
     assert f"{already} already there, 0 failed" in done.stdout, done.stdout
     assert already == len(beat_slots)
-    _assert_each_slot_written_once(stack, ids)
+    assert_each_batch_written_once(stack, ids)
 
     # Every missed slot before `end` is filled; only slots since then may still be listed.
     status = json.loads(stack.cli("status", "--json").stdout)
@@ -107,7 +87,7 @@ def test_backfill_fills_the_slots_beat_missed_and_skips_the_ones_it_wrote(new_st
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"0 to send, {len(ids)} already written" in again.stdout
     assert f"0 written (0 rows), {len(ids)} already there, 0 failed" in again.stdout
-    _assert_each_slot_written_once(stack, ids)
+    assert_each_batch_written_once(stack, ids)
 
 
 @pytest.mark.parametrize(

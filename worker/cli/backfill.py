@@ -3,12 +3,15 @@
 Each slot is sent exactly as beat would have sent it (same kwargs, batch id
 `schedule-<slot>`), so the exactly-once machinery treats a backfilled slot and
 beat's own alike: a slot already written is skipped, a missed one is filled,
-and two backfills of one range write each slot once. Messages go out only
+and two backfills of one range write each slot once. The slots of one clock
+hour travel in one run_slots message, which scores them together (the
+per-batch fixed costs paid once an hour, not once a slot). Messages go out only
 while the queue is short, so a week of slots never buries beat's current one.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +21,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from worker.beat import slot_start
-from worker.cli.dispatching import dispatch_slot, queue_length
+from worker.cli.dispatching import dispatch_slots, queue_length
 from worker.cli.errors import UsageError
 from worker.rides.generator import CALIBRATED, World
 from worker.settings import Settings
@@ -26,7 +29,7 @@ from worker.store import writes
 from worker.store.history import finished, slot_grid, statuses
 
 MAX_SLOTS = 2016  # one week of 5-minute slots; more needs --yes
-DEFAULT_MAX_QUEUED = 10
+DEFAULT_MAX_QUEUED = 10  # messages; each carries up to an hour of slots
 IN_FLIGHT = ("running", "retrying")
 
 
@@ -80,6 +83,15 @@ def plan_backfill(
     return plan
 
 
+def slot_runs(slots: list[datetime]) -> list[list[datetime]]:
+    """The slots grouped by the clock hour (start, end] they belong to, as monitoring's windows are:
+    one message, one scoring, one monitoring of the hour per group."""
+    runs: dict[int, list[datetime]] = {}
+    for slot in slots:
+        runs.setdefault(math.ceil(slot.timestamp() / 3600), []).append(slot)
+    return list(runs.values())
+
+
 def send_slots(
     slots: list[datetime],
     interval: float,
@@ -88,15 +100,16 @@ def send_slots(
     max_queued: int = DEFAULT_MAX_QUEUED,
     progress: Callable[[int, int], None] | None = None,
     queued: Callable[[], int] = queue_length,
-    send: Callable[[datetime], str] | None = None,
+    send: Callable[[list[datetime]], list[str]] | None = None,
     stall_seconds: float = 600.0,
 ) -> list[str]:
-    """Send each slot, waiting while `max_queued` or more messages are still waiting for a worker.
+    """Send the slots an hour per message, waiting while `max_queued` or more messages are still
+    waiting for a worker; returns the batch ids sent.
 
     If no worker takes a message for `stall_seconds`, stop with a UsageError that says so (the
     slots sent so far are in the queue and will be written once a worker runs)."""
-    sent = []
-    for done, slot in enumerate(slots, start=1):
+    sent: list[str] = []
+    for run in slot_runs(slots):
         stalled_since = time.monotonic()
         while (waiting := queued()) >= max_queued:
             if time.monotonic() - stalled_since > stall_seconds:
@@ -105,9 +118,9 @@ def send_slots(
                     f"sent {len(sent)} of {len(slots)} slots (is a worker running? then run the same backfill again)"
                 )
             time.sleep(0.2)
-        sent.append(send(slot) if send is not None else dispatch_slot(slot, interval, rides, world, sent_by="backfill"))
+        sent += send(run) if send is not None else dispatch_slots(run, interval, rides, world, sent_by="backfill")
         if progress is not None:
-            progress(done, len(slots))
+            progress(len(sent), len(slots))
     return sent
 
 
@@ -121,9 +134,12 @@ def progress_printer(total: int) -> tuple[Callable[[int, int], None], Callable[[
         bar.start()
         return (lambda done, _total: bar.update(task, completed=done)), bar.stop
     step = max(1, total // 20)
+    printed = [0]
 
     def line(done: int, all_: int) -> None:
-        if done % step == 0 or done == all_:
+        """`done` grows by a message's slots at a time, so a line each time it passes a step."""
+        if done // step > printed[0] // step or done == all_:
+            printed[0] = done
             print(f"sent {done}/{all_} slots", flush=True)
 
     return line, lambda: None
@@ -177,16 +193,21 @@ def run_backfill(
         f"{len(plan.to_send)} to send, {len(plan.already_written)} already written, {len(plan.in_flight)} in flight"
     )
 
-    def send(slot: datetime) -> str:
+    def send(run: list[datetime]) -> list[str]:
         """A failed slot shows as retrying until a worker runs it again, so --wait does not count the
-        old failure as this backfill's result; if it cannot be sent, it is put back exactly as it was
-        (else later backfills would skip it as in flight, for ever)."""
-        before = writes.reopen_batch(engine, batch_id_of(slot), "backfill requested") if slot in plan.failed else None
+        old failure as this backfill's result; if the run cannot be sent, its slots are put back
+        exactly as they were (else later backfills would skip them as in flight, for ever)."""
+        before = {
+            slot: writes.reopen_batch(engine, batch_id_of(slot), "backfill requested")
+            for slot in run
+            if slot in plan.failed
+        }
         try:
-            return dispatch_slot(slot, interval, rides, world, sent_by="backfill")
+            return dispatch_slots(run, interval, rides, world, sent_by="backfill")
         except Exception:
-            if before is not None:
-                writes.undo_reopen(engine, batch_id_of(slot), before)
+            for slot, row in before.items():
+                if row is not None:
+                    writes.undo_reopen(engine, batch_id_of(slot), row)
             raise
 
     sent: list[str] = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from worker.beat import RUN_BATCH
+from worker.beat import RUN_BATCH, RUN_SLOTS
 from worker.cli.errors import UsageError
 from worker.rides.generator import CALIBRATED, World
 from worker.settings import Settings
@@ -65,6 +65,24 @@ def dispatch_slot(
     }
     app.send_task(RUN_BATCH, kwargs=kwargs)
     return schedule_batch_id(slot)
+
+
+def dispatch_slots(
+    slots: list[datetime], interval: float, rides: int | None, world: World = CALIBRATED, sent_by: str = "backfill"
+) -> list[str]:
+    """Send one run_slots for a run of beat slots (each still its own batch, named as beat names it)."""
+    from worker.beat import schedule_batch_id
+    from worker.celery_app import app
+
+    kwargs = {
+        "slots": [slot.astimezone(UTC).isoformat() for slot in slots],
+        "interval": interval,
+        "rides": rides,
+        "sent_by": sent_by,
+        **world_kwargs(world),
+    }
+    app.send_task(RUN_SLOTS, kwargs=kwargs)
+    return [schedule_batch_id(slot) for slot in slots]
 
 
 def queue_lengths() -> dict[str, int]:

@@ -95,8 +95,26 @@ def _insert(conn: Connection, table):
     return dialect.insert(table)
 
 
-def start_batch(
-    engine: Engine,
+def start_batch(engine: Engine, **batch: Any) -> dict[str, Any]:
+    """Record the batch (first delivery) or count another attempt; returns its row as stored (the
+    arguments are `_start`'s)."""
+    with engine.begin() as conn:
+        return _start(conn, **batch)
+
+
+def start_batches(engine: Engine, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`start_batch` for several batches (a run of backfilled slots) in one transaction, in batch id
+    order (two runs sharing slots then take their rows' locks in the same order, never a deadlock);
+    returns the rows as stored, in the order given."""
+    rows = {}
+    with engine.begin() as conn:
+        for batch in sorted(batches, key=lambda kw: kw["batch_id"]):
+            rows[batch["batch_id"]] = _start(conn, **batch)
+    return [rows[batch["batch_id"]] for batch in batches]
+
+
+def _start(
+    conn: Connection,
     *,
     batch_id: str,
     trigger: str,
@@ -122,41 +140,40 @@ def start_batch(
     failed: only `rerun` and `backfill` reopen one (`reopen_batch` marks it `retrying` first), so a late
     message of a batch that failed cannot leave it `running` for ever.
     """
-    with engine.begin() as conn:
-        conn.execute(
-            _insert(conn, batch_runs)
-            .values(
-                batch_id=batch_id,
-                trigger=trigger,
-                task_id=task_id,
-                seed=None if seed is None else str(seed),
-                rides_requested=rides_requested,
-                chunks_total=chunks_total,
-                window_start=window[0] if window else None,
-                window_end=window[1] if window else None,
-                status="running",
-                attempts=attempt,
-                speed_factor=speed_factor,
-                fare_factor=fare_factor,
-                slot=slot,
-                chunk_size=chunk_size,
-                sent_by=sent_by,
-                attempt_started_at=func.now(),
-            )
-            .on_conflict_do_nothing(index_elements=["batch_id"])
+    conn.execute(
+        _insert(conn, batch_runs)
+        .values(
+            batch_id=batch_id,
+            trigger=trigger,
+            task_id=task_id,
+            seed=None if seed is None else str(seed),
+            rides_requested=rides_requested,
+            chunks_total=chunks_total,
+            window_start=window[0] if window else None,
+            window_end=window[1] if window else None,
+            status="running",
+            attempts=attempt,
+            speed_factor=speed_factor,
+            fare_factor=fare_factor,
+            slot=slot,
+            chunk_size=chunk_size,
+            sent_by=sent_by,
+            attempt_started_at=func.now(),
         )
-        conn.execute(
-            update(batch_runs)
-            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status.not_in(("succeeded", "failed")))
-            .values(
-                status="running",
-                attempt_started_at=func.now(),
-                attempts=batch_runs.c.attempts + 1
-                if redelivered
-                else case((batch_runs.c.attempts < attempt, attempt), else_=batch_runs.c.attempts),
-            )
+        .on_conflict_do_nothing(index_elements=["batch_id"])
+    )
+    conn.execute(
+        update(batch_runs)
+        .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status.not_in(("succeeded", "failed")))
+        .values(
+            status="running",
+            attempt_started_at=func.now(),
+            attempts=batch_runs.c.attempts + 1
+            if redelivered
+            else case((batch_runs.c.attempts < attempt, attempt), else_=batch_runs.c.attempts),
         )
-        row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().one()
+    )
+    row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().one()
     return dict(row)
 
 
@@ -166,14 +183,24 @@ def pin_model(
     """Pin the batch to a model version (and its challenger, for shadow scoring) unless an earlier
     attempt (or a parallel chunk) already did; returns the row, whose model_version and
     challenger_version are the ones every chunk of the batch must use."""
+    return pin_models(engine, [batch_id], name, version, pinned_by, challenger)[0]
+
+
+def pin_models(
+    engine: Engine, batch_ids: list[str], name: str, version: str, pinned_by: str, challenger: str | None = None
+) -> list[dict[str, Any]]:
+    """`pin_model` for several batches in one statement; the rows in the order given."""
     with engine.begin() as conn:
         conn.execute(
             update(batch_runs)
-            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.model_version.is_(None))
+            .where(batch_runs.c.batch_id.in_(batch_ids), batch_runs.c.model_version.is_(None))
             .values(model_name=name, model_version=version, model_pinned_by=pinned_by, challenger_version=challenger)
         )
-        row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().one()
-    return dict(row)
+        rows = {
+            row["batch_id"]: dict(row)
+            for row in conn.execute(select(batch_runs).where(batch_runs.c.batch_id.in_(batch_ids))).mappings()
+        }
+    return [rows[batch_id] for batch_id in batch_ids]
 
 
 def _csv(frame: pd.DataFrame) -> io.BytesIO:
@@ -347,6 +374,121 @@ def write_chunk(
                 .values(status="succeeded", finished_at=func.now(), error=None)
             )
     return ChunkWrite(batch_id, chunk_index, written, duplicate=False, batch_finished=finished)
+
+
+def write_batches(
+    engine: Engine,
+    frame: pd.DataFrame,
+    outcomes: pd.DataFrame | None = None,
+    shadow: pd.DataFrame | None = None,
+    shadow_error: str | None = None,
+    *,
+    statement_timeout: float | None = None,
+    lock_timeout: float | None = None,
+) -> list[ChunkWrite]:
+    """Write several one-chunk batches of made-up rides (a run of backfilled slots) in one transaction,
+    each exactly once: `frame` holds their predictions side by side (PREDICTION_COLUMNS, its `batch_id`
+    telling them apart; `outcomes` and `shadow` row for row, as for write_chunk).
+
+    Each batch claims its own ledger key (chunk 0), as its own run_batch would: a batch whose key is
+    taken (a single delivery of the same slot, an earlier attempt of this run) is dropped from the
+    staged rows and the others are written. One COPY, one claim, one move per table and one update of
+    batch_runs for the whole run, instead of a transaction of ten statements per slot. Returns one
+    ChunkWrite per batch, in the order of first appearance in `frame`."""
+    settings = get_settings()
+    statement_timeout = statement_timeout or settings.DATABASE_STATEMENT_TIMEOUT
+    lock_timeout = lock_timeout or settings.DATABASE_LOCK_TIMEOUT
+    counts = frame["batch_id"].value_counts(sort=False)
+    order = list(dict.fromkeys(frame["batch_id"]))
+    if engine.dialect.name != "postgresql":  # the embedded store: one transaction per batch, as write_chunk
+        return [_write_one(engine, batch_id, frame, outcomes, shadow, shadow_error) for batch_id in order]
+    versions = frame.drop_duplicates("batch_id").set_index("batch_id")
+    with engine.begin() as conn:
+        _bound(conn, statement_timeout, lock_timeout)
+        _stage(conn, staged_frame(frame, outcomes, shadow))
+        host = socket.gethostname()
+        claimed = {
+            row.batch_id
+            for row in conn.execute(
+                _insert(conn, batch_chunks)
+                .values(
+                    [
+                        {
+                            "batch_id": batch_id,
+                            "chunk_index": 0,
+                            "rows_written": int(counts[batch_id]),  # made-up ids: every staged row goes in
+                            "model_version": str(versions.at[batch_id, "model_version"]),
+                            "hostname": host,
+                        }
+                        for batch_id in sorted(order)  # the ledger's locks in one order, whoever claims
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=["batch_id", "chunk_index"])
+                .returning(batch_chunks.c.batch_id)
+            )
+        }
+        taken = [batch_id for batch_id in order if batch_id not in claimed]
+        if taken:
+            log.info("%d of %d batches were already written; this run writes the others", len(taken), len(order))
+            if not claimed:
+                return [ChunkWrite(batch_id, 0, 0, duplicate=True, batch_finished=False) for batch_id in order]
+            conn.execute(text(f"DELETE FROM {STAGING.name} WHERE batch_id = ANY(:taken)"), {"taken": taken})
+        _move_staged(conn, "ride_predictions", ids_are_new=True)
+        for target, present in (("ride_outcomes", outcomes), ("shadow_predictions", shadow)):
+            if present is not None and len(present):
+                _move_staged(conn, target, ids_are_new=True)
+        written = [batch_id for batch_id in order if batch_id in claimed]
+        finished = {
+            row.batch_id: row.finished
+            for row in conn.execute(
+                text(
+                    "UPDATE batch_runs AS b SET rows_written = b.rows_written + v.n, chunks_done = b.chunks_done + 1, "
+                    "model_name = v.model_name, model_version = v.model_version, "
+                    "shadow_error = COALESCE(:shadow_error, b.shadow_error), "
+                    "status = CASE WHEN b.chunks_done + 1 >= b.chunks_total THEN 'succeeded' ELSE b.status END, "
+                    "finished_at = CASE WHEN b.chunks_done + 1 >= b.chunks_total THEN now() ELSE b.finished_at END, "
+                    "error = CASE WHEN b.chunks_done + 1 >= b.chunks_total THEN NULL ELSE b.error END "
+                    "FROM unnest(CAST(:ids AS text[]), CAST(:ns AS integer[]), CAST(:names AS text[]), "
+                    "CAST(:versions AS text[])) AS v(batch_id, n, model_name, model_version) "
+                    "WHERE b.batch_id = v.batch_id RETURNING b.batch_id, b.status = 'succeeded' AS finished"
+                ),
+                {
+                    "ids": written,
+                    "ns": [int(counts[batch_id]) for batch_id in written],
+                    "names": [str(versions.at[batch_id, "model_name"]) for batch_id in written],
+                    "versions": [str(versions.at[batch_id, "model_version"]) for batch_id in written],
+                    "shadow_error": stored_error(shadow_error) if shadow_error else None,
+                },
+            )
+        }
+    return [
+        ChunkWrite(batch_id, 0, int(counts[batch_id]), duplicate=False, batch_finished=finished[batch_id])
+        if batch_id in claimed
+        else ChunkWrite(batch_id, 0, 0, duplicate=True, batch_finished=False)
+        for batch_id in order
+    ]
+
+
+def _write_one(
+    engine: Engine,
+    batch_id: str,
+    frame: pd.DataFrame,
+    outcomes: pd.DataFrame | None,
+    shadow: pd.DataFrame | None,
+    shadow_error: str | None,
+) -> ChunkWrite:
+    """One batch of a run written on its own (SQLite): its rows of each frame, row for row."""
+    mine = (frame["batch_id"] == batch_id).to_numpy()
+    return write_chunk(
+        engine,
+        batch_id,
+        0,
+        frame[mine],
+        True,
+        None if outcomes is None or not len(outcomes) else outcomes[mine],
+        shadow=None if shadow is None or not len(shadow) else shadow[mine],
+        shadow_error=shadow_error,
+    )
 
 
 MAX_ERROR_CHARS = 2000

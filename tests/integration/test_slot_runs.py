@@ -1,0 +1,315 @@
+"""A run of beat slots scored together (run_slots, what backfill sends), on real PostgreSQL, Redis,
+MLflow and worker processes: each slot is still its own batch, written once with the very rides
+and ids its own run_batch would write, whoever else writes the same slot, and monitored."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import psycopg2
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from tests.support import assert_each_batch_written_once, wait_until
+from worker.beat import schedule_batch_id
+from worker.rides.batch_rides import generated_chunk
+from worker.rides.generator import Window, World
+from worker.store.database import build_engine
+from worker.store.writes import PREDICTION_COLUMNS, start_batch, write_batches, write_chunk
+
+pytestmark = pytest.mark.integration
+
+RUN_SLOTS = "worker.tasks.run_slots"
+
+
+def _slots(day: int, count: int, hour: int = 10) -> list[str]:
+    """`count` 5-minute slots of a day in October 2026 (each test its own day: the stack is shared)."""
+    first = datetime(2026, 10, day, hour, 5, tzinfo=UTC)
+    return [(first + timedelta(minutes=5 * i)).isoformat() for i in range(count)]
+
+
+def _ids(slots: list[str]) -> list[str]:
+    return [schedule_batch_id(datetime.fromisoformat(slot)) for slot in slots]
+
+
+def _send(stack, slots: list[str], task_id: str | None = None, **kwargs):
+    return stack.client().send_task(
+        RUN_SLOTS, kwargs={"slots": slots, "interval": 300.0, "rides": 60, **kwargs}, task_id=task_id
+    )
+
+
+def test_a_run_writes_each_slot_as_its_own_batch_with_the_rides_its_plan_makes_and_monitors_the_hour_once(stack):
+    slots = _slots(1, 4)
+    ids = _ids(slots)
+    alone = stack.client().send_task(
+        "worker.tasks.run_batch", kwargs={"slot": slots[1], "interval": 300.0, "rides": 60, "sent_by": "backfill"}
+    )
+    assert alone.get(timeout=120)["rows_written"] == 60
+
+    result = _send(stack, slots).get(timeout=120)
+
+    assert (result["slots"], result["written"], result["already_written"], result["rows_written"]) == (4, 3, 1, 180)
+    assert result["batch_ids"] == ids
+    assert_each_batch_written_once(stack, ids)
+    runs = {row.batch_id: row for row in stack.sql("SELECT * FROM batch_runs WHERE batch_id = ANY(:ids)", ids=ids)}
+    assert {(row.trigger, row.sent_by, row.model_version) for row in runs.values()} == {
+        ("schedule", "backfill", runs[ids[1]].model_version)
+    }
+    assert [runs[b].slot for b in ids] == [datetime.fromisoformat(slot) for slot in slots]
+    # The rides and trip ids are exactly those the batch's own plan makes (what run_batch writes for it).
+    for batch_id in ids:
+        run = runs[batch_id]
+        planned = generated_chunk(
+            batch_id,
+            int(run.seed),
+            0,
+            run.rides_requested,
+            Window(run.window_start, run.window_end),
+            World(run.speed_factor, run.fare_factor),
+            run.started_at,
+        ).sort_values("trip_id")
+        stored = stack.sql(
+            "SELECT trip_id::text, pickup_community_area, fare, trip_start_timestamp FROM ride_predictions "
+            "WHERE batch_id = :b ORDER BY trip_id",
+            b=batch_id,
+        )
+        assert [r.trip_id for r in stored] == [str(uuid.UUID(t)) for t in planned["trip_id"]]
+        assert [r.pickup_community_area for r in stored] == planned["pickup_community_area"].tolist()
+        assert np.allclose([r.fare for r in stored], planned["fare"].to_numpy())
+        outcomes = stack.sql(
+            "SELECT count(*) FROM ride_outcomes o JOIN ride_predictions p USING (trip_id) WHERE p.batch_id = :b",
+            b=batch_id,
+        )[0][0]
+        assert outcomes == 60
+
+    # Monitored: each batch's metrics, and their clock hour (10:00, 11:00] from all four batches.
+    def all_metrics() -> list | None:
+        rows = stack.sql("SELECT batch_id, monitor_status, rows FROM batch_metrics WHERE batch_id = ANY(:ids)", ids=ids)
+        return rows if len(rows) == 4 else None
+
+    metrics = wait_until("metrics of every batch of the run", all_metrics, 120)
+    assert {(row.monitor_status, row.rows) for row in metrics} == {("ok", 60)}
+    hour = wait_until(
+        "the hour's window from all four batches",
+        lambda: stack.sql(
+            "SELECT batches, rows FROM window_metrics WHERE window_end = :end AND batches = 4",
+            end=datetime(2026, 10, 1, 11, 0, tzinfo=UTC),
+        ),
+        120,
+    )
+    assert hour[0].rows == 240
+
+
+def test_the_same_run_delivered_twice_writes_once_and_says_so(stack):
+    slots = _slots(2, 3)
+    task_id = str(uuid.uuid4())
+    first = _send(stack, slots, task_id).get(timeout=120)
+    assert (first["written"], first["already_written"]) == (3, 0)
+    _send(stack, slots, task_id)  # the broker hands the same message out again
+    stack.wait_for_log("worker-shared", "run of 3 slots: 0 written (0 rows), 3 already written", 60)
+    assert_each_batch_written_once(stack, _ids(slots))
+    attempts = stack.sql("SELECT attempts FROM batch_runs WHERE batch_id = ANY(:ids)", ids=_ids(slots))
+    assert {row.attempts for row in attempts} == {1}  # a succeeded batch is not counted again
+
+
+def test_a_run_and_single_sends_of_its_slots_at_the_same_time_write_each_slot_once(stack):
+    slots = _slots(3, 6)
+    client = stack.client()
+    sent = (
+        [_send(stack, slots)]
+        + [
+            client.send_task("worker.tasks.run_batch", kwargs={"slot": s, "interval": 300.0, "rides": 60})
+            for s in slots
+        ]
+        + [_send(stack, slots[2:])]
+    )
+    for result in sent:
+        result.get(timeout=120)
+    assert_each_batch_written_once(stack, _ids(slots))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"slots": "2026-10-04T10:05:00+00:00"}, "slots must be a non-empty list"),
+        ({"slots": []}, "slots must be a non-empty list"),
+        (
+            {"slots": [f"2026-10-04T{h:02d}:{m:02d}:00+00:00" for h in range(24) for m in range(0, 60, 5)] * 2},
+            "a run takes at most 288",
+        ),
+        ({"slots": ["2026-10-04T10:05:00+00:00", "2026-10-04T10:05:00+00:00"]}, "is in the run twice"),
+        ({"slots": ["2026-10-04T10:05:00+00:00", "yesterday"]}, "yesterday"),
+        ({"slots": ["2026-10-04T10:05:00+00:00"], "sent_by": "someone"}, "sent_by must be one of"),
+        ({"slots": ["2026-10-04T10:05:00+00:00"], "rides": 0}, "rides must be at least 1"),
+    ],
+)
+def test_a_bad_run_fails_clearly_without_retry_and_writes_nothing(stack, kwargs, message):
+    result = stack.client().send_task(RUN_SLOTS, kwargs={"interval": 300.0, **kwargs})
+    with pytest.raises(Exception) as failure:
+        result.get(timeout=60)
+    assert message in str(failure.value)
+    assert (result.retries or 0) == 0
+    assert stack.sql("SELECT count(*) FROM batch_runs WHERE batch_id LIKE 'schedule-2026-10-04%'")[0][0] == 0
+
+
+def _frame(batch_ids: list[str], rides: int = 50):
+    end = datetime(2026, 5, 4, 12, 0)
+    frames = []
+    for i, batch_id in enumerate(batch_ids):
+        frame = generated_chunk(
+            batch_id, seed=i, chunk_index=0, n=rides, window=Window(end - timedelta(minutes=5), end)
+        )
+        frame["predicted_duration"] = 9.5
+        frame["model_name"] = "runs-test"
+        frame["model_version"] = "1"
+        frame["batch_id"] = batch_id
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _new_batches(engine, batch_ids: list[str], rides: int = 50) -> None:
+    for batch_id in batch_ids:
+        start_batch(
+            engine,
+            batch_id=batch_id,
+            trigger="adhoc",
+            rides_requested=rides,
+            chunks_total=1,
+            task_id=None,
+            seed=1,
+            window=None,
+            attempt=1,
+        )
+
+
+def _written(engine, batch_ids: list[str]) -> dict[str, tuple]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT b.batch_id, b.status, b.rows_written, b.chunks_done, "
+                "(SELECT count(*) FROM ride_predictions p WHERE p.batch_id = b.batch_id), "
+                "(SELECT count(*) FROM ride_outcomes o JOIN ride_predictions p USING (trip_id) "
+                " WHERE p.batch_id = b.batch_id) "
+                "FROM batch_runs b WHERE b.batch_id = ANY(:ids)"
+            ),
+            {"ids": batch_ids},
+        )
+        return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _outcomes(frame):
+    return frame[["trip_id"]].assign(
+        actual_duration=12.0,
+        observed_at=frame["trip_start_timestamp"],
+        source="generated",
+        known_at=datetime(2026, 5, 4, 18, 0, tzinfo=UTC),
+    )
+
+
+def test_write_batches_writes_the_batches_not_yet_written_and_leaves_the_written_one_alone(fresh_pg_url) -> None:
+    engine = build_engine(fresh_pg_url)
+    ids = ["run-a", "run-b", "run-c"]
+    _new_batches(engine, ids)
+    frame = _frame(ids)
+    only_b = frame[frame["batch_id"] == "run-b"]
+    assert not write_chunk(engine, "run-b", 0, only_b[list(PREDICTION_COLUMNS)], True).duplicate
+
+    writes = write_batches(engine, frame[list(PREDICTION_COLUMNS)], _outcomes(frame))
+
+    assert [(w.batch_id, w.duplicate, w.rows_written, w.batch_finished) for w in writes] == [
+        ("run-a", False, 50, True),
+        ("run-b", True, 0, False),
+        ("run-c", False, 50, True),
+    ]
+    assert _written(engine, ids) == {
+        "run-a": ("succeeded", 50, 1, 50, 50),
+        "run-b": ("succeeded", 50, 1, 50, 0),  # its own write had no outcomes; none were added now
+        "run-c": ("succeeded", 50, 1, 50, 50),
+    }
+    again = write_batches(engine, frame[list(PREDICTION_COLUMNS)], _outcomes(frame))
+    assert all(w.duplicate for w in again)
+    assert _written(engine, ids)["run-a"] == ("succeeded", 50, 1, 50, 50)
+    engine.dispose()
+
+
+def test_write_batches_waits_for_a_delivery_holding_one_key_then_writes_only_the_others(fresh_pg_url) -> None:
+    """Another delivery has claimed run-y's key and not committed yet: the run waits on that key (never
+    writes run-y beside it), and when that delivery commits, writes run-x and run-z alone."""
+    engine = build_engine(fresh_pg_url)
+    ids = ["run-x", "run-y", "run-z"]
+    _new_batches(engine, ids)
+    frame = _frame(ids)
+    url = make_url(fresh_pg_url)
+    holder = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname=url.database)
+    outcome: dict[str, object] = {}
+    try:
+        with holder.cursor() as cur:
+            cur.execute(
+                "INSERT INTO batch_chunks (batch_id, chunk_index, rows_written, model_version) VALUES ('run-y', 0, 0, '1')"
+            )
+
+        def run() -> None:
+            try:
+                outcome["writes"] = write_batches(engine, frame[list(PREDICTION_COLUMNS)], lock_timeout=30)
+            except Exception as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        waiting = wait_until(
+            "the run to wait on run-y's key",
+            lambda: holder_sees_wait(holder),
+            30,
+        )
+        assert waiting
+        assert thread.is_alive()
+        holder.commit()  # the other delivery wrote run-y (with no rows, as far as this test cares)
+        thread.join(60)
+    finally:
+        holder.close()
+    assert "error" not in outcome, outcome.get("error")
+    assert [(w.batch_id, w.duplicate) for w in outcome["writes"]] == [
+        ("run-x", False),
+        ("run-y", True),
+        ("run-z", False),
+    ]
+    written = _written(engine, ids)
+    assert written["run-x"][:4] == ("succeeded", 50, 1, 50)
+    assert written["run-z"][:4] == ("succeeded", 50, 1, 50)
+    assert written["run-y"][3] == 0  # none of its rows came from the run
+    engine.dispose()
+
+
+def holder_sees_wait(holder) -> bool:
+    """Some session of this database waits for a lock (the run, on the held key)."""
+    with holder.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cur.fetchone()[0] > 0
+
+
+def test_write_batches_on_sqlite_writes_each_batch_once(tmp_path) -> None:
+    """The embedded store has no COPY: each batch of the run goes in its own transaction, still once."""
+    from worker.store.database import migrate
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    migrate(url)
+    engine = build_engine(url)
+    ids = ["lite-a", "lite-b"]
+    _new_batches(engine, ids)
+    frame = _frame(ids)
+    first = write_batches(engine, frame[list(PREDICTION_COLUMNS)], _outcomes(frame))
+    second = write_batches(engine, frame[list(PREDICTION_COLUMNS)], _outcomes(frame))
+    assert [(w.duplicate, w.rows_written, w.batch_finished) for w in first] == [(False, 50, True)] * 2
+    assert all(w.duplicate for w in second)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ride_predictions")).scalar() == 100
+        assert conn.execute(text("SELECT count(*) FROM ride_outcomes")).scalar() == 100
+        assert conn.execute(text("SELECT count(DISTINCT status) FROM batch_runs")).scalar() == 1
+    engine.dispose()
