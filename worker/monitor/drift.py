@@ -74,12 +74,14 @@ def numeric_drift(column: str, reference: pd.Series, current: pd.Series) -> Colu
 
 
 def categorical_drift(column: str, reference: pd.Series, current: pd.Series) -> ColumnDrift:
-    ref = reference.dropna().astype("int64").value_counts()
-    cur = current.dropna().astype("int64").value_counts()
-    n_ref, n_cur = int(ref.sum()), int(cur.sum())
-    categories = ref.index.union(cur.index)
-    ref = ref.reindex(categories, fill_value=0).to_numpy(dtype=float)
-    cur = cur.reindex(categories, fill_value=0).to_numpy(dtype=float)
+    # Counted with numpy over the areas either sample has, in sorted order: pandas' value_counts and
+    # reindex cost 4 ms a column, paid for every batch a backfill monitors.
+    ref_values = reference.dropna().to_numpy(dtype="int64")
+    cur_values = current.dropna().to_numpy(dtype="int64")
+    n_ref, n_cur = len(ref_values), len(cur_values)
+    categories = np.union1d(ref_values, cur_values)
+    ref = np.bincount(np.searchsorted(categories, ref_values), minlength=len(categories)).astype(float)
+    cur = np.bincount(np.searchsorted(categories, cur_values), minlength=len(categories)).astype(float)
     if n_ref > LARGE and n_cur > LARGE:
         score = float(jensenshannon(ref / n_ref, cur / n_cur))
         return ColumnDrift(column, "jensenshannon", score, DISTANCE_THRESHOLD, score >= DISTANCE_THRESHOLD)
