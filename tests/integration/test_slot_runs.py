@@ -5,6 +5,7 @@ and ids its own run_batch would write, whoever else writes the same slot, and mo
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,9 @@ from sqlalchemy.engine import make_url
 
 from tests.support import assert_each_batch_written_once, wait_until
 from worker.beat import schedule_batch_id
+from worker.model.reference import ReferenceCache
+from worker.model.registry import configure_mlflow
+from worker.monitor.batches import monitor_batch, monitor_run
 from worker.rides.batch_rides import generated_chunk
 from worker.rides.generator import Window, World
 from worker.store.database import build_engine
@@ -155,6 +159,64 @@ def test_a_bad_run_fails_clearly_without_retry_and_writes_nothing(stack, kwargs,
     assert message in str(failure.value)
     assert (result.retries or 0) == 0
     assert stack.sql("SELECT count(*) FROM batch_runs WHERE batch_id LIKE 'schedule-2026-10-04%'")[0][0] == 0
+
+
+def _monitored(engine, ids: list[str]) -> tuple[list, list, list]:
+    """What monitoring stored of these batches and their hour, without the times it stored them at."""
+    with engine.connect() as conn:
+        metrics = conn.execute(
+            text("SELECT * FROM batch_metrics WHERE batch_id = ANY(:ids) ORDER BY batch_id"), {"ids": ids}
+        ).mappings()
+        metrics = [{k: v for k, v in row.items() if k != "monitored_at"} for row in metrics]
+        drift = conn.execute(
+            text(
+                "SELECT batch_id, column_name, method, score, threshold, drifted FROM column_drift "
+                "WHERE batch_id = ANY(:ids) ORDER BY batch_id, column_name"
+            ),
+            {"ids": ids},
+        ).all()
+        window = conn.execute(
+            text(
+                "SELECT window_end, batches, rows, columns_checked, drifted_columns, dataset_drift, reference "
+                "FROM window_metrics WHERE window_end = :end"
+            ),
+            {"end": datetime(2026, 10, 5, 11, 0, tzinfo=UTC)},
+        ).all()
+    return metrics, drift, window
+
+
+def test_monitoring_a_run_together_stores_what_monitoring_each_batch_alone_stores(stack, trained_model):
+    settings, _ = trained_model
+    slots = _slots(5, 5)
+    ids = _ids(slots)
+    _send(stack, slots).get(timeout=120)
+    engine = build_engine(stack.db_url)
+    # The worker monitors the run too: let it finish, so that only this test writes from here on.
+    wait_until("the worker's monitoring of the run", lambda: len(_monitored(engine, ids)[0]) == 5, 120)
+    cache = ReferenceCache(lambda: configure_mlflow(settings))
+
+    def references(name: str, version: str):
+        return cache.get(name, version, time.monotonic())
+
+    known = datetime(2026, 10, 6)  # every outcome of these slots observed
+    for batch_id in ids:
+        monitor_batch(engine, batch_id, references, known, sample_rows=20_000)
+    alone = _monitored(engine, ids)
+    assert len(alone[0]) == 5 and len(alone[1]) == 5 * 7 and alone[2][0].batches == 5
+
+    reports = monitor_run(engine, [*ids, "no-such-batch"], references, known, sample_rows=20_000)
+
+    together = _monitored(engine, ids)
+    # The same figures; a mean may differ in its last bit (the rows are summed in another order).
+    for mine, theirs in zip(together[0], alone[0], strict=True):
+        assert mine.keys() == theirs.keys()
+        for key, value in mine.items():
+            assert value == (pytest.approx(theirs[key], rel=1e-12) if isinstance(value, float) else theirs[key]), key
+    assert together[1:] == alone[1:]
+    assert sorted((r.batch_id, r.status, r.rows) for r in reports) == sorted(
+        [(b, "ok", 60) for b in ids] + [("no-such-batch", "skipped", 0)]
+    )
+    engine.dispose()
 
 
 def _frame(batch_ids: list[str], rides: int = 50):

@@ -81,8 +81,20 @@ def monitor_batch(
     total = len(rows)
     if sample_rows is not None and total >= sample_rows:
         total = monitoring.batch_row_count(engine, batch_id)
+    report, values, drift = measure_batch(run, rows, total, references)
+    monitoring.save_batch_metrics(engine, values, drift)
+    if report.window is not None and window:
+        monitor_window(engine, *report.window, references, sample_rows)
+    return report
+
+
+def measure_batch(
+    run: dict, rows: pd.DataFrame, total: int, references: ReferenceLookup
+) -> tuple[BatchReport, dict, list[dict]]:
+    """What monitoring stores of one batch (its batch_metrics values and column drift rows), from its
+    row in batch_runs and its rows (or a sample of them; `total` counts them all)."""
     values = {
-        "batch_id": batch_id,
+        "batch_id": run["batch_id"],
         "model_version": run["model_version"],
         "window_start": run["window_start"],
         "window_end": run["window_end"],
@@ -93,38 +105,29 @@ def monitor_batch(
     }
     reference = references(run["model_name"], run["model_version"]) if run["model_version"] else None
     if reference is None or rows.empty:
-        monitoring.save_batch_metrics(
-            engine,
-            {
-                **values,
-                "monitor_status": "no_reference" if reference is None else "ok",
-                "reference": "none" if reference is None else "",
-                "columns_checked": None,
-                "drifted_columns": None,
-                "dataset_drift": None,
-            },
-        )
-        return BatchReport(batch_id, "no_reference" if reference is None else "ok", total, None)
+        status = "no_reference" if reference is None else "ok"
+        values |= {
+            "monitor_status": status,
+            "reference": "none" if reference is None else "",
+            "columns_checked": None,
+            "drifted_columns": None,
+            "dataset_drift": None,
+        }
+        return BatchReport(run["batch_id"], status, total, None), values, []
     compared, label = reference_for_window(reference, run["window_start"], run["window_end"])
     if rows[TARGET].isna().any():  # target drift only on complete outcomes (see quality.update_batch)
         rows = rows.drop(columns=TARGET)
     found = dataset_drift(compared, rows)
-    monitoring.save_batch_metrics(
-        engine,
-        {
-            **values,
-            "monitor_status": "ok",
-            "reference": label,
-            "columns_checked": found.counted,
-            "drifted_columns": found.drifted,
-            "dataset_drift": found.dataset_drift,
-        },
-        _drift_rows(found),
-    )
-    scheduled = (run["slot"], run["model_name"], run["model_version"]) if run["trigger"] == "schedule" else None
-    if scheduled is not None and run["slot"] is not None and window:
-        monitor_window(engine, *scheduled, references, sample_rows)
-    return BatchReport(batch_id, "ok", total, found, scheduled if run["slot"] is not None else None)
+    values |= {
+        "monitor_status": "ok",
+        "reference": label,
+        "columns_checked": found.counted,
+        "drifted_columns": found.drifted,
+        "dataset_drift": found.dataset_drift,
+    }
+    scheduled = run["trigger"] == "schedule" and run["slot"] is not None
+    window = (run["slot"], run["model_name"], run["model_version"]) if scheduled else None
+    return BatchReport(run["batch_id"], "ok", total, found, window), values, _drift_rows(found)
 
 
 def monitor_run(
@@ -137,17 +140,36 @@ def monitor_run(
 ) -> list[BatchReport]:
     """Monitor a run of batches (a backfill's hour of slots): each batch as monitor_batch does, then
     each clock hour they fall in once, after all of them. One by one, every batch recomputed its hour
-    from all the hour's rows so far: twelve slots read the hour's rows twelve times, 78 times a
-    batch's rows. `failed` is told of a batch whose monitoring raised, and the others go on; without
-    it the error is raised."""
-    reports = []
-    for batch_id in batch_ids:
+    from all the hour's rows so far (twelve slots read the hour 78 batches' worth), and each batch
+    cost three reads and a transaction of its own; here the run's rows are read in one query and its
+    metrics stored in one transaction. A batch of `sample_rows` or more rows is monitored on its own
+    (its sample drawn by the database). `failed` is told of a batch whose measuring raised, and the
+    others go on; without it the error is raised."""
+    runs = [run for run in writes.get_batches(engine, batch_ids) if run["status"] == "succeeded"]
+    reports = [BatchReport(b, "skipped", 0, None) for b in set(batch_ids) - {run["batch_id"] for run in runs}]
+    big = [run for run in runs if sample_rows is not None and run["rows_written"] >= sample_rows]
+    small = [run for run in runs if run not in big]
+    frames = monitoring.runs_rows(engine, [run["batch_id"] for run in small], known_at)
+    measured = []
+    for run in small:
         try:
-            reports.append(monitor_batch(engine, batch_id, references, known_at, sample_rows, window=False))
+            rows = frames.get(run["batch_id"], monitoring.empty_rows())
+            report, values, drift = measure_batch(run, rows, len(rows), references)
         except Exception as exc:
             if failed is None:
                 raise
-            failed(batch_id, exc)
+            failed(run["batch_id"], exc)
+            continue
+        reports.append(report)
+        measured.append((values, drift))
+    monitoring.save_batches_metrics(engine, measured)
+    for run in big:
+        try:
+            reports.append(monitor_batch(engine, run["batch_id"], references, known_at, sample_rows, window=False))
+        except Exception as exc:
+            if failed is None:
+                raise
+            failed(run["batch_id"], exc)
     hours = {(hour_of(report.window[0]), *report.window[1:]): report.window for report in reports if report.window}
     for slot, name, version in hours.values():
         monitor_window(engine, slot, name, version, references, sample_rows)

@@ -64,6 +64,34 @@ def batch_rows(engine: Engine, batch_id: str, known_at: datetime, sample: int | 
         return _frame(conn.execute(query), [*BATCH_ROW_COLUMNS, "actual_duration"])
 
 
+def runs_rows(engine: Engine, batch_ids: list[str], known_at: datetime) -> dict[str, pd.DataFrame]:
+    """batch_rows of several small batches (a run of slots, each below the sample size) in one
+    query: every row of each, by batch id."""
+    if not batch_ids:
+        return {}
+    observed = and_(ride_outcomes.c.trip_id == ride_predictions.c.trip_id, ride_outcomes.c.observed_at <= known_at)
+    query = (
+        select(
+            ride_predictions.c.batch_id,
+            *(ride_predictions.c[c] for c in BATCH_ROW_COLUMNS),
+            ride_outcomes.c.actual_duration,
+        )
+        .select_from(ride_predictions.outerjoin(ride_outcomes, observed))
+        .where(ride_predictions.c.batch_id.in_(batch_ids))
+    )
+    with engine.connect() as conn:
+        frame = _frame(conn.execute(query), ["batch_id", *BATCH_ROW_COLUMNS, "actual_duration"])
+    return {
+        batch_id: rows.drop(columns="batch_id").reset_index(drop=True)
+        for batch_id, rows in frame.groupby("batch_id", sort=False)
+    }
+
+
+def empty_rows() -> pd.DataFrame:
+    """A batch without rows, as batch_rows reads it."""
+    return pd.DataFrame(columns=[*BATCH_ROW_COLUMNS, "actual_duration"])
+
+
 def batch_row_count(engine: Engine, batch_id: str) -> int:
     with engine.connect() as conn:
         return conn.execute(
@@ -111,10 +139,19 @@ def window_row_count(engine: Engine, start: datetime, end: datetime, model_versi
 
 def save_batch_metrics(engine: Engine, values: dict[str, Any], drift: Iterable[dict[str, Any]] = ()) -> None:
     """One batch's metrics and its per-column drift, replacing what an earlier pass stored."""
+    save_batches_metrics(engine, [(values, drift)])
+
+
+def save_batches_metrics(engine: Engine, measured: list[tuple[dict[str, Any], Iterable[dict[str, Any]]]]) -> None:
+    """save_batch_metrics of several batches in one transaction."""
+    if not measured:
+        return
     with engine.begin() as conn:
-        _upsert(conn, batch_metrics, {**values, "monitored_at": func.now()}, ["batch_id"])
-        conn.execute(delete(column_drift).where(column_drift.c.batch_id == values["batch_id"]))
-        rows = [{"batch_id": values["batch_id"], **row} for row in drift]
+        for values, _ in measured:
+            _upsert(conn, batch_metrics, {**values, "monitored_at": func.now()}, ["batch_id"])
+        ids = [values["batch_id"] for values, _ in measured]
+        conn.execute(delete(column_drift).where(column_drift.c.batch_id.in_(ids)))
+        rows = [{"batch_id": values["batch_id"], **row} for values, drift in measured for row in drift]
         if rows:
             conn.execute(column_drift.insert(), rows)
 

@@ -563,6 +563,15 @@ def get_batch(engine: Engine, batch_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def get_batches(engine: Engine, batch_ids: list[str]) -> list[dict[str, Any]]:
+    """The rows of the batches recorded among `batch_ids`, in batch id order."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(batch_runs).where(batch_runs.c.batch_id.in_(batch_ids)).order_by(batch_runs.c.batch_id)
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
 def last_finished_batch(engine: Engine) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = (
