@@ -375,3 +375,39 @@ def test_write_batches_on_sqlite_writes_each_batch_once(tmp_path) -> None:
         assert conn.execute(text("SELECT count(*) FROM ride_outcomes")).scalar() == 100
         assert conn.execute(text("SELECT count(DISTINCT status) FROM batch_runs")).scalar() == 1
     engine.dispose()
+
+
+def _left_behind(stack) -> list:
+    own = make_url(stack.env["DATABASE_URL"]).database
+    admin = build_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    with admin.connect() as conn:
+        left = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": f"{own}_backfill_%"})
+        rows = left.all()
+    admin.dispose()
+    return rows
+
+
+def test_the_backfill_benchmark_refuses_a_broker_that_workers_listen_on(stack):
+    """Its slots would go to the service's worker, into the service's database."""
+    done = stack.cli("bench", "--backfill", "0.05", timeout=120)
+    assert done.returncode != 0
+    assert "bench --backfill needs the broker to itself:" in done.stderr, done.stderr[-2000:]
+    assert "worker(s) answer on it (shared@" in done.stderr
+    assert _left_behind(stack) == []
+
+
+def test_the_backfill_benchmark_prints_both_ways_side_by_side_and_leaves_no_database_behind(new_stack):
+    """The command the README's backfill figures come from, end to end on a few slots (its own workers)."""
+    stack = new_stack()
+    done = stack.cli("bench", "--backfill", "0.05", timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("  a run_batch", "  run_slots"))]
+    assert len(rows) == 2, done.stdout
+    for row in rows:
+        slots, rides, written, failed = row[-6], row[-5], row[-4], row[-3]
+        assert int(slots) == int(written) >= 14 and int(failed) == 0, row
+        assert int(rides.replace(",", "")) > 0
+        assert row[-1] != "up"  # "did not catch up"
+    assert rows[0][-5] == rows[1][-5]  # the same rides both ways
+    assert "an hour per message takes" in done.stdout
+    assert _left_behind(stack) == []

@@ -731,6 +731,11 @@ def cmd_lifecycle_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.backfill:
+        from worker.cli.backfill_bench import run_backfill_bench
+
+        results = run_backfill_bench(settings, args.backfill)
+        return 0 if all(not r.failed and r.written == r.slots for r in results) else 1
     if args.history:
         from worker.cli.history_bench import run_history_bench
 
@@ -904,6 +909,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DAYS",
         help="instead: writes and reads on an empty database and on ones holding DAYS of Chicago-volume "
         "history, side by side (throwaway databases on the configured PostgreSQL server)",
+    )
+    bench.add_argument(
+        "--backfill",
+        type=_positive_float,
+        metavar="DAYS",
+        help="instead: DAYS of past slots backfilled through a scoring and a monitoring worker, a message "
+        "per slot and an hour per message, side by side (throwaway databases; the broker must be the bench's alone)",
     )
     bench.add_argument(
         "--history-ids",

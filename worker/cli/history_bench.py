@@ -61,12 +61,12 @@ class Measured:
     figures: dict[str, float] = field(default_factory=dict)
 
 
-def _pg_url(settings: Settings) -> str:
+def pg_url(settings: Settings, option: str = "--history") -> str:
     url = settings.database_url
     if not url.startswith("postgresql"):
         raise UsageError(
-            "bench --history needs DATABASE_URL to name a PostgreSQL server: it measures PostgreSQL's "
-            f"indexes as history grows (the configured database is {make_url(url).drivername})"
+            f"bench {option} needs DATABASE_URL to name a PostgreSQL server: it makes throwaway databases "
+            f"beside the configured one (the configured database is {make_url(url).drivername})"
         )
     return url
 
@@ -82,7 +82,7 @@ def throwaway_database(url: str, name: str) -> Iterator[str]:
         try:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         except DBAPIError as exc:  # e.g. a role without CREATEDB; the server's message names no password
-            raise UsageError(f"bench --history could not create a throwaway database {name}: {exc.orig}") from exc
+            raise UsageError(f"bench could not create a throwaway database {name}: {exc.orig}") from exc
     own = make_url(url).set(database=name).render_as_string(hide_password=False)
     try:
         yield own
@@ -284,7 +284,7 @@ def run_history_bench(settings: Settings, days: list[float], repeat: int, big: i
     from worker import runtime
     from worker.store.database import get_engine, migrate
 
-    url = _pg_url(settings)
+    url = pg_url(settings)
     model = runtime.model()
     base = make_url(url).database or "postgres"
     end = datetime.now(UTC).replace(second=0, microsecond=0)

@@ -1,0 +1,53 @@
+"""How backfill groups its slots into run_slots messages, and tells its progress."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from worker.cli.backfill import progress_printer, send_slots, slot_runs
+
+
+def _slots(first: datetime, count: int) -> list[datetime]:
+    return [first + timedelta(minutes=5 * i) for i in range(count)]
+
+
+def test_slots_travel_by_the_clock_hour_they_belong_to():
+    """An hour window is (start, end]: the slot at 11:00 closes the 10–11 hour, as monitoring counts it."""
+    slots = _slots(datetime(2026, 11, 23, 10, 5, tzinfo=UTC), 14)  # 10:05 .. 11:10
+    runs = slot_runs(slots)
+    assert [len(run) for run in runs] == [12, 2]
+    assert runs[0][-1] == datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
+    assert sum(runs, []) == slots
+
+
+def test_a_run_crosses_no_daylight_saving_hour_twice():
+    """November's repeated 01:00 in Chicago is two UTC hours, so two runs, each whole."""
+    slots = _slots(datetime(2026, 11, 1, 6, 5, tzinfo=UTC), 24)  # 01:05 CDT .. 01:00 CST and on
+    assert [len(run) for run in slot_runs(slots)] == [12, 12]
+
+
+def test_send_slots_sends_a_message_per_hour_and_reports_every_slot(capsys):
+    slots = _slots(datetime(2026, 11, 23, 0, 5, tzinfo=UTC), 30)
+    sent: list[list[datetime]] = []
+
+    def send(run: list[datetime]) -> list[str]:
+        sent.append(run)
+        return [slot.isoformat() for slot in run]
+
+    update, stop = progress_printer(len(slots))
+    ids = send_slots(slots, 300.0, None, progress=update, queued=lambda: 0, send=send)
+    stop()
+    assert [len(run) for run in sent] == [12, 12, 6]
+    assert ids == [slot.isoformat() for slot in slots]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["sent 12/30 slots", "sent 24/30 slots", "sent 30/30 slots"]
+
+
+def test_progress_lines_come_about_every_5_percent_though_slots_go_a_dozen_at_a_time(capsys):
+    slots = _slots(datetime(2026, 11, 23, 0, 5, tzinfo=UTC), 300)
+    update, stop = progress_printer(len(slots))
+    send_slots(slots, 300.0, None, progress=update, queued=lambda: 0, send=lambda run: [s.isoformat() for s in run])
+    stop()
+    done = [int(line.split()[1].split("/")[0]) for line in capsys.readouterr().out.splitlines()]
+    assert done[-1] == 300
+    assert max(b - a for a, b in zip([0, *done], done, strict=False)) <= 2 * 15  # a step is 15 slots here
