@@ -17,7 +17,7 @@ def test_slots_travel_by_the_clock_hour_they_belong_to():
     runs = slot_runs(slots)
     assert [len(run) for run in runs] == [12, 2]
     assert runs[0][-1] == datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
-    assert sum(runs, []) == slots
+    assert [slot for run in runs for slot in run] == slots
 
 
 def test_a_run_crosses_no_daylight_saving_hour_twice():
