@@ -129,6 +129,10 @@ def test_the_history_benchmark_prints_its_table_and_leaves_no_database_behind(st
         "bare COPY of 2,000 prediction rows, PK only",
         "trip-start panel: filter on the column itself, ms",
         "an exporter scrape's database reads",
+        "`batches` (the newest 20), ms",
+        "`report --since 7d`, whole (reads, charts, page), ms",
+        "an update_quality pass (sweep, live accuracy), ms",
+        "monitoring the newest slot's batch (and its hour), ms",
     ):
         assert line in done.stdout, done.stdout
     own = make_url(stack.env["DATABASE_URL"]).database

@@ -20,10 +20,12 @@ import io
 import logging
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import Engine, text
@@ -250,6 +252,10 @@ def measure(settings: Settings, engine: Engine, model, repeat: int, big: int) ->
         "trip_start_indexed": read_seconds(engine, TRIP_START_INDEXED, *day, repeat),
         "rides_scored": read_seconds(engine, RIDES_SCORED, *day, repeat),
         "exporter": _median_seconds(lambda: _exporter_reading(settings, engine), repeat),
+        "batches": _median_seconds(lambda: _batches_reading(engine), repeat),
+        "report_7d": _warm_median(lambda: _report_reading(settings, engine, timedelta(days=7)), repeat),
+        "quality_pass": _steady_quality_pass(settings, engine, model, repeat),
+        "monitor_slot": _warm_median(lambda: _monitor_newest_slot(settings, engine, model), repeat),
     }
     writes_big = [timed_batch(engine, model, big, seed, label="bench-history")[1] for seed in range(repeat + 1)][1:]
     writes_small = [
@@ -269,6 +275,76 @@ def _exporter_reading(settings: Settings, engine: Engine) -> None:
     from worker.cli.exporter import read_database
 
     read_database(settings, engine)
+
+
+def _warm_median(run: Callable[[], object], repeat: int) -> float:
+    """After a first run, which may catch up with what the history lacks (a quality pass fills a day
+    of batches' accuracy, the first time only), as it runs from then on."""
+    run()
+    return _median_seconds(run, repeat)
+
+
+def _batches_reading(engine: Engine) -> None:
+    """`batches`: the newest 20."""
+    from worker.store.history import list_batches
+
+    list_batches(engine, last=20)
+
+
+def _report_reading(settings: Settings, engine: Engine, period: timedelta) -> None:
+    """`report --since 7d`, whole: its reads, its charts and the HTML page, into a throwaway file."""
+    from worker.cli.report import make_report
+
+    own = settings.model_copy(update={"DATABASE_URL": engine.url.render_as_string(hide_password=False)})
+    with tempfile.TemporaryDirectory() as folder:
+        make_report(own, period, Path(folder) / "report.html")
+
+
+def _history_lookups(model) -> tuple[Callable, Callable]:
+    """The history's batches name a version the registry does not hold: monitoring reads them with
+    the bench model's reference and held-out MAE, so it does all it would do for a real version."""
+    from worker import runtime
+
+    return (
+        lambda _name, _version: runtime.reference(model.name, model.version),
+        lambda _name, _version: runtime.heldout_mae(model.name, model.version),
+    )
+
+
+def _quality_pass(settings: Settings, engine: Engine, model) -> int:
+    """What update_quality does each minute (beat): catch up unmonitored batches (how many it did is
+    returned), then live accuracy."""
+    from worker.monitor import quality
+    from worker.rides.generator import chicago_now
+
+    references, heldout = _history_lookups(model)
+    now = datetime.now(UTC)
+    sample = settings.MONITOR_SAMPLE_ROWS
+    swept = quality.sweep_unmonitored(engine, references, chicago_now(), now, sample)["swept"]
+    quality.update_quality(engine, chicago_now(), heldout, references, now_utc=now, sample_rows=sample)
+    return swept
+
+
+def _steady_quality_pass(settings: Settings, engine: Engine, model, repeat: int) -> float:
+    """A pass as beat runs it once the service is in step: first the passes that catch up with what
+    the made history lacks (its batches were never monitored: a pass sweeps 20), then the timed ones."""
+    for _ in range(100):
+        if not _quality_pass(settings, engine, model):
+            break
+    return _median_seconds(lambda: _quality_pass(settings, engine, model), repeat)
+
+
+def _monitor_newest_slot(settings: Settings, engine: Engine, model) -> None:
+    """A scheduled batch's monitoring, as monitor_batch runs it: its drift, then its clock hour's."""
+    from worker.monitor.batches import monitor_batch
+    from worker.rides.generator import chicago_now
+
+    with engine.connect() as conn:
+        newest = conn.execute(
+            text("SELECT batch_id FROM batch_runs WHERE trigger = 'schedule' ORDER BY slot DESC LIMIT 1")
+        ).scalar()
+    if newest is not None:
+        monitor_batch(engine, newest, _history_lookups(model)[0], chicago_now(), settings.MONITOR_SAMPLE_ROWS)
 
 
 def prune_day_seconds(engine: Engine, days: float) -> tuple[float, int]:
@@ -352,6 +428,10 @@ def print_table(results: list[Measured], big: int, repeat: int, ids: str) -> Non
     line("trip-start panel: filter on the column itself, ms", read("trip_start_indexed"))
     line("rides-scored panel, ms", read("rides_scored"))
     line("an exporter scrape's database reads (status's too), ms", read("exporter"))
+    line("`batches` (the newest 20), ms", read("batches"))
+    line("`report --since 7d`, whole (reads, charts, page), ms", read("report_7d"))
+    line("an update_quality pass (sweep, live accuracy), ms", read("quality_pass"))
+    line("monitoring the newest slot's batch (and its hour), ms", read("monitor_slot"))
     line(
         "prune of the oldest day: s (predictions deleted)",
         lambda m: f"{m.figures['prune_day']:.2f} ({m.figures['prune_rows']:,})" if "prune_day" in m.figures else "—",
