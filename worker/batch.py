@@ -149,6 +149,19 @@ def shadow_frame(rides: pd.DataFrame, shadow: Shadow | None) -> tuple[pd.DataFra
     return frame, None, time.perf_counter() - started
 
 
+def scored(
+    model: LoadedModel, rides: pd.DataFrame, shadow: Shadow | None, timings: dict
+) -> tuple[np.ndarray, pd.DataFrame | None, str | None]:
+    """Production's minutes and the challenger's shadow predictions (or why there are none), timed."""
+    started = time.perf_counter()
+    minutes = predict_minutes(model, rides)
+    timings["predict"] = time.perf_counter() - started
+    shadowed, shadow_error, shadow_seconds = shadow_frame(rides, shadow)
+    if shadow is not None:
+        timings["shadow"] = shadow_seconds
+    return minutes, shadowed, shadow_error
+
+
 def predict_and_write(
     engine: Engine,
     model: LoadedModel,
@@ -160,12 +173,7 @@ def predict_and_write(
     shadow: Shadow | None = None,
     now: datetime | None = None,
 ) -> ChunkResult:
-    started = time.perf_counter()
-    minutes = predict_minutes(model, rides)
-    timings["predict"] = time.perf_counter() - started
-    shadowed, shadow_error, shadow_seconds = shadow_frame(rides, shadow)
-    if shadow is not None:
-        timings["shadow"] = shadow_seconds
+    minutes, shadowed, shadow_error = scored(model, rides, shadow, timings)
     started = time.perf_counter()
     written = write_chunk(
         engine,
@@ -243,12 +251,7 @@ def run_generated_batches(
     rides = pd.concat(frames, ignore_index=True)
     batch_ids = np.repeat(np.array([run.batch_id for run in runs], dtype=object), [len(frame) for frame in frames])
     timings = {"generate": time.perf_counter() - started}
-    started = time.perf_counter()
-    minutes = predict_minutes(model, rides)
-    timings["predict"] = time.perf_counter() - started
-    shadowed, shadow_error, shadow_seconds = shadow_frame(rides, shadow)
-    if shadow is not None:
-        timings["shadow"] = shadow_seconds
+    minutes, shadowed, shadow_error = scored(model, rides, shadow, timings)
     started = time.perf_counter()
     written = write_batches(
         engine,
