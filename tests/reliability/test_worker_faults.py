@@ -197,6 +197,34 @@ def test_pool_child_sigkilled_mid_batch_is_requeued_and_written_once(faults):
     assert main.poll() is None and pool_children(main.pid) != [child]
 
 
+def test_pool_child_sigkilled_mid_run_of_slots_is_requeued_and_writes_each_slot_once(faults):
+    """The same kill inside a backfill's run_slots, while its one transaction writes every slot of the
+    run: all of them roll back together, and the requeued run writes each slot once."""
+    stack, main = faults, faults.worker
+    task_id = str(uuid.uuid4())
+    slots = [f"2026-09-01T10:{minute:02d}:00+00:00" for minute in (5, 10, 15, 20)]
+    ids = [f"schedule-{slot}" for slot in slots]
+    per_slot = BIG_BATCH // 4
+    result = stack.client().send_task(
+        "worker.tasks.run_slots", kwargs={"slots": slots, "interval": 300.0, "rides": per_slot}, task_id=task_id
+    )
+    wait_for_copy(stack, 60, "worker-faults")
+    [child] = pool_children(main.pid)
+    os.kill(child, signal.SIGKILL)
+    assert all(ledger(stack, b) == [] for b in ids), "the run had already committed: the kill was not mid-write"
+
+    out = result.get(timeout=180)
+    assert (out["written"], out["rows_written"], out["already_written"]) == (4, 4 * per_slot, 0)
+    for batch_id in ids:
+        assert written(stack, batch_id) == (per_slot, per_slot)
+        assert ledger(stack, batch_id) == [(0, per_slot)]
+        row = batch(stack, batch_id)
+        assert (row["status"], row["rows_written"], row["attempts"]) == ("succeeded", per_slot, 2), batch_id
+    text = stack.log_text("worker-faults")
+    assert f"pid:{child} exited with 'signal 9 (SIGKILL)'" in text, logs(stack, "worker-faults")
+    assert text.count(f"Task worker.tasks.run_slots[{task_id}] received") == 2
+
+
 def test_pool_child_sigkilled_mid_batch_with_a_challenger_writes_its_shadow_rows_once(new_stack):
     """The same kill with a challenger set: the shadow predictions ride in the batch's own transaction,
     so they are rolled back with it and written once with the redelivery, one per ride."""
