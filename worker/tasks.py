@@ -580,7 +580,7 @@ def monitor_batches(self: Task, batch_ids: list[str]) -> dict:
         reports = monitoring_batches.monitor_run(
             engine, batch_ids, runtime.reference, chicago_now(), get_settings().MONITOR_SAMPLE_ROWS, failed=failed
         )
-    except MONITOR_WAITS as exc:  # the hours' windows: the batches are monitored, the windows wait
+    except MONITOR_WAITS as exc:  # reading or storing the run (the database), or an hour's window: all again later
         waiting.append(exc)
         reports = []
     if waiting and self.request.retries < self.max_retries:

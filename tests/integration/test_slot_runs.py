@@ -411,3 +411,35 @@ def test_the_backfill_benchmark_prints_both_ways_side_by_side_and_leaves_no_data
     assert rows[0][-5] == rows[1][-5]  # the same rides both ways
     assert "an hour per message takes" in done.stdout
     assert _left_behind(stack) == []
+
+
+def test_a_batch_whose_monitoring_fails_is_told_and_the_rest_of_the_run_is_monitored(fresh_pg_url) -> None:
+    """monitor_batches' fault path: one batch of the run cannot be measured (here its version's
+    reference cannot be had); the callback hears of it, the other batches are stored all the same;
+    without a callback the error is raised."""
+    engine = build_engine(fresh_pg_url)
+    ids = ["mon-ok", "mon-broken", "mon-ok-too"]
+    _new_batches(engine, ids)
+    frame = _frame(ids)
+    frame.loc[frame["batch_id"] == "mon-broken", "model_version"] = "2"
+    write_batches(engine, frame[list(PREDICTION_COLUMNS)], _outcomes(frame))
+    reference = frame.assign(actual_duration=12.0)
+
+    def references(name: str, version: str):
+        if version == "2":
+            raise OSError("registry unreachable")
+        return reference
+
+    heard: list[tuple[str, str]] = []
+    reports = monitor_run(
+        engine, ids, references, datetime(2026, 5, 5), 20_000, failed=lambda b, exc: heard.append((b, str(exc)))
+    )
+
+    assert heard == [("mon-broken", "registry unreachable")]
+    assert sorted((r.batch_id, r.status) for r in reports) == [("mon-ok", "ok"), ("mon-ok-too", "ok")]
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT batch_id, monitor_status, rows FROM batch_metrics ORDER BY 1")).all()
+    assert [tuple(row) for row in stored] == [("mon-ok", "ok", 50), ("mon-ok-too", "ok", 50)]
+    with pytest.raises(OSError, match="registry unreachable"):
+        monitor_run(engine, ids, references, datetime(2026, 5, 5), 20_000)
+    engine.dispose()
