@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 from worker.cli.backfill import progress_printer, send_slots, slot_runs
@@ -51,3 +52,15 @@ def test_progress_lines_come_about_every_5_percent_though_slots_go_a_dozen_at_a_
     done = [int(line.split()[1].split("/")[0]) for line in capsys.readouterr().out.splitlines()]
     assert done[-1] == 300
     assert max(b - a for a, b in zip([0, *done], done, strict=False)) <= 2 * 15  # a step is 15 slots here
+
+
+def test_an_hour_of_more_slots_than_a_run_takes_goes_in_several_messages():
+    """With a short beat interval (10 s: 360 slots an hour) an hour is split, never refused by run_slots."""
+    from worker.beat import MAX_SLOTS_PER_RUN
+
+    slots = [datetime(2026, 12, 3, 2, 50, tzinfo=UTC) + timedelta(seconds=10 * i) for i in range(480)]
+    runs = slot_runs(slots)
+    assert max(len(run) for run in runs) <= MAX_SLOTS_PER_RUN
+    assert [slot for run in runs for slot in run] == slots
+    assert len({math.ceil(run[0].timestamp() / 3600) for run in runs}) == 3  # still one clock hour per run
+    assert all(math.ceil(run[0].timestamp() / 3600) == math.ceil(run[-1].timestamp() / 3600) for run in runs)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from worker.beat import slot_start
+from worker.beat import MAX_SLOTS_PER_RUN, slot_start
 from worker.cli.dispatching import dispatch_slots, queue_length
 from worker.cli.errors import UsageError
 from worker.rides.generator import CALIBRATED, World
@@ -85,11 +85,16 @@ def plan_backfill(
 
 def slot_runs(slots: list[datetime]) -> list[list[datetime]]:
     """The slots grouped by the clock hour (start, end] they belong to, as monitoring's windows are:
-    one message, one scoring, one monitoring of the hour per group."""
-    runs: dict[int, list[datetime]] = {}
+    one message, one scoring, one monitoring of the hour per group. An hour of more slots than a run
+    takes (a beat interval under 12.5 s) goes in several messages."""
+    hours: dict[int, list[datetime]] = {}
     for slot in slots:
-        runs.setdefault(math.ceil(slot.timestamp() / 3600), []).append(slot)
-    return list(runs.values())
+        hours.setdefault(math.ceil(slot.timestamp() / 3600), []).append(slot)
+    return [
+        hour[first : first + MAX_SLOTS_PER_RUN]
+        for hour in hours.values()
+        for first in range(0, len(hour), MAX_SLOTS_PER_RUN)
+    ]
 
 
 def send_slots(
