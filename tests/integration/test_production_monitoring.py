@@ -435,11 +435,19 @@ def previous_hour_slots() -> tuple[datetime, datetime]:
     return start, start + timedelta(seconds=6 * INTERVAL)
 
 
-def test_unshifted_batches_keep_the_drift_alert_silent(monitored: Monitored):
-    """Both drift rules, and the prediction-drift rule, have what they need to fire, and do not: an
-    ended hour window of unshifted batches (backfilled slots of the previous hour; beat's batches are
-    all in the hour in progress, which the exporter leaves out) and more batches in the last hour
-    than the per-batch rule needs. Silent once Prometheus evaluated them on that data."""
+def test_the_hour_drift_alerts_follow_the_monitored_window_of_unshifted_batches(monitored: Monitored):
+    """Both hour-window rules (dataset drift, prediction drift) and the per-batch rule have what they
+    need to fire: an ended hour window of unshifted batches (backfilled slots of the previous hour;
+    beat's batches are all in the hour in progress, which the exporter leaves out) and more batches in
+    the last hour than the per-batch rule needs. Each hour-window rule fires exactly when the window
+    the monitor stored drifted, and is silent when it did not; the per-batch rule stays silent.
+
+    Silent for certain is not the claim: the drift tests flag 1-2 % of calibrated hours with the
+    default model, and this stack's small one (a 4,000-row reference, about 300 rows an hour of the
+    day) flags 4-8 %, the same dawn hours every day, since every day is compared with the same
+    reference rows (`monitor-check` measures those rates). A CI run at such an hour once failed
+    here for that reason alone. What this test checks is that the rules read what the monitor
+    stored, on real data, through the real exporter and Prometheus."""
     m = monitored
     start, end = previous_hour_slots()
     done = m.stack.cli("backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", timeout=300)
@@ -459,16 +467,22 @@ def test_unshifted_batches_keep_the_drift_alert_silent(monitored: Monitored):
 
     wait_until("the previous hour's window computed from all its batches", window_complete, 120, every=1)
     computed = time.time()
+    # What the monitor stored for that hour: the rules must say the same.
+    (window,) = m.stack.sql(
+        "SELECT w.dataset_drift, bool_or(c.drifted) FILTER (WHERE c.column_name = 'predicted_duration') AS predicted "
+        "FROM window_metrics w JOIN window_column_drift c USING (window_end, window_minutes, model_version) "
+        "WHERE w.window_minutes = 60 AND w.window_end = :end GROUP BY w.dataset_drift",
+        end=hour_end,
+    )
     # A scrape that read the database after that, with the window's end: every rule evaluated from
     # now on reads the complete window and every monitored batch.
     seen = m.seen_at(
         f"(timestamp(taxi_hour_window_end_timestamp_seconds) > {computed})"
         f" and (taxi_hour_window_end_timestamp_seconds == {hour_end.timestamp()})"
     )
-    # What the rules read: were the batches or the window drifted, they would fire.
-    assert m.value("taxi_hour_window_dataset_drift") is not None
-    assert m.value("taxi_hour_window_prediction_drift") is not None
-    assert m.value("time() - taxi_hour_window_end_timestamp_seconds") < 5400  # fresh: the rule would count it
+    assert m.value("taxi_hour_window_dataset_drift") == int(window.dataset_drift)
+    assert m.value("taxi_hour_window_prediction_drift") == int(window.predicted)
+    assert m.value("time() - taxi_hour_window_end_timestamp_seconds") < 5400  # fresh: the rules count it
     assert m.value('taxi_monitored_batches_last_hour{status="ok"}') >= 6
     drift = m.query('{__name__=~"taxi_(drifted_batches|monitored_batches)_last_hour|taxi_hour_window_.*"}')
     detail = (
@@ -479,8 +493,17 @@ def test_unshifted_batches_keep_the_drift_alert_silent(monitored: Monitored):
         ),
         m.stack.sql("SELECT window_end, rows, drifted_columns, columns_checked, dataset_drift FROM window_metrics"),
     )
+    expected = {"TaxiDatasetDrift": bool(window.dataset_drift), "TaxiPredictionDrift": bool(window.predicted)}
+    print(f"the previous hour's window as the monitor stored it: {expected}")
     try:
-        m.assert_silent(["TaxiDatasetDrift", "TaxiPredictionDrift"], since=seen)
+        silent = [alert for alert, drifted in expected.items() if not drifted]
+        if silent:
+            m.assert_silent(silent, since=seen)
+        for alert in (alert for alert, drifted in expected.items() if drifted):
+            labels = {"basis": "hour_window"} if alert == "TaxiDatasetDrift" else {}
+            wait_until(
+                f"{alert} to fire on the drifted window", lambda a=alert, k=labels: m.firing(a, **k), 60, every=1
+            )
     except AssertionError as failed:
         raise AssertionError(f"{failed}\n{detail}") from None
 

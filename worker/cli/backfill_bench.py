@@ -28,12 +28,14 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from worker.cli.backfill import plan_backfill, send_slots, wait_for_slots
-from worker.cli.dispatching import dispatch_slot, dispatch_slots
+from worker.cli.dispatching import dispatch_slot
 from worker.cli.errors import UsageError
 from worker.cli.history_bench import pg_url, throwaway_database
+from worker.cli.launcher import WORKERS as LAUNCHED
 from worker.settings import REPO_ROOT, Settings
 
-WORKERS = (("celery", 2), ("monitoring", 1))  # as `make run` starts them
+# The scoring and monitoring workers as `make run` starts them (no trainer: a backfill never trains).
+WORKERS = tuple((queue, concurrency) for _, queue, concurrency in LAUNCHED if queue != "training")
 READY_SECONDS = 90.0
 
 
@@ -53,13 +55,6 @@ def one_message_per_slot(interval: float) -> Callable[[list[datetime]], list[str
 
     def send(run: list[datetime]) -> list[str]:
         return [dispatch_slot(slot, interval, None, sent_by="backfill") for slot in run]
-
-    return send
-
-
-def one_message_per_hour(interval: float) -> Callable[[list[datetime]], list[str]]:
-    def send(run: list[datetime]) -> list[str]:
-        return dispatch_slots(run, interval, None, sent_by="backfill")
 
     return send
 
@@ -124,8 +119,9 @@ def monitoring_lag(engine: Engine, timeout: float) -> float | None:
 
 
 def backfill_once(
-    settings: Settings, url: str, label: str, send: Callable[[list[datetime]], list[str]], start, end
+    settings: Settings, url: str, label: str, send: Callable[[list[datetime]], list[str]] | None, start, end
 ) -> BackfillRun:
+    """`send`: how a run of slots goes out; None sends them as `backfill` does."""
     from worker.store.database import get_engine, migrate
 
     migrate(url)
@@ -165,7 +161,7 @@ def run_backfill_bench(settings: Settings, days: float) -> list[BackfillRun]:
     for n, (label, send) in enumerate(
         (
             ("a run_batch per slot", one_message_per_slot(interval)),
-            ("run_slots, an hour each", one_message_per_hour(interval)),
+            ("run_slots, an hour each", None),
         )
     ):
         with throwaway_database(url, f"{base}_backfill_{n}") as own:

@@ -63,6 +63,11 @@ def _stop_all(children: list[tuple[str, subprocess.Popen]]) -> None:
         print(f"stopped {name}")
 
 
+# The workers `make run` starts: name, queue, processes. Scoring gets both cores; monitoring and
+# training one process each, so neither ever holds up a scheduled batch.
+WORKERS = (("worker", "celery", 2), ("monitor", "monitoring", 1), ("trainer", "training", 1))
+
+
 def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
     from worker.cli.dispatching import dispatch_batch, wait_for_batch
     from worker.cli.preparation import initialize
@@ -83,11 +88,7 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
     # Ctrl-C must work even if we were started with SIGINT ignored (a shell's background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        for name, queue, concurrency in (
-            ("worker", "celery", 2),
-            ("monitor", "monitoring", 1),
-            ("trainer", "training", 1),
-        ):
+        for name, queue, concurrency in WORKERS:
             process, _ = _start(
                 name,
                 celery_command(
