@@ -151,3 +151,20 @@ def assert_each_batch_written_once(stack, batch_ids: list[str]) -> None:
         "SELECT batch_id, count(*) FROM batch_chunks WHERE batch_id = ANY(:ids) GROUP BY 1", ids=batch_ids
     )
     assert dict(ledger) == {b: rows[b].chunks_total for b in batch_ids}
+
+
+def start_one_chunk_batch(engine, batch_id: str, rides: int) -> None:
+    """Record an ad-hoc batch of one chunk, as a worker does before writing it (no plan to regenerate)."""
+    from worker.store.writes import start_batch
+
+    start_batch(
+        engine,
+        batch_id=batch_id,
+        trigger="adhoc",
+        rides_requested=rides,
+        chunks_total=1,
+        task_id=None,
+        seed=None,
+        window=None,
+        attempt=1,
+    )

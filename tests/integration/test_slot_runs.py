@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from tests.support import assert_each_batch_written_once, wait_until
+from tests.support import assert_each_batch_written_once, start_one_chunk_batch, wait_until
 from worker.beat import schedule_batch_id
 from worker.model.reference import ReferenceCache
 from worker.model.registry import configure_mlflow
@@ -24,7 +24,7 @@ from worker.monitor.batches import monitor_batch, monitor_run
 from worker.rides.batch_rides import generated_chunk
 from worker.rides.generator import Window, World
 from worker.store.database import build_engine
-from worker.store.writes import PREDICTION_COLUMNS, start_batch, write_batches, write_chunk
+from worker.store.writes import PREDICTION_COLUMNS, write_batches, write_chunk
 
 pytestmark = pytest.mark.integration
 
@@ -236,17 +236,7 @@ def _frame(batch_ids: list[str], rides: int = 50):
 
 def _new_batches(engine, batch_ids: list[str], rides: int = 50) -> None:
     for batch_id in batch_ids:
-        start_batch(
-            engine,
-            batch_id=batch_id,
-            trigger="adhoc",
-            rides_requested=rides,
-            chunks_total=1,
-            task_id=None,
-            seed=1,
-            window=None,
-            attempt=1,
-        )
+        start_one_chunk_batch(engine, batch_id, rides)
 
 
 def _written(engine, batch_ids: list[str]) -> dict[str, tuple]:

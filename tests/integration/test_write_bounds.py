@@ -21,10 +21,11 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from tests.support import start_one_chunk_batch
 from worker.batch import generated_chunk
 from worker.rides.generator import Window
 from worker.store.database import build_engine
-from worker.store.writes import PREDICTION_COLUMNS, start_batch, write_chunk
+from worker.store.writes import PREDICTION_COLUMNS, write_chunk
 from worker.tasks import TRANSIENT
 
 pytestmark = pytest.mark.integration
@@ -42,20 +43,6 @@ def _frame(batch_id: str):
     return frame[list(PREDICTION_COLUMNS)]
 
 
-def _new_batch(engine, batch_id: str) -> None:
-    start_batch(
-        engine,
-        batch_id=batch_id,
-        trigger="adhoc",
-        rides_requested=RIDES,
-        chunks_total=1,
-        task_id=None,
-        seed=None,
-        window=None,
-        attempt=1,
-    )
-
-
 def _count(engine, batch_id: str) -> tuple[int, int]:
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT count(*) FROM ride_predictions WHERE batch_id = :b"), {"b": batch_id}).scalar()
@@ -66,7 +53,7 @@ def _count(engine, batch_id: str) -> tuple[int, int]:
 def test_a_delivery_waiting_on_a_held_ledger_key_fails_after_lock_timeout_then_writes(fresh_pg_url) -> None:
     engine = build_engine(fresh_pg_url)
     batch_id = "bounds-lock"
-    _new_batch(engine, batch_id)
+    start_one_chunk_batch(engine, batch_id, RIDES)
     url = make_url(fresh_pg_url)
     holder = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname=url.database)
     try:
@@ -101,7 +88,7 @@ def test_a_holder_that_stops_talking_loses_the_key_after_the_statement_timeout(f
     and the first, woken, fails instead of writing it again."""
     batch_id = "bounds-idle"
     frozen, other = build_engine(fresh_pg_url), build_engine(fresh_pg_url)
-    _new_batch(other, batch_id)
+    start_one_chunk_batch(other, batch_id, RIDES)
     claimed = threading.Event()
 
     @event.listens_for(frozen, "after_cursor_execute")
