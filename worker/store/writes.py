@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from sqlalchemy import Column, Connection, DateTime, Engine, MetaData, Table, case, func, select, text, update
+from sqlalchemy import Column, Connection, DateTime, Engine, MetaData, Table, case, func, null, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
@@ -344,7 +344,8 @@ def write_chunk(
             .values(
                 batch_id=batch_id,
                 chunk_index=chunk_index,
-                rows_written=0,
+                # Fresh ids all go in (or the transaction fails); given ids may exist: counted after the move.
+                rows_written=len(frame) if ids_are_new else 0,
                 model_version=model_version,
                 hostname=socket.gethostname(),
             )
@@ -366,11 +367,14 @@ def write_chunk(
             if has_shadow:
                 rows = shadow[list(SHADOW_COLUMNS)].assign(batch_id=batch_id)
                 _insert_rows(conn, rows, shadow_predictions, ["trip_id", "model_version"])
-        conn.execute(
-            update(batch_chunks)
-            .where(batch_chunks.c.batch_id == batch_id, batch_chunks.c.chunk_index == chunk_index)
-            .values(rows_written=written)
-        )
+        if written != (len(frame) if ids_are_new else 0):
+            conn.execute(
+                update(batch_chunks)
+                .where(batch_chunks.c.batch_id == batch_id, batch_chunks.c.chunk_index == chunk_index)
+                .values(rows_written=written)
+            )
+        # The batch's last chunk finishes it in the same statement (SET reads the row as it was).
+        last = batch_runs.c.chunks_done + 1 >= batch_runs.c.chunks_total
         done = conn.execute(
             update(batch_runs)
             .where(batch_runs.c.batch_id == batch_id)
@@ -379,17 +383,14 @@ def write_chunk(
                 chunks_done=batch_runs.c.chunks_done + 1,
                 model_name=frame["model_name"].iloc[0] if len(frame) else batch_runs.c.model_name,
                 model_version=model_version or batch_runs.c.model_version,
+                status=case((last, "succeeded"), else_=batch_runs.c.status),
+                finished_at=case((last, func.now()), else_=batch_runs.c.finished_at),
+                error=case((last, null()), else_=batch_runs.c.error),
                 **({"shadow_error": stored_error(shadow_error)} if shadow_error else {}),
             )
             .returning(batch_runs.c.chunks_done, batch_runs.c.chunks_total)
         ).one()
         finished = done.chunks_done >= done.chunks_total
-        if finished:
-            conn.execute(
-                update(batch_runs)
-                .where(batch_runs.c.batch_id == batch_id)
-                .values(status="succeeded", finished_at=func.now(), error=None)
-            )
     return ChunkWrite(batch_id, chunk_index, written, duplicate=False, batch_finished=finished)
 
 
