@@ -344,8 +344,9 @@ def write_chunk(
             .values(
                 batch_id=batch_id,
                 chunk_index=chunk_index,
-                # Fresh ids all go in (or the transaction fails); given ids may exist: counted after the move.
-                rows_written=len(frame) if ids_are_new else 0,
+                # Fresh ids all go in (or the transaction fails). Given ids are usually new too; any
+                # stored already are taken off below (nobody sees this count before the commit).
+                rows_written=len(frame),
                 model_version=model_version,
                 hostname=socket.gethostname(),
             )
@@ -367,7 +368,7 @@ def write_chunk(
             if has_shadow:
                 rows = shadow[list(SHADOW_COLUMNS)].assign(batch_id=batch_id)
                 _insert_rows(conn, rows, shadow_predictions, ["trip_id", "model_version"])
-        if written != (len(frame) if ids_are_new else 0):
+        if written != len(frame):
             conn.execute(
                 update(batch_chunks)
                 .where(batch_chunks.c.batch_id == batch_id, batch_chunks.c.chunk_index == chunk_index)
