@@ -450,6 +450,31 @@ def test_backfill_reruns_a_failed_slot_reports_it_honestly_and_old_slots_are_nev
     assert "1 slots from" in in_flight.stdout and "0 to send, 0 already written, 1 in flight" in in_flight.stdout
 
 
+def test_a_backfill_the_worker_refuses_ends_its_wait_with_the_workers_reason(new_stack):
+    """The worker's own MAX_RIDES_PER_REQUEST is below the slots' size, which this command's settings
+    allow: the worker refuses each run before it records a batch, so no batch row will ever say so.
+    --wait reads the messages' failure from the result backend and says why, instead of waiting out
+    its timeout and calling the slots still running."""
+    stack = new_stack(BATCH_INTERVAL_SECONDS="300", RIDES_PER_BATCH="30")
+    small = stack.start_worker("small", concurrency=1, extra_env={"MAX_RIDES_PER_REQUEST": "10"})
+    end = _slot(time.time(), 300) - timedelta(days=1)
+    start = end - timedelta(minutes=15)
+    result = stack.cli(
+        "backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", "--timeout", "150", timeout=300
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0 written (0 rows), 0 already there, 3 failed" in result.stdout, result.stdout
+    assert "still running" not in result.stdout
+    assert "3 slots were refused by the worker before it recorded them" in result.stdout
+    assert "must be at most MAX_RIDES_PER_REQUEST=10, got 30" in result.stdout
+    assert stack.sql("SELECT count(*) FROM batch_runs")[0][0] == 0  # nothing half-written
+    # Once the worker takes such slots, the same backfill writes them.
+    stack.stop(small)
+    stack.start_worker("large", concurrency=1)
+    again = stack.cli("backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", timeout=300)
+    assert again.returncode == 0 and "3 written (90 rows), 0 already there, 0 failed" in again.stdout, again.stdout
+
+
 def test_a_chunk_message_without_a_pinned_version_pins_one_like_run_batch(stack, trained_model):
     """Messages queued before versions were pinned carry none: the chunk pins the batch's version first."""
     _, trained = trained_model

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,13 +25,14 @@ from worker.beat import MAX_SLOTS_PER_RUN, slot_start
 from worker.cli.dispatching import dispatch_slots, queue_length
 from worker.cli.errors import UsageError
 from worker.rides.generator import CALIBRATED, World
-from worker.settings import Settings
+from worker.settings import Settings, redact
 from worker.store import writes
 from worker.store.history import finished, slot_grid, statuses
 
 MAX_SLOTS = 2016  # one week of 5-minute slots; more needs --yes
 DEFAULT_MAX_QUEUED = 10  # messages; each carries up to an hour of slots
 IN_FLIGHT = ("running", "retrying")
+REFUSALS_EVERY = 2.0  # seconds between asks of the result backend while --wait waits
 
 
 @dataclass
@@ -157,13 +159,36 @@ class Outcome:
     failed: int = 0
     waiting: int = 0
     failed_ids: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # batch id: why its message failed unrecorded
 
 
-def wait_for_slots(engine: Engine, batch_ids: list[str], timeout: float) -> Outcome:
-    """Until every sent batch has succeeded or failed (or the timeout)."""
+def refused_slots(engine: Engine, pending: list[str], tasks: Mapping[str, str]) -> dict[str, str]:
+    """The pending batches whose message failed before recording them, with the message's error. A
+    worker refuses a run whose slots it will not take (its own MAX_RIDES_PER_REQUEST below this
+    command's, say) before any batch exists, so no batch row would ever say so."""
+    from celery.result import AsyncResult
+
+    from worker.celery_app import app
+
+    errors: dict[str, str] = {}
+    for task_id in sorted({tasks[batch_id] for batch_id in pending if batch_id in tasks}):
+        result = AsyncResult(task_id, app=app)
+        if result.state == "FAILURE":
+            errors[task_id] = f"{type(result.result).__name__}: {result.result}"
+    failed = [batch_id for batch_id in pending if tasks.get(batch_id) in errors]
+    recorded = statuses(engine, failed) if failed else {}  # a recorded batch's own row says how it ended
+    return {batch_id: errors[tasks[batch_id]] for batch_id in failed if batch_id not in recorded}
+
+
+def wait_for_slots(
+    engine: Engine, batch_ids: list[str], timeout: float, tasks: Mapping[str, str] | None = None
+) -> Outcome:
+    """Until every sent batch has succeeded or failed (or the timeout). `tasks` maps batch ids to the
+    id of the message that carried them, whose failure ends the wait for batches it never recorded."""
     deadline = time.monotonic() + timeout
     pending = set(batch_ids)
     outcome = Outcome()
+    asked = 0.0
     while pending and time.monotonic() < deadline:
         for batch_id, status, rows in finished(engine, sorted(pending)):
             pending.discard(batch_id)
@@ -173,6 +198,12 @@ def wait_for_slots(engine: Engine, batch_ids: list[str], timeout: float) -> Outc
             else:
                 outcome.failed += 1
                 outcome.failed_ids.append(batch_id)
+        if pending and tasks and time.monotonic() - asked >= REFUSALS_EVERY:
+            asked = time.monotonic()
+            for batch_id, error in refused_slots(engine, sorted(pending), tasks).items():
+                pending.discard(batch_id)
+                outcome.failed += 1
+                outcome.refused[batch_id] = error
         if pending:
             time.sleep(0.5)
     outcome.waiting = len(pending)
@@ -198,6 +229,8 @@ def run_backfill(
         f"{len(plan.to_send)} to send, {len(plan.already_written)} already written, {len(plan.in_flight)} in flight"
     )
 
+    tasks: dict[str, str] = {}  # batch id: the message that carries it
+
     def send(run: list[datetime]) -> list[str]:
         """A failed slot shows as retrying until a worker runs it again, so --wait does not count the
         old failure as this backfill's result; if the run cannot be sent, its slots are put back
@@ -207,8 +240,11 @@ def run_backfill(
             for slot in run
             if slot in plan.failed
         }
+        task_id = str(uuid.uuid4())
         try:
-            return dispatch_slots(run, interval, rides, world, sent_by="backfill")
+            ids = dispatch_slots(run, interval, rides, world, sent_by="backfill", task_id=task_id)
+            tasks.update(dict.fromkeys(ids, task_id))
+            return ids
         except Exception:
             for slot, row in before.items():
                 if row is not None:
@@ -233,11 +269,17 @@ def run_backfill(
             stop()
     if not wait:
         return 0
-    outcome = wait_for_slots(engine, sent + [batch_id_of(s) for s in plan.in_flight], timeout)
+    outcome = wait_for_slots(engine, sent + [batch_id_of(s) for s in plan.in_flight], timeout, tasks)
     print(
         f"backfill done: {outcome.written} written ({outcome.rows} rows), "
         f"{len(plan.already_written)} already there, {outcome.failed} failed"
         + (f", {outcome.waiting} still running after {timeout:.0f} s" if outcome.waiting else "")
         + (f" (rerun with: python -m worker rerun {outcome.failed_ids[0]})" if outcome.failed_ids else "")
     )
+    if outcome.refused:
+        first = sorted(outcome.refused)[0]
+        print(
+            f"{len(outcome.refused)} slots were refused by the worker before it recorded them, e.g. {first}: "
+            f"{redact(outcome.refused[first], settings)} (run the same backfill again once that is fixed)"
+        )
     return 0 if not outcome.failed and not outcome.waiting else 1

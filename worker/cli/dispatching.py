@@ -68,9 +68,15 @@ def dispatch_slot(
 
 
 def dispatch_slots(
-    slots: list[datetime], interval: float, rides: int | None, world: World = CALIBRATED, sent_by: str = "backfill"
+    slots: list[datetime],
+    interval: float,
+    rides: int | None,
+    world: World = CALIBRATED,
+    sent_by: str = "backfill",
+    task_id: str | None = None,
 ) -> list[str]:
-    """Send one run_slots for a run of beat slots (each still its own batch, named as beat names it)."""
+    """Send one run_slots for a run of beat slots (each still its own batch, named as beat names it);
+    `task_id` names the message, so a waiting backfill can ask the result backend how it ended."""
     from worker.beat import schedule_batch_id
     from worker.celery_app import app
 
@@ -81,7 +87,7 @@ def dispatch_slots(
         "sent_by": sent_by,
         **world_kwargs(world),
     }
-    app.send_task(RUN_SLOTS, kwargs=kwargs)
+    app.send_task(RUN_SLOTS, kwargs=kwargs, task_id=task_id)
     return [schedule_batch_id(slot) for slot in slots]
 
 
