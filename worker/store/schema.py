@@ -118,7 +118,7 @@ ride_outcomes = Table(
         DateTime(timezone=True),
         comment="UTC: when the service could first know it, the later of the trip's end and loaded_at",
     ),
-    Index("ix_ride_outcomes_observed_at", "observed_at"),
+    # No index on observed_at: it is only compared beside a join on trip_id (migration 0010).
     Index("ix_ride_outcomes_known_at", "known_at"),
 )
 
