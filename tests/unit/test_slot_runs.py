@@ -1,4 +1,4 @@
-"""How backfill groups its slots into run_slots messages, and tells its progress."""
+"""How backfill groups its slots into run_slots messages, tells its progress, and counts what its wait saw."""
 
 from __future__ import annotations
 
@@ -64,3 +64,44 @@ def test_an_hour_of_more_slots_than_a_run_takes_goes_in_several_messages():
     assert [slot for run in runs for slot in run] == slots
     assert len({math.ceil(run[0].timestamp() / 3600) for run in runs}) == 3  # still one clock hour per run
     assert all(math.ceil(run[0].timestamp() / 3600) == math.ceil(run[-1].timestamp() / 3600) for run in runs)
+
+
+def _ledger(tmp_path):
+    from worker.store.database import build_engine, migrate
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    migrate(url)
+    return build_engine(url)
+
+
+def test_a_refused_message_ends_the_wait_for_the_slots_it_never_recorded(tmp_path):
+    """The message of two slots failed before recording either (a real SQLite result backend holds its
+    failure, as a worker stores it); a third slot of another message is still to come."""
+    from celery import Celery
+
+    from worker.cli.backfill import wait_for_slots
+
+    results = Celery(backend=f"db+sqlite:///{tmp_path / 'results.db'}")
+    results.backend.mark_as_failure("refused-run", ValueError("rides must be at most MAX_RIDES_PER_REQUEST=10, got 30"))
+    tasks = {"schedule-a": "refused-run", "schedule-b": "refused-run", "schedule-c": "running-run"}
+    outcome = wait_for_slots(_ledger(tmp_path), sorted(tasks), timeout=1.0, tasks=tasks, results=results)
+    assert (outcome.failed, outcome.waiting, outcome.written) == (2, 1, 0)
+    assert outcome.refused == dict.fromkeys(
+        ["schedule-a", "schedule-b"], "ValueError: rides must be at most MAX_RIDES_PER_REQUEST=10, got 30"
+    )
+    assert outcome.failed_ids == []  # no batch row to rerun: the same backfill sends them again
+
+
+def test_an_unreachable_result_backend_leaves_the_wait_to_the_batches(tmp_path, caplog):
+    """The result backend only shortens the wait; when it cannot be asked (nothing listens on port 1
+    here), --wait goes on watching the batches' rows, as it did before it asked."""
+    from celery import Celery
+
+    from worker.cli.backfill import wait_for_slots
+
+    results = Celery(backend="redis://127.0.0.1:1/0")
+    outcome = wait_for_slots(
+        _ledger(tmp_path), ["schedule-a"], timeout=1.0, tasks={"schedule-a": "some-run"}, results=results
+    )
+    assert (outcome.failed, outcome.waiting) == (0, 1)
+    assert "cannot ask the result backend how the sent messages ended (ConnectionError" in caplog.text

@@ -11,6 +11,7 @@ while the queue is short, so a week of slots never buries beat's current one.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -28,6 +30,11 @@ from worker.rides.generator import CALIBRATED, World
 from worker.settings import Settings, redact
 from worker.store import writes
 from worker.store.history import finished, slot_grid, statuses
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
 
 MAX_SLOTS = 2016  # one week of 5-minute slots; more needs --yes
 DEFAULT_MAX_QUEUED = 10  # messages; each carries up to an hour of slots
@@ -162,17 +169,19 @@ class Outcome:
     refused: dict[str, str] = field(default_factory=dict)  # batch id: why its message failed unrecorded
 
 
-def refused_slots(engine: Engine, pending: list[str], tasks: Mapping[str, str]) -> dict[str, str]:
+def refused_slots(
+    engine: Engine, pending: list[str], tasks: Mapping[str, str], results: Celery | None = None
+) -> dict[str, str]:
     """The pending batches whose message failed before recording them, with the message's error. A
     worker refuses a run whose slots it will not take (its own MAX_RIDES_PER_REQUEST below this
-    command's, say) before any batch exists, so no batch row would ever say so."""
-    from celery.result import AsyncResult
-
-    from worker.celery_app import app
+    command's, say) before any batch exists, so no batch row would ever say so. `results`: the app
+    whose result backend is asked (the service's own by default)."""
+    if results is None:
+        from worker.celery_app import app as results
 
     errors: dict[str, str] = {}
     for task_id in sorted({tasks[batch_id] for batch_id in pending if batch_id in tasks}):
-        result = AsyncResult(task_id, app=app)
+        result = results.AsyncResult(task_id)
         if result.state == "FAILURE":
             errors[task_id] = f"{type(result.result).__name__}: {result.result}"
     failed = [batch_id for batch_id in pending if tasks.get(batch_id) in errors]
@@ -181,10 +190,15 @@ def refused_slots(engine: Engine, pending: list[str], tasks: Mapping[str, str]) 
 
 
 def wait_for_slots(
-    engine: Engine, batch_ids: list[str], timeout: float, tasks: Mapping[str, str] | None = None
+    engine: Engine,
+    batch_ids: list[str],
+    timeout: float,
+    tasks: Mapping[str, str] | None = None,
+    results: Celery | None = None,
 ) -> Outcome:
     """Until every sent batch has succeeded or failed (or the timeout). `tasks` maps batch ids to the
-    id of the message that carried them, whose failure ends the wait for batches it never recorded."""
+    id of the message that carried them, whose failure ends the wait for batches it never recorded
+    (asked of `results`' backend, see refused_slots)."""
     deadline = time.monotonic() + timeout
     pending = set(batch_ids)
     outcome = Outcome()
@@ -200,7 +214,16 @@ def wait_for_slots(
                 outcome.failed_ids.append(batch_id)
         if pending and tasks and time.monotonic() - asked >= REFUSALS_EVERY:
             asked = time.monotonic()
-            for batch_id, error in refused_slots(engine, sorted(pending), tasks).items():
+            try:
+                refused = refused_slots(engine, sorted(pending), tasks, results)
+            except Exception as exc:  # only a shortcut: the batches' rows still decide, as before it
+                log.warning(
+                    "cannot ask the result backend how the sent messages ended (%s: %s); waiting on the batches alone",
+                    type(exc).__name__,
+                    redact(str(exc)),
+                )
+                tasks, refused = None, {}
+            for batch_id, error in refused.items():
                 pending.discard(batch_id)
                 outcome.failed += 1
                 outcome.refused[batch_id] = error
