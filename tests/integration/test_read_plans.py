@@ -2,20 +2,24 @@
 range, on a database with a day of Chicago-volume history, can be served without reading the whole
 of a per-ride table.
 
-The plans are asked for with sequential scans disabled: PostgreSQL then still chooses one only
-where no index can serve the filter, which is what this test looks for (on a small table it might
-choose a sequential scan anyway, because it is cheaper there; that would hide nothing on a big one).
+The plans are asked for with sequential scans (and merge and hash joins, which on a small table
+may walk a whole index) disabled: PostgreSQL then still reads a table whole only where no index can
+serve the filter, which is what this test looks for (on a small table it might choose to anyway,
+because it is cheaper there; that would hide nothing on a big one).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine, make_url
 
 from tests.grafana import DASHBOARDS, annotation_queries, expand_sql, queries
 from tests.stack import migrated_database
@@ -23,6 +27,10 @@ from worker.cli.history_bench import fill_history
 from worker.store.database import get_engine
 
 PER_RIDE_TABLES = {"ride_predictions", "ride_outcomes", "shadow_predictions"}
+# On a day of history the last day is the whole table, so reading it whole is the cheapest plan:
+# a sequential scan, or a merge or hash join walking a whole index. Those are penalised, so the
+# plan shows whether an index can bound each read; where none can, PostgreSQL still reads whole.
+WHOLE_READS_OFF = "SET enable_seqscan = off; SET enable_mergejoin = off; SET enable_hashjoin = off"
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +51,15 @@ def default_range(dashboard: str) -> timedelta:
 
 
 def full_scans(plan: dict[str, Any]) -> list[str]:
+    """Per-ride tables read whole: by a sequential scan, or by walking a whole index (an index scan
+    with no condition on the index, which with sequential scans off is how such a read shows)."""
     found = []
-    if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") in PER_RIDE_TABLES:
-        found.append(plan["Relation Name"])
+    table = plan.get("Relation Name")
+    if table in PER_RIDE_TABLES and (
+        plan.get("Node Type") == "Seq Scan"
+        or (plan.get("Node Type") in ("Index Scan", "Index Only Scan") and "Index Cond" not in plan)
+    ):
+        found.append(f"{table} ({plan['Node Type']}{' on ' + plan['Index Name'] if 'Index Name' in plan else ''})")
     for child in plan.get("Plans", []):
         found.extend(full_scans(child))
     return found
@@ -53,7 +67,7 @@ def full_scans(plan: dict[str, Any]) -> list[str]:
 
 def plan_of(url: str, sql: str) -> dict[str, Any]:
     with get_engine(url).connect() as conn:
-        conn.execute(text("SET enable_seqscan = off"))
+        conn.execute(text(WHOLE_READS_OFF))
         return conn.execute(text(f"EXPLAIN (FORMAT JSON) {sql}")).scalar_one()[0]["Plan"]
 
 
@@ -142,3 +156,148 @@ def test_the_history_benchmark_prints_its_table_and_leaves_no_database_behind(st
             text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": f"{own}_history_%"}
         ).all()
     assert not left
+
+
+# Every statement the service's own readers send (the monitoring, live accuracy, the policy, the
+# report, the exporter and `batches`) is recorded as it is sent, then planned with the very same
+# parameters: a reader added later is held by the same test, without a list of queries to keep.
+EXPLAINABLE = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE")
+
+
+@contextmanager
+def statements_sent(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement that can be planned, with its parameters, as the driver got them (views and
+    functions are expanded in the plan, so one that names no per-ride table is still checked)."""
+    sent: list[tuple[str, Any]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, executemany) -> None:
+        first = statement.lstrip().split(None, 1)[0].upper()
+        if not executemany and first in EXPLAINABLE:
+            sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def whole_table_reads(engine: Engine, sent: list[tuple[str, Any]]) -> list[str]:
+    """EXPLAIN (never ANALYZE: a write is planned, not run) of each statement, sequential scans off."""
+    found = []
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute(WHOLE_READS_OFF)
+        for statement, parameters in sent:
+            cursor.execute(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+            scanned = full_scans(cursor.fetchone()[0][0]["Plan"])
+            if scanned:
+                found.append(f"{' '.join(statement.split())[:300]} reads all of {', '.join(scanned)}")
+        raw.rollback()
+    finally:
+        raw.close()
+    return found
+
+
+@pytest.fixture(scope="module")
+def history_lookups(trained_model):
+    """The history names model 'history' v1, which no registry holds: monitoring reads it with a real
+    registered version's reference and held-out MAE, so it does all it would do for a real one."""
+    from worker.model.reference import ReferenceCache
+    from worker.model.registry import configure_mlflow
+
+    settings, result = trained_model
+    cache = ReferenceCache(lambda: configure_mlflow(settings))
+    reference = cache.get(settings.MODEL_NAME, result.version, time.monotonic())
+    heldout = cache.heldout_mae(settings.MODEL_NAME, result.version)
+    assert reference is not None and heldout is not None
+    return (lambda _name, _version: reference), (lambda _name, _version: heldout)
+
+
+def test_the_monitoring_reads_a_batch_and_its_hour_through_indexes(history_url, history_lookups):
+    from worker.monitor.batches import monitor_batch
+    from worker.rides.generator import chicago_now
+
+    engine = get_engine(history_url)
+    with engine.connect() as conn:
+        newest = conn.execute(
+            text("SELECT batch_id FROM batch_runs WHERE trigger = 'schedule' ORDER BY slot DESC LIMIT 1")
+        ).scalar_one()
+    with statements_sent(engine) as sent:
+        report = monitor_batch(engine, newest, history_lookups[0], chicago_now(), 5000)
+    assert report.status == "ok", report
+    assert len(sent) >= 2  # the batch's rides, then its hour's
+    assert not whole_table_reads(engine, sent)
+
+
+def test_live_accuracy_and_the_sweep_read_through_indexes(history_url, history_lookups):
+    from worker.monitor import quality
+    from worker.rides.generator import chicago_now
+
+    engine = get_engine(history_url)
+    references, heldout = history_lookups
+    now = datetime.now(UTC)
+    with statements_sent(engine) as sent:
+        swept = quality.sweep_unmonitored(engine, references, chicago_now(), now, 5000)["swept"]
+        quality.update_quality(engine, chicago_now(), heldout, references, now_utc=now, sample_rows=5000)
+    assert swept > 0 and len(sent) >= 3
+    assert not whole_table_reads(engine, sent)
+
+
+def test_the_policy_reads_through_indexes(history_url):
+    """What a policy pass asks the database (policy.gather), for the history's version with a
+    challenger shadowing it: recent accuracy, the change point, the paired evidence, the counts."""
+    from worker.lifecycle.policy import _local
+    from worker.monitor import degradation, paired
+    from worker.store import evidence
+
+    engine = get_engine(history_url)
+    now = datetime.now(UTC)
+    with statements_sent(engine) as sent:
+        recent = degradation.recent_accuracy(engine, "1", 1.0, 1000, now)
+        degradation.change_point(engine, "1", 1.0, _local(now))
+        evidence.rides_known_since(engine, _local(now - timedelta(hours=6)), now)
+        evidence.outcomes_known(engine, "1", now, since=now - timedelta(hours=6))
+        paired.live(engine, "2", "1", _local(now))
+    assert recent.outcomes == 1000, recent
+    assert len(sent) >= 4  # the change point reads the batches' stored figures, no per-ride table
+    assert not whole_table_reads(engine, sent)
+
+
+def tables_planned(plan: dict[str, Any]) -> set[str]:
+    tables = {plan["Relation Name"]} if "Relation Name" in plan else set()
+    for child in plan.get("Plans", []):
+        tables |= tables_planned(child)
+    return tables
+
+
+def test_the_report_the_exporter_and_batches_read_no_per_ride_table(history_url):
+    """They read the per-batch summaries (batch_runs, batch_metrics, the day's quality), which is what
+    keeps them cheap at any history: a per-ride read added to them belongs with the checked ones above."""
+    from worker.cli.exporter import read_database
+    from worker.monitor.overview import ModelAliases, collect
+    from worker.settings import Settings
+    from worker.store.history import list_batches, settled_until
+
+    engine = get_engine(history_url)
+    settings = Settings(DATABASE_URL=history_url, MODEL_NAME="history")
+    now = datetime.now(UTC)
+    with statements_sent(engine) as sent:
+        read_database(settings, engine)
+        list_batches(engine, last=20)
+        overview = collect(
+            engine,
+            now,
+            timedelta(days=7),
+            300,
+            settled_until(now, 300),
+            ModelAliases("history", "production", "challenger"),
+        )
+    assert len(overview.batches) == 288 and len(sent) >= 20
+    read = set()
+    with engine.connect() as conn:
+        for statement, parameters in sent:
+            plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters).scalar_one()
+            read |= tables_planned(plan[0]["Plan"])
+    assert "batch_runs" in read and not read & PER_RIDE_TABLES, read
