@@ -1,7 +1,9 @@
 """What a chunk's write says to PostgreSQL, statement by statement. For a 1,000-ride batch the
 fixed round trips are about a tenth of the write, so the README counts them; this test holds the count.
 Every statement is recorded where it leaves the driver (a psycopg2 cursor class that notes
-`execute` and `copy_expert`), the transaction's BEGIN and COMMIT where SQLAlchemy sends them."""
+`execute` and `copy_expert`). The transaction's BEGIN and COMMIT are noted at SQLAlchemy's `begin`
+and `commit` events: psycopg2 sends BEGIN itself, with the transaction's first statement, and COMMIT
+when SQLAlchemy commits; each is one round trip."""
 
 from __future__ import annotations
 

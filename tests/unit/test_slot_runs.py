@@ -92,6 +92,27 @@ def test_a_refused_message_ends_the_wait_for_the_slots_it_never_recorded(tmp_pat
     assert outcome.failed_ids == []  # no batch row to rerun: the same backfill sends them again
 
 
+def test_a_failed_message_leaves_the_slots_it_recorded_to_their_rows(tmp_path):
+    """A message that recorded one of its slots before it failed: that slot's own row says how it
+    ends (a retry or a rerun may still finish it), so only the slot it never recorded is refused."""
+    from celery import Celery
+
+    from worker.cli.backfill import refused_slots, wait_for_slots
+    from worker.store.schema import batch_runs
+
+    results = Celery(backend=f"db+sqlite:///{tmp_path / 'results.db'}")
+    results.backend.mark_as_failure("half-run", OSError("the database went away"))
+    ledger = _ledger(tmp_path)
+    with ledger.begin() as conn:
+        conn.execute(
+            batch_runs.insert().values(batch_id="schedule-a", trigger="schedule", rides_requested=1, status="running")
+        )
+    tasks = {"schedule-a": "half-run", "schedule-b": "half-run"}
+    assert refused_slots(ledger, sorted(tasks), tasks, results) == {"schedule-b": "OSError: the database went away"}
+    outcome = wait_for_slots(ledger, sorted(tasks), timeout=1.0, tasks=tasks, results=results)
+    assert (outcome.failed, outcome.waiting, list(outcome.refused)) == (1, 1, ["schedule-b"])
+
+
 def test_an_unreachable_result_backend_leaves_the_wait_to_the_batches(tmp_path, caplog):
     """The result backend only shortens the wait; when it cannot be asked (nothing listens on port 1
     here), --wait goes on watching the batches' rows, as it did before it asked."""
