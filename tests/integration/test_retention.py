@@ -1,6 +1,7 @@
 """`prune` on a day of Chicago-volume history (real PostgreSQL): exactly the old batches go, with every
-row keyed by them, younger ones are untouched, and a day costs a few dozen commits, not two a batch
-(each commit waits for the WAL to reach disk: that was half of a day's prune)."""
+row keyed by them, younger ones are untouched, and a day costs a few dozen commits, not three a batch
+(each commit waits for the WAL to reach disk; with the statements each batch sent alone, that
+was about half of a day's prune)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_prune_of_half_a_day_deletes_its_batches_whole_in_few_commits(day_of_his
     assert old_and_young(engine, now - timedelta(days=HALF_DAY)) == ([], 0, young_rows)  # younger untouched
     assert_nothing_orphaned(engine)
     # Per group of about DELETE_ROWS rows: its slices (at most two) and its batches' own rows; then the
-    # windows and days. Before groups, each batch paid two commits of its own.
+    # windows and days. Before groups, each batch paid three commits of its own.
     assert len(commits) <= 3 * math.ceil(old_rows / retention.DELETE_ROWS) + 1, len(commits)
 
 
