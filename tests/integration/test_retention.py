@@ -1,13 +1,17 @@
 """`prune` on a day of Chicago-volume history (real PostgreSQL): exactly the old batches go, with every
 row keyed by them, younger ones are untouched, and a day costs a few dozen commits, not three a batch
 (each commit waits for the WAL to reach disk; with the statements each batch sent alone, that
-was about half of a day's prune)."""
+was about half of a day's prune).
+
+The history ends at the last 12:00 UTC, whatever the time the tests run: its old half is then
+Chicago's day from 6 in the morning (7 in summer) to 6 in the evening, from the early morning's
+slots of a few dozen rides to the day's of hundreds (25-67 at least and 308-464 at most, by weekday)."""
 
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import event, text
@@ -21,11 +25,13 @@ HALF_DAY = 0.5
 
 @pytest.fixture
 def day_of_history(fresh_pg_url):
+    """The engine, and the history's end (the `now` its prunes are asked at)."""
     engine = get_engine(fresh_pg_url)
-    end = datetime.now(UTC).replace(second=0, microsecond=0)
-    end -= timedelta(minutes=end.minute % 5)
+    end = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    if end > datetime.now(UTC):
+        end -= timedelta(days=1)
     fill_history(engine, 1, "ordered", end, lambda _line: None)
-    yield engine
+    yield engine, end
     engine.dispose()
 
 
@@ -63,10 +69,13 @@ def assert_nothing_orphaned(engine) -> None:
 
 
 def test_prune_of_half_a_day_deletes_its_batches_whole_in_few_commits(day_of_history):
-    engine = day_of_history
-    now = datetime.now(UTC)
-    old, old_rows, young_rows = old_and_young(engine, now - timedelta(days=HALF_DAY))
-    assert len(old) > 100 and old_rows > 2 * retention.DELETE_ROWS  # several groups, many batches
+    engine, now = day_of_history
+    cutoff = now - timedelta(days=HALF_DAY)
+    old, old_rows, young_rows = old_and_young(engine, cutoff)
+    assert len(old) == 144 and old_rows > retention.DELETE_ROWS  # several groups of many batches
+    groups = list(retention.groups_of(engine, old))
+    assert [batch for group in groups for batch in group] == old  # every batch once, in order
+    assert len(groups) <= 2 * math.ceil(old_rows / retention.DELETE_ROWS)  # groups are full enough
     commits = []
 
     def committed(_conn) -> None:
@@ -79,36 +88,49 @@ def test_prune_of_half_a_day_deletes_its_batches_whole_in_few_commits(day_of_his
         event.remove(engine, "commit", committed)
     assert counts["batch_runs"] == counts["batch_chunks"] == len(old)
     assert counts["ride_predictions"] == counts["ride_outcomes"] == old_rows
-    assert old_and_young(engine, now - timedelta(days=HALF_DAY)) == ([], 0, young_rows)  # younger untouched
+    assert old_and_young(engine, cutoff) == ([], 0, young_rows)  # younger untouched
     assert_nothing_orphaned(engine)
-    # Per group of about DELETE_ROWS rows: its slices (at most two) and its batches' own rows; then the
-    # windows and days. Before groups, each batch paid three commits of its own.
-    assert len(commits) <= 3 * math.ceil(old_rows / retention.DELETE_ROWS) + 1, len(commits)
+    # A group's rows in one slice (a second, empty one if they were exactly DELETE_ROWS), then its
+    # batches' own rows; then the windows and days. Before groups, each batch paid three commits.
+    assert len(commits) <= 3 * len(groups) + 1, (len(commits), len(groups))
 
 
 def test_batches_bigger_than_a_slice_go_alone_and_in_slices(day_of_history, monkeypatch):
-    """With slices of 100 rows, a busy slot's batch (hundreds of rides) is a group of its own, deleted
-    a slice per transaction; the night's small batches still share one."""
-    engine = day_of_history
-    monkeypatch.setattr(retention, "DELETE_ROWS", 100)
-    now = datetime.now(UTC)
-    old, old_rows, young_rows = old_and_young(engine, now - timedelta(days=HALF_DAY))
+    """With slices of half the busiest batch, a busy slot's batch (hundreds of rides) is a group of
+    its own, deleted a slice per transaction; the early morning's small batches (a few dozen rides,
+    a fifth of the busiest or less) still share one."""
+    engine, now = day_of_history
+    cutoff = now - timedelta(days=HALF_DAY)
+    old, old_rows, young_rows = old_and_young(engine, cutoff)
+    with engine.connect() as conn:
+        busiest = conn.execute(text("SELECT max(rows_written) FROM batch_runs WHERE started_at < :c"), {"c": cutoff})
+        monkeypatch.setattr(retention, "DELETE_ROWS", busiest.scalar_one() // 2)
     groups = list(retention.groups_of(engine, old))
-    assert [batch for group in groups for batch in group] == old  # every batch once, in order
+    assert [batch for group in groups for batch in group] == old
     assert any(len(group) == 1 for group in groups) and any(len(group) > 1 for group in groups)
     counts = retention.prune(engine, older_than_days=HALF_DAY, now=now)
     assert counts["batch_runs"] == len(old) and counts["ride_predictions"] == counts["ride_outcomes"] == old_rows
-    assert old_and_young(engine, now - timedelta(days=HALF_DAY)) == ([], 0, young_rows)
+    assert old_and_young(engine, cutoff) == ([], 0, young_rows)
     assert_nothing_orphaned(engine)
 
 
-def test_a_prune_out_of_time_leaves_every_batch_whole_for_the_next_one(day_of_history):
-    """Its time is checked between groups: past it, nothing more starts, and what is left is counted."""
-    engine = day_of_history
-    now = datetime.now(UTC)
-    old, old_rows, young_rows = old_and_young(engine, now - timedelta(days=HALF_DAY))
-    counts = retention.delete_batches(engine, old, deadline=time.monotonic() - 1)
-    assert dict(counts) == {"left": len(old)}
-    assert old_and_young(engine, now - timedelta(days=HALF_DAY)) == (old, old_rows, young_rows)
-    assert retention.prune(engine, older_than_days=HALF_DAY, now=now)["batch_runs"] == len(old)
+def test_a_prune_out_of_time_stops_between_groups_and_leaves_the_rest_whole(day_of_history, monkeypatch):
+    """Its time runs out after the first group (the clock it reads jumps past the deadline): that
+    group is gone whole, every other batch is untouched and counted as left, and the next prune
+    finishes them."""
+    engine, now = day_of_history
+    cutoff = now - timedelta(days=HALF_DAY)
+    old, old_rows, young_rows = old_and_young(engine, cutoff)
+    first = next(retention.groups_of(engine, old))
+    readings = iter([0.0])  # the check before the first group; every later one reads 10.0
+    monkeypatch.setattr(retention, "time", SimpleNamespace(monotonic=lambda: next(readings, 10.0)))
+    counts = retention.delete_batches(engine, old, deadline=5.0)
+    assert counts["batch_runs"] == len(first) and counts["left"] == len(old) - len(first)
+    rest, rest_rows, _ = old_and_young(engine, cutoff)
+    assert rest == old[len(first) :] and 0 < rest_rows < old_rows
+    assert counts["ride_predictions"] == old_rows - rest_rows
+    assert_nothing_orphaned(engine)
+    monkeypatch.undo()
+    assert retention.prune(engine, older_than_days=HALF_DAY, now=now)["batch_runs"] == len(rest)
+    assert old_and_young(engine, cutoff) == ([], 0, young_rows)
     assert_nothing_orphaned(engine)

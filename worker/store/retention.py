@@ -1,8 +1,8 @@
 """Deleting old batches with every row keyed by them, in small transactions.
 
 At Chicago's volume ride_predictions grows by about 75,000 rows a day, in 288
-scheduled batches of about 260 rides. Batches go in groups of about DELETE_ROWS
-rows, and rows in slices of DELETE_ROWS per transaction, so a writer waits at
+scheduled batches of about 260 rides. Batches go in groups of at most DELETE_ROWS
+rows (a bigger batch alone), its rows in slices of DELETE_ROWS per transaction, so a writer waits at
 most for one slice, and a day costs a few dozen commits rather than three per
 batch (each commit waits for the WAL to reach disk). A group's own rows in
 batch_runs go last, so an interrupted prune leaves batches that the next prune
@@ -47,7 +47,8 @@ def old_batches(engine: Engine, cutoff: datetime) -> list[str]:
 
 
 def groups_of(engine: Engine, batch_ids: list[str]) -> Iterator[list[str]]:
-    """The batches in their order, in runs of about DELETE_ROWS rows written (a bigger batch alone)."""
+    """The batches in their order, in runs of at most DELETE_ROWS rows written (a bigger batch alone),
+    so that a group's rows go in one slice."""
     written: dict[str, int] = {}
     with engine.connect() as conn:
         for i in range(0, len(batch_ids), 1000):
@@ -58,11 +59,12 @@ def groups_of(engine: Engine, batch_ids: list[str]) -> Iterator[list[str]]:
     group: list[str] = []
     rows = 0
     for batch_id in batch_ids:
-        group.append(batch_id)
-        rows += max(written.get(batch_id, 0), 1)
-        if rows >= DELETE_ROWS:
+        size = max(written.get(batch_id, 0), 1)
+        if group and rows + size > DELETE_ROWS:
             yield group
             group, rows = [], 0
+        group.append(batch_id)
+        rows += size
     if group:
         yield group
 
