@@ -1,12 +1,12 @@
 """Deleting old batches with every row keyed by them, in small transactions.
 
 At Chicago's volume ride_predictions grows by about 75,000 rows a day, in 288
-scheduled batches of about 260 rides. Batches go in groups of at most DELETE_ROWS
-rows (a bigger batch alone), its rows in slices of DELETE_ROWS per transaction, so a writer waits at
-most for one slice, and a day costs a few dozen commits rather than three per
-batch (each commit waits for the WAL to reach disk). A group's own rows in
-batch_runs go last, so an interrupted prune leaves batches that the next prune
-finishes, never rows without their batch.
+scheduled batches of about 260 rides. Batches go in groups of at most
+DELETE_ROWS rows (a bigger batch alone, in slices of DELETE_ROWS), a slice per
+transaction, so a writer waits at most for one slice, and a day costs a few
+dozen commits rather than three per batch (each commit waits for the WAL to
+reach disk). A group's own rows in batch_runs go last, so an interrupted prune
+leaves batches that the next prune finishes, never rows without their batch.
 """
 
 from __future__ import annotations
