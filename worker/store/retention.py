@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, func, select
 
 from worker.rides.generator import CHICAGO
+from worker.store.history import batch_column
 from worker.store.schema import (
     batch_chunks,
     batch_metrics,
@@ -49,13 +50,7 @@ def old_batches(engine: Engine, cutoff: datetime) -> list[str]:
 def groups_of(engine: Engine, batch_ids: list[str]) -> Iterator[list[str]]:
     """The batches in their order, in runs of at most DELETE_ROWS rows written (a bigger batch alone),
     so that a group's rows go in one slice."""
-    written: dict[str, int] = {}
-    with engine.connect() as conn:
-        for i in range(0, len(batch_ids), 1000):
-            query = select(batch_runs.c.batch_id, batch_runs.c.rows_written).where(
-                batch_runs.c.batch_id.in_(batch_ids[i : i + 1000])
-            )
-            written.update({row.batch_id: row.rows_written for row in conn.execute(query)})
+    written = batch_column(engine, batch_ids, "rows_written")
     group: list[str] = []
     rows = 0
     for batch_id in batch_ids:
