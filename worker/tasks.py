@@ -226,6 +226,8 @@ def run_batch(
     if row["status"] == "succeeded":
         log.info("batch %s was already written (%s rows); nothing to do", batch_id, row["rows_written"])
         return summary(row, started, duplicate=True)
+    if row["status"] == writes.PRUNING:
+        raise writes.BatchPruned([batch_id])  # a late message of a batch past retention: not revived
     # The first delivery's plan: a retry, redelivery or rerun generates the very same rides.
     plan = batch.Plan.of(row, settings.CHUNK_SIZE)
     row, model = runtime.pinned_model(engine, row)
@@ -349,8 +351,12 @@ def run_slots(
         }
     engine = runtime.engine()
     ensure_schema(engine)
-    rows = [row for row in writes.start_batches(engine, list(planned.values())) if row["status"] != "succeeded"]
-    skipped = len(planned) - len(rows)
+    started_rows = writes.start_batches(engine, list(planned.values()))
+    rows = [row for row in started_rows if row["status"] not in ("succeeded", writes.PRUNING)]
+    pruning = [row["batch_id"] for row in started_rows if row["status"] == writes.PRUNING]
+    if pruning:  # late messages of slots past retention: the others of the run are written
+        log.warning("%s", writes.BatchPruned(pruning))
+    skipped = len(planned) - len(rows) - len(pruning)
     groups: dict[tuple, list[batch.SlotRun]] = {}
     models: dict[tuple, Any] = {}
     fanned = 0
@@ -385,6 +391,7 @@ def run_slots(
         "rows_written": sum(result.write.rows_written for result in written),
         "already_written": skipped + len(results) - len(written),
         "fanned_out": fanned,
+        "being_pruned": len(pruning),
         "batch_ids": list(planned),
         "timings": {k: round(v, 4) for k, v in results[0].timings.items()} if results else {},
         "seconds": round(time.perf_counter() - started, 3),

@@ -231,6 +231,7 @@ def test_a_failed_knobbed_batch_is_rerun_to_exactly_its_planned_rows(new_stack):
         ("{succeeded}", "there is nothing to rerun"),
         ("{scored}", "which are not kept"),
         ("{running}", "a worker may still be writing it"),
+        ("{pruning}", "is being deleted by prune (older than the retention); it cannot be rerun"),
     ],
 )
 def test_rerun_refuses_what_it_cannot_or_must_not_do(stack, batch_id, message):
@@ -247,12 +248,14 @@ def test_rerun_refuses_what_it_cannot_or_must_not_do(stack, batch_id, message):
         done = stack.client().send_task("worker.tasks.score_rides", kwargs={"rides": [ride]}).get(timeout=60)
         batch_id = done["batch_id"]
         stack.sql_exec("UPDATE batch_runs SET status = 'failed' WHERE batch_id = :b", b=batch_id)
-    elif batch_id == "{running}":
+    elif batch_id in ("{running}", "{pruning}"):  # an old failed batch a prune has claimed, for the latter
+        status = batch_id.strip("{}")
         batch_id = f"adhoc-{uuid.uuid4()}"
         stack.sql_exec(
             "INSERT INTO batch_runs (batch_id, trigger, seed, rides_requested, status, window_start, window_end, "
-            "attempt_started_at) VALUES (:b, 'adhoc', '1', 10, 'running', now(), now(), now())",
+            "attempt_started_at) VALUES (:b, 'adhoc', '1', 10, :s, now(), now(), now())",
             b=batch_id,
+            s=status,
         )
     before = stack.queue_length()
     result = stack.cli("rerun", batch_id)

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import event, text
 
 from worker.cli.history_bench import fill_history
-from worker.store import retention
+from worker.store import retention, writes
 from worker.store.database import get_engine
 
 HALF_DAY = 0.5
@@ -132,5 +132,98 @@ def test_a_prune_out_of_time_stops_between_groups_and_leaves_the_rest_whole(day_
     assert_nothing_orphaned(engine)
     monkeypatch.undo()
     assert retention.prune(engine, older_than_days=HALF_DAY, now=now)["batch_runs"] == len(rest)
+    assert old_and_young(engine, cutoff) == ([], 0, young_rows)
+    assert_nothing_orphaned(engine)
+
+
+def _batch_rows(engine, batch_id: str) -> tuple:
+    """(status, rows_written, predictions, outcomes, ledger rows) of a batch, or None if it is gone."""
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT b.status, b.rows_written, "
+                "(SELECT count(*) FROM ride_predictions p WHERE p.batch_id = b.batch_id), "
+                "(SELECT count(*) FROM ride_outcomes o JOIN ride_predictions p USING (trip_id) "
+                " WHERE p.batch_id = b.batch_id), "
+                "(SELECT count(*) FROM batch_chunks c WHERE c.batch_id = b.batch_id) "
+                "FROM batch_runs b WHERE b.batch_id = :b"
+            ),
+            {"b": batch_id},
+        ).one_or_none()
+
+
+def test_a_failed_batch_reopened_during_a_prune_is_refused_once_claimed_and_kept_whole_before(
+    day_of_history, monkeypatch
+):
+    """`rerun` (or `backfill`) reopens an old failed batch while a prune that listed it is deleting.
+    Its group already claimed: the reopen is refused (its rows are half gone; a rerun would write
+    the rest beside a ledger that says they are there) and the batch goes whole. Its group not yet
+    claimed: the prune keeps it, whole and reopened, and says so. Before the claim, the prune deleted
+    both, the first under a rerun that then found its ledger gone."""
+    engine, now = day_of_history
+    cutoff = now - timedelta(days=HALF_DAY)
+    old, old_rows, young_rows = old_and_young(engine, cutoff)
+    groups = list(retention.groups_of(engine, old))
+    assert len(groups) >= 3
+    claimed_first, reopened_early = groups[0][-1], groups[1][0]
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE batch_runs SET status = 'failed', error = 'x' WHERE batch_id = ANY(:ids)"),
+            {"ids": [claimed_first, reopened_early]},
+        )
+    kept_before = _batch_rows(engine, reopened_early)
+    assert kept_before[0] == "failed" and kept_before[2] == kept_before[3] == kept_before[1] > 0
+
+    delete_rows = retention._delete_rows_of
+    calls, refused = [], []
+
+    def then_reopen(engine_, group, counts):
+        """After the first group's rows are gone (before its batch_runs rows go), both are reopened."""
+        claimed = delete_rows(engine_, group, counts)
+        calls.append(group)
+        if len(calls) == 1:
+            try:
+                writes.reopen_batch(engine, claimed_first, "rerun requested")
+            except writes.BatchPruned as exc:
+                refused.append(str(exc))
+            assert writes.reopen_batch(engine, reopened_early, "rerun requested")["status"] == "failed"
+        return claimed
+
+    monkeypatch.setattr(retention, "_delete_rows_of", then_reopen)
+    counts = retention.prune(engine, older_than_days=HALF_DAY, now=now)
+
+    assert refused and "being deleted by prune" in refused[0] and claimed_first in refused[0]
+    assert _batch_rows(engine, claimed_first) is None  # gone whole: rows, ledger and its own row
+    status, written, predictions, outcomes, ledger = _batch_rows(engine, reopened_early)
+    assert (status, written, predictions, outcomes, ledger) == ("retrying", *kept_before[1:])
+    assert counts["skipped"] == 1 and counts["batch_runs"] == len(old) - 1
+    assert counts["ride_predictions"] == old_rows - written
+    assert old_and_young(engine, cutoff) == ([reopened_early], written, young_rows)
+    assert_nothing_orphaned(engine)
+
+
+def test_a_prune_stopped_after_its_claim_is_finished_by_the_next_one(day_of_history, monkeypatch):
+    """A prune that dies between claiming a group and deleting its last rows leaves `pruning`
+    batches: no rerun revives them, and the next prune lists and finishes them."""
+    engine, now = day_of_history
+    cutoff = now - timedelta(days=HALF_DAY)
+    old, _, young_rows = old_and_young(engine, cutoff)
+    first = next(retention.groups_of(engine, old))
+
+    def dies(engine_, group, counts):
+        with engine_.begin() as conn:
+            retention._claim(conn, group)
+        raise ConnectionError("the prune's process was killed")
+
+    monkeypatch.setattr(retention, "_delete_rows_of", dies)
+    with pytest.raises(ConnectionError):
+        retention.prune(engine, older_than_days=HALF_DAY, now=now)
+    monkeypatch.undo()
+    with engine.connect() as conn:
+        pruning = conn.execute(text("SELECT batch_id FROM batch_runs WHERE status = 'pruning' ORDER BY started_at"))
+        assert list(pruning.scalars()) == first
+    with pytest.raises(writes.BatchPruned):
+        writes.reopen_batch(engine, first[0], "rerun requested")
+    assert retention.prune(engine, older_than_days=HALF_DAY, now=now)["batch_runs"] == len(old)
     assert old_and_young(engine, cutoff) == ([], 0, young_rows)
     assert_nothing_orphaned(engine)

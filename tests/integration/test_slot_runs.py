@@ -367,6 +367,59 @@ def test_write_batches_on_sqlite_writes_each_batch_once(tmp_path) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_no_write_start_or_mark_touches_a_batch_prune_has_claimed(fresh_pg_url, tmp_path, dialect) -> None:
+    """A late message of an old batch that a prune is deleting (status `pruning`): its start leaves it
+    pruning, its retry mark too, and its chunk writes roll back whole with an error that names the
+    prune, alone or in a run, so no row outlives the batch_runs row the prune deletes last."""
+    from worker.store import writes
+    from worker.store.database import migrate
+
+    url = fresh_pg_url if dialect == "postgresql" else f"sqlite:///{tmp_path / 'claimed.db'}"
+    if dialect == "sqlite":
+        migrate(url)
+    engine = build_engine(url)
+    ids = ["old-a", "new-b"]
+    _new_batches(engine, ids)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE batch_runs SET status = 'pruning' WHERE batch_id = 'old-a'"))
+    frame = _frame(ids)
+    old = frame[frame["batch_id"] == "old-a"][list(PREDICTION_COLUMNS)]
+
+    again = writes.start_batch(
+        engine,
+        batch_id="old-a",
+        trigger="adhoc",
+        rides_requested=50,
+        chunks_total=1,
+        task_id=None,
+        seed=None,
+        window=None,
+        attempt=2,
+        redelivered=True,
+    )
+    assert again["status"] == "pruning"
+    writes.mark_batch(engine, "old-a", "retrying", "a late retry")
+    with pytest.raises(writes.BatchPruned, match="old-a is being deleted by prune"):
+        write_chunk(engine, "old-a", 0, old, True, _outcomes(old))
+    with pytest.raises(writes.BatchPruned, match="old-a is being deleted by prune"):
+        write_batches(engine, frame[list(PREDICTION_COLUMNS)], _outcomes(frame))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ride_predictions WHERE batch_id = 'old-a'")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM ride_outcomes")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM batch_chunks WHERE batch_id = 'old-a'")).scalar() == 0
+        assert conn.execute(text("SELECT status, error FROM batch_runs WHERE batch_id = 'old-a'")).one() == (
+            "pruning",
+            None,
+        )
+    # The run's other batch is written once its pruned neighbour is gone (the worker leaves such rows out).
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM batch_runs WHERE batch_id = 'old-a'"))
+    young = frame[frame["batch_id"] == "new-b"]
+    assert [w.rows_written for w in write_batches(engine, young[list(PREDICTION_COLUMNS)], _outcomes(young))] == [50]
+    engine.dispose()
+
+
 def _left_behind(stack) -> list:
     own = make_url(stack.env["DATABASE_URL"]).database
     admin = build_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")

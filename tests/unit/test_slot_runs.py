@@ -126,3 +126,34 @@ def test_an_unreachable_result_backend_leaves_the_wait_to_the_batches(tmp_path, 
     )
     assert (outcome.failed, outcome.waiting) == (0, 1)
     assert "cannot ask the result backend how the sent messages ended (ConnectionError" in caplog.text
+
+
+def test_a_backfill_leaves_alone_the_slots_a_prune_is_deleting(tmp_path):
+    """A slot whose batch a prune has claimed is neither sent nor reopened, whether the prune claimed
+    it before the plan was made or between the plan and the send (its rows may be half deleted)."""
+    from worker.beat import schedule_batch_id
+    from worker.cli.backfill import plan_backfill, reopen_failed
+    from worker.store.schema import batch_runs
+
+    ledger = _ledger(tmp_path)
+    start = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    slots = [start + timedelta(minutes=5 * k) for k in range(4)]
+    states = ["succeeded", "pruning", "failed", "failed"]
+    with ledger.begin() as conn:
+        for slot, status in zip(slots, states, strict=True):
+            conn.execute(
+                batch_runs.insert().values(
+                    batch_id=schedule_batch_id(slot), trigger="schedule", rides_requested=1, status=status, attempts=1
+                )
+            )
+    plan = plan_backfill(ledger, 300, slots[0], slots[-1] + timedelta(minutes=5), datetime.now(UTC), False)
+    assert (plan.already_written, plan.being_pruned, plan.to_send) == ([slots[0]], [slots[1]], slots[2:])
+    with ledger.begin() as conn:  # a prune claims the third slot after the plan was made
+        conn.execute(
+            batch_runs.update().where(batch_runs.c.batch_id == schedule_batch_id(slots[2])).values(status="pruning")
+        )
+    run, before = reopen_failed(ledger, plan, plan.to_send)
+    assert run == [slots[3]] and list(before) == [slots[3]] and plan.being_pruned == slots[1:3]
+    with ledger.connect() as conn:
+        found = {row.batch_id: row.status for row in conn.execute(batch_runs.select())}
+    assert [found[schedule_batch_id(slot)] for slot in slots] == ["succeeded", "pruning", "pruning", "retrying"]

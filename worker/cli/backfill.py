@@ -49,6 +49,8 @@ class BackfillPlan:
     in_flight: list[datetime] = field(default_factory=list)
     to_send: list[datetime] = field(default_factory=list)
     failed: set[datetime] = field(default_factory=set)  # among to_send: they ran and failed
+    # Old batches a prune is deleting: not sent (a rerun would race the delete); back them up once it is done.
+    being_pruned: list[datetime] = field(default_factory=list)
 
 
 def batch_id_of(slot: datetime) -> str:
@@ -85,11 +87,28 @@ def plan_backfill(
             plan.already_written.append(slot)
         elif state in IN_FLIGHT:
             plan.in_flight.append(slot)
+        elif state == writes.PRUNING:
+            plan.being_pruned.append(slot)
         else:  # never ran, or failed: sending it runs the batch with its stored plan
             plan.to_send.append(slot)
             if state == "failed":
                 plan.failed.add(slot)
     return plan
+
+
+def reopen_failed(
+    engine: Engine, plan: BackfillPlan, run: list[datetime]
+) -> tuple[list[datetime], dict[datetime, dict | None]]:
+    """Show the run's failed slots as retrying before they are sent; returns the slots to send and
+    what each reopened row held (for `undo_reopen`). A slot a prune claimed since the plan was made
+    is not sent (it joins `plan.being_pruned`): its rows may be half deleted."""
+    before: dict[datetime, dict | None] = {}
+    for slot in [slot for slot in run if slot in plan.failed]:
+        try:
+            before[slot] = writes.reopen_batch(engine, batch_id_of(slot), "backfill requested")
+        except writes.BatchPruned:
+            plan.being_pruned.append(slot)
+    return [slot for slot in run if slot not in plan.being_pruned], before
 
 
 def slot_runs(slots: list[datetime]) -> list[list[datetime]]:
@@ -250,6 +269,7 @@ def run_backfill(
     print(
         f"{len(plan.slots)} slots from {plan.slots[0].isoformat()} to {plan.slots[-1].isoformat()}: "
         f"{len(plan.to_send)} to send, {len(plan.already_written)} already written, {len(plan.in_flight)} in flight"
+        + (f", {len(plan.being_pruned)} being deleted by prune (not sent)" if plan.being_pruned else "")
     )
 
     tasks: dict[str, str] = {}  # batch id: the message that carries it
@@ -258,11 +278,9 @@ def run_backfill(
         """A failed slot shows as retrying until a worker runs it again, so --wait does not count the
         old failure as this backfill's result; if the run cannot be sent, its slots are put back
         exactly as they were (else later backfills would skip them as in flight, for ever)."""
-        before = {
-            slot: writes.reopen_batch(engine, batch_id_of(slot), "backfill requested")
-            for slot in run
-            if slot in plan.failed
-        }
+        run, before = reopen_failed(engine, plan, run)
+        if not run:
+            return []
         task_id = str(uuid.uuid4())
         try:
             ids = dispatch_slots(run, interval, rides, world, sent_by="backfill", task_id=task_id)
@@ -296,6 +314,7 @@ def run_backfill(
     print(
         f"backfill done: {outcome.written} written ({outcome.rows} rows), "
         f"{len(plan.already_written)} already there, {outcome.failed} failed"
+        + (f", {len(plan.being_pruned)} not sent as prune was deleting them" if plan.being_pruned else "")
         + (f", {outcome.waiting} still running after {timeout:.0f} s" if outcome.waiting else "")
         + (f" (rerun with: python -m worker rerun {outcome.failed_ids[0]})" if outcome.failed_ids else "")
     )

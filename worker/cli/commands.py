@@ -322,7 +322,10 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
             print("nothing deleted (add --yes to delete without asking)")
             return 0
     removed = prune(engine, args.older_than, now)
+    skipped = removed.pop("skipped", 0)
     print("deleted " + (", ".join(f"{n} {table}" for table, n in removed.items()) if removed else "nothing"))
+    if skipped:
+        print(f"kept {skipped} batches that were rerun or backfilled after they were listed (no longer finished)")
     return 0
 
 
@@ -842,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     batches = sub.add_parser("batches", help="the batch history (newest first)")
     batches.add_argument("--last", type=_positive_int, default=20, help="how many batches")
-    batches.add_argument("--status", choices=("running", "retrying", "succeeded", "failed"))
+    batches.add_argument("--status", choices=("running", "retrying", "succeeded", "failed", "pruning"))
     batches.add_argument("--since", metavar="TIME", help="batches started at or after TIME (" + TIME_HELP + ")")
     batches.add_argument("--json", action="store_true")
     batches.set_defaults(handler=cmd_batches)

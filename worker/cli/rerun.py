@@ -27,6 +27,8 @@ def rerun_batch(settings: Settings, engine: Engine, batch_id: str, now: datetime
     status = row["status"]
     if status == "succeeded":
         raise UsageError(f"batch {batch_id} succeeded ({row['rows_written']} rows); there is nothing to rerun")
+    if status == writes.PRUNING:
+        raise UsageError(str(writes.BatchPruned([batch_id])).replace("nothing was written", "it cannot be rerun"))
     given = row["trigger"] == "file" or row["seed"] is None or row["window_start"] is None
     if given or not batch_id.startswith(("schedule-", "adhoc-")):
         raise UsageError(
@@ -45,7 +47,10 @@ def rerun_batch(settings: Settings, engine: Engine, batch_id: str, now: datetime
     world = World(float(row["speed_factor"]), float(row["fare_factor"]))
     rides = int(row["rides_requested"])
     # Shown as retrying from now on, so `--wait` and `batches` never mistake the old failure for the rerun's.
-    before = writes.reopen_batch(engine, batch_id, f"rerun requested (was {status}: {row['error'] or 'no error'})")
+    try:
+        before = writes.reopen_batch(engine, batch_id, f"rerun requested (was {status}: {row['error'] or 'no error'})")
+    except writes.BatchPruned as exc:  # prune claimed it since we read it
+        raise UsageError(str(exc).replace("nothing was written", "it cannot be rerun")) from None
     try:
         if batch_id.startswith("schedule-"):
             slot = datetime.fromisoformat(batch_id.removeprefix("schedule-"))

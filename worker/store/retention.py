@@ -7,6 +7,11 @@ transaction, so a writer waits at most for one slice, and a day costs a few
 dozen commits rather than three per batch (each commit waits for the WAL to
 reach disk). A group's own rows in batch_runs go last, so an interrupted prune
 leaves batches that the next prune finishes, never rows without their batch.
+
+A group's first transaction claims its batches (status `pruning`, under the row
+lock that `rerun` and `backfill` take to reopen one): a batch reopened before the
+claim is left for a later prune, and once claimed no reopen, retry mark or chunk
+write touches it, so a rerun never runs into a half-deleted batch.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from worker.rides.generator import CHICAGO
 from worker.store.history import batch_column
@@ -33,17 +38,19 @@ from worker.store.schema import (
     window_column_drift,
     window_metrics,
 )
+from worker.store.writes import PRUNING
 
 log = logging.getLogger(__name__)
 
 DELETE_ROWS = 10_000
 FINISHED = ("succeeded", "failed")
+PRUNABLE = (*FINISHED, PRUNING)  # pruning: claimed by a prune that was stopped before it finished
 
 
 def old_batches(engine: Engine, cutoff: datetime) -> list[str]:
     """Finished batches started before `cutoff` (UTC); running ones are never pruned."""
     with engine.connect() as conn:
-        query = select(batch_runs.c.batch_id).where(batch_runs.c.started_at < cutoff, batch_runs.c.status.in_(FINISHED))
+        query = select(batch_runs.c.batch_id).where(batch_runs.c.started_at < cutoff, batch_runs.c.status.in_(PRUNABLE))
         return list(conn.execute(query.order_by(batch_runs.c.started_at)).scalars())
 
 
@@ -77,9 +84,27 @@ def preview(engine: Engine, cutoff: datetime) -> dict[str, int]:
     return dict(counts)
 
 
-def _delete_rows_of(engine: Engine, batch_ids: list[str], counts: Counter) -> None:
+def _claim(conn: Connection, batch_ids: list[str]) -> list[str]:
+    """Those of these batches still finished, now marked `pruning` (a reopened one is not)."""
+    claimed = conn.execute(
+        update(batch_runs)
+        .where(batch_runs.c.batch_id.in_(batch_ids), batch_runs.c.status.in_(PRUNABLE))
+        .values(status=PRUNING)
+        .returning(batch_runs.c.batch_id)
+    ).scalars()
+    return sorted(claimed, key=batch_ids.index)
+
+
+def _delete_rows_of(engine: Engine, group: list[str], counts: Counter) -> list[str]:
+    """Claim the group (in its first slice's transaction) and delete the claimed batches' rows;
+    returns the claimed batches."""
+    batch_ids: list[str] | None = None
     while True:
         with engine.begin() as conn:
+            if batch_ids is None:
+                batch_ids = _claim(conn, group)
+                if not batch_ids:
+                    return []
             trip_ids = list(
                 conn.execute(
                     select(ride_predictions.c.trip_id)
@@ -88,7 +113,7 @@ def _delete_rows_of(engine: Engine, batch_ids: list[str], counts: Counter) -> No
                 ).scalars()
             )
             if not trip_ids:
-                return
+                return batch_ids
             counts["ride_outcomes"] += conn.execute(
                 delete(ride_outcomes).where(ride_outcomes.c.trip_id.in_(trip_ids))
             ).rowcount
@@ -99,7 +124,7 @@ def _delete_rows_of(engine: Engine, batch_ids: list[str], counts: Counter) -> No
                 delete(ride_predictions).where(ride_predictions.c.trip_id.in_(trip_ids))
             ).rowcount
             if len(trip_ids) < DELETE_ROWS:
-                return  # the group's last slice: no need to ask again
+                return batch_ids  # the group's last slice: no need to ask again
 
 
 def delete_batches(
@@ -113,11 +138,15 @@ def delete_batches(
         if deadline is not None and time.monotonic() > deadline:
             counts["left"] += len(batch_ids) - done
             break
-        _delete_rows_of(engine, group, counts)
-        with engine.begin() as conn:
-            for table in (column_drift, batch_metrics, batch_chunks):
-                counts[table.name] += conn.execute(delete(table).where(table.c.batch_id.in_(group))).rowcount
-            counts["batch_runs"] += conn.execute(delete(batch_runs).where(batch_runs.c.batch_id.in_(group))).rowcount
+        claimed = _delete_rows_of(engine, group, counts)
+        if claimed:
+            with engine.begin() as conn:
+                for table in (column_drift, batch_metrics, batch_chunks):
+                    counts[table.name] += conn.execute(delete(table).where(table.c.batch_id.in_(claimed))).rowcount
+                counts["batch_runs"] += conn.execute(
+                    delete(batch_runs).where(batch_runs.c.batch_id.in_(claimed))
+                ).rowcount
+        counts["skipped"] += len(group) - len(claimed)  # reopened (or pruned elsewhere) since listed
         done += len(group)
     return counts
 

@@ -69,7 +69,12 @@ batch_runs = Table(
     Column("model_version", String(40)),
     Column("window_start", DateTime(timezone=False), comment="Chicago local"),
     Column("window_end", DateTime(timezone=False), comment="Chicago local"),
-    Column("status", String(20), nullable=False, comment="running, retrying, succeeded or failed"),
+    Column(
+        "status",
+        String(20),
+        nullable=False,
+        comment="running, retrying, succeeded, failed or pruning (claimed by a prune that is deleting it)",
+    ),
     Column("attempts", Integer, nullable=False, server_default="1"),
     Column("error", Text),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

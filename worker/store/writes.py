@@ -92,6 +92,20 @@ _MOVES = {
 }
 
 
+# A finished batch that `prune` has claimed and is deleting: no writer, retry mark or reopen touches
+# it again, so the prune's later transactions never race a rerun into a half-deleted batch.
+PRUNING = "pruning"
+
+
+class BatchPruned(RuntimeError):
+    """The batch is being deleted by `prune` (it is older than the retention); nothing was written."""
+
+    def __init__(self, batch_ids: list[str]) -> None:
+        self.batch_ids = batch_ids
+        shown = ", ".join(batch_ids[:3]) + (f" and {len(batch_ids) - 3} more" if len(batch_ids) > 3 else "")
+        super().__init__(f"batch {shown} is being deleted by prune (older than the retention); nothing was written")
+
+
 @dataclass(frozen=True)
 class ChunkWrite:
     batch_id: str
@@ -175,7 +189,7 @@ def _start(
     )
     conn.execute(
         update(batch_runs)
-        .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status.not_in(("succeeded", "failed")))
+        .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status.not_in(("succeeded", "failed", PRUNING)))
         .values(
             status="running",
             attempt_started_at=func.now(),
@@ -378,7 +392,7 @@ def write_chunk(
         last = batch_runs.c.chunks_done + 1 >= batch_runs.c.chunks_total
         done = conn.execute(
             update(batch_runs)
-            .where(batch_runs.c.batch_id == batch_id)
+            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != PRUNING)
             .values(
                 rows_written=batch_runs.c.rows_written + written,
                 chunks_done=batch_runs.c.chunks_done + 1,
@@ -390,7 +404,9 @@ def write_chunk(
                 **({"shadow_error": stored_error(shadow_error)} if shadow_error else {}),
             )
             .returning(batch_runs.c.chunks_done, batch_runs.c.chunks_total)
-        ).one()
+        ).one_or_none()
+        if done is None:  # prune claimed the batch while this chunk was staged: roll the chunk back
+            raise BatchPruned([batch_id])
         finished = done.chunks_done >= done.chunks_total
     return ChunkWrite(batch_id, chunk_index, written, duplicate=False, batch_finished=finished)
 
@@ -469,7 +485,8 @@ def write_batches(
                     "error = CASE WHEN b.chunks_done + 1 >= b.chunks_total THEN NULL ELSE b.error END "
                     "FROM unnest(CAST(:ids AS text[]), CAST(:ns AS integer[]), CAST(:names AS text[]), "
                     "CAST(:versions AS text[])) AS v(batch_id, n, model_name, model_version) "
-                    "WHERE b.batch_id = v.batch_id RETURNING b.batch_id, b.status = 'succeeded' AS finished"
+                    f"WHERE b.batch_id = v.batch_id AND b.status <> '{PRUNING}' "
+                    "RETURNING b.batch_id, b.status = 'succeeded' AS finished"
                 ),
                 {
                     "ids": written,
@@ -480,6 +497,8 @@ def write_batches(
                 },
             )
         }
+        if pruned := [batch_id for batch_id in written if batch_id not in finished]:
+            raise BatchPruned(pruned)  # claimed by prune meanwhile: the whole run rolls back and fails
     return [
         ChunkWrite(batch_id, 0, int(counts[batch_id]), duplicate=False, batch_finished=finished[batch_id])
         if batch_id in claimed
@@ -527,14 +546,14 @@ def stored_error(text: str) -> str:
 
 
 def mark_batch(engine: Engine, batch_id: str, status: str, error: str | None = None) -> None:
-    """Record a retry or failure; a batch that already succeeded keeps its status."""
+    """Record a retry or failure; a batch that already succeeded (or that prune is deleting) keeps its status."""
     values: dict[str, Any] = {"status": status, "error": None if error is None else stored_error(error)}
     if status == "failed":
         values["finished_at"] = func.now()
     with engine.begin() as conn:
         conn.execute(
             update(batch_runs)
-            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status != "succeeded")
+            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status.not_in(("succeeded", PRUNING)))
             .values(**values)
         )
 
@@ -544,12 +563,15 @@ REOPEN_KEPT = ("status", "error", "attempts", "finished_at")
 
 def reopen_batch(engine: Engine, batch_id: str, note: str) -> dict[str, Any] | None:
     """Show a failed (or stuck) batch as `retrying` with one more attempt, before `rerun` or `backfill`
-    sends it again; returns what the row held before (for `undo_reopen`), or None if it succeeded."""
+    sends it again; returns what the row held before (for `undo_reopen`), or None if it succeeded.
+    Raises BatchPruned if prune has claimed it: the row lock makes that either-or, never both."""
     with engine.begin() as conn:
         query = select(*(batch_runs.c[c] for c in REOPEN_KEPT)).where(batch_runs.c.batch_id == batch_id)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         before = conn.execute(query).mappings().first()
+        if before is not None and before["status"] == PRUNING:
+            raise BatchPruned([batch_id])
         if before is None or before["status"] == "succeeded":
             return None
         conn.execute(
