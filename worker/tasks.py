@@ -227,7 +227,7 @@ def run_batch(
         log.info("batch %s was already written (%s rows); nothing to do", batch_id, row["rows_written"])
         return summary(row, started, duplicate=True)
     if row["status"] == writes.PRUNING:
-        raise writes.BatchPruned([batch_id])  # a late message of a batch past retention: not revived
+        raise writes.BatchPruned.of([batch_id])  # a late message of a batch past retention: not revived
     # The first delivery's plan: a retry, redelivery or rerun generates the very same rides.
     plan = batch.Plan.of(row, settings.CHUNK_SIZE)
     row, model = runtime.pinned_model(engine, row)
@@ -355,7 +355,7 @@ def run_slots(
     rows = [row for row in started_rows if row["status"] not in ("succeeded", writes.PRUNING)]
     pruning = [row["batch_id"] for row in started_rows if row["status"] == writes.PRUNING]
     if pruning:  # late messages of slots past retention: the others of the run are written
-        log.warning("%s", writes.BatchPruned(pruning))
+        log.warning("%s", writes.BatchPruned.of(pruning))
     skipped = len(planned) - len(rows) - len(pruning)
     groups: dict[tuple, list[batch.SlotRun]] = {}
     models: dict[tuple, Any] = {}

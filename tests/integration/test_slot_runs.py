@@ -121,6 +121,39 @@ def test_the_same_run_delivered_twice_writes_once_and_says_so(stack):
     assert {row.attempts for row in attempts} == {1}  # a succeeded batch is not counted again
 
 
+def test_a_late_message_of_a_slot_prune_is_deleting_writes_nothing_for_it(stack):
+    """An old slot's batch claimed by a prune (status `pruning`, its rows half gone): a run of it and
+    two new slots writes the new ones and says one is being pruned; a run_batch of it alone fails at
+    once, naming the prune, without a retry. The claimed batch keeps its status and gets no row."""
+    slots = _slots(6, 3)
+    ids = _ids(slots)
+    stack.sql_exec(
+        "INSERT INTO batch_runs (batch_id, trigger, seed, rides_requested, status, window_start, window_end, slot, "
+        "attempts) VALUES (:b, 'schedule', '7', 60, 'pruning', :s, :s, :s, 1)",
+        b=ids[0],
+        s=datetime.fromisoformat(slots[0]),
+    )
+    result = _send(stack, slots).get(timeout=120)
+    assert (result["written"], result["already_written"], result["being_pruned"]) == (2, 0, 1), result
+    assert_each_batch_written_once(stack, ids[1:])
+
+    alone = stack.client().send_task(
+        "worker.tasks.run_batch", kwargs={"slot": slots[0], "interval": 300.0, "rides": 60, "sent_by": "backfill"}
+    )
+    with pytest.raises(Exception) as failed:
+        alone.get(timeout=120)
+    assert type(failed.value).__name__ == "BatchPruned"
+    assert (
+        str(failed.value) == f"batch {ids[0]} is being deleted by prune (older than the retention); nothing was written"
+    )
+    row = stack.sql(
+        "SELECT status, attempts, (SELECT count(*) FROM ride_predictions WHERE batch_id = :b) AS n "
+        "FROM batch_runs WHERE batch_id = :b",
+        b=ids[0],
+    )[0]
+    assert (row.status, row.attempts, row.n) == ("pruning", 1, 0)
+
+
 def test_a_run_and_single_sends_of_its_slots_at_the_same_time_write_each_slot_once(stack):
     slots = _slots(3, 6)
     client = stack.client()

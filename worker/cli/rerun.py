@@ -28,7 +28,7 @@ def rerun_batch(settings: Settings, engine: Engine, batch_id: str, now: datetime
     if status == "succeeded":
         raise UsageError(f"batch {batch_id} succeeded ({row['rows_written']} rows); there is nothing to rerun")
     if status == writes.PRUNING:
-        raise UsageError(str(writes.BatchPruned([batch_id])).replace("nothing was written", "it cannot be rerun"))
+        raise UsageError(str(writes.BatchPruned.of([batch_id])).replace("nothing was written", "it cannot be rerun"))
     given = row["trigger"] == "file" or row["seed"] is None or row["window_start"] is None
     if given or not batch_id.startswith(("schedule-", "adhoc-")):
         raise UsageError(

@@ -98,12 +98,13 @@ PRUNING = "pruning"
 
 
 class BatchPruned(RuntimeError):
-    """The batch is being deleted by `prune` (it is older than the retention); nothing was written."""
+    """The batch is being deleted by `prune` (it is older than the retention); nothing was written.
+    Built by `of`: the result backend rebuilds an exception from its message alone."""
 
-    def __init__(self, batch_ids: list[str]) -> None:
-        self.batch_ids = batch_ids
+    @classmethod
+    def of(cls, batch_ids: list[str]) -> BatchPruned:
         shown = ", ".join(batch_ids[:3]) + (f" and {len(batch_ids) - 3} more" if len(batch_ids) > 3 else "")
-        super().__init__(f"batch {shown} is being deleted by prune (older than the retention); nothing was written")
+        return cls(f"batch {shown} is being deleted by prune (older than the retention); nothing was written")
 
 
 @dataclass(frozen=True)
@@ -406,7 +407,7 @@ def write_chunk(
             .returning(batch_runs.c.chunks_done, batch_runs.c.chunks_total)
         ).one_or_none()
         if done is None:  # prune claimed the batch while this chunk was staged: roll the chunk back
-            raise BatchPruned([batch_id])
+            raise BatchPruned.of([batch_id])
         finished = done.chunks_done >= done.chunks_total
     return ChunkWrite(batch_id, chunk_index, written, duplicate=False, batch_finished=finished)
 
@@ -498,7 +499,7 @@ def write_batches(
             )
         }
         if pruned := [batch_id for batch_id in written if batch_id not in finished]:
-            raise BatchPruned(pruned)  # claimed by prune meanwhile: the whole run rolls back and fails
+            raise BatchPruned.of(pruned)  # claimed by prune meanwhile: the whole run rolls back and fails
     return [
         ChunkWrite(batch_id, 0, int(counts[batch_id]), duplicate=False, batch_finished=finished[batch_id])
         if batch_id in claimed
@@ -571,7 +572,7 @@ def reopen_batch(engine: Engine, batch_id: str, note: str) -> dict[str, Any] | N
             query = query.with_for_update()
         before = conn.execute(query).mappings().first()
         if before is not None and before["status"] == PRUNING:
-            raise BatchPruned([batch_id])
+            raise BatchPruned.of([batch_id])
         if before is None or before["status"] == "succeeded":
             return None
         conn.execute(
