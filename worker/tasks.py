@@ -84,19 +84,34 @@ def given_batch_id(batch_id: object, task_id: str) -> str:
     return str(batch_id) if batch_id else f"adhoc-{task_id}"
 
 
+def refused_slot(slot: object, interval: object) -> datetime | None:
+    """The instant of a slot a failed message carried, if it names one on beat's grid."""
+    try:
+        return parse_slot(slot, float(interval))  # type: ignore[arg-type]
+    except (SlotRefused, TypeError, ValueError):
+        return None
+
+
 def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) -> None:
-    """Record a retry or failure on the task's batch, named as the task itself names it."""
+    """Record a retry or failure on the task's batch, named as the task itself names it; a scheduled
+    slot whose message failed before its batch was recorded gets its reason in slot_refusals."""
+    slots: list = []
     if task_name == RUN_BATCH:
+        slots = [kwargs.get("slot")]
         batch_ids = [run_batch_id(kwargs.get("slot"), task_id, kwargs.get("interval"))]  # never a stray batch_id
     elif task_name == RUN_SLOTS:  # each slot's batch; one already written keeps its status (mark_batch)
         slots = kwargs.get("slots")
-        slots = slots[:MAX_SLOTS_PER_RUN] if isinstance(slots, list) else []
-        batch_ids = [run_batch_id(slot, task_id, kwargs.get("interval")) for slot in slots if slot]
+        slots = [slot for slot in slots[:MAX_SLOTS_PER_RUN] if slot] if isinstance(slots, list) else []
+        batch_ids = [run_batch_id(slot, task_id, kwargs.get("interval")) for slot in slots]
     else:
         batch_ids = [given_batch_id(kwargs.get("batch_id"), task_id)]
-    for batch_id in batch_ids:
+    sent_by = kwargs.get("sent_by") if kwargs.get("sent_by") in SENDERS else None
+    for i, batch_id in enumerate(batch_ids):
         try:
             writes.mark_batch(runtime.engine(), batch_id, status, error)  # redacted, then cut, as stored
+            slot = refused_slot(slots[i], kwargs.get("interval")) if i < len(slots) and status == "failed" else None
+            if slot is not None and writes.record_refusal(runtime.engine(), batch_id, slot, error, sent_by):
+                log.warning("slot %s was refused before its batch was recorded: %s", slot.isoformat(), error)
         except Exception as mark_error:  # the database may be the thing that is down
             log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
             return

@@ -527,3 +527,40 @@ def test_operations_work_in_embedded_mode_without_any_server(tmp_path):
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
     pruned = cli("prune", "--older-than", "1", "--yes")
     assert pruned.returncode == 0 and "deleted nothing" in pruned.stdout, pruned.stdout + pruned.stderr
+
+
+def test_a_slot_whose_message_a_worker_refused_or_dropped_says_why(stack):
+    """Two scheduled slots that never get a batch: one asks for more rides than the worker's
+    MAX_RIDES_PER_REQUEST (a setting the worker refuses), one's message expired in the queue (no
+    worker took it in time; the worker drops it on receipt). Each is kept in slot_refusals with its
+    reason, which status and the report show beside the missed slot; neither has a batch row."""
+    refused_slot, expired_slot = (datetime(2026, 10, 12, 10, 5 * k, tzinfo=UTC) for k in (1, 2))
+    client = stack.client()
+    too_many = client.send_task(
+        "worker.tasks.run_batch",
+        kwargs={"slot": refused_slot.isoformat(), "interval": 300.0, "rides": 10**9, "sent_by": "backfill"},
+    )
+    with pytest.raises(Exception, match="MAX_RIDES_PER_REQUEST"):
+        too_many.get(timeout=60)
+    client.send_task(
+        "worker.tasks.run_batch",
+        kwargs={"slot": expired_slot.isoformat(), "interval": 300.0, "rides": 10, "sent_by": "beat"},
+        expires=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    ids = [f"schedule-{slot.isoformat()}" for slot in (refused_slot, expired_slot)]
+    rows = wait_until(
+        "both refusals recorded",
+        lambda: (
+            (found := stack.sql("SELECT * FROM slot_refusals WHERE batch_id = ANY(:ids) ORDER BY slot", ids=ids))
+            and len(found) == 2
+            and found
+        ),
+        60,
+    )
+    assert [(row.batch_id, row.slot, row.sent_by) for row in rows] == [
+        (ids[0], refused_slot, "backfill"),
+        (ids[1], expired_slot, "beat"),
+    ]
+    assert rows[0].error.startswith("BadRequest: rides must be at most MAX_RIDES_PER_REQUEST="), rows[0].error
+    assert rows[1].error == "TaskRevoked: expired before it could run again", rows[1].error
+    assert stack.sql("SELECT count(*) FROM batch_runs WHERE batch_id = ANY(:ids)", ids=ids)[0][0] == 0

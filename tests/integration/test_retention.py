@@ -76,6 +76,14 @@ def test_prune_of_half_a_day_deletes_its_batches_whole_in_few_commits(day_of_his
     groups = list(retention.groups_of(engine, old))
     assert [batch for group in groups for batch in group] == old  # every batch once, in order
     assert len(groups) <= 2 * math.ceil(old_rows / retention.DELETE_ROWS)  # groups are full enough
+    with engine.begin() as conn:  # why two slots had no batch: one refused before the cut-off, one after
+        conn.execute(
+            text(
+                "INSERT INTO slot_refusals (batch_id, slot, error, refused_at) VALUES "
+                "('schedule-old', :old, 'expired', :old), ('schedule-young', :young, 'expired', :young)"
+            ),
+            {"old": cutoff - timedelta(minutes=1), "young": cutoff + timedelta(minutes=1)},
+        )
     commits = []
 
     def committed(_conn) -> None:
@@ -90,6 +98,9 @@ def test_prune_of_half_a_day_deletes_its_batches_whole_in_few_commits(day_of_his
     assert counts["ride_predictions"] == counts["ride_outcomes"] == old_rows
     assert old_and_young(engine, cutoff) == ([], 0, young_rows)  # younger untouched
     assert_nothing_orphaned(engine)
+    assert counts["slot_refusals"] == 1
+    with engine.connect() as conn:
+        assert list(conn.execute(text("SELECT batch_id FROM slot_refusals")).scalars()) == ["schedule-young"]
     # A group's rows in one slice (a second, empty one if they were exactly DELETE_ROWS), then its
     # batches' own rows; then the windows and days. Before groups, each batch paid three commits.
     assert len(commits) <= 3 * len(groups) + 1, (len(commits), len(groups))

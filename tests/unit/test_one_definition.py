@@ -14,7 +14,7 @@ from sqlalchemy import insert
 from tests.support import REPO_ROOT
 from worker.cli.batches import table_rows
 from worker.monitor.overview import ModelAliases, collect
-from worker.store import history
+from worker.store import history, writes
 from worker.store.database import build_engine, migrate
 from worker.store.schema import batch_runs, daily_accuracy, model_aliases, ride_outcomes, ride_predictions
 from worker.store.snapshot import read_batches
@@ -69,6 +69,12 @@ def test_status_the_exporter_and_the_report_count_the_same_missed_slots_and_dura
             for t in trips
         ])  # fmt: skip
     expected = sorted(missing)
+    # One missing slot's message expired in the queue (no worker ran): it says why. A slot that has its
+    # batch keeps its error there, so a refusal is not recorded for it.
+    refused = expected[1]
+    why = "TaskRevoked: expired before it could run again"
+    assert writes.record_refusal(engine, f"schedule-{refused.isoformat()}", refused, why, "beat")
+    assert not writes.record_refusal(engine, f"schedule-{slots[0].isoformat()}", slots[0], why, "beat")
 
     status = subprocess.run(
         [sys.executable, "-m", "worker", "status", "--json"],
@@ -83,6 +89,11 @@ def test_status_the_exporter_and_the_report_count_the_same_missed_slots_and_dura
     assert said == [s.isoformat() for s in expected]
     assert exported.missed_slots_last_day == len(expected)
     assert report.missed == expected
+    assert json.loads(status.stdout)["database"]["refused_slots_24h"] == {refused.isoformat(): why}
+    assert report.refused == {refused: why}
+    (missed_alert,) = [a for a in report.alerts if a.kind == "missed"]
+    assert "(1 refused by a worker)" in missed_alert.text, missed_alert
+    assert sum(f"({refused.isoformat()}): refused by a worker: {why}" in line for line in missed_alert.items) == 1
 
     # The rerun's duration: 3 s in `batches`, in the exporter and in the Pipeline dashboard's SQL.
     (shown,) = [row for row in table_rows(history.list_batches(engine, last=50)) if row[0] == "adhoc-rerun"]

@@ -407,7 +407,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             detail = info.get("error") or ", ".join(
                 f"{k}={v}"
                 for k, v in info.items()
-                if k not in ("ok", "last_batch", "missed_slots_24h", "fill_command", "schema_problem")
+                if k
+                not in ("ok", "last_batch", "missed_slots_24h", "refused_slots_24h", "fill_command", "schema_problem")
             )
             print(f"{part:9} {state:5} {detail}")
         if report["database"].get("schema_problem"):
@@ -423,6 +424,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         if missed:
             shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
             print(f"missed slots in the last 24 h: {len(missed)} ({shown})")
+            refused = report["database"].get("refused_slots_24h") or {}
+            if refused:
+                slot, why = max(refused.items())
+                print(
+                    f"  {len(refused)} of them refused by a worker before it recorded a batch; the latest, {slot}: {why}"
+                )
             print(f"  fill them: {report['database']['fill_command']}")
         elif report["database"]["ok"]:
             print("missed slots in the last 24 h: none")

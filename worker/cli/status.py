@@ -45,7 +45,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
     from worker.cli.dispatching import queue_lengths
     from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow, read_state, resolve_version
-    from worker.store import writes
+    from worker.store import history, writes
     from worker.store.database import get_engine, schema_problem, schema_ready
 
     def broker() -> dict[str, Any]:
@@ -60,11 +60,13 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         ready = problem is None
         last = writes.last_finished_batch(engine) if ready else None
         missed = missed_in_last_day(settings, engine) if ready else []
+        refused = history.refusals(engine, missed) if missed else {}
         return {
             "url": redact(settings.database_url),
             "schema_ready": ready,
             **({} if ready else {"schema_problem": problem}),
             "missed_slots_24h": [slot.isoformat() for slot in missed],
+            "refused_slots_24h": {slot.isoformat(): why for slot, why in refused.items()},
             "fill_command": fill_command(missed, settings.BATCH_INTERVAL_SECONDS) if missed else None,
             "last_batch": None
             if last is None

@@ -100,6 +100,7 @@ class Overview:
     window_drift: pd.DataFrame  # per hour window and column, + `window_start`, `margin`
     daily: pd.DataFrame  # daily_accuracy rows of the period
     missed: list[datetime] = field(default_factory=list)  # UTC beat slots that never ran
+    refused: dict[datetime, str] = field(default_factory=dict)  # among `missed`: why a worker refused it
     production: RecentAccuracy | None = None  # production's recent live accuracy (degradation's rule)
     alerts: list[Alert] = field(default_factory=list)
     events: pd.DataFrame = field(default_factory=lambda: empty_events())  # + `local`, `kind` (see classify)
@@ -274,6 +275,7 @@ def collect(
         ["outcomes", "mae", "rmse", "bias", "baseline_mae", "heldout_mae"],
     )
     missed = history.missed_slots(engine, interval_seconds, since, until_slot)
+    refused = history.refusals(engine, missed)
     overview = Overview(
         generated_at=now.astimezone(UTC),
         since=since.astimezone(UTC),
@@ -284,6 +286,7 @@ def collect(
         window_drift=window_drift,
         daily=daily,
         missed=missed,
+        refused=refused,
         events=model_events(engine, aliases, since, now),
         challenger=challenger_view(engine, aliases),
         production=production_accuracy(engine, aliases, daily, window, now),
@@ -312,7 +315,7 @@ def alerts(overview: Overview) -> list[Alert]:
     now = overview.generated_at
     return [
         *failed_batches(overview.batches),
-        *missed_slots(overview.missed),
+        *missed_slots(overview.missed, overview.refused),
         *moved_outside_alerts(overview.events),
         *accuracy_alerts(overview.production),
         *window_drift_alerts(overview.windows, overview.window_drift, now - WINDOW_FRESH, now),
@@ -350,16 +353,26 @@ def failed_batches(batches: pd.DataFrame) -> list[Alert]:
     ]
 
 
-def missed_slots(missed: list[datetime]) -> list[Alert]:
+def missed_slots(missed: list[datetime], refused: dict[datetime, str] | None = None) -> list[Alert]:
+    """Slots with no batch; those a worker refused or dropped before recording a batch say why."""
     if not missed:
         return []
+    refused = refused or {}
     first, last = to_chicago(missed[0]), to_chicago(missed[-1])
+    why = f" ({len(refused)} refused by a worker)" if refused else ""
     return [
         Alert(
             "missed",
             f"{len(missed)} missed beat slot{'s' if len(missed) > 1 else ''}, "
-            f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} Chicago time",
-            _more([f"{to_chicago(s):%Y-%m-%d %H:%M} Chicago ({s.isoformat()})" for s in missed], len(missed)),
+            f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} Chicago time{why}",
+            _more(
+                [
+                    f"{to_chicago(s):%Y-%m-%d %H:%M} Chicago ({s.isoformat()})"
+                    + (f": refused by a worker: {refused[s]}" if s in refused else "")
+                    for s in missed
+                ],
+                len(missed),
+            ),
         )
     ]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from worker.store.schema import batch_runs
+from worker.store.schema import batch_runs, slot_refusals
 
 
 def attempt_started():
@@ -80,6 +80,21 @@ def missed_slots(engine: Engine, interval_seconds: float, since: datetime, until
             )
         }
     return [slot for slot in grid if slot.timestamp() not in seen]
+
+
+def refusals(engine: Engine, slots: list[datetime]) -> dict[datetime, str]:
+    """Why each of these (missed) slots was refused by a worker, for those a worker refused or dropped
+    before recording their batch; a slot beat never sent (or the broker lost) has no entry."""
+    if not slots:
+        return {}
+    wanted = {slot.timestamp(): slot for slot in slots}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(slot_refusals.c.slot, slot_refusals.c.error).where(
+                slot_refusals.c.slot >= min(slots), slot_refusals.c.slot <= max(slots)
+            )
+        )
+        return {wanted[t]: error for slot, error in rows if (t := _utc(slot).timestamp()) in wanted}
 
 
 def _utc(value: datetime) -> datetime:

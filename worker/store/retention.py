@@ -35,6 +35,7 @@ from worker.store.schema import (
     ride_outcomes,
     ride_predictions,
     shadow_predictions,
+    slot_refusals,
     window_column_drift,
     window_metrics,
 )
@@ -164,6 +165,9 @@ def prune(engine: Engine, older_than_days: float, now: datetime, seconds: float 
     with engine.begin() as conn:
         for table in (window_column_drift, window_metrics):
             counts[table.name] += conn.execute(delete(table).where(table.c.window_end < margin)).rowcount
+        counts["slot_refusals"] += conn.execute(
+            delete(slot_refusals).where(slot_refusals.c.refused_at < cutoff)
+        ).rowcount
         counts["daily_accuracy"] += conn.execute(
             delete(daily_accuracy).where(daily_accuracy.c.day < local_cutoff.date())
         ).rowcount

@@ -307,3 +307,17 @@ model_policy = Table(
     Column("lease_until", DateTime(timezone=True), comment="a pass holds the policy until then"),
     Column("lease_owner", String(200)),
 )
+
+# Scheduled slots whose message a worker refused or dropped before it recorded a batch (a bad
+# setting, an expired message): such a slot has no batch_runs row and shows as missed, and this says
+# why. Written by the failing task; a later run of the slot writes its batch as usual.
+slot_refusals = Table(
+    "slot_refusals",
+    metadata,
+    Column("batch_id", String(120), primary_key=True, comment="the batch id the slot would have had"),
+    Column("slot", DateTime(timezone=True), nullable=False, comment="UTC"),
+    Column("error", Text, nullable=False, comment="why the worker refused it, redacted"),
+    Column("sent_by", String(20), comment="beat, backfill or rerun"),
+    Column("refused_at", DateTime(timezone=True), nullable=False, server_default=func.now(), comment="UTC"),
+    Index("ix_slot_refusals_slot", "slot"),
+)

@@ -42,7 +42,14 @@ from sqlalchemy.schema import CreateTable
 
 from worker.rides.generator import RIDE_COLUMNS
 from worker.settings import SettingsError, get_settings, redact
-from worker.store.schema import batch_chunks, batch_runs, ride_outcomes, ride_predictions, shadow_predictions
+from worker.store.schema import (
+    batch_chunks,
+    batch_runs,
+    ride_outcomes,
+    ride_predictions,
+    shadow_predictions,
+    slot_refusals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -557,6 +564,18 @@ def mark_batch(engine: Engine, batch_id: str, status: str, error: str | None = N
             .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status.not_in(("succeeded", PRUNING)))
             .values(**values)
         )
+
+
+def record_refusal(engine: Engine, batch_id: str, slot: datetime, error: str, sent_by: str | None) -> bool:
+    """Say why a scheduled slot's message failed, if it failed before its batch was recorded (a batch
+    that exists keeps its own error in batch_runs). The latest refusal of a slot wins. True if stored."""
+    values = {"slot": slot, "error": stored_error(error), "sent_by": sent_by, "refused_at": func.now()}
+    with engine.begin() as conn:
+        if conn.execute(select(batch_runs.c.batch_id).where(batch_runs.c.batch_id == batch_id)).first():
+            return False
+        statement = _insert(conn, slot_refusals).values(batch_id=batch_id, **values)
+        conn.execute(statement.on_conflict_do_update(index_elements=["batch_id"], set_=values))
+    return True
 
 
 REOPEN_KEPT = ("status", "error", "attempts", "finished_at")
