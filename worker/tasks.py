@@ -434,6 +434,8 @@ def predict_chunk(
     if row is None:
         raise BadRequest(f"batch {batch_id!r} is not recorded; predict_chunk belongs to a run_batch")
     check_chunk(row, chunk_index, generated=True)
+    if row["status"] == writes.PRUNING:
+        raise writes.BatchPruned.of([batch_id])
     if model_name and model_version:
         model = runtime.model(model_name, model_version)
     else:  # a message from before versions were pinned: pin now, like run_batch
@@ -505,6 +507,8 @@ def score_rides(
         attempt=self.request.retries + 1,
         redelivered=redelivered(self),
     )
+    if row["status"] == writes.PRUNING:
+        raise writes.BatchPruned.of([batch_id])
     row, model = runtime.pinned_model(engine, row)  # every chunk of a file scores with one version
     valid = checked.valid
     missing_ids = valid["trip_id"].isna().to_numpy()

@@ -188,9 +188,9 @@ def test_a_failed_batch_reopened_during_a_prune_is_refused_once_claimed_and_kept
     delete_rows = retention._delete_rows_of
     calls, refused = [], []
 
-    def then_reopen(engine_, group, counts):
+    def then_reopen(engine_, group, counts, any_status=False):
         """After the first group's rows are gone (before its batch_runs rows go), both are reopened."""
-        claimed = delete_rows(engine_, group, counts)
+        claimed = delete_rows(engine_, group, counts, any_status)
         calls.append(group)
         if len(calls) == 1:
             try:
@@ -215,13 +215,14 @@ def test_a_failed_batch_reopened_during_a_prune_is_refused_once_claimed_and_kept
 
 def test_a_prune_stopped_after_its_claim_is_finished_by_the_next_one(day_of_history, monkeypatch):
     """A prune that dies between claiming a group and deleting its last rows leaves `pruning`
-    batches: no rerun revives them, and the next prune lists and finishes them."""
+    batches: no rerun revives them, and the next prune finishes them, even one asked to keep more
+    days than they are old (it leaves every other batch alone), so none stays half deleted."""
     engine, now = day_of_history
     cutoff = now - timedelta(days=HALF_DAY)
     old, _, young_rows = old_and_young(engine, cutoff)
     first = next(retention.groups_of(engine, old))
 
-    def dies(engine_, group, counts):
+    def dies(engine_, group, counts, any_status=False):
         with engine_.begin() as conn:
             retention._claim(conn, group)
         raise ConnectionError("the prune's process was killed")
@@ -235,6 +236,8 @@ def test_a_prune_stopped_after_its_claim_is_finished_by_the_next_one(day_of_hist
         assert list(pruning.scalars()) == first
     with pytest.raises(writes.BatchPruned):
         writes.reopen_batch(engine, first[0], "rerun requested")
-    assert retention.prune(engine, older_than_days=HALF_DAY, now=now)["batch_runs"] == len(old)
+    assert retention.prune(engine, older_than_days=30, now=now)["batch_runs"] == len(first)
+    assert old_and_young(engine, cutoff)[0] == old[len(first) :]
+    assert retention.prune(engine, older_than_days=HALF_DAY, now=now)["batch_runs"] == len(old) - len(first)
     assert old_and_young(engine, cutoff) == ([], 0, young_rows)
     assert_nothing_orphaned(engine)

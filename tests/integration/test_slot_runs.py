@@ -403,8 +403,11 @@ def test_write_batches_on_sqlite_writes_each_batch_once(tmp_path) -> None:
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
 def test_no_write_start_or_mark_touches_a_batch_prune_has_claimed(fresh_pg_url, tmp_path, dialect) -> None:
     """A late message of an old batch that a prune is deleting (status `pruning`): its start leaves it
-    pruning, its retry mark too, and its chunk writes roll back whole with an error that names the
-    prune, alone or in a run, so no row outlives the batch_runs row the prune deletes last."""
+    pruning, its retry mark too, and its chunk write rolls back with an error that names the prune,
+    so no row outlives the batch_runs row the prune deletes last. In a run, on PostgreSQL the whole
+    run rolls back (the worker then fails it; its start leaves such slots out, so this takes a claim
+    between the start and the write); on SQLite each batch is its own transaction, and this run
+    stops at the claimed one, which comes first."""
     from worker.store import writes
     from worker.store.database import migrate
 

@@ -309,6 +309,8 @@ def run_backfill(
         finally:
             stop()
     if not wait:
+        if plan.being_pruned:
+            print(f"{len(plan.being_pruned)} slots not sent: a prune is deleting their old batches")
         return 0
     outcome = wait_for_slots(engine, sent + [batch_id_of(s) for s in plan.in_flight], timeout, tasks)
     print(

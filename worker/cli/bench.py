@@ -40,12 +40,12 @@ def _cleanup(engine, batch_ids: list[str]) -> None:
 
     with engine.connect() as conn:
         named = list(conn.execute(select(batch_runs.c.batch_id).where(batch_runs.c.batch_id.like("bench-%"))).scalars())
-    counts = delete_batches(engine, sorted(set(batch_ids) | set(named)))
+    counts = delete_batches(engine, sorted(set(batch_ids) | set(named)), any_status=True)
     if engine.dialect.name != "postgresql":
         return
     # The next measurement should not pay for this one's dead rows (autovacuum would reclaim them
     # at a moment of its choosing, in the middle of a timed run). Owners only; otherwise skip it.
-    tables = [name for name, count in counts.items() if count and name != "left"]
+    tables = [name for name, count in counts.items() if count and name not in ("left", "skipped")]
     if not tables:
         return
     try:

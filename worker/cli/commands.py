@@ -325,7 +325,9 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     skipped = removed.pop("skipped", 0)
     print("deleted " + (", ".join(f"{n} {table}" for table, n in removed.items()) if removed else "nothing"))
     if skipped:
-        print(f"kept {skipped} batches that were rerun or backfilled after they were listed (no longer finished)")
+        print(
+            f"kept {skipped} batches no longer finished when their turn came (rerun or backfilled since, or deleted by another prune)"
+        )
     return 0
 
 

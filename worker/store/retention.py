@@ -49,9 +49,13 @@ PRUNABLE = (*FINISHED, PRUNING)  # pruning: claimed by a prune that was stopped 
 
 
 def old_batches(engine: Engine, cutoff: datetime) -> list[str]:
-    """Finished batches started before `cutoff` (UTC); running ones are never pruned."""
+    """Finished batches started before `cutoff` (UTC), and any a stopped prune claimed; running ones
+    are never pruned."""
     with engine.connect() as conn:
-        query = select(batch_runs.c.batch_id).where(batch_runs.c.started_at < cutoff, batch_runs.c.status.in_(PRUNABLE))
+        query = select(batch_runs.c.batch_id).where(
+            # A batch claimed by a prune that was stopped is half deleted: finished whatever its age.
+            ((batch_runs.c.started_at < cutoff) & batch_runs.c.status.in_(FINISHED)) | (batch_runs.c.status == PRUNING)
+        )
         return list(conn.execute(query.order_by(batch_runs.c.started_at)).scalars())
 
 
@@ -85,25 +89,23 @@ def preview(engine: Engine, cutoff: datetime) -> dict[str, int]:
     return dict(counts)
 
 
-def _claim(conn: Connection, batch_ids: list[str]) -> list[str]:
-    """Those of these batches still finished, now marked `pruning` (a reopened one is not)."""
-    claimed = conn.execute(
-        update(batch_runs)
-        .where(batch_runs.c.batch_id.in_(batch_ids), batch_runs.c.status.in_(PRUNABLE))
-        .values(status=PRUNING)
-        .returning(batch_runs.c.batch_id)
-    ).scalars()
-    return sorted(claimed, key=batch_ids.index)
+def _claim(conn: Connection, batch_ids: list[str], any_status: bool = False) -> list[str]:
+    """Those of these batches still finished (or, with `any_status`, all), now marked `pruning`;
+    one reopened since it was listed is not."""
+    query = update(batch_runs).where(batch_runs.c.batch_id.in_(batch_ids))
+    if not any_status:
+        query = query.where(batch_runs.c.status.in_(PRUNABLE))
+    return list(conn.execute(query.values(status=PRUNING).returning(batch_runs.c.batch_id)).scalars())
 
 
-def _delete_rows_of(engine: Engine, group: list[str], counts: Counter) -> list[str]:
+def _delete_rows_of(engine: Engine, group: list[str], counts: Counter, any_status: bool = False) -> list[str]:
     """Claim the group (in its first slice's transaction) and delete the claimed batches' rows;
     returns the claimed batches."""
     batch_ids: list[str] | None = None
     while True:
         with engine.begin() as conn:
             if batch_ids is None:
-                batch_ids = _claim(conn, group)
+                batch_ids = _claim(conn, group, any_status)
                 if not batch_ids:
                     return []
             trip_ids = list(
@@ -129,25 +131,37 @@ def _delete_rows_of(engine: Engine, group: list[str], counts: Counter) -> list[s
 
 
 def delete_batches(
-    engine: Engine, batch_ids: list[str], counts: Counter | None = None, deadline: float | None = None
+    engine: Engine,
+    batch_ids: list[str],
+    counts: Counter | None = None,
+    deadline: float | None = None,
+    any_status: bool = False,
 ) -> Counter:
     """Delete these batches with every row keyed by them (their own batch_runs rows last), stopping
-    between groups once time.monotonic() passes `deadline` (`counts["left"]` says how many remain)."""
+    between groups once time.monotonic() passes `deadline` (`counts["left"]` says how many remain).
+    Only finished ones (`counts["skipped"]` counts the others), unless `any_status`: the caller owns
+    them all (the benchmark's own batches)."""
     counts = Counter() if counts is None else counts
     done = 0
     for group in groups_of(engine, batch_ids):
         if deadline is not None and time.monotonic() > deadline:
             counts["left"] += len(batch_ids) - done
             break
-        claimed = _delete_rows_of(engine, group, counts)
+        claimed = _delete_rows_of(engine, group, counts, any_status)
         if claimed:
             with engine.begin() as conn:
+                # Only rows still claimed: one that code from before the claim (0011) took back keeps its row.
+                gone = list(
+                    conn.execute(
+                        delete(batch_runs)
+                        .where(batch_runs.c.batch_id.in_(claimed), batch_runs.c.status == PRUNING)
+                        .returning(batch_runs.c.batch_id)
+                    ).scalars()
+                )
+                counts["batch_runs"] += len(gone)
                 for table in (column_drift, batch_metrics, batch_chunks):
-                    counts[table.name] += conn.execute(delete(table).where(table.c.batch_id.in_(claimed))).rowcount
-                counts["batch_runs"] += conn.execute(
-                    delete(batch_runs).where(batch_runs.c.batch_id.in_(claimed))
-                ).rowcount
-        counts["skipped"] += len(group) - len(claimed)  # reopened (or pruned elsewhere) since listed
+                    counts[table.name] += conn.execute(delete(table).where(table.c.batch_id.in_(gone))).rowcount
+        counts["skipped"] += len(group) - len(claimed)  # reopened (or deleted by another prune) since listed
         done += len(group)
     return counts
 

@@ -594,11 +594,17 @@ def reopen_batch(engine: Engine, batch_id: str, note: str) -> dict[str, Any] | N
             raise BatchPruned.of([batch_id])
         if before is None or before["status"] == "succeeded":
             return None
-        conn.execute(
+        reopened = conn.execute(
             update(batch_runs)
-            .where(batch_runs.c.batch_id == batch_id)
+            # As read: SQLite takes no row lock, and a prune's claim may have come in between.
+            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status == before["status"])
             .values(status="retrying", error=stored_error(note), attempts=before["attempts"] + 1)
-        )
+        ).rowcount
+        if not reopened:
+            now = conn.execute(select(batch_runs.c.status).where(batch_runs.c.batch_id == batch_id)).scalar()
+            if now == PRUNING:
+                raise BatchPruned.of([batch_id])
+            return None  # a worker took it meanwhile: it is that worker's
     return dict(before)
 
 
