@@ -153,6 +153,46 @@ def test_a_late_message_of_a_slot_prune_is_deleting_writes_nothing_for_it(stack)
     )[0]
     assert (row.status, row.attempts, row.n) == ("pruning", 1, 0)
 
+    # A fan-out chunk of it, and a chunk of a file's batch being pruned, fail the same way, before any
+    # prediction: even where the ledger still holds the chunk (its rows not deleted yet), which would
+    # otherwise pass for an earlier delivery's write.
+    chunk = stack.client().send_task(
+        "worker.tasks.predict_chunk",
+        kwargs={"batch_id": ids[0], "chunk_index": 0, "rides": 60, "seed": 7, "window": [slots[0], slots[0]]},
+    )
+    file_batch = f"file-{uuid.uuid4()}"
+    stack.sql_exec(
+        "INSERT INTO batch_runs (batch_id, trigger, rides_requested, chunks_total, status, attempts) "
+        "VALUES (:b, 'file', 2, 2, 'pruning', 1)",
+        b=file_batch,
+    )
+    for batch_id, index in ((ids[0], 0), (file_batch, 1)):
+        stack.sql_exec(
+            "INSERT INTO batch_chunks (batch_id, chunk_index, rows_written, model_version) VALUES (:b, :i, 1, '1')",
+            b=batch_id,
+            i=index,
+        )
+    ride = {
+        "pickup_community_area": 8,
+        "dropoff_community_area": 32,
+        "trip_start_timestamp": "2026-10-06T08:00:00",
+        "fare": 9.0,
+        "trip_miles": 2.0,
+    }
+    scored = stack.client().send_task(
+        "worker.tasks.score_rides",
+        kwargs={"rides": [ride], "batch_id": file_batch, "chunk_index": 1, "chunks_total": 2, "rides_total": 2},
+    )
+    for sent, batch_id in ((chunk, ids[0]), (scored, file_batch)):
+        with pytest.raises(Exception) as failed:
+            sent.get(timeout=120)
+        assert type(failed.value).__name__ == "BatchPruned", failed.value
+        assert str(failed.value).startswith(f"batch {batch_id} is being deleted by prune")
+    written = stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = ANY(:ids)", ids=[ids[0], file_batch])[
+        0
+    ][0]
+    assert written == 0
+
 
 def test_a_run_and_single_sends_of_its_slots_at_the_same_time_write_each_slot_once(stack):
     slots = _slots(3, 6)
