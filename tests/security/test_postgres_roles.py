@@ -32,6 +32,7 @@ from worker.model.training import ForestParams, fit_pipeline, training_frame
 from worker.rides.generator import Window
 from worker.store import writes
 from worker.store.database import get_engine, migrate
+from worker.store.history import settled_until
 from worker.store.readers import READ_TABLES
 from worker.store.snapshot import read_accuracy, read_batches, read_drift, read_lifecycle, scrape_engine
 
@@ -394,6 +395,17 @@ def test_the_read_only_role_reads_every_panel_and_the_exporter_and_cannot_write_
                     "INSERT INTO model_aliases (model_name, alias, version) VALUES ('chicago-taxi-duration', 'production', '1')"
                 )
             )
+            # Beat's slots with two missing between them, so that the exporter reads why slots were missed too.
+            settled = settled_until(datetime.now(UTC), 300)
+            for k in (4, 1):
+                slot = settled - timedelta(seconds=300 * k)
+                conn.execute(
+                    sa_text(
+                        "INSERT INTO batch_runs (batch_id, trigger, rides_requested, status, slot, started_at, sent_by) "
+                        "VALUES (:b, 'schedule', 1, 'succeeded', :s, :t, 'beat')"
+                    ),
+                    {"b": f"schedule-{slot.isoformat()}", "s": slot, "t": slot + timedelta(seconds=1)},
+                )
 
         reader_url = role_url(pg, "taxi_reader", READER_PASSWORD, DB)
         assert what_the_readers_run(reader_url) == []

@@ -88,6 +88,7 @@ def test_status_the_exporter_and_the_report_count_the_same_missed_slots_and_dura
     report = collect(engine, now, timedelta(hours=24), INTERVAL, settled, ModelAliases("m", "production", "challenger"))
     assert said == [s.isoformat() for s in expected]
     assert exported.missed_slots_last_day == len(expected)
+    assert exported.refused_slots_last_day == 1
     assert report.missed == expected
     assert json.loads(status.stdout)["database"]["refused_slots_24h"] == {refused.isoformat(): why}
     assert report.refused == {refused: why}

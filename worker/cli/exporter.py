@@ -360,6 +360,13 @@ class TaxiCollector(Collector):
         )
         missed.add_metric([], state.missed_slots_last_day)
         yield missed
+        refused = gauge(
+            "taxi_refused_slots_last_day",
+            "Of the missed slots, those a worker refused or dropped as expired before recording a batch "
+            "(status and the report say why); the rest beat never sent, or the broker lost.",
+        )
+        refused.add_metric([], state.refused_slots_last_day)
+        yield refused
 
     def _drift(self, state: DriftState) -> Iterator[Metric]:
         monitored = gauge(

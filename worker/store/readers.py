@@ -18,6 +18,7 @@ READ_TABLES = (
     "ride_outcomes",
     "ride_predictions",
     "shadow_comparisons",
+    "slot_refusals",
     "window_column_drift",
     "window_metrics",
 )

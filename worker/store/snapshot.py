@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import make_url
 
 from worker.rides.generator import CHICAGO
-from worker.store.history import attempt_started, missed_in_last_day
+from worker.store.history import attempt_started, missed_in_last_day, refusals
 from worker.store.schema import (
     batch_metrics,
     batch_runs,
@@ -79,6 +79,7 @@ class BatchState:
     rows_last_hour: dict[str, int] = field(default_factory=dict)  # by trigger
     unfinished: dict[str, int] = field(default_factory=dict)  # running, retrying
     missed_slots_last_day: int = 0
+    refused_slots_last_day: int = 0  # among the missed: a worker refused or dropped their message
 
 
 @dataclass
@@ -160,7 +161,9 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
         state.unfinished.update(
             conn.execute(select(c.status, func.count()).where(c.status.in_(UNFINISHED)).group_by(c.status)).all()
         )
-    state.missed_slots_last_day = len(missed_in_last_day(engine, interval_seconds, now))
+    missed = missed_in_last_day(engine, interval_seconds, now)
+    state.missed_slots_last_day = len(missed)
+    state.refused_slots_last_day = len(refusals(engine, missed))
     return state
 
 
