@@ -109,12 +109,17 @@ def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) ->
     for i, batch_id in enumerate(batch_ids):
         try:
             writes.mark_batch(runtime.engine(), batch_id, status, error)  # redacted, then cut, as stored
-            slot = refused_slot(slots[i], kwargs.get("interval")) if i < len(slots) and status == "failed" else None
-            if slot is not None and writes.record_refusal(runtime.engine(), batch_id, slot, error, sent_by):
-                log.warning("slot %s was refused before its batch was recorded: %s", slot.isoformat(), error)
         except Exception as mark_error:  # the database may be the thing that is down
             log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
             return
+        slot = refused_slot(slots[i], kwargs.get("interval")) if i < len(slots) and status == "failed" else None
+        if slot is None:
+            continue
+        try:
+            if writes.record_refusal(runtime.engine(), batch_id, slot, error, sent_by):
+                log.warning("slot %s was refused before its batch was recorded: %s", slot.isoformat(), error)
+        except Exception as refusal_error:  # e.g. a database not yet migrated to slot_refusals
+            log.warning("could not record why slot %s was refused: %s", slot.isoformat(), refusal_error)
 
 
 @task_revoked.connect
@@ -123,7 +128,14 @@ def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_
     name = getattr(sender, "name", "") or ""
     if request is None or name not in BATCH_TASKS:
         return
-    why = "expired before it could run again" if expired else "revoked"
+    if expired:  # a first delivery that waited too long (no worker ran), or a retry that outlived it
+        why = (
+            "expired before its retry ran"
+            if getattr(request, "retries", 0)
+            else "expired in the queue before a worker ran it"
+        )
+    else:
+        why = "revoked"
     mark(name, getattr(request, "kwargs", None) or {}, request.id, "failed", f"TaskRevoked: {why}")
 
 

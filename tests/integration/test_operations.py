@@ -562,5 +562,5 @@ def test_a_slot_whose_message_a_worker_refused_or_dropped_says_why(stack):
         (ids[1], expired_slot, "beat"),
     ]
     assert rows[0].error.startswith("BadRequest: rides must be at most MAX_RIDES_PER_REQUEST="), rows[0].error
-    assert rows[1].error == "TaskRevoked: expired before it could run again", rows[1].error
+    assert rows[1].error == "TaskRevoked: expired in the queue before a worker ran it", rows[1].error
     assert stack.sql("SELECT count(*) FROM batch_runs WHERE batch_id = ANY(:ids)", ids=ids)[0][0] == 0

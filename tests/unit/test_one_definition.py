@@ -16,7 +16,14 @@ from worker.cli.batches import table_rows
 from worker.monitor.overview import ModelAliases, collect
 from worker.store import history, writes
 from worker.store.database import build_engine, migrate
-from worker.store.schema import batch_runs, daily_accuracy, model_aliases, ride_outcomes, ride_predictions
+from worker.store.schema import (
+    batch_runs,
+    daily_accuracy,
+    model_aliases,
+    ride_outcomes,
+    ride_predictions,
+    slot_refusals,
+)
 from worker.store.snapshot import read_batches
 
 INTERVAL = 300.0
@@ -72,9 +79,13 @@ def test_status_the_exporter_and_the_report_count_the_same_missed_slots_and_dura
     # One missing slot's message expired in the queue (no worker ran): it says why. A slot that has its
     # batch keeps its error there, so a refusal is not recorded for it.
     refused = expected[1]
-    why = "TaskRevoked: expired before it could run again"
+    why = "TaskRevoked: expired in the queue before a worker ran it"
     assert writes.record_refusal(engine, f"schedule-{refused.isoformat()}", refused, why, "beat")
     assert not writes.record_refusal(engine, f"schedule-{slots[0].isoformat()}", slots[0], why, "beat")
+    with engine.begin() as conn:  # refused once, then backfilled: not missed, so its old reason is not shown
+        conn.execute(
+            insert(slot_refusals).values(batch_id=f"schedule-{slots[2].isoformat()}", slot=slots[2], error="old")
+        )
 
     status = subprocess.run(
         [sys.executable, "-m", "worker", "status", "--json"],

@@ -67,3 +67,27 @@ def test_a_prune_deletes_only_finished_batches_and_the_benchmark_its_own_whateve
     counts = retention.delete_batches(engine, ["busy", "again"], Counter(), any_status=True)
     assert (counts["batch_runs"], counts["skipped"]) == (2, 0)
     assert [_status(engine, b) for b in ("busy", "again")] == [None, None]
+
+
+def test_a_refusal_that_cannot_be_recorded_leaves_the_other_slots_of_the_run_marked(tmp_path, monkeypatch, caplog):
+    """A worker on this code against a database still at 0011 (no slot_refusals): the run's failure is
+    still marked on every slot that has a batch, and the refusal that cannot be stored is only logged."""
+    from worker.beat import RUN_SLOTS
+    from worker.settings import get_settings
+    from worker.tasks import mark
+
+    url = f"sqlite:///{tmp_path / 'at-0011.db'}"
+    migrate(url, "0011")
+    monkeypatch.setenv("DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        engine = build_engine(url)
+        slots = ["2026-11-26T16:05:00+00:00", "2026-11-26T16:10:00+00:00", "2026-11-26T16:15:00+00:00"]
+        for slot in (slots[0], slots[2]):
+            _batch(engine, f"schedule-{slot}", "running")
+        mark(RUN_SLOTS, {"slots": slots, "interval": 300.0, "sent_by": "backfill"}, "t1", "failed", "OSError: gone")
+        assert [_status(engine, f"schedule-{slot}") for slot in slots] == ["failed", None, "failed"]
+        assert "could not record why slot 2026-11-26T16:10:00+00:00 was refused" in caplog.text
+        engine.dispose()
+    finally:
+        get_settings.cache_clear()

@@ -98,6 +98,14 @@ def test_errors_stored_on_a_batch_and_its_monitoring_are_redacted(marked_setting
     with engine.connect() as conn:
         error = conn.execute(text("SELECT error FROM batch_runs")).scalar_one()
     assert error == "OperationalError: Error 111 connecting to redis://worker:***@127.0.0.1:1/0 (***)"
+    # Why a slot was refused (status, the report and the exporter's role read it) goes in redacted too.
+    from datetime import UTC, datetime
+
+    slot = datetime(2026, 11, 26, 16, 5, tzinfo=UTC)
+    assert writes.record_refusal(engine, f"schedule-{slot.isoformat()}", slot, raw, "beat")
+    with engine.connect() as conn:
+        refusal = conn.execute(text("SELECT error FROM slot_refusals")).scalar_one()
+    assert refusal == "OperationalError: Error 111 connecting to redis://worker:***@127.0.0.1:1/0 (***)"
 
 
 def test_log_lines_and_their_tracebacks_are_redacted(marked_settings):

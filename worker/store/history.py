@@ -91,10 +91,11 @@ def refusals(engine: Engine, slots: list[datetime]) -> dict[datetime, str]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(slot_refusals.c.slot, slot_refusals.c.error).where(
-                slot_refusals.c.slot >= min(slots), slot_refusals.c.slot <= max(slots)
+                slot_refusals.c.slot >= _utc(min(slots)), slot_refusals.c.slot <= _utc(max(slots))
             )
         )
-        return {wanted[t]: error for slot, error in rows if (t := _utc(slot).timestamp()) in wanted}
+        found = {wanted[t]: error for slot, error in rows if (t := _utc(slot).timestamp()) in wanted}
+    return dict(sorted(found.items()))
 
 
 def _utc(value: datetime) -> datetime:

@@ -310,7 +310,8 @@ model_policy = Table(
 
 # Scheduled slots whose message a worker refused or dropped before it recorded a batch (a bad
 # setting, an expired message): such a slot has no batch_runs row and shows as missed, and this says
-# why. Written by the failing task; a later run of the slot writes its batch as usual.
+# why. Written by the failing task. A later run of the slot writes its batch as usual and leaves the
+# row (no extra statement on every batch's start): readers ask only about slots still missed.
 slot_refusals = Table(
     "slot_refusals",
     metadata,
