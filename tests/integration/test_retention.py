@@ -236,6 +236,8 @@ def test_a_prune_stopped_after_its_claim_is_finished_by_the_next_one(day_of_hist
         assert list(pruning.scalars()) == first
     with pytest.raises(writes.BatchPruned):
         writes.reopen_batch(engine, first[0], "rerun requested")
+    shown = retention.preview(engine, now - timedelta(days=30))  # what `prune` without --yes says
+    assert (shown["batch_runs"], shown["claimed"]) == (len(first), len(first))
     assert retention.prune(engine, older_than_days=30, now=now)["batch_runs"] == len(first)
     assert old_and_young(engine, cutoff)[0] == old[len(first) :]
     assert retention.prune(engine, older_than_days=HALF_DAY, now=now)["batch_runs"] == len(old) - len(first)

@@ -125,73 +125,81 @@ def test_a_late_message_of_a_slot_prune_is_deleting_writes_nothing_for_it(stack)
     """An old slot's batch claimed by a prune (status `pruning`, its rows half gone): a run of it and
     two new slots writes the new ones and says one is being pruned; a run_batch of it alone fails at
     once, naming the prune, without a retry. The claimed batch keeps its status and gets no row."""
-    slots = _slots(6, 3)
-    ids = _ids(slots)
-    stack.sql_exec(
-        "INSERT INTO batch_runs (batch_id, trigger, seed, rides_requested, status, window_start, window_end, slot, "
-        "attempts) VALUES (:b, 'schedule', '7', 60, 'pruning', :s, :s, :s, 1)",
-        b=ids[0],
-        s=datetime.fromisoformat(slots[0]),
-    )
-    result = _send(stack, slots).get(timeout=120)
-    assert (result["written"], result["already_written"], result["being_pruned"]) == (2, 0, 1), result
-    assert_each_batch_written_once(stack, ids[1:])
-
-    alone = stack.client().send_task(
-        "worker.tasks.run_batch", kwargs={"slot": slots[0], "interval": 300.0, "rides": 60, "sent_by": "backfill"}
-    )
-    with pytest.raises(Exception) as failed:
-        alone.get(timeout=120)
-    assert type(failed.value).__name__ == "BatchPruned"
-    assert (
-        str(failed.value) == f"batch {ids[0]} is being deleted by prune (older than the retention); nothing was written"
-    )
-    row = stack.sql(
-        "SELECT status, attempts, (SELECT count(*) FROM ride_predictions WHERE batch_id = :b) AS n "
-        "FROM batch_runs WHERE batch_id = :b",
-        b=ids[0],
-    )[0]
-    assert (row.status, row.attempts, row.n) == ("pruning", 1, 0)
-
-    # A fan-out chunk of it, and a chunk of a file's batch being pruned, fail the same way, before any
-    # prediction: even where the ledger still holds the chunk (its rows not deleted yet), which would
-    # otherwise pass for an earlier delivery's write.
-    chunk = stack.client().send_task(
-        "worker.tasks.predict_chunk",
-        kwargs={"batch_id": ids[0], "chunk_index": 0, "rides": 60, "seed": 7, "window": [slots[0], slots[0]]},
-    )
-    file_batch = f"file-{uuid.uuid4()}"
-    stack.sql_exec(
-        "INSERT INTO batch_runs (batch_id, trigger, rides_requested, chunks_total, status, attempts) "
-        "VALUES (:b, 'file', 2, 2, 'pruning', 1)",
-        b=file_batch,
-    )
-    for batch_id, index in ((ids[0], 0), (file_batch, 1)):
+    pruning = []  # made-up `pruning` rows: the stack is shared, and a prune elsewhere would finish them
+    try:
+        slots = _slots(6, 3)
+        ids = _ids(slots)
+        pruning.append(ids[0])
         stack.sql_exec(
-            "INSERT INTO batch_chunks (batch_id, chunk_index, rows_written, model_version) VALUES (:b, :i, 1, '1')",
-            b=batch_id,
-            i=index,
+            "INSERT INTO batch_runs (batch_id, trigger, seed, rides_requested, status, window_start, window_end, slot, "
+            "attempts) VALUES (:b, 'schedule', '7', 60, 'pruning', :s, :s, :s, 1)",
+            b=ids[0],
+            s=datetime.fromisoformat(slots[0]),
         )
-    ride = {
-        "pickup_community_area": 8,
-        "dropoff_community_area": 32,
-        "trip_start_timestamp": "2026-10-06T08:00:00",
-        "fare": 9.0,
-        "trip_miles": 2.0,
-    }
-    scored = stack.client().send_task(
-        "worker.tasks.score_rides",
-        kwargs={"rides": [ride], "batch_id": file_batch, "chunk_index": 1, "chunks_total": 2, "rides_total": 2},
-    )
-    for sent, batch_id in ((chunk, ids[0]), (scored, file_batch)):
+        result = _send(stack, slots).get(timeout=120)
+        assert (result["written"], result["already_written"], result["being_pruned"]) == (2, 0, 1), result
+        assert_each_batch_written_once(stack, ids[1:])
+
+        alone = stack.client().send_task(
+            "worker.tasks.run_batch", kwargs={"slot": slots[0], "interval": 300.0, "rides": 60, "sent_by": "backfill"}
+        )
         with pytest.raises(Exception) as failed:
-            sent.get(timeout=120)
-        assert type(failed.value).__name__ == "BatchPruned", failed.value
-        assert str(failed.value).startswith(f"batch {batch_id} is being deleted by prune")
-    written = stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = ANY(:ids)", ids=[ids[0], file_batch])[
-        0
-    ][0]
-    assert written == 0
+            alone.get(timeout=120)
+        assert type(failed.value).__name__ == "BatchPruned"
+        assert (
+            str(failed.value)
+            == f"batch {ids[0]} is being deleted by prune (older than the retention); nothing was written"
+        )
+        row = stack.sql(
+            "SELECT status, attempts, (SELECT count(*) FROM ride_predictions WHERE batch_id = :b) AS n "
+            "FROM batch_runs WHERE batch_id = :b",
+            b=ids[0],
+        )[0]
+        assert (row.status, row.attempts, row.n) == ("pruning", 1, 0)
+
+        # A fan-out chunk of it, and a chunk of a file's batch being pruned, fail the same way, before any
+        # prediction: even where the ledger still holds the chunk (its rows not deleted yet), which would
+        # otherwise pass for an earlier delivery's write.
+        chunk = stack.client().send_task(
+            "worker.tasks.predict_chunk",
+            kwargs={"batch_id": ids[0], "chunk_index": 0, "rides": 60, "seed": 7, "window": [slots[0], slots[0]]},
+        )
+        file_batch = f"file-{uuid.uuid4()}"
+        pruning.append(file_batch)
+        stack.sql_exec(
+            "INSERT INTO batch_runs (batch_id, trigger, rides_requested, chunks_total, status, attempts) "
+            "VALUES (:b, 'file', 2, 2, 'pruning', 1)",
+            b=file_batch,
+        )
+        for batch_id, index in ((ids[0], 0), (file_batch, 1)):
+            stack.sql_exec(
+                "INSERT INTO batch_chunks (batch_id, chunk_index, rows_written, model_version) VALUES (:b, :i, 1, '1')",
+                b=batch_id,
+                i=index,
+            )
+        ride = {
+            "pickup_community_area": 8,
+            "dropoff_community_area": 32,
+            "trip_start_timestamp": "2026-10-06T08:00:00",
+            "fare": 9.0,
+            "trip_miles": 2.0,
+        }
+        scored = stack.client().send_task(
+            "worker.tasks.score_rides",
+            kwargs={"rides": [ride], "batch_id": file_batch, "chunk_index": 1, "chunks_total": 2, "rides_total": 2},
+        )
+        for sent, batch_id in ((chunk, ids[0]), (scored, file_batch)):
+            with pytest.raises(Exception) as failed:
+                sent.get(timeout=120)
+            assert type(failed.value).__name__ == "BatchPruned", failed.value
+            assert str(failed.value).startswith(f"batch {batch_id} is being deleted by prune")
+        written = stack.sql(
+            "SELECT count(*) FROM ride_predictions WHERE batch_id = ANY(:ids)", ids=[ids[0], file_batch]
+        )[0][0]
+        assert written == 0
+    finally:
+        stack.sql_exec("DELETE FROM batch_runs WHERE batch_id = ANY(:ids)", ids=pruning)
+        stack.sql_exec("DELETE FROM batch_chunks WHERE batch_id = ANY(:ids)", ids=pruning)
 
 
 def test_a_run_and_single_sends_of_its_slots_at_the_same_time_write_each_slot_once(stack):

@@ -315,6 +315,11 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{found['batch_runs']} batches started before {cutoff:%Y-%m-%d %H:%M} UTC, "
             f"with {found.get('ride_predictions', 0)} predictions, would be deleted"
+            + (
+                f" ({found['claimed']} of them, of any age, left half deleted by a prune that was stopped)"
+                if found.get("claimed")
+                else ""
+            )
         )
         if not found["batch_runs"]:
             return 0

@@ -80,6 +80,7 @@ def preview(engine: Engine, cutoff: datetime) -> dict[str, int]:
     """What prune would delete, without deleting it."""
     ids = old_batches(engine, cutoff)
     counts = Counter({"batch_runs": len(ids)})
+    counts["claimed"] = sum(status == PRUNING for status in batch_column(engine, ids, "status").values())
     with engine.connect() as conn:
         for i in range(0, len(ids), 1000):
             part = ids[i : i + 1000]
