@@ -397,10 +397,15 @@ def run_slots(
         models[key] = model
         groups.setdefault(key, []).append(batch.SlotRun(row["batch_id"], plan, row["started_at"]))
     results: list[batch.ChunkResult] = []
-    for (name, version, challenger), runs in groups.items():
-        results += batch.run_generated_batches(
-            engine, models[(name, version, challenger)], runs, shadow=runtime.shadow(name, challenger, version)
-        )
+    try:
+        for (name, version, challenger), runs in groups.items():
+            results += batch.run_generated_batches(
+                engine, models[(name, version, challenger)], runs, shadow=runtime.shadow(name, challenger, version)
+            )
+    except writes.BatchPruned as exc:  # a prune claimed a slot since the start: the next try leaves it out
+        if results:
+            queue_monitoring([result.write.batch_id for result in results if result.write.batch_finished])
+        raise self.retry(exc=exc, countdown=1) from None
     finished = [result.write.batch_id for result in results if result.write.batch_finished]
     queue_monitoring(finished)
     written = [result for result in results if not result.write.duplicate]

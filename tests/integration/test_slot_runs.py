@@ -202,6 +202,44 @@ def test_a_late_message_of_a_slot_prune_is_deleting_writes_nothing_for_it(stack)
         stack.sql_exec("DELETE FROM batch_chunks WHERE batch_id = ANY(:ids)", ids=pruning)
 
 
+def test_a_slot_claimed_by_a_prune_between_a_runs_start_and_its_write_is_left_out_by_the_retry(stack):
+    """The narrow race: a prune claims one of a run's slots after the run started them and before it
+    writes (a trigger on the ledger makes the claim then, committed on its own connection by dblink,
+    as a prune's transaction would be). The write rolls back whole; the retry leaves the claimed slot
+    out and writes the other two, once."""
+    slots = _slots(7, 3)
+    ids = _ids(slots)
+    url = make_url(stack.db_url)
+    (schema,) = stack.sql("SELECT current_schema()")[0]
+    connection = f"host={url.host} port={url.port or 5432} user={url.username} dbname={url.database}"
+    stack.sql_exec(
+        f"""
+        CREATE EXTENSION IF NOT EXISTS dblink;
+        CREATE FUNCTION claim_on_ledger() RETURNS trigger AS $$
+        BEGIN
+          PERFORM dblink_exec('{connection}',
+            'UPDATE {schema}.batch_runs SET status = ''pruning'' WHERE batch_id = ' || quote_literal(NEW.batch_id));
+          RETURN NEW;
+        END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER claim_on_ledger BEFORE INSERT ON batch_chunks FOR EACH ROW
+          WHEN (NEW.batch_id = '{ids[1]}') EXECUTE FUNCTION claim_on_ledger();
+        """
+    )
+    try:
+        result = _send(stack, slots).get(timeout=120)
+    finally:
+        stack.sql_exec("DROP TRIGGER claim_on_ledger ON batch_chunks; DROP FUNCTION claim_on_ledger();")
+        claimed = stack.sql("SELECT status FROM batch_runs WHERE batch_id = :b", b=ids[1])
+        stack.sql_exec("DELETE FROM batch_runs WHERE batch_id = :b", b=ids[1])  # the shared stack's prunes
+    assert (result["written"], result["being_pruned"], result["rows_written"]) == (2, 1, 120), result
+    assert [tuple(row) for row in claimed] == [("pruning",)]
+    assert_each_batch_written_once(stack, [ids[0], ids[2]])
+    assert stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=ids[1])[0][0] == 0
+    assert stack.sql("SELECT count(*) FROM batch_chunks WHERE batch_id = :b", b=ids[1])[0][0] == 0
+    attempts = stack.sql("SELECT attempts FROM batch_runs WHERE batch_id = ANY(:ids)", ids=[ids[0], ids[2]])
+    assert {row.attempts for row in attempts} == {2}  # written by the retry
+
+
 def test_a_run_and_single_sends_of_its_slots_at_the_same_time_write_each_slot_once(stack):
     slots = _slots(3, 6)
     client = stack.client()
@@ -453,8 +491,8 @@ def test_no_write_start_or_mark_touches_a_batch_prune_has_claimed(fresh_pg_url, 
     """A late message of an old batch that a prune is deleting (status `pruning`): its start leaves it
     pruning, its retry mark too, and its chunk write rolls back with an error that names the prune,
     so no row outlives the batch_runs row the prune deletes last. In a run, on PostgreSQL the whole
-    run rolls back (the worker then fails it; its start leaves such slots out, so this takes a claim
-    between the start and the write); on SQLite each batch is its own transaction, and this run
+    run rolls back (the worker then retries it, and the retry's start leaves the slot out: the test
+    below); on SQLite each batch is its own transaction, and this run
     stops at the claimed one, which comes first."""
     from worker.store import writes
     from worker.store.database import migrate

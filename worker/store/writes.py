@@ -506,7 +506,7 @@ def write_batches(
             )
         }
         if pruned := [batch_id for batch_id in written if batch_id not in finished]:
-            raise BatchPruned.of(pruned)  # claimed by prune meanwhile: the whole run rolls back and fails
+            raise BatchPruned.of(pruned)  # claimed by prune meanwhile: the run rolls back; run_slots retries without it
     return [
         ChunkWrite(batch_id, 0, int(counts[batch_id]), duplicate=False, batch_finished=finished[batch_id])
         if batch_id in claimed
