@@ -228,7 +228,9 @@ def test_a_slot_claimed_by_a_prune_between_a_runs_start_and_its_write_is_left_ou
     try:
         result = _send(stack, slots).get(timeout=120)
     finally:
-        stack.sql_exec("DROP TRIGGER claim_on_ledger ON batch_chunks; DROP FUNCTION claim_on_ledger();")
+        stack.sql_exec(
+            "DROP TRIGGER claim_on_ledger ON batch_chunks; DROP FUNCTION claim_on_ledger(); DROP EXTENSION dblink;"
+        )
         claimed = stack.sql("SELECT status FROM batch_runs WHERE batch_id = :b", b=ids[1])
         stack.sql_exec("DELETE FROM batch_runs WHERE batch_id = :b", b=ids[1])  # the shared stack's prunes
     assert (result["written"], result["being_pruned"], result["rows_written"]) == (2, 1, 120), result
