@@ -74,22 +74,21 @@ def run_batch_id(slot: object, task_id: str, interval: object = None) -> str:
     """The batch id run_batch uses: the slot's one name (whatever offset it was written with), else ad hoc."""
     if not slot:
         return f"adhoc-{task_id}"
-    try:
-        return schedule_batch_id(parse_slot(slot, float(interval)))  # type: ignore[arg-type]
-    except (SlotRefused, TypeError, ValueError):  # refused by run_batch itself; only a retry's record needs a name
-        return f"schedule-{slot}"
+    instant = slot_instant(slot, interval)
+    # A slot off the grid is refused by run_batch itself; only a retry's record needs a name.
+    return schedule_batch_id(instant) if instant is not None else f"schedule-{slot}"
 
 
-def given_batch_id(batch_id: object, task_id: str) -> str:
-    return str(batch_id) if batch_id else f"adhoc-{task_id}"
-
-
-def refused_slot(slot: object, interval: object) -> datetime | None:
-    """The instant of a slot a failed message carried, if it names one on beat's grid."""
+def slot_instant(slot: object, interval: object) -> datetime | None:
+    """The instant a message's slot names, if it names one on beat's grid of `interval`."""
     try:
         return parse_slot(slot, float(interval))  # type: ignore[arg-type]
     except (SlotRefused, TypeError, ValueError):
         return None
+
+
+def given_batch_id(batch_id: object, task_id: str) -> str:
+    return str(batch_id) if batch_id else f"adhoc-{task_id}"
 
 
 def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) -> None:
@@ -112,7 +111,7 @@ def mark(task_name: str, kwargs: dict, task_id: str, status: str, error: str) ->
         except Exception as mark_error:  # the database may be the thing that is down
             log.warning("could not record %s for batch %s: %s", status, batch_id, mark_error)
             return
-        slot = refused_slot(slots[i], kwargs.get("interval")) if i < len(slots) and status == "failed" else None
+        slot = slot_instant(slots[i], kwargs.get("interval")) if i < len(slots) and status == "failed" else None
         if slot is None:
             continue
         try:
@@ -253,8 +252,7 @@ def run_batch(
     if row["status"] == "succeeded":
         log.info("batch %s was already written (%s rows); nothing to do", batch_id, row["rows_written"])
         return summary(row, started, duplicate=True)
-    if row["status"] == writes.PRUNING:
-        raise writes.BatchPruned.of([batch_id])  # a late message of a batch past retention: not revived
+    writes.refuse_claimed(row)  # a late message of a batch past retention: not revived
     # The first delivery's plan: a retry, redelivery or rerun generates the very same rides.
     plan = batch.Plan.of(row, settings.CHUNK_SIZE)
     row, model = runtime.pinned_model(engine, row)
@@ -451,8 +449,7 @@ def predict_chunk(
     if row is None:
         raise BadRequest(f"batch {batch_id!r} is not recorded; predict_chunk belongs to a run_batch")
     check_chunk(row, chunk_index, generated=True)
-    if row["status"] == writes.PRUNING:
-        raise writes.BatchPruned.of([batch_id])
+    writes.refuse_claimed(row)
     if model_name and model_version:
         model = runtime.model(model_name, model_version)
     else:  # a message from before versions were pinned: pin now, like run_batch
@@ -524,8 +521,7 @@ def score_rides(
         attempt=self.request.retries + 1,
         redelivered=redelivered(self),
     )
-    if row["status"] == writes.PRUNING:
-        raise writes.BatchPruned.of([batch_id])
+    writes.refuse_claimed(row)
     row, model = runtime.pinned_model(engine, row)  # every chunk of a file scores with one version
     valid = checked.valid
     missing_ids = valid["trip_id"].isna().to_numpy()

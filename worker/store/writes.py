@@ -114,6 +114,12 @@ class BatchPruned(RuntimeError):
         return cls(f"batch {shown} is being deleted by prune (older than the retention); nothing was written")
 
 
+def refuse_claimed(row: dict[str, Any]) -> None:
+    """A task's check before it predicts anything: raise BatchPruned if prune has claimed the batch."""
+    if row["status"] == PRUNING:
+        raise BatchPruned.of([row["batch_id"]])
+
+
 @dataclass(frozen=True)
 class ChunkWrite:
     batch_id: str
