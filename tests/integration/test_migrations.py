@@ -157,3 +157,104 @@ def test_a_database_behind_the_code_is_refused_naming_the_revision_and_the_fix(t
         assert cli("batches").returncode == 0
     finally:
         drop_database(name)
+
+
+def _index_methods(url: str) -> dict[str, tuple[str, bool]]:
+    """ride_predictions' indexes: name -> (access method, valid)."""
+    from sqlalchemy import text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT c.relname, a.amname, i.indisvalid FROM pg_index i "
+                    "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                    "WHERE i.indrelid = 'ride_predictions'::regclass"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    return {name: (method, valid) for name, method, valid in rows}
+
+
+def test_0013_makes_the_time_indexes_brin_without_blocking_a_writer_and_downgrades_to_btrees() -> None:
+    """The upgrade builds each BRIN index CONCURRENTLY: while it waits for a writer's open transaction,
+    another writer inserts at once (a one-second lock_timeout would fail it otherwise)."""
+    import threading
+
+    import psycopg2
+    from alembic import command
+    from sqlalchemy import text
+
+    from tests.stack import create_database, drop_database
+    from worker.store.database import _config
+
+    insert = (
+        "INSERT INTO ride_predictions (trip_id, trip_start_timestamp, fare, trip_miles, predicted_duration, "
+        "model_name, model_version, batch_id) VALUES (gen_random_uuid(), now(), 10, 2, 12, 'm', '1', 'b')"
+    )
+    name, url = create_database()
+    dsn = url.replace("postgresql+psycopg2://", "postgresql://")
+    holder = writer = None
+    try:
+        migrate(url, "0012")
+        before = _index_methods(url)
+        assert before["ix_ride_predictions_created_at"] == ("btree", True)
+        holder = psycopg2.connect(dsn)  # a writer's open transaction, which CONCURRENTLY waits out
+        with holder.cursor() as cur:
+            cur.execute(insert)
+        errors: list[BaseException] = []
+
+        def upgrade() -> None:
+            try:
+                migrate(url)
+            except BaseException as exc:  # reported below, not lost in the thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=upgrade)
+        thread.start()
+        watcher = psycopg2.connect(dsn)
+        watcher.autocommit = True
+        with watcher.cursor() as cur:
+            for _ in range(600):  # the build has started and is waiting for the holder's transaction
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_progress_create_index WHERE relid = 'ride_predictions'::regclass"
+                )
+                if cur.fetchone()[0]:
+                    break
+                thread.join(0.05)
+            else:
+                raise AssertionError(
+                    "no index build began while a writer held its transaction open (a plain CREATE INDEX waits for its lock)"
+                )
+        watcher.close()
+        writer = psycopg2.connect(dsn)
+        with writer.cursor() as cur:
+            cur.execute("SET lock_timeout = '1s'")
+            cur.execute(insert)  # not blocked by the build
+        writer.commit()
+        holder.commit()
+        thread.join(120)
+        assert not thread.is_alive() and not errors, errors
+        after = _index_methods(url)
+        assert after["ix_ride_predictions_created_at"] == ("brin", True)
+        assert after["ix_ride_predictions_trip_start_timestamp"] == ("brin", True)
+        assert set(after) == set(before)  # renamed into place: no index left under a temporary name
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM ride_predictions")).scalar() == 2
+        engine.dispose()
+        config = _config()
+        downgrade_engine = create_engine(url)
+        with downgrade_engine.connect() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0012")
+            connection.commit()
+        downgrade_engine.dispose()
+        assert _index_methods(url) == before
+    finally:
+        for conn in (holder, writer):
+            if conn is not None:
+                conn.close()
+        drop_database(name)

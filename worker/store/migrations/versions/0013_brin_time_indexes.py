@@ -1,0 +1,62 @@
+"""Block-range (BRIN) indexes for `ride_predictions`' two time columns.
+
+`ix_ride_predictions_created_at` and `ix_ride_predictions_trip_start_timestamp` were B-trees: an
+entry per row, so every prediction written paid two more index inserts, for columns that only ever
+serve a time range (a Grafana panel, a day's outcomes). Rows arrive in `created_at` order, and but
+for backfills and files in trip-start order, so a BRIN index (a minimum and maximum per 128 pages,
+minmax-multi for the trip start, whose backfilled ranges sit among today's) serves the same reads
+at almost no cost per write. Measured in the README's Speed section.
+
+PostgreSQL only; each new index is built CONCURRENTLY under a temporary name, the old one dropped
+CONCURRENTLY and the new one renamed (ALTER INDEX ... RENAME takes a lock that writers do not
+wait on), so writers go on throughout. SQLite keeps its B-trees: nothing to do there.
+
+Revision ID: 0013
+Revises: 0012
+"""
+
+from alembic import op
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+TABLE = "ride_predictions"
+# name -> (column, BRIN operator class)
+INDEXES = {
+    "ix_ride_predictions_created_at": ("created_at", None),
+    "ix_ride_predictions_trip_start_timestamp": ("trip_start_timestamp", "timestamp_minmax_multi_ops"),
+}
+
+
+def _swap(brin: bool) -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    with op.get_context().autocommit_block():
+        for name, (column, ops) in INDEXES.items():
+            building = f"{name}_new"
+            # A build stopped half way leaves an invalid index of this name: start again.
+            op.drop_index(building, TABLE, postgresql_concurrently=True, if_exists=True)
+            if brin:
+                op.create_index(
+                    building,
+                    TABLE,
+                    [column],
+                    postgresql_using="brin",
+                    postgresql_ops={column: ops} if ops else {},
+                    postgresql_with={"autosummarize": "on"},
+                    postgresql_concurrently=True,
+                )
+            else:
+                op.create_index(building, TABLE, [column], postgresql_concurrently=True)
+            op.drop_index(name, TABLE, postgresql_concurrently=True, if_exists=True)
+            op.execute(f"ALTER INDEX {building} RENAME TO {name}")
+
+
+def upgrade() -> None:
+    _swap(brin=True)
+
+
+def downgrade() -> None:
+    _swap(brin=False)
