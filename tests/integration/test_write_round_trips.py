@@ -143,3 +143,44 @@ def _counts(engine, batch_id: str) -> tuple[int, int]:
             ),
             {"id": batch_id},
         ).one()
+
+
+def _copied_columns(sent: list[str]) -> set[str]:
+    copy = next(statement for statement in sent if statement.startswith("COPY"))
+    return {name.strip() for name in copy[copy.index("(") + 1 : copy.index(")")].split(",")}
+
+
+def test_a_value_every_row_shares_travels_once_and_lands_on_every_row(recorded) -> None:
+    """A chunk's batch, model and outcome source are left out of the COPY and written by the moves
+    as parameters; a column whose rows differ is copied row by row as before."""
+    from worker.store.writes import SHAREABLE
+
+    frame, outcomes = _chunk("trips-shared")
+    rows, sent = _write(recorded, "trips-shared", frame, outcomes, ids_are_new=True)
+    assert rows == RIDES
+    assert _copied_columns(sent) & set(SHAREABLE) == set()
+    source = outcomes["source"].iloc[0]
+    assert _lineage(recorded, "trips-shared") == [("trips-test", "1", source, RIDES)]
+
+    frame, outcomes = _chunk("trips-mixed")
+    frame = frame.assign(model_version=["1", "2"] * (RIDES // 2))
+    rows, sent = _write(recorded, "trips-mixed", frame, outcomes, ids_are_new=True)
+    assert "model_version" in _copied_columns(sent) and "batch_id" not in _copied_columns(sent)
+    assert _lineage(recorded, "trips-mixed") == [
+        ("trips-test", "1", source, RIDES // 2),
+        ("trips-test", "2", source, RIDES // 2),
+    ]
+
+
+def _lineage(engine, batch_id: str) -> list[tuple]:
+    with engine.connect() as conn:
+        return [
+            tuple(row)
+            for row in conn.execute(
+                text(
+                    "SELECT p.model_name, p.model_version, o.source, count(*) FROM ride_predictions p "
+                    "JOIN ride_outcomes o USING (trip_id) WHERE p.batch_id = :b GROUP BY 1, 2, 3 ORDER BY 2"
+                ),
+                {"b": batch_id},
+            )
+        ]

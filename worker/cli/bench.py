@@ -6,7 +6,8 @@ Two measurements, both printed with their conditions:
 3. Through a real `celery worker` this command starts (2 processes, warm model), with
    monitoring off, on, and on with a challenger shadow-scoring every batch, side by side:
    100,000-ride batches fanned out in chunks (median of --repeat), and the dispatch-to-commit
-   latency of 1,000-ride batches. The challenger run uses a registered model of its own
+   latency of 1,000-ride batches; and, in the same run, a bare COPY of as many prediction rows
+   into a table with a primary key and nothing else, what the database itself can take. The challenger run uses a registered model of its own
    (MODEL_NAME + "-bench": two versions made from the production version's artifacts, as
    production and challenger), so the real model's aliases are never touched; it is deleted after.
 Rows it writes are deleted afterwards, in every table.
@@ -15,6 +16,7 @@ Rows it writes are deleted afterwards, in every table.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -25,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from worker.settings import REPO_ROOT, Settings
@@ -121,6 +123,45 @@ def timed_batch(
     total = time.perf_counter() - started
     assert result.write.rows_written == rides, result
     return batch_id, {**result.timings, "total": total}
+
+
+def bare_copy_seconds(engine: Engine, model, rides: int, repeat: int) -> float:
+    """COPY of `rides` prediction rows (the same columns, ids in the workers' layout) into a plain
+    table with a primary key on trip_id and nothing else: what the database itself can take."""
+    from worker import batch
+    from worker.rides.batch_rides import generated_chunk
+    from worker.rides.generator import recent_window
+    from worker.store.writes import PREDICTION_COLUMNS
+
+    frame = generated_chunk("bench-bare", 1, 0, rides, recent_window(5))
+    rows = batch.prediction_frame(frame, batch.predict_minutes(model, frame), model, "bench-bare")
+    data = rows[list(PREDICTION_COLUMNS)].to_csv(index=False, header=False)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_bare"))
+        conn.execute(
+            text(
+                "CREATE TABLE bench_bare (trip_id uuid PRIMARY KEY, pickup_community_area int, "
+                "dropoff_community_area int, trip_start_timestamp timestamp, fare float8, trip_total float8, "
+                "trip_miles float8, predicted_duration float8, model_name varchar(200), model_version varchar(40), "
+                "batch_id varchar(120))"
+            )
+        )
+    times = []
+    try:
+        for _ in range(repeat + 1):  # the first warms the table's files and is not counted
+            with engine.begin() as conn:
+                conn.execute(text("TRUNCATE bench_bare"))
+            with engine.begin() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()
+                started = time.perf_counter()
+                cursor.copy_expert(
+                    f"COPY bench_bare ({', '.join(PREDICTION_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", io.StringIO(data)
+                )
+            times.append(time.perf_counter() - started)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS bench_bare"))
+    return statistics.median(times[1:])
 
 
 def stage_bench(settings: Settings, sizes: list[int], repeat: int, challenger: bool = False) -> list[dict]:
@@ -315,6 +356,15 @@ def run_bench(settings: Settings, sizes: list[int], repeat: int, latency_runs: i
                 f"  {label:>13} {w['big_rides']:>8} {w['big_seconds']:>19.2f} {w['big_rides_per_second']:>9.0f} "
                 f"{w['latency_1000_median']:>20.3f} {w['latency_1000_max']:>7.3f}"
             )
+        from worker import runtime
+
+        bare = bare_copy_seconds(runtime.engine(), runtime.model(), max(sizes), repeat)
+        print(
+            f"  a bare COPY of {max(sizes):,} prediction rows (primary key only): {bare:.2f} s, "
+            f"{max(sizes) / bare:,.0f} rows/s; the batch through the worker at "
+            f"{off['big_rides_per_second'] * bare / max(sizes):.2f}x that with monitoring off, "
+            f"{on['big_rides_per_second'] * bare / max(sizes):.2f}x on (aim: at least 0.4x)"
+        )
         change = on["big_rides_per_second"] / off["big_rides_per_second"] - 1
         print(
             f"  throughput with monitoring: {change:+.1%} against without "

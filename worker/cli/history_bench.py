@@ -32,7 +32,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from worker.cli.bench import timed_batch
+from worker.cli.bench import bare_copy_seconds, timed_batch
 from worker.cli.errors import UsageError
 from worker.settings import Settings
 
@@ -192,45 +192,6 @@ def _median_seconds(run: Callable[[], object], repeat: int) -> float:
         run()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
-
-
-def bare_copy_seconds(engine: Engine, model, rides: int, repeat: int) -> float:
-    """COPY of `rides` prediction rows (the same columns, ids in the workers' layout) into a plain
-    table with a primary key on trip_id and nothing else: what the database itself can take."""
-    from worker import batch
-    from worker.rides.batch_rides import generated_chunk
-    from worker.rides.generator import recent_window
-    from worker.store.writes import PREDICTION_COLUMNS
-
-    frame = generated_chunk("bench-bare", 1, 0, rides, recent_window(5))
-    rows = batch.prediction_frame(frame, batch.predict_minutes(model, frame), model, "bench-bare")
-    data = rows[list(PREDICTION_COLUMNS)].to_csv(index=False, header=False)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS bench_bare"))
-        conn.execute(
-            text(
-                "CREATE TABLE bench_bare (trip_id uuid PRIMARY KEY, pickup_community_area int, "
-                "dropoff_community_area int, trip_start_timestamp timestamp, fare float8, trip_total float8, "
-                "trip_miles float8, predicted_duration float8, model_name varchar(200), model_version varchar(40), "
-                "batch_id varchar(120))"
-            )
-        )
-    times = []
-    try:
-        for _ in range(repeat + 1):  # the first warms the table's files and is not counted
-            with engine.begin() as conn:
-                conn.execute(text("TRUNCATE bench_bare"))
-            with engine.begin() as conn:
-                cursor = conn.connection.dbapi_connection.cursor()
-                started = time.perf_counter()
-                cursor.copy_expert(
-                    f"COPY bench_bare ({', '.join(PREDICTION_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", io.StringIO(data)
-                )
-            times.append(time.perf_counter() - started)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS bench_bare"))
-    return statistics.median(times[1:])
 
 
 def read_seconds(engine: Engine, sql: str, since: datetime, until: datetime, repeat: int) -> float:

@@ -53,18 +53,19 @@ ride_predictions = Table(
     # Block-range (BRIN) indexes on PostgreSQL (migration 0013): rows arrive in created_at order and,
     # but for backfills and files, in trip-start order, so a summary per 128 pages serves a time
     # range; a B-tree entry per row cost every write a random insert. SQLite keeps B-trees.
+    # minmax-multi keeps several intervals per block range, not one: pages that `prune` emptied and
+    # new rows refilled, or a backfilled week among today's rides, still read as apart.
     Index(
         "ix_ride_predictions_created_at",
         "created_at",
         postgresql_using="brin",
+        postgresql_ops={"created_at": "timestamptz_minmax_multi_ops"},
         postgresql_with={"autosummarize": "on"},
     ),
     Index(
         "ix_ride_predictions_trip_start_timestamp",
         "trip_start_timestamp",
         postgresql_using="brin",
-        # minmax-multi: a block range that mixes a backfilled week with today's rides keeps two
-        # intervals instead of one wide one, so a read of today still skips it.
         postgresql_ops={"trip_start_timestamp": "timestamp_minmax_multi_ops"},
         postgresql_with={"autosummarize": "on"},
     ),

@@ -3,9 +3,10 @@
 `ix_ride_predictions_created_at` and `ix_ride_predictions_trip_start_timestamp` were B-trees: an
 entry per row, so every prediction written paid two more index inserts, for columns that only ever
 serve a time range (a Grafana panel, a day's outcomes). Rows arrive in `created_at` order, and but
-for backfills and files in trip-start order, so a BRIN index (a minimum and maximum per 128 pages,
-minmax-multi for the trip start, whose backfilled ranges sit among today's) serves the same reads
-at almost no cost per write. Measured in the README's Speed section.
+for backfills and files in trip-start order, so a BRIN index (a few intervals per 128 pages:
+minmax-multi, so that pages `prune` emptied and new rows refilled, or a backfilled week among
+today's rides, still read as apart) serves the same reads at almost no cost per write. Measured in
+the README's Speed section.
 
 PostgreSQL only; each new index is built CONCURRENTLY under a temporary name, the old one dropped
 CONCURRENTLY and the new one renamed (ALTER INDEX ... RENAME takes a lock that writers do not
@@ -25,7 +26,7 @@ depends_on = None
 TABLE = "ride_predictions"
 # name -> (column, BRIN operator class)
 INDEXES = {
-    "ix_ride_predictions_created_at": ("created_at", None),
+    "ix_ride_predictions_created_at": ("created_at", "timestamptz_minmax_multi_ops"),
     "ix_ride_predictions_trip_start_timestamp": ("trip_start_timestamp", "timestamp_minmax_multi_ops"),
 }
 
@@ -44,7 +45,7 @@ def _swap(brin: bool) -> None:
                     TABLE,
                     [column],
                     postgresql_using="brin",
-                    postgresql_ops={column: ops} if ops else {},
+                    postgresql_ops={column: ops},
                     postgresql_with={"autosummarize": "on"},
                     postgresql_concurrently=True,
                 )
