@@ -188,9 +188,9 @@ def test_a_failed_batch_reopened_during_a_prune_is_refused_once_claimed_and_kept
     delete_rows = retention._delete_rows_of
     calls, refused = [], []
 
-    def then_reopen(engine_, group, counts, any_status=False):
+    def then_reopen(engine_, group, counts, blocks, any_status=False):
         """After the first group's rows are gone (before its batch_runs rows go), both are reopened."""
-        claimed = delete_rows(engine_, group, counts, any_status)
+        claimed = delete_rows(engine_, group, counts, blocks, any_status)
         calls.append(group)
         if len(calls) == 1:
             try:
@@ -222,7 +222,7 @@ def test_a_prune_stopped_after_its_claim_is_finished_by_the_next_one(day_of_hist
     old, _, young_rows = old_and_young(engine, cutoff)
     first = next(retention.groups_of(engine, old))
 
-    def dies(engine_, group, counts, any_status=False):
+    def dies(engine_, group, counts, blocks, any_status=False):
         with engine_.begin() as conn:
             retention._claim(conn, group)
         raise ConnectionError("the prune's process was killed")
@@ -243,3 +243,76 @@ def test_a_prune_stopped_after_its_claim_is_finished_by_the_next_one(day_of_hist
     assert retention.prune(engine, older_than_days=HALF_DAY, now=now)["batch_runs"] == len(old) - len(first)
     assert old_and_young(engine, cutoff) == ([], 0, young_rows)
     assert_nothing_orphaned(engine)
+
+
+def _pages_read(engine, since: datetime, until: datetime) -> dict[str, int]:
+    """Heap pages a read of [since, until) by each time column takes through its BRIN index."""
+    read = {}
+    with engine.connect() as conn:
+        conn.execute(text("SET enable_seqscan = off; SET max_parallel_workers_per_gather = 0"))
+        for column, bound in (
+            ("created_at", ":since AND :until"),
+            (
+                "trip_start_timestamp",
+                "(CAST(:since AS timestamptz) AT TIME ZONE 'America/Chicago') "
+                "AND (CAST(:until AS timestamptz) AT TIME ZONE 'America/Chicago')",
+            ),
+        ):
+            plan = conn.execute(
+                text(
+                    f"EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM ride_predictions WHERE {column} BETWEEN {bound}"
+                ),
+                {"since": since, "until": until},
+            ).scalar_one()
+            nodes, pages = [plan[0]["Plan"]], 0
+            while nodes:
+                node = nodes.pop()
+                nodes.extend(node.get("Plans", []))
+                if node["Node Type"] == "Bitmap Heap Scan":
+                    pages += node.get("Exact Heap Blocks", 0) + node.get("Lossy Heap Blocks", 0)
+            read[column] = pages
+    return read
+
+
+def test_prune_summarizes_afresh_the_brin_ranges_it_emptied(day_of_history):
+    """Once the old half is pruned, a read of its hours reads no more pages than a read of a day the
+    table never held (the table's last block range, not yet summarized, is read by any range read):
+    the BRIN ranges that held the old half were summarized again over what is left. Before, they
+    still claimed the pruned hours, and the read went through every one of their pages."""
+    engine, now = day_of_history
+    cutoff = now - timedelta(days=HALF_DAY)
+    first_half = (now - timedelta(days=1), cutoff - timedelta(hours=1))
+    never_held = (now - timedelta(days=3), now - timedelta(days=2))
+    before = _pages_read(engine, *first_half)
+    retention.prune(engine, older_than_days=HALF_DAY, now=now)
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM ride_predictions WHERE created_at < :c"), {"c": cutoff})
+        assert left.scalar_one() == 0
+    baseline = _pages_read(engine, *never_held)
+    assert min(before.values()) > max(baseline.values()) + 500, (before, baseline)  # the old half's pages
+    assert _pages_read(engine, *first_half) == baseline
+
+
+def test_a_prune_that_cannot_have_the_summaries_lock_still_prunes_and_says_so(day_of_history, monkeypatch, caplog):
+    """Resummarizing waits for the lock VACUUM takes; held elsewhere (a long VACUUM, an index build)
+    past LOCK_SECONDS, the prune is done all the same and the summaries are left as they were."""
+    import logging
+
+    engine, now = day_of_history
+    cutoff = now - timedelta(days=HALF_DAY)
+    old, old_rows, young_rows = old_and_young(engine, cutoff)
+    monkeypatch.setattr(retention, "LOCK_SECONDS", 1)
+    holder = engine.connect()
+    try:
+        holder.execute(text("LOCK TABLE ride_predictions IN SHARE UPDATE EXCLUSIVE MODE"))
+        with caplog.at_level(logging.WARNING, logger="worker.store.retention"):
+            counts = retention.prune(engine, older_than_days=HALF_DAY, now=now)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert counts["batch_runs"] == len(old) and counts["ride_predictions"] == old_rows
+    assert old_and_young(engine, cutoff) == ([], 0, young_rows)
+    assert "left the BRIN summaries of" in caplog.text and "lock timeout" in caplog.text
+    first_half = (now - timedelta(days=1), cutoff - timedelta(hours=1))
+    never_held = (now - timedelta(days=3), now - timedelta(days=2))
+    assert min(_pages_read(engine, *first_half).values()) > max(_pages_read(engine, *never_held).values()) + 500

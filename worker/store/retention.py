@@ -22,7 +22,8 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, literal_column, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from worker.rides.generator import CHICAGO
 from worker.store.history import batch_column
@@ -44,6 +45,7 @@ from worker.store.writes import PRUNING
 log = logging.getLogger(__name__)
 
 DELETE_ROWS = 10_000
+LOCK_SECONDS = 5  # at most this long waiting to resummarize BRIN ranges (see _resummarize)
 FINISHED = ("succeeded", "failed")
 PRUNABLE = (*FINISHED, PRUNING)  # pruning: claimed by a prune that was stopped before it finished
 
@@ -99,9 +101,11 @@ def _claim(conn: Connection, batch_ids: list[str], any_status: bool = False) -> 
     return list(conn.execute(query.values(status=PRUNING).returning(batch_runs.c.batch_id)).scalars())
 
 
-def _delete_rows_of(engine: Engine, group: list[str], counts: Counter, any_status: bool = False) -> list[str]:
+def _delete_rows_of(
+    engine: Engine, group: list[str], counts: Counter, blocks: set[int], any_status: bool = False
+) -> list[str]:
     """Claim the group (in its first slice's transaction) and delete the claimed batches' rows;
-    returns the claimed batches."""
+    returns the claimed batches. `blocks` gathers the heap blocks their predictions were in."""
     batch_ids: list[str] | None = None
     while True:
         with engine.begin() as conn:
@@ -124,11 +128,58 @@ def _delete_rows_of(engine: Engine, group: list[str], counts: Counter, any_statu
             counts["shadow_predictions"] += conn.execute(
                 delete(shadow_predictions).where(shadow_predictions.c.trip_id.in_(trip_ids))
             ).rowcount
-            counts["ride_predictions"] += conn.execute(
-                delete(ride_predictions).where(ride_predictions.c.trip_id.in_(trip_ids))
-            ).rowcount
-            if len(trip_ids) < DELETE_ROWS:
-                return batch_ids  # the group's last slice: no need to ask again
+            deleted, held = _delete_predictions(conn, trip_ids)
+            counts["ride_predictions"] += deleted
+            blocks.update(held)
+        if len(trip_ids) < DELETE_ROWS:
+            return batch_ids  # the group's last slice: no need to ask again
+
+
+def _delete_predictions(conn: Connection, trip_ids: list) -> tuple[int, set[int]]:
+    """Delete these predictions; on PostgreSQL also say which heap blocks held them (for _resummarize)."""
+    if conn.dialect.name != "postgresql":
+        return conn.execute(delete(ride_predictions).where(ride_predictions.c.trip_id.in_(trip_ids))).rowcount, set()
+    gone = (
+        delete(ride_predictions)
+        .where(ride_predictions.c.trip_id.in_(trip_ids))
+        .returning(ride_predictions.c.trip_id, literal_column("(ctid::text::point)[0]::bigint").label("block"))
+    )
+    rows = conn.execute(gone).all()
+    return len(rows), {int(row.block) for row in rows}
+
+
+def _resummarize(engine: Engine, blocks: set[int]) -> None:
+    """Summarize afresh the BRIN block ranges that held rows just deleted.
+
+    A BRIN summary only ever widens: a range that held the oldest day keeps claiming it after the
+    rows are gone, and once the freed pages take new rows it claims every day in between, so reads
+    of those days read it in vain. Desummarized and summarized again after the deletes' commits, it
+    covers only the rows still there (rows a reader older than a commit may still see stay in it).
+    Not a condition of the prune: if the lock it takes (VACUUM's, which writers do not wait on) is
+    not had within LOCK_SECONDS, the summaries stay as they were."""
+    try:
+        with engine.begin() as conn:
+            indexes = list(
+                conn.execute(
+                    text(
+                        "SELECT CAST(i.indexrelid AS regclass)::text FROM pg_index i "
+                        "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                        "WHERE i.indrelid = CAST('ride_predictions' AS regclass) AND a.amname = 'brin'"
+                    )
+                ).scalars()
+            )
+            conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": str(LOCK_SECONDS * 1000)})
+            for index in indexes:
+                conn.execute(
+                    text(
+                        "SELECT count(brin_desummarize_range(CAST(:index AS regclass), b)), "
+                        "sum(brin_summarize_range(CAST(:index AS regclass), b)) "
+                        "FROM unnest(CAST(:blocks AS bigint[])) AS b"
+                    ),
+                    {"index": index, "blocks": sorted(blocks)},
+                )
+    except DBAPIError as exc:
+        log.warning("left the BRIN summaries of %d pruned heap blocks as they were: %s", len(blocks), exc.orig)
 
 
 def delete_batches(
@@ -144,11 +195,12 @@ def delete_batches(
     them all (the benchmark's own batches)."""
     counts = Counter() if counts is None else counts
     done = 0
+    blocks: set[int] = set()
     for group in groups_of(engine, batch_ids):
         if deadline is not None and time.monotonic() > deadline:
             counts["left"] += len(batch_ids) - done
             break
-        claimed = _delete_rows_of(engine, group, counts, any_status)
+        claimed = _delete_rows_of(engine, group, counts, blocks, any_status)
         if claimed:
             with engine.begin() as conn:
                 # Only rows still claimed: one that code from before the claim (0011) took back keeps its row.
@@ -164,6 +216,8 @@ def delete_batches(
                     counts[table.name] += conn.execute(delete(table).where(table.c.batch_id.in_(gone))).rowcount
         counts["skipped"] += len(group) - len(claimed)  # reopened (or deleted by another prune) since listed
         done += len(group)
+    if blocks:
+        _resummarize(engine, blocks)
     return counts
 
 
