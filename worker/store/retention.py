@@ -159,25 +159,26 @@ def _resummarize(engine: Engine, blocks: set[int]) -> None:
     not had within LOCK_SECONDS, the summaries stay as they were."""
     try:
         with engine.begin() as conn:
-            indexes = list(
-                conn.execute(
-                    text(
-                        "SELECT CAST(i.indexrelid AS regclass)::text FROM pg_index i "
-                        "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
-                        "WHERE i.indrelid = CAST('ride_predictions' AS regclass) AND a.amname = 'brin'"
-                    )
-                ).scalars()
-            )
+            indexes = conn.execute(
+                text(
+                    "SELECT CAST(i.indexrelid AS regclass)::text AS name, coalesce((SELECT CAST(option_value AS int) "
+                    "FROM pg_options_to_table(c.reloptions) WHERE option_name = 'pages_per_range'), 128) AS pages "
+                    "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                    "WHERE i.indrelid = CAST('ride_predictions' AS regclass) AND a.amname = 'brin'"
+                )
+            ).all()
             conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": str(LOCK_SECONDS * 1000)})
             for index in indexes:
-                conn.execute(
-                    text(
-                        "SELECT count(brin_desummarize_range(CAST(:index AS regclass), b)), "
-                        "sum(brin_summarize_range(CAST(:index AS regclass), b)) "
-                        "FROM unnest(CAST(:blocks AS bigint[])) AS b"
-                    ),
-                    {"index": index, "blocks": sorted(blocks)},
-                )
+                # One block a range: each call for a block of an already redone range would redo it.
+                ranges = sorted({block // index.pages * index.pages for block in blocks})
+                for step in ("brin_desummarize_range", "brin_summarize_range"):
+                    conn.execute(
+                        text(
+                            f"SELECT count({step}(CAST(:index AS regclass), r)) "
+                            "FROM unnest(CAST(:ranges AS bigint[])) AS r"
+                        ),
+                        {"index": index.name, "ranges": ranges},
+                    )
     except DBAPIError as exc:
         log.warning("left the BRIN summaries of %d pruned heap blocks as they were: %s", len(blocks), exc.orig)
 
