@@ -243,6 +243,18 @@ def test_0013_makes_the_time_indexes_brin_without_blocking_a_writer_and_downgrad
         assert set(after) == set(before)  # renamed into place: no index left under a temporary name
         engine = create_engine(url)
         with engine.connect() as conn:
+            definitions = conn.execute(
+                text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'ix_ride_predictions_%' AND indexdef LIKE '%brin%'"
+                )
+            ).scalars()
+            assert sorted(d.split("USING brin ")[1] for d in definitions) == [
+                "(created_at timestamptz_minmax_multi_ops) WITH (autosummarize='on')",
+                "(trip_start_timestamp timestamp_minmax_multi_ops) WITH (autosummarize='on')",
+            ]
+        engine.dispose()
+        engine = create_engine(url)
+        with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM ride_predictions")).scalar() == 2
         engine.dispose()
         config = _config()
