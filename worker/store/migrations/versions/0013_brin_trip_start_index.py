@@ -1,16 +1,16 @@
-"""Block-range (BRIN) indexes for `ride_predictions`' two time columns.
+"""A block-range (BRIN) index for `ride_predictions.trip_start_timestamp`.
 
-`ix_ride_predictions_created_at` and `ix_ride_predictions_trip_start_timestamp` were B-trees: an
-entry per row, so every prediction written paid two more index inserts, for columns that only ever
-serve a time range (a Grafana panel, a day's outcomes). Rows arrive in `created_at` order, and but
-for backfills and files in trip-start order, so a BRIN index (a few intervals per 128 pages:
-minmax-multi, so that pages `prune` emptied and new rows refilled, or a backfilled week among
-today's rides, still read as apart) serves the same reads at almost no cost per write. Measured in
-the README's Speed section.
+`ix_ride_predictions_trip_start_timestamp` was a B-tree: an entry per row, inserted among random
+trip starts, for a column read only by time ranges (a Grafana panel, a day's rows for retraining).
+Rides are written, but for backfills and files, in trip-start order, so a BRIN index (a few
+intervals per 128 pages: minmax-multi, so that a backfilled week among today's rides still reads
+as apart) serves the same reads at almost no cost per write; `prune` summarizes afresh the ranges
+it empties. `ix_ride_predictions_created_at` stays a B-tree: the rides-scored panel counts a range
+of it from the index alone. Measured in the README's Speed section.
 
 PostgreSQL only; each new index is built CONCURRENTLY under a temporary name, the old one dropped
 CONCURRENTLY and the new one renamed (ALTER INDEX ... RENAME takes a lock that writers do not
-wait on), so writers go on throughout. SQLite keeps its B-trees: nothing to do there.
+wait on), so writers go on throughout. SQLite keeps its B-tree: nothing to do there.
 
 Revision ID: 0013
 Revises: 0012
@@ -26,7 +26,6 @@ depends_on = None
 TABLE = "ride_predictions"
 # name -> (column, BRIN operator class)
 INDEXES = {
-    "ix_ride_predictions_created_at": ("created_at", "timestamptz_minmax_multi_ops"),
     "ix_ride_predictions_trip_start_timestamp": ("trip_start_timestamp", "timestamp_minmax_multi_ops"),
 }
 
