@@ -7,9 +7,10 @@ Two measurements, both printed with their conditions:
    monitoring off, on, and on with a challenger shadow-scoring every batch, side by side:
    100,000-ride batches fanned out in chunks (median of --repeat), and the dispatch-to-commit
    latency of 1,000-ride batches; and, in the same run, a bare COPY of as many prediction rows
-   into a table with a primary key and nothing else, what the database itself can take. The challenger run uses a registered model of its own
-   (MODEL_NAME + "-bench": two versions made from the production version's artifacts, as
-   production and challenger), so the real model's aliases are never touched; it is deleted after.
+   into a table with a primary key and nothing else, what the database itself can take. The
+   challenger run uses a registered model of its own (MODEL_NAME + "-bench": two versions made
+   from the production version's artifacts, as production and challenger), so the real model's
+   aliases are never touched; it is deleted after.
 Rows it writes are deleted afterwards, in every table.
 """
 
