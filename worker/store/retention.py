@@ -142,10 +142,10 @@ def _delete_predictions(conn: Connection, trip_ids: list) -> tuple[int, set[int]
     gone = (
         delete(ride_predictions)
         .where(ride_predictions.c.trip_id.in_(trip_ids))
-        .returning(ride_predictions.c.trip_id, literal_column("(ctid::text::point)[0]::bigint").label("block"))
+        .returning(literal_column("(ctid::text::point)[0]::bigint"))
     )
-    rows = conn.execute(gone).all()
-    return len(rows), {int(row.block) for row in rows}
+    blocks = list(conn.execute(gone).scalars())
+    return len(blocks), {int(block) for block in blocks}
 
 
 def _resummarize(engine: Engine, blocks: set[int]) -> None:

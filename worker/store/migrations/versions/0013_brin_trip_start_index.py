@@ -8,7 +8,7 @@ as apart) serves the same reads at almost no cost per write; `prune` summarizes 
 it empties. `ix_ride_predictions_created_at` stays a B-tree: the rides-scored panel counts a range
 of it from the index alone. Measured in the README's Speed section.
 
-PostgreSQL only; each new index is built CONCURRENTLY under a temporary name, the old one dropped
+PostgreSQL only; the new index is built CONCURRENTLY under a temporary name, the old one dropped
 CONCURRENTLY and the new one renamed (ALTER INDEX ... RENAME takes a lock that writers do not
 wait on), so writers go on throughout. SQLite keeps its B-tree: nothing to do there.
 
@@ -24,34 +24,29 @@ branch_labels = None
 depends_on = None
 
 TABLE = "ride_predictions"
-# name -> (column, BRIN operator class)
-INDEXES = {
-    "ix_ride_predictions_trip_start_timestamp": ("trip_start_timestamp", "timestamp_minmax_multi_ops"),
-}
+NAME = "ix_ride_predictions_trip_start_timestamp"
+COLUMN = "trip_start_timestamp"
+BUILDING = f"{NAME}_new"
 
 
 def _swap(brin: bool) -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    kind = (
+        {
+            "postgresql_using": "brin",
+            "postgresql_ops": {COLUMN: "timestamp_minmax_multi_ops"},
+            "postgresql_with": {"autosummarize": "on"},
+        }
+        if brin
+        else {}
+    )
     with op.get_context().autocommit_block():
-        for name, (column, ops) in INDEXES.items():
-            building = f"{name}_new"
-            # A build stopped half way leaves an invalid index of this name: start again.
-            op.drop_index(building, TABLE, postgresql_concurrently=True, if_exists=True)
-            if brin:
-                op.create_index(
-                    building,
-                    TABLE,
-                    [column],
-                    postgresql_using="brin",
-                    postgresql_ops={column: ops},
-                    postgresql_with={"autosummarize": "on"},
-                    postgresql_concurrently=True,
-                )
-            else:
-                op.create_index(building, TABLE, [column], postgresql_concurrently=True)
-            op.drop_index(name, TABLE, postgresql_concurrently=True, if_exists=True)
-            op.execute(f"ALTER INDEX {building} RENAME TO {name}")
+        # A build stopped half way leaves an invalid index of this name: start again.
+        op.drop_index(BUILDING, TABLE, postgresql_concurrently=True, if_exists=True)
+        op.create_index(BUILDING, TABLE, [COLUMN], postgresql_concurrently=True, **kind)
+        op.drop_index(NAME, TABLE, postgresql_concurrently=True, if_exists=True)
+        op.execute(f"ALTER INDEX {BUILDING} RENAME TO {NAME}")
 
 
 def upgrade() -> None:
