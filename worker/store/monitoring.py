@@ -27,6 +27,7 @@ from worker.store.schema import (
     window_metrics,
 )
 from worker.store.whatif import counts_in_production
+from worker.store.writes import PRUNING
 
 # What monitoring reads back (not trip_id: nothing downstream needs it, and building a UUID object
 # per row took about 0.4 s per 100,000 rows, more than the drift tests).
@@ -38,6 +39,20 @@ def _upsert(conn: Connection, table, values: dict[str, Any], keys: list[str]) ->
     statement = dialect.insert(table).values(**values)
     changes = {k: statement.excluded[k] for k in values if k not in keys}
     conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes))
+
+
+def _kept(conn: Connection, batch_ids: list[str]) -> set[str]:
+    """Those of these batches still recorded and not claimed by a prune, held so until the transaction
+    ends (on PostgreSQL): a prune's claim then waits for what is stored of them, and deletes it. A row
+    stored for a batch that is gone, or that the prune had claimed, would outlive it for good: no
+    later prune looks for rows of a batch it no longer has."""
+    query = (
+        select(batch_runs.c.batch_id)
+        .where(batch_runs.c.batch_id.in_(batch_ids), batch_runs.c.status != PRUNING)
+        .order_by(batch_runs.c.batch_id)  # one order of row locks for every locker of several
+        .with_for_update(read=True)
+    )
+    return set(conn.execute(query).scalars())
 
 
 def _frame(result: Iterable, columns: list[str]) -> pd.DataFrame:
@@ -147,6 +162,8 @@ def save_batches_metrics(engine: Engine, measured: list[tuple[dict[str, Any], It
     if not measured:
         return
     with engine.begin() as conn:
+        kept = _kept(conn, [values["batch_id"] for values, _ in measured])
+        measured = [(values, drift) for values, drift in measured if values["batch_id"] in kept]
         for values, _ in measured:
             _upsert(conn, batch_metrics, {**values, "monitored_at": func.now()}, ["batch_id"])
         ids = [values["batch_id"] for values, _ in measured]
@@ -158,7 +175,8 @@ def save_batches_metrics(engine: Engine, measured: list[tuple[dict[str, Any], It
 
 def save_target_drift(engine: Engine, batch_id: str, row: dict[str, Any]) -> None:
     with engine.begin() as conn:
-        _upsert(conn, column_drift, {"batch_id": batch_id, **row}, ["batch_id", "column_name"])
+        if batch_id in _kept(conn, [batch_id]):
+            _upsert(conn, column_drift, {"batch_id": batch_id, **row}, ["batch_id", "column_name"])
 
 
 def save_window(engine: Engine, values: dict[str, Any], drift: Iterable[dict[str, Any]]) -> None:
@@ -313,9 +331,11 @@ def load_outcomes(engine: Engine, outcomes: pd.DataFrame) -> dict[str, Any]:
             ids = list(part["trip_id"])
             starts = dict(
                 conn.execute(
-                    select(ride_predictions.c.trip_id, ride_predictions.c.trip_start_timestamp).where(
-                        ride_predictions.c.trip_id.in_(ids)
-                    )
+                    select(ride_predictions.c.trip_id, ride_predictions.c.trip_start_timestamp)
+                    .where(ride_predictions.c.trip_id.in_(ids))
+                    # Held until the outcomes commit: a prune's delete of these predictions waits, then
+                    # deletes their outcomes too (retention deletes predictions first for this).
+                    .with_for_update(read=True, key_share=True)
                 ).all()
             )
             starts = {str(k).replace("-", ""): v for k, v in starts.items()}

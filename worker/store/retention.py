@@ -122,15 +122,17 @@ def _delete_rows_of(
             )
             if not trip_ids:
                 return batch_ids
+            # Predictions first: an outcome load holds the predictions it found until it commits, so
+            # this waits for it, and the deletes below (each with a snapshot of its own) see its outcomes.
+            deleted, held = _delete_predictions(conn, trip_ids)
+            counts["ride_predictions"] += deleted
+            blocks.update(held)
             counts["ride_outcomes"] += conn.execute(
                 delete(ride_outcomes).where(ride_outcomes.c.trip_id.in_(trip_ids))
             ).rowcount
             counts["shadow_predictions"] += conn.execute(
                 delete(shadow_predictions).where(shadow_predictions.c.trip_id.in_(trip_ids))
             ).rowcount
-            deleted, held = _delete_predictions(conn, trip_ids)
-            counts["ride_predictions"] += deleted
-            blocks.update(held)
         if len(trip_ids) < DELETE_ROWS:
             return batch_ids  # the group's last slice: no need to ask again
 

@@ -1,0 +1,156 @@
+"""What other writers do while `prune` deletes a batch (real PostgreSQL): whichever commits first, no
+row outlives the batch it belongs to, since no later prune would ever find it.
+
+Each race is made to happen at its worst moment: the other writer stops inside its transaction (a
+trigger waits on an advisory lock the test holds), the prune runs, and the test lets go once the
+prune has either finished or is itself waiting for a lock; then both finish."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import pandas as pd
+import psycopg2
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from tests.support import start_one_chunk_batch, wait_until
+from worker.monitor.batches import record_failure
+from worker.rides.batch_rides import generated_chunk
+from worker.rides.generator import Window
+from worker.store import monitoring, retention
+from worker.store.database import build_engine
+from worker.store.writes import PREDICTION_COLUMNS, write_batches
+
+HOLD = 7_919  # the advisory lock key the paused writer waits on
+
+
+def _write_batch(engine, batch_id: str, rides: int = 40) -> pd.DataFrame:
+    """An ad-hoc batch written whole, with no outcomes yet (as a scored file's); returns its predictions."""
+    start_one_chunk_batch(engine, batch_id, rides)
+    end = datetime(2026, 5, 4, 12, 0)
+    frame = generated_chunk(batch_id, seed=3, chunk_index=0, n=rides, window=Window(end - timedelta(minutes=5), end))
+    frame = frame.assign(predicted_duration=9.5, model_name="race-test", model_version="1", batch_id=batch_id)
+    [written] = write_batches(engine, frame[list(PREDICTION_COLUMNS)])
+    assert written.rows_written == rides
+    return frame
+
+
+def _pause_inserts_into(holder, table: str) -> None:
+    """Every insert into `table` waits, inside its transaction, until the holder lets go of HOLD."""
+    with holder.cursor() as cur:
+        cur.execute(
+            "CREATE FUNCTION wait_for_test() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_advisory_xact_lock({HOLD}); RETURN NEW; END $$"
+        )
+        cur.execute(
+            f"CREATE TRIGGER wait_for_test BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION wait_for_test()"
+        )
+        cur.execute("SELECT pg_advisory_lock(%s)", (HOLD,))
+
+
+def _waiting_on(holder, kind: str) -> int:
+    """How many sessions of this database wait for a lock of this kind (advisory, tuple, transactionid)."""
+    with holder.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = %s",
+            (kind,),
+        )
+        return cur.fetchone()[0]
+
+
+def _in_thread(target, result: dict, key: str) -> threading.Thread:
+    def run() -> None:
+        try:
+            result[key] = target()
+        except Exception as exc:  # reported by the test's assertions
+            result[f"{key}_error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def raced(fresh_pg_url):
+    """The engine, and a psycopg2 connection in autocommit that sets up the pause and holds its lock."""
+    engine = build_engine(fresh_pg_url)
+    holder = psycopg2.connect(make_url(fresh_pg_url).set(drivername="postgresql").render_as_string(False))
+    holder.autocommit = True
+    yield engine, holder
+    holder.close()
+    engine.dispose()
+
+
+def _prune_meanwhile(engine, holder, batch_id: str, result: dict) -> None:
+    """Prune the batch while the paused writer waits, and let the writer go once the prune has
+    finished or waits for a row the writer holds."""
+    prune = _in_thread(lambda: retention.delete_batches(engine, [batch_id]), result, "prune")
+    wait_until(
+        "the prune to finish or to wait for the paused writer",
+        lambda: not prune.is_alive() or _waiting_on(holder, "transactionid") or _waiting_on(holder, "tuple"),
+        30,
+    )
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_unlock(%s)", (HOLD,))
+    prune.join(30)
+    assert not prune.is_alive()
+
+
+def test_outcomes_loaded_while_a_prune_deletes_their_batch_go_with_it(raced) -> None:
+    """load_outcomes had looked up the batch's predictions and was about to insert their outcomes when
+    a prune deleted the batch: before, the prune committed first and the outcomes then landed with
+    no prediction left to find them by. Now the prune waits for the load, then deletes them too."""
+    engine, holder = raced
+    frame = _write_batch(engine, "pruned-while-loading")
+    outcomes = frame[["trip_id"]].assign(actual_duration=11.0)
+    _pause_inserts_into(holder, "ride_outcomes")
+    result: dict = {}
+    load = _in_thread(lambda: monitoring.load_outcomes(engine, outcomes), result, "load")
+    wait_until("the load to pause before inserting", lambda: _waiting_on(holder, "advisory"), 30)
+    _prune_meanwhile(engine, holder, "pruned-while-loading", result)
+    load.join(30)
+    assert "load_error" not in result and "prune_error" not in result, result
+    assert result["prune"]["batch_runs"] == 1
+    with engine.connect() as conn:
+        left = conn.execute(
+            text("SELECT (SELECT count(*) FROM ride_outcomes), (SELECT count(*) FROM ride_predictions)")
+        )
+        assert tuple(left.one()) == (0, 0)
+
+
+def test_a_monitoring_pass_that_ends_after_a_prune_leaves_no_metrics_of_the_batch(raced) -> None:
+    """A batch's monitoring read it as succeeded and was storing its metrics when a prune deleted it;
+    the metrics row then outlived its batch for good. Now the store waits for, or skips, the prune."""
+    engine, holder = raced
+    _write_batch(engine, "pruned-while-monitored")
+    _pause_inserts_into(holder, "batch_metrics")
+    values = {"batch_id": "pruned-while-monitored", "rows": 40, "monitor_status": "ok", "prediction_mean": 9.5}
+    result: dict = {}
+    store = _in_thread(lambda: monitoring.save_batch_metrics(engine, values), result, "store")
+    wait_until("the monitoring store to pause before inserting", lambda: _waiting_on(holder, "advisory"), 30)
+    _prune_meanwhile(engine, holder, "pruned-while-monitored", result)
+    store.join(30)
+    assert "store_error" not in result and "prune_error" not in result, result
+    assert result["prune"]["batch_runs"] == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM batch_metrics")).scalar() == 0
+
+
+def test_a_monitoring_failure_of_a_batch_that_is_gone_or_being_pruned_is_not_stored(raced) -> None:
+    """record_failure wrote a metrics row for a batch id with no batch (one pruned since its message was
+    sent) and for one a prune had claimed: rows no prune would find again."""
+    engine, _ = raced
+    _write_batch(engine, "claimed-by-a-prune")
+    with engine.begin() as conn:
+        assert retention._claim(conn, ["claimed-by-a-prune"]) == ["claimed-by-a-prune"]
+    record_failure(engine, "claimed-by-a-prune", "failed", "the registry was down")
+    record_failure(engine, "never-was", "failed", "the registry was down")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM batch_metrics")).scalar() == 0
+    _write_batch(engine, "still-here")  # and one that is there still gets its row
+    record_failure(engine, "still-here", "waiting", "the registry was down")
+    assert monitoring.get_batch_metrics(engine, "still-here")["monitor_status"] == "waiting"
