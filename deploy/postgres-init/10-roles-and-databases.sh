@@ -67,6 +67,8 @@ ALTER ROLE taxi_reader WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICAT
 -- Grafana's editors can type any SQL: no query of theirs holds the database for long.
 ALTER ROLE taxi_reader SET statement_timeout = '60s';
 ALTER ROLE taxi_reader SET default_transaction_read_only = on;
+-- Its reads are short: compiling a plan (JIT) cost more than running it (worker/store/database.py).
+ALTER ROLE taxi_reader SET jit = off;
 
 SELECT NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow') AS mlflow_db_missing \gset
 \if :mlflow_db_missing

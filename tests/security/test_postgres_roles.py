@@ -438,6 +438,7 @@ def test_the_read_only_role_reads_every_panel_and_the_exporter_and_cannot_write_
             ):
                 fails(reader, statement, errors.InsufficientPrivilege, words)
             assert query(reader, "SHOW statement_timeout") == [("1min",)]
+            assert query(reader, "SHOW jit") == [("off",)]  # Grafana's panels are not compiled
         finally:
             reader.close()
         with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):

@@ -19,6 +19,10 @@ from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _ENGINES: dict[str, Engine] = {}
+# JIT off for every connection of the service's: each of its reads is short, yet a day's range on a
+# big table is estimated above jit_above_cost, and compiling it cost more than running it (the
+# trip-start panel's day on 90 days: 13-34 ms with JIT, 10 ms without).
+NO_JIT = "-c jit=off"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -36,7 +40,10 @@ def build_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
+    options = " ".join(filter(None, [parsed.query.get("options"), NO_JIT]))  # a URL's own options kept
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800, connect_args={"options": options}
+    )
 
 
 def get_engine(url: str) -> Engine:

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import make_url
 
 from worker.rides.generator import CHICAGO
+from worker.store.database import NO_JIT
 from worker.store.history import attempt_started, missed_in_last_day, refusals
 from worker.store.schema import (
     batch_metrics,
@@ -60,7 +61,7 @@ def scrape_engine(url: str, timeout_seconds: float) -> Engine:
         pool_recycle=600,
         connect_args={
             "connect_timeout": max(1, round(timeout_seconds)),
-            "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
+            "options": f"-c statement_timeout={millis} -c lock_timeout={millis} {NO_JIT}",
             "application_name": "taxi-exporter",
         },
     )
