@@ -15,7 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
 
+from tests.support import wait_until
 from worker.cli.history_bench import fill_history
 from worker.store import retention, writes
 from worker.store.database import get_engine
@@ -308,3 +310,70 @@ def test_a_prune_that_cannot_have_the_summaries_lock_still_prunes_and_says_so(da
     first_half = (now - timedelta(days=1), cutoff - timedelta(hours=1))
     never_held = (now - timedelta(days=3), now - timedelta(days=2))
     assert _pages_read(engine, *first_half) > _pages_read(engine, *never_held) + 500
+
+
+def _hold_a_transaction_elsewhere(url: str):
+    """A transaction with an id of its own, open in another database of the same server (as MLflow's,
+    or a worker's write in another deployment, would be): until it ends, rows deleted after it began
+    are still 'recently dead' to PostgreSQL, and a summary taken then still counts them."""
+    import psycopg2
+
+    other = psycopg2.connect(make_url(url).set(drivername="postgresql", database="postgres").render_as_string(False))
+    with other.cursor() as cur:
+        cur.execute("SELECT txid_current()")
+    return other
+
+
+def test_prune_summarizes_only_once_the_transactions_older_than_its_deletes_have_ended(day_of_history):
+    """Summarized while an older transaction was open anywhere on the server, a range kept the pruned
+    rows and the read of the pruned hours went through 669 pages instead of 29, whatever the prune's
+    own care. Now the prune waits for such transactions to end (here: ended once its deletes are done),
+    then summarizes."""
+    import threading
+
+    engine, now = day_of_history
+    cutoff = now - timedelta(days=HALF_DAY)
+    first_half = (now - timedelta(days=1), cutoff - timedelta(hours=1))
+    never_held = (now - timedelta(days=3), now - timedelta(days=2))
+    other = _hold_a_transaction_elsewhere(engine.url.render_as_string(False))
+    result: dict = {}
+    pruning = threading.Thread(
+        target=lambda: result.update(counts=retention.prune(engine, older_than_days=HALF_DAY, now=now)), daemon=True
+    )
+    try:
+        pruning.start()
+        wait_until(
+            "the prune's deletes, or its end",
+            lambda: not pruning.is_alive() or old_and_young(engine, cutoff)[:2] == ([], 0),
+            60,
+            every=0.05,
+        )
+    finally:
+        other.rollback()
+        other.close()
+    pruning.join(60)
+    assert result["counts"]["batch_runs"] == 144
+    assert _pages_read(engine, *first_half) == _pages_read(engine, *never_held)
+
+
+def test_a_prune_that_waits_in_vain_for_older_transactions_still_prunes_and_says_so(
+    day_of_history, monkeypatch, caplog
+):
+    """A transaction older than the deletes that outlasts SETTLE_SECONDS: the prune is done, and the
+    summaries are left as they were (summarized then, they would keep the pruned rows anyway)."""
+    import logging
+
+    engine, now = day_of_history
+    cutoff = now - timedelta(days=HALF_DAY)
+    old, old_rows, young_rows = old_and_young(engine, cutoff)
+    monkeypatch.setattr(retention, "SETTLE_SECONDS", 1)
+    other = _hold_a_transaction_elsewhere(engine.url.render_as_string(False))
+    try:
+        with caplog.at_level(logging.WARNING, logger="worker.store.retention"):
+            counts = retention.prune(engine, older_than_days=HALF_DAY, now=now)
+    finally:
+        other.rollback()
+        other.close()
+    assert counts["batch_runs"] == len(old) and counts["ride_predictions"] == old_rows
+    assert old_and_young(engine, cutoff) == ([], 0, young_rows)
+    assert "left the BRIN summaries of" in caplog.text and "older than the deletes" in caplog.text

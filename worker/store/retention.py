@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DELETE_ROWS = 10_000
 LOCK_SECONDS = 5  # at most this long waiting to resummarize BRIN ranges (see _resummarize)
+SETTLE_SECONDS = 30  # at most this long waiting for transactions older than the deletes (see _settled)
 FINISHED = ("succeeded", "failed")
 PRUNABLE = (*FINISHED, PRUNING)  # pruning: claimed by a prune that was stopped before it finished
 
@@ -150,6 +151,32 @@ def _delete_predictions(conn: Connection, trip_ids: list) -> tuple[int, set[int]
     return len(blocks), {int(block) for block in blocks}
 
 
+def _settled(engine: Engine, seconds: float) -> bool:
+    """Whether every transaction that was open when the deletes had committed has ended, waiting at
+    most `seconds`: till then PostgreSQL keeps the deleted rows for it ('recently dead'), and a
+    summary taken then still covers them. Any transaction with an id on the server counts (one
+    open in another database held the summaries back too), and any of this database's that holds
+    a snapshot (as far as this role may see: others' show none without pg_read_all_stats)."""
+    with engine.connect() as conn:
+        mark, at = conn.execute(
+            text("SELECT CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS text) AS bigint), clock_timestamp()")
+        ).one()
+    ended = text(
+        "SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint) >= :mark "
+        "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+        "AND backend_xmin IS NOT NULL AND xact_start < :at)"
+    )
+    deadline = time.monotonic() + seconds
+    while True:
+        with engine.connect() as conn:
+            if conn.execute(ended, {"mark": mark, "at": at}).scalar_one():
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 def _resummarize(engine: Engine, blocks: set[int]) -> None:
     """Summarize afresh the BRIN block ranges that held rows just deleted.
 
@@ -158,7 +185,16 @@ def _resummarize(engine: Engine, blocks: set[int]) -> None:
     of those days read it in vain. Desummarized and summarized again after the deletes' commits, it
     covers only the rows still there (rows a reader older than a commit may still see stay in it).
     Not a condition of the prune: if the lock it takes (VACUUM's, which writers do not wait on) is
-    not had within LOCK_SECONDS, the summaries stay as they were."""
+    not had within LOCK_SECONDS, the summaries stay as they were, and so if a transaction older
+    than the deletes is still open after SETTLE_SECONDS (summarized then, they would keep the rows)."""
+    if not _settled(engine, SETTLE_SECONDS):
+        log.warning(
+            "left the BRIN summaries of %d pruned heap blocks as they were: transactions older than the "
+            "deletes were still open after %s s",
+            len(blocks),
+            SETTLE_SECONDS,
+        )
+        return
     try:
         with engine.begin() as conn:
             indexes = conn.execute(
