@@ -85,9 +85,13 @@ def raced(fresh_pg_url):
     engine.dispose()
 
 
-def _prune_meanwhile(engine, holder, batch_id: str, result: dict) -> None:
-    """Prune the batch while the paused writer waits, and let the writer go once the prune has
-    finished or waits for a row the writer holds."""
+def _race_a_prune(engine, holder, table: str, write, batch_id: str) -> None:
+    """Run `write` until it pauses before inserting into `table`, prune the batch meanwhile, and let the
+    writer go once the prune has finished or waits for a row the writer holds; both must succeed."""
+    _pause_inserts_into(holder, table)
+    result: dict = {}
+    writer = _in_thread(write, result, "write")
+    wait_until(f"the writer to pause before inserting into {table}", lambda: _waiting_on(holder, "advisory"), 30)
     prune = _in_thread(lambda: retention.delete_batches(engine, [batch_id]), result, "prune")
     wait_until(
         "the prune to finish or to wait for the paused writer",
@@ -97,7 +101,10 @@ def _prune_meanwhile(engine, holder, batch_id: str, result: dict) -> None:
     with holder.cursor() as cur:
         cur.execute("SELECT pg_advisory_unlock(%s)", (HOLD,))
     prune.join(30)
-    assert not prune.is_alive()
+    writer.join(30)
+    assert not prune.is_alive() and not writer.is_alive()
+    assert "write_error" not in result and "prune_error" not in result, result
+    assert result["prune"]["batch_runs"] == 1
 
 
 def test_outcomes_loaded_while_a_prune_deletes_their_batch_go_with_it(raced) -> None:
@@ -107,14 +114,8 @@ def test_outcomes_loaded_while_a_prune_deletes_their_batch_go_with_it(raced) -> 
     engine, holder = raced
     frame = _write_batch(engine, "pruned-while-loading")
     outcomes = frame[["trip_id"]].assign(actual_duration=11.0)
-    _pause_inserts_into(holder, "ride_outcomes")
-    result: dict = {}
-    load = _in_thread(lambda: monitoring.load_outcomes(engine, outcomes), result, "load")
-    wait_until("the load to pause before inserting", lambda: _waiting_on(holder, "advisory"), 30)
-    _prune_meanwhile(engine, holder, "pruned-while-loading", result)
-    load.join(30)
-    assert "load_error" not in result and "prune_error" not in result, result
-    assert result["prune"]["batch_runs"] == 1
+    load = lambda: monitoring.load_outcomes(engine, outcomes)  # noqa: E731
+    _race_a_prune(engine, holder, "ride_outcomes", load, "pruned-while-loading")
     with engine.connect() as conn:
         left = conn.execute(
             text("SELECT (SELECT count(*) FROM ride_outcomes), (SELECT count(*) FROM ride_predictions)")
@@ -127,15 +128,9 @@ def test_a_monitoring_pass_that_ends_after_a_prune_leaves_no_metrics_of_the_batc
     the metrics row then outlived its batch for good. Now the store waits for, or skips, the prune."""
     engine, holder = raced
     _write_batch(engine, "pruned-while-monitored")
-    _pause_inserts_into(holder, "batch_metrics")
     values = {"batch_id": "pruned-while-monitored", "rows": 40, "monitor_status": "ok", "prediction_mean": 9.5}
-    result: dict = {}
-    store = _in_thread(lambda: monitoring.save_batch_metrics(engine, values), result, "store")
-    wait_until("the monitoring store to pause before inserting", lambda: _waiting_on(holder, "advisory"), 30)
-    _prune_meanwhile(engine, holder, "pruned-while-monitored", result)
-    store.join(30)
-    assert "store_error" not in result and "prune_error" not in result, result
-    assert result["prune"]["batch_runs"] == 1
+    store = lambda: monitoring.save_batch_metrics(engine, values)  # noqa: E731
+    _race_a_prune(engine, holder, "batch_metrics", store, "pruned-while-monitored")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM batch_metrics")).scalar() == 0
 
