@@ -85,7 +85,7 @@ def raced(fresh_pg_url):
     engine.dispose()
 
 
-def _race_a_prune(engine, holder, table: str, write, batch_id: str) -> None:
+def _race_a_prune(engine, holder, table: str, write, batch_id: str) -> dict:
     """Run `write` until it pauses before inserting into `table`, prune the batch meanwhile, and let the
     writer go once the prune has finished or waits for a row the writer holds; both must succeed."""
     _pause_inserts_into(holder, table)
@@ -105,6 +105,7 @@ def _race_a_prune(engine, holder, table: str, write, batch_id: str) -> None:
     assert not prune.is_alive() and not writer.is_alive()
     assert "write_error" not in result and "prune_error" not in result, result
     assert result["prune"]["batch_runs"] == 1
+    return result["prune"]
 
 
 def test_outcomes_loaded_while_a_prune_deletes_their_batch_go_with_it(raced) -> None:
@@ -115,7 +116,8 @@ def test_outcomes_loaded_while_a_prune_deletes_their_batch_go_with_it(raced) -> 
     frame = _write_batch(engine, "pruned-while-loading")
     outcomes = frame[["trip_id"]].assign(actual_duration=11.0)
     load = lambda: monitoring.load_outcomes(engine, outcomes)  # noqa: E731
-    _race_a_prune(engine, holder, "ride_outcomes", load, "pruned-while-loading")
+    pruned = _race_a_prune(engine, holder, "ride_outcomes", load, "pruned-while-loading")
+    assert pruned["ride_outcomes"] == 40  # the prune went second, and took the load's outcomes with it
     with engine.connect() as conn:
         left = conn.execute(
             text("SELECT (SELECT count(*) FROM ride_outcomes), (SELECT count(*) FROM ride_predictions)")
@@ -130,7 +132,8 @@ def test_a_monitoring_pass_that_ends_after_a_prune_leaves_no_metrics_of_the_batc
     _write_batch(engine, "pruned-while-monitored")
     values = {"batch_id": "pruned-while-monitored", "rows": 40, "monitor_status": "ok", "prediction_mean": 9.5}
     store = lambda: monitoring.save_batch_metrics(engine, values)  # noqa: E731
-    _race_a_prune(engine, holder, "batch_metrics", store, "pruned-while-monitored")
+    pruned = _race_a_prune(engine, holder, "batch_metrics", store, "pruned-while-monitored")
+    assert pruned["batch_metrics"] == 1  # the prune went second, and took the stored row with it
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM batch_metrics")).scalar() == 0
 
@@ -144,8 +147,37 @@ def test_a_monitoring_failure_of_a_batch_that_is_gone_or_being_pruned_is_not_sto
         assert retention._claim(conn, ["claimed-by-a-prune"]) == ["claimed-by-a-prune"]
     record_failure(engine, "claimed-by-a-prune", "failed", "the registry was down")
     record_failure(engine, "never-was", "failed", "the registry was down")
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM batch_metrics")).scalar() == 0
-    _write_batch(engine, "still-here")  # and one that is there still gets its row
+    _write_batch(engine, "still-here")  # and one that is there still gets its rows
     record_failure(engine, "still-here", "waiting", "the registry was down")
     assert monitoring.get_batch_metrics(engine, "still-here")["monitor_status"] == "waiting"
+    drift = [{"column_name": "fare", "method": "psi", "score": 0.3, "threshold": 0.2, "drifted": True}]
+    monitoring.save_batches_metrics(
+        engine,
+        [({"batch_id": b, "rows": 40, "monitor_status": "ok"}, drift) for b in ("claimed-by-a-prune", "still-here")],
+    )
+    monitoring.save_target_drift(engine, "claimed-by-a-prune", {**drift[0], "column_name": "actual_duration"})
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text(
+                "SELECT batch_id, count(*) FROM column_drift GROUP BY batch_id UNION ALL SELECT batch_id, 0 FROM batch_metrics"
+            )
+        ).all()
+    assert sorted(stored) == [("still-here", 0), ("still-here", 1)]
+    assert monitoring.get_batch_metrics(engine, "still-here")["monitor_status"] == "ok"
+
+
+def test_outcomes_of_a_batch_a_prune_has_claimed_are_counted_unknown_and_not_stored(raced) -> None:
+    """Loaded after the claim, before the prune deleted the predictions: they would outlive them."""
+    engine, _ = raced
+    frame = _write_batch(engine, "claimed-before-the-load")
+    kept = _write_batch(engine, "loaded-as-usual")
+    with engine.begin() as conn:
+        assert retention._claim(conn, ["claimed-before-the-load"]) == ["claimed-before-the-load"]
+    both = pd.concat([frame, kept])[["trip_id"]].assign(actual_duration=11.0)
+    counts = monitoring.load_outcomes(engine, both)
+    assert (counts["written"], counts["unknown"], counts["already_known"]) == (40, 40, 0)
+    with engine.connect() as conn:
+        loaded = conn.execute(
+            text("SELECT p.batch_id, count(*) FROM ride_outcomes o JOIN ride_predictions p USING (trip_id) GROUP BY 1")
+        ).all()
+    assert loaded == [("loaded-as-usual", 40)]

@@ -323,46 +323,45 @@ def save_daily_accuracy(engine: Engine, values: dict[str, Any]) -> None:
 def load_outcomes(engine: Engine, outcomes: pd.DataFrame) -> dict[str, Any]:
     """Store real outcomes (trip_id as hex, actual_duration in minutes) of trips predicted here, in
     one transaction. observed_at is the trip's start + duration. Known outcomes are kept as they
-    are, so loading a file twice changes nothing; unknown trip ids are counted, not stored."""
+    are, so loading a file twice changes nothing; unknown trip ids are counted, not stored, and so
+    are those of a batch a prune is deleting."""
     counts = {"written": 0, "already_known": 0, "unknown": 0, "trip_ids": []}
     with engine.begin() as conn:
+        found: dict[str, tuple[datetime, str]] = {}  # trip id: its start and its batch
         for i in range(0, len(outcomes), 5000):
-            part = outcomes.iloc[i : i + 5000]
-            ids = list(part["trip_id"])
-            starts = dict(
-                conn.execute(
-                    select(ride_predictions.c.trip_id, ride_predictions.c.trip_start_timestamp)
-                    .where(ride_predictions.c.trip_id.in_(ids))
-                    # Held until the outcomes commit: a prune's delete of these predictions waits, then
-                    # deletes their outcomes too (retention deletes predictions first for this).
-                    .with_for_update(read=True, key_share=True)
-                ).all()
-            )
-            starts = {str(k).replace("-", ""): v for k, v in starts.items()}
-            known = part[part["trip_id"].isin(starts)]
-            counts["unknown"] += len(part) - len(known)
-            if known.empty:
-                continue
+            ids = list(outcomes["trip_id"].iloc[i : i + 5000])
+            query = select(
+                ride_predictions.c.trip_id, ride_predictions.c.trip_start_timestamp, ride_predictions.c.batch_id
+            ).where(ride_predictions.c.trip_id.in_(ids))
+            for trip_id, start, batch_id in conn.execute(query):
+                found[str(trip_id).replace("-", "")] = (start, batch_id)
+        # Their batches held until the outcomes commit (all at once, in one order: no deadlock with a
+        # prune's claim): a prune claims them only after, and its deletes then see these outcomes.
+        kept = _kept(conn, sorted({batch_id for _, batch_id in found.values()})) if found else set()
+        known = outcomes[outcomes["trip_id"].isin({t for t, (_, batch_id) in found.items() if batch_id in kept})]
+        counts["unknown"] = len(outcomes) - len(known)
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        # RETURNING gives the rows really inserted; an executemany's rowcount is not reliable.
+        statement = (
+            dialect.insert(ride_outcomes)
+            .on_conflict_do_nothing(index_elements=["trip_id"])
+            .returning(ride_outcomes.c.trip_id)
+        )
+        for i in range(0, len(known), 5000):
+            part = known.iloc[i : i + 5000]
             rows = [
                 {
                     "trip_id": trip_id,
                     "actual_duration": float(minutes),
-                    "observed_at": starts[trip_id] + pd.Timedelta(minutes=float(minutes)).to_pytimedelta(),
+                    "observed_at": found[trip_id][0] + pd.Timedelta(minutes=float(minutes)).to_pytimedelta(),
                     "source": "file",
                 }
-                for trip_id, minutes in zip(known["trip_id"], known["actual_duration"], strict=True)
+                for trip_id, minutes in zip(part["trip_id"], part["actual_duration"], strict=True)
             ]
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            # RETURNING gives the rows really inserted; an executemany's rowcount is not reliable.
-            statement = (
-                dialect.insert(ride_outcomes)
-                .on_conflict_do_nothing(index_elements=["trip_id"])
-                .returning(ride_outcomes.c.trip_id)
-            )
             written = len(conn.execute(statement, rows).all())
             counts["written"] += written
             counts["already_known"] += len(rows) - written
-            counts["trip_ids"].extend(known["trip_id"])
+            counts["trip_ids"].extend(part["trip_id"])
     return counts
 
 

@@ -95,10 +95,16 @@ def preview(engine: Engine, cutoff: datetime) -> dict[str, int]:
 
 def _claim(conn: Connection, batch_ids: list[str], any_status: bool = False) -> list[str]:
     """Those of these batches still finished (or, with `any_status`, all), now marked `pruning`;
-    one reopened since it was listed is not."""
-    query = update(batch_runs).where(batch_runs.c.batch_id.in_(batch_ids))
+    one reopened since it was listed is not. A claim waits for writers that hold a batch's row
+    (monitoring, outcome loads); the deletes after it then see what they wrote, each statement
+    taking a snapshot of its own (READ COMMITTED, PostgreSQL's default and the service's)."""
+    chosen = select(batch_runs.c.batch_id).where(batch_runs.c.batch_id.in_(batch_ids))
     if not any_status:
-        query = query.where(batch_runs.c.status.in_(PRUNABLE))
+        chosen = chosen.where(batch_runs.c.status.in_(PRUNABLE))
+    # Locked in batch_id order, as monitoring and outcome loads hold theirs: two lockers of several
+    # rows in different orders can each wait for the other (a deadlock, one of them aborted).
+    chosen = chosen.order_by(batch_runs.c.batch_id).with_for_update()
+    query = update(batch_runs).where(batch_runs.c.batch_id.in_(chosen))
     return list(conn.execute(query.values(status=PRUNING).returning(batch_runs.c.batch_id)).scalars())
 
 
@@ -123,17 +129,15 @@ def _delete_rows_of(
             )
             if not trip_ids:
                 return batch_ids
-            # Predictions first: an outcome load holds the predictions it found until it commits, so
-            # this waits for it, and the deletes below (each with a snapshot of its own) see its outcomes.
-            deleted, held = _delete_predictions(conn, trip_ids)
-            counts["ride_predictions"] += deleted
-            blocks.update(held)
             counts["ride_outcomes"] += conn.execute(
                 delete(ride_outcomes).where(ride_outcomes.c.trip_id.in_(trip_ids))
             ).rowcount
             counts["shadow_predictions"] += conn.execute(
                 delete(shadow_predictions).where(shadow_predictions.c.trip_id.in_(trip_ids))
             ).rowcount
+            deleted, held = _delete_predictions(conn, trip_ids)
+            counts["ride_predictions"] += deleted
+            blocks.update(held)
         if len(trip_ids) < DELETE_ROWS:
             return batch_ids  # the group's last slice: no need to ask again
 
@@ -152,25 +156,26 @@ def _delete_predictions(conn: Connection, trip_ids: list) -> tuple[int, set[int]
 
 
 def _settled(engine: Engine, seconds: float) -> bool:
-    """Whether every transaction that was open when the deletes had committed has ended, waiting at
-    most `seconds`: till then PostgreSQL keeps the deleted rows for it ('recently dead'), and a
-    summary taken then still covers them. Any transaction with an id on the server counts (one
-    open in another database held the summaries back too), and any of this database's that holds
-    a snapshot (as far as this role may see: others' show none without pg_read_all_stats)."""
+    """Whether every transaction that was open when the deletes had committed has ended, and every
+    snapshot older than them is gone, waiting at most `seconds`: till then PostgreSQL keeps the
+    deleted rows ('recently dead'), and a summary taken then still covers them. Any transaction with
+    an id on the server counts (one open in another database held the summaries back too); of the
+    snapshots, those of this database's sessions that this role may see (a role without
+    pg_read_all_stats sees no other role's: Grafana's reads are short)."""
     with engine.connect() as conn:
-        mark, at = conn.execute(
-            text("SELECT CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS text) AS bigint), clock_timestamp()")
-        ).one()
+        mark = conn.execute(
+            text("SELECT CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS text) AS bigint)")
+        ).scalar_one()
     ended = text(
         "SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint) >= :mark "
         "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
         "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
-        "AND backend_xmin IS NOT NULL AND xact_start < :at)"
+        "AND age(backend_xmin) > age(CAST(CAST(:mark32 AS text) AS xid)))"
     )
     deadline = time.monotonic() + seconds
     while True:
         with engine.connect() as conn:
-            if conn.execute(ended, {"mark": mark, "at": at}).scalar_one():
+            if conn.execute(ended, {"mark": mark, "mark32": mark & 0xFFFFFFFF}).scalar_one():
                 return True
         if time.monotonic() > deadline:
             return False
