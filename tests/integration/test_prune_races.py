@@ -8,6 +8,7 @@ prune has either finished or is itself waiting for a lock; then both finish."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -62,7 +63,10 @@ def _waiting_on(holder, kind: str) -> int:
         return cur.fetchone()[0]
 
 
-def _in_thread(target, result: dict, key: str) -> threading.Thread:
+def _in_thread(target: Callable[[], object], result: dict, key: str) -> threading.Thread:
+    """Start `target`; its return lands in result[key], an exception in result[key + '_error'], so
+    the test's assertions see both (an exception in a thread would otherwise only be printed)."""
+
     def run() -> None:
         try:
             result[key] = target()

@@ -287,31 +287,6 @@ def test_prune_summarizes_afresh_the_brin_ranges_it_emptied(day_of_history):
     assert _pages_read(engine, *first_half) == baseline
 
 
-def test_a_prune_that_cannot_have_the_summaries_lock_still_prunes_and_says_so(day_of_history, monkeypatch, caplog):
-    """Resummarizing waits for the lock VACUUM takes; held elsewhere (a long VACUUM, an index build)
-    past LOCK_SECONDS, the prune is done all the same and the summaries are left as they were."""
-    import logging
-
-    engine, now = day_of_history
-    cutoff = now - timedelta(days=HALF_DAY)
-    old, old_rows, young_rows = old_and_young(engine, cutoff)
-    monkeypatch.setattr(retention, "LOCK_SECONDS", 1)
-    holder = engine.connect()
-    try:
-        holder.execute(text("LOCK TABLE ride_predictions IN SHARE UPDATE EXCLUSIVE MODE"))
-        with caplog.at_level(logging.WARNING, logger="worker.store.retention"):
-            counts = retention.prune(engine, older_than_days=HALF_DAY, now=now)
-    finally:
-        holder.rollback()
-        holder.close()
-    assert counts["batch_runs"] == len(old) and counts["ride_predictions"] == old_rows
-    assert old_and_young(engine, cutoff) == ([], 0, young_rows)
-    assert "left the BRIN summaries of" in caplog.text and "lock timeout" in caplog.text
-    first_half = (now - timedelta(days=1), cutoff - timedelta(hours=1))
-    never_held = (now - timedelta(days=3), now - timedelta(days=2))
-    assert _pages_read(engine, *first_half) > _pages_read(engine, *never_held) + 500
-
-
 def _hold_a_transaction_elsewhere(url: str):
     """A transaction with an id of its own, open in another database of the same server (as MLflow's,
     or a worker's write in another deployment, would be): until it ends, rows deleted after it began
@@ -368,12 +343,32 @@ def test_prune_summarizes_only_once_the_transactions_older_than_its_deletes_have
     assert _pages_read(engine, *first_half) == _pages_read(engine, *never_held)
 
 
-@pytest.mark.parametrize("hold", [_hold_a_transaction_elsewhere, _hold_a_snapshot_here], ids=["xid", "snapshot"])
-def test_a_prune_that_waits_in_vain_for_older_transactions_still_prunes_and_says_so(
-    day_of_history, monkeypatch, caplog, hold
+def _hold_the_summaries_lock(url: str):
+    """The lock resummarizing takes (VACUUM's), held as a long VACUUM or an index build would hold it."""
+    import psycopg2
+
+    holder = psycopg2.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+    with holder.cursor() as cur:
+        cur.execute("LOCK TABLE ride_predictions IN SHARE UPDATE EXCLUSIVE MODE")
+    return holder
+
+
+@pytest.mark.parametrize(
+    ("hold", "waited", "says"),
+    [
+        (_hold_the_summaries_lock, "LOCK_SECONDS", "lock timeout"),
+        (_hold_a_transaction_elsewhere, "SETTLE_SECONDS", "older than the deletes"),
+        (_hold_a_snapshot_here, "SETTLE_SECONDS", "older than the deletes"),
+    ],
+    ids=["lock", "xid", "snapshot"],
+)
+def test_a_prune_that_cannot_summarize_its_ranges_afresh_still_prunes_and_says_so(
+    day_of_history, monkeypatch, caplog, hold, waited, says
 ):
-    """A transaction older than the deletes that outlasts SETTLE_SECONDS: the prune is done, and the
-    summaries are left as they were (summarized then, they would keep the pruned rows anyway)."""
+    """Held past what the prune waits for (`waited`): the lock resummarizing takes (a long VACUUM, an
+    index build), or a transaction or snapshot older than the deletes (summarized then, the ranges
+    would keep the pruned rows anyway). The prune is done all the same, the summaries are left as they
+    were, and it says why."""
     import logging
 
     engine, now = day_of_history
@@ -381,7 +376,7 @@ def test_a_prune_that_waits_in_vain_for_older_transactions_still_prunes_and_says
     old, old_rows, young_rows = old_and_young(engine, cutoff)
     first_half = (now - timedelta(days=1), cutoff - timedelta(hours=1))
     never_held = (now - timedelta(days=3), now - timedelta(days=2))
-    monkeypatch.setattr(retention, "SETTLE_SECONDS", 1)
+    monkeypatch.setattr(retention, waited, 1)
     other = hold(engine.url.render_as_string(False))
     try:
         with caplog.at_level(logging.WARNING, logger="worker.store.retention"):
@@ -391,5 +386,5 @@ def test_a_prune_that_waits_in_vain_for_older_transactions_still_prunes_and_says
         other.close()
     assert counts["batch_runs"] == len(old) and counts["ride_predictions"] == old_rows
     assert old_and_young(engine, cutoff) == ([], 0, young_rows)
-    assert "left the BRIN summaries of" in caplog.text and "older than the deletes" in caplog.text
+    assert "left the BRIN summaries of" in caplog.text and says in caplog.text
     assert _pages_read(engine, *first_half) > _pages_read(engine, *never_held) + 500  # left as they were
