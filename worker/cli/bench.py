@@ -6,7 +6,8 @@ Two measurements, both printed with their conditions:
 3. Through a real `celery worker` this command starts (2 processes, warm model), with
    monitoring off, on, and on with a challenger shadow-scoring every batch, side by side:
    100,000-ride batches fanned out in chunks (median of --repeat), and the dispatch-to-commit
-   latency of 1,000-ride batches; and, in the same run, a bare COPY of as many prediction rows
+   latency of 1,000-ride batches, sent back to back and settled (each once the one before it is
+   monitored); and, in the same run, a bare COPY of as many prediction rows
    into a table with a primary key and nothing else, what the database itself can take. The
    challenger run uses a registered model of its own (MODEL_NAME + "-bench": two versions made
    from the production version's artifacts, as production and challenger), so the real model's
@@ -234,6 +235,7 @@ def worker_bench(
     from worker import runtime
     from worker.cli.dispatching import dispatch_batch
     from worker.store import writes
+    from worker.store.monitoring import get_batch_metrics
 
     engine = runtime.engine()
     log_path = settings.LOCAL_DIR / "bench-worker.log"
@@ -278,10 +280,25 @@ def worker_bench(
             time.sleep(0.005)
         raise RuntimeError(f"bench batch {batch_id} did not finish; see {log_path}")
 
+    def monitored(batch_id: str) -> None:
+        deadline = time.monotonic() + 120
+        while get_batch_metrics(engine, batch_id) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bench batch {batch_id} was not monitored in 120 s; see {log_path}")
+            time.sleep(0.005)
+
     try:
         for _ in range(2):  # both pool processes load the model before anything is timed
             run(1000)
+        # Back to back: each batch is sent as the one before commits, while that one's monitoring
+        # still runs on the other pool process (and core). Then settled: each is sent once the one
+        # before it is monitored, as on beat's schedule, so the batch's own path is timed alone.
         latencies = [run(1000) for _ in range(latency_runs)]
+        settled = []
+        for _ in range(latency_runs):
+            if monitoring:
+                monitored(batch_ids[-1])
+            settled.append(run(1000))
         # Several big batches back to back: with monitoring on, each one's monitoring runs while
         # the next is written, as it would on a busy schedule.
         bigs = [run(big) for _ in range(big_runs)]
@@ -296,6 +313,7 @@ def worker_bench(
     return {
         "latency_1000_median": statistics.median(latencies),
         "latency_1000_max": max(latencies),
+        "latency_1000_settled": statistics.median(settled),
         "big_rides": big,
         "big_seconds": statistics.median(bigs),
         "big_rides_per_second": big / statistics.median(bigs),
@@ -350,12 +368,13 @@ def run_bench(settings: Settings, sizes: list[int], repeat: int, latency_runs: i
             drop_bench_model(settings, bench_name)
         off, on, shadowed = runs["off"], runs["on"], runs["on+challenger"]
         print(
-            f"  {'monitoring':>13} {'rides':>8} {'dispatch->commit s':>19} {'rides/s':>9} {'1000 rides median s':>20} {'max s':>7}"
+            f"  {'monitoring':>13} {'rides':>8} {'dispatch->commit s':>19} {'rides/s':>9} "
+            f"{'1000 rides: back to back, median s':>35} {'max s':>7} {'settled, median s':>18}"
         )
         for label, w in runs.items():
             print(
                 f"  {label:>13} {w['big_rides']:>8} {w['big_seconds']:>19.2f} {w['big_rides_per_second']:>9.0f} "
-                f"{w['latency_1000_median']:>20.3f} {w['latency_1000_max']:>7.3f}"
+                f"{w['latency_1000_median']:>35.3f} {w['latency_1000_max']:>7.3f} {w['latency_1000_settled']:>18.3f}"
             )
         from worker import runtime
 
@@ -369,10 +388,12 @@ def run_bench(settings: Settings, sizes: list[int], repeat: int, latency_runs: i
         change = on["big_rides_per_second"] / off["big_rides_per_second"] - 1
         print(
             f"  throughput with monitoring: {change:+.1%} against without "
-            f"(aim: within 15 %); 1000-ride latency with monitoring {on['latency_1000_median'] * 1000:.0f} ms (aim: < 100 ms)"
+            f"(aim: within 15 %); 1000-ride latency with monitoring {on['latency_1000_median'] * 1000:.0f} ms "
+            f"back to back, {on['latency_1000_settled'] * 1000:.0f} ms settled (aim: < 50 ms)"
         )
         cost = shadowed["big_seconds"] / on["big_seconds"] - 1
         print(
             f"  a challenger costs {cost:+.0%} per {shadowed['big_rides']:,}-ride batch (aim: at most +30 %); "
-            f"1000-ride latency with it {shadowed['latency_1000_median'] * 1000:.0f} ms (aim: < 100 ms)"
+            f"1000-ride latency with it {shadowed['latency_1000_median'] * 1000:.0f} ms back to back, "
+            f"{shadowed['latency_1000_settled'] * 1000:.0f} ms settled (aim: at most 30 % above monitoring on)"
         )
