@@ -457,6 +457,33 @@ def test_backfill_reruns_a_failed_slot_reports_it_honestly_and_old_slots_are_nev
     assert "1 slots from" in in_flight.stdout and "0 to send, 0 already written, 1 in flight" in in_flight.stdout
 
 
+def test_a_backfill_leaves_a_slot_a_prune_is_deleting_and_says_so_with_and_without_wait(new_stack):
+    """A slot whose old batch a prune has claimed (its rows may be half deleted) is not sent: the
+    plan, the summary of --wait and the line without --wait each say so, and the slot is untouched."""
+    stack = new_stack(BATCH_INTERVAL_SECONDS="300", RIDES_PER_BATCH="30")
+    stack.start_worker("fill", concurrency=1)
+    end = _slot(time.time(), 300) - timedelta(days=1)
+    start = end - timedelta(minutes=15)
+    ids = [f"schedule-{(start + timedelta(minutes=5 * k)).isoformat()}" for k in range(3)]
+    stack.sql_exec(
+        "INSERT INTO batch_runs (batch_id, trigger, rides_requested, chunks_total, status) "
+        "VALUES (:b, 'schedule', 30, 1, 'pruning')",
+        b=ids[1],
+    )
+    span = ("--from", start.isoformat(), "--to", end.isoformat())
+    waited = stack.cli("backfill", *span, "--wait", timeout=300)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert "2 to send, 0 already written, 0 in flight, 1 being deleted by prune (not sent)" in waited.stdout
+    assert "2 written (60 rows), 0 already there, 0 failed, 1 not sent as prune was deleting them" in waited.stdout
+    again = stack.cli("backfill", *span)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 to send, 2 already written, 0 in flight, 1 being deleted by prune (not sent)" in again.stdout
+    assert "1 slots not sent: a prune is deleting their old batches" in again.stdout
+    rows = {r.batch_id: r.status for r in stack.sql("SELECT batch_id, status FROM batch_runs")}
+    assert rows == {ids[0]: "succeeded", ids[1]: "pruning", ids[2]: "succeeded"}
+    assert stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=ids[1])[0][0] == 0
+
+
 def test_a_backfill_the_worker_refuses_ends_its_wait_with_the_workers_reason(new_stack):
     """The worker's own MAX_RIDES_PER_REQUEST is below the slots' size, which this command's settings
     allow: the worker refuses each run before it records a batch, so no batch row will ever say so.
