@@ -21,7 +21,7 @@ from tests.support import start_one_chunk_batch, wait_until
 from worker.monitor.batches import record_failure
 from worker.rides.batch_rides import generated_chunk
 from worker.rides.generator import Window
-from worker.store import monitoring, retention
+from worker.store import monitoring, retention, writes
 from worker.store.database import build_engine
 from worker.store.writes import PREDICTION_COLUMNS, write_batches
 
@@ -185,3 +185,52 @@ def test_outcomes_of_a_batch_a_prune_has_claimed_are_counted_unknown_and_not_sto
             text("SELECT p.batch_id, count(*) FROM ride_outcomes o JOIN ride_predictions p USING (trip_id) GROUP BY 1")
         ).all()
     assert loaded == [("loaded-as-usual", 40)]
+
+
+def test_an_outcome_load_does_not_hold_up_the_next_chunk_of_a_batch_still_being_written(raced) -> None:
+    """Outcomes of a multi-chunk batch's first chunk are loaded while its second chunk is written: the
+    load holds the batch's row against a prune's claim only (FOR KEY SHARE), so the chunk's write,
+    which updates that row, goes on at once. With FOR SHARE it waited for the whole load, and a load
+    longer than DATABASE_LOCK_TIMEOUT made the chunk fail and be retried."""
+    engine, holder = raced
+    batch_id = "written-while-loading"
+    writes.start_batch(
+        engine,
+        batch_id=batch_id,
+        trigger="adhoc",
+        rides_requested=80,
+        chunks_total=2,
+        task_id=None,
+        seed=None,
+        window=None,
+        attempt=1,
+    )
+    end = datetime(2026, 5, 4, 12, 0)
+    chunks = [
+        generated_chunk(batch_id, seed=3, chunk_index=i, n=40, window=Window(end - timedelta(minutes=5), end)).assign(
+            predicted_duration=9.5, model_name="race-test", model_version="1", batch_id=batch_id
+        )[list(PREDICTION_COLUMNS)]
+        for i in range(2)
+    ]
+    assert not writes.write_chunk(engine, batch_id, 0, chunks[0], ids_are_new=True).batch_finished
+    _pause_inserts_into(holder, "ride_outcomes")
+    result: dict = {}
+    outcomes = chunks[0][["trip_id"]].assign(actual_duration=11.0)
+    loader = _in_thread(lambda: monitoring.load_outcomes(engine, outcomes), result, "load")
+    try:
+        wait_until("the load to pause before inserting its outcomes", lambda: _waiting_on(holder, "advisory"), 30)
+        second = writes.write_chunk(engine, batch_id, 1, chunks[1], ids_are_new=True, lock_timeout=2.0)
+    finally:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (HOLD,))
+        loader.join(30)
+    assert second.batch_finished and second.rows_written == 40
+    assert not loader.is_alive() and "load_error" not in result, result
+    with engine.connect() as conn:
+        state = conn.execute(
+            text(
+                "SELECT status, rows_written, (SELECT count(*) FROM ride_outcomes) FROM batch_runs WHERE batch_id = :b"
+            ),
+            {"b": batch_id},
+        )
+        assert tuple(state.one()) == ("succeeded", 80, 40)

@@ -45,12 +45,14 @@ def _kept(conn: Connection, batch_ids: list[str]) -> set[str]:
     """Those of these batches still recorded and not claimed by a prune, held so until the transaction
     ends (on PostgreSQL): a prune's claim then waits for what is stored of them, and deletes it. A row
     stored for a batch that is gone, or that the prune had claimed, would outlive it for good: no
-    later prune looks for rows of a batch it no longer has."""
+    later prune looks for rows of a batch it no longer has. FOR KEY SHARE is the weakest lock the
+    claim (FOR UPDATE) and the delete wait for; a chunk write's update of the row does not, so an
+    outcome load never holds up a batch still being written (FOR SHARE did, past its lock timeout)."""
     query = (
         select(batch_runs.c.batch_id)
         .where(batch_runs.c.batch_id.in_(batch_ids), batch_runs.c.status != PRUNING)
         .order_by(batch_runs.c.batch_id)  # one order of row locks for every locker of several
-        .with_for_update(read=True)
+        .with_for_update(read=True, key_share=True)
     )
     return set(conn.execute(query).scalars())
 
