@@ -226,6 +226,7 @@ def test_an_outcome_load_does_not_hold_up_the_next_chunk_of_a_batch_still_being_
         loader.join(30)
     assert second.batch_finished and second.rows_written == 40
     assert not loader.is_alive() and "load_error" not in result, result
+    assert (result["load"]["written"], result["load"]["unknown"]) == (40, 0)
     with engine.connect() as conn:
         state = conn.execute(
             text(

@@ -32,7 +32,23 @@ def test_a_run_of_slots_gives_each_ride_its_own_batch() -> None:
     batches = np.array([f"sched-{i % 3}" for i in range(len(RIDES))])
     frame = prediction_frame(RIDES, np.ones(len(RIDES)), MODEL, batches)
     assert frame["batch_id"].tolist() == batches.tolist()
-    assert len(frame) == len(RIDES) and frame.index.equals(pd.RangeIndex(len(RIDES)))
+
+
+def test_rides_with_any_index_get_their_predictions_by_position() -> None:
+    """A scored file's valid rides keep their line numbers as index (some lines were dropped)."""
+    kept = RIDES.iloc[::-2]
+    kept = kept.set_axis(range(100, 100 + 2 * len(kept), 2))
+    minutes = np.arange(len(kept), dtype=float)
+    frame = prediction_frame(kept, minutes, MODEL, "adhoc-1")
+    assert frame["trip_id"].tolist() == kept["trip_id"].tolist()
+    assert frame["fare"].tolist() == kept["fare"].tolist()
+    assert frame["predicted_duration"].tolist() == minutes.tolist()
+    outcomes = pd.DataFrame({"trip_id": kept["trip_id"], "actual_duration": minutes / 2}).assign(
+        observed_at=kept["trip_start_timestamp"], source="file", known_at=pd.Timestamp("2026-12-02 17:00", tz="UTC")
+    )
+    staged = staged_frame(frame, outcomes, None)
+    assert staged["trip_id"].tolist() == kept["trip_id"].tolist()
+    assert staged["actual_duration"].tolist() == (minutes / 2).tolist()
 
 
 def test_the_staged_rows_carry_each_rides_outcome_and_shadow_beside_it_known_at_as_utc_wall_time() -> None:
@@ -56,11 +72,24 @@ def test_the_staged_rows_carry_each_rides_outcome_and_shadow_beside_it_known_at_
     assert tuple(staged_frame(predictions, None, None).columns) == PREDICTION_COLUMNS
 
 
-def test_outcomes_of_other_rides_or_in_another_order_are_refused() -> None:
+def test_outcomes_or_shadow_predictions_of_other_rides_or_in_another_order_are_refused() -> None:
     predictions = prediction_frame(RIDES, np.ones(len(RIDES)), MODEL, "adhoc-1")
-    reordered = pd.DataFrame(
-        {"trip_id": RIDES["trip_id"][::-1].to_numpy(), "model_version": "4", "predicted_duration": 1.0}
+    reversed_ids = RIDES["trip_id"][::-1].to_numpy()
+    shadow = pd.DataFrame({"trip_id": reversed_ids, "model_version": "4", "predicted_duration": 1.0})
+    outcomes = pd.DataFrame(
+        {
+            "trip_id": reversed_ids,
+            "actual_duration": 1.0,
+            "observed_at": RIDES["trip_start_timestamp"].to_numpy(),
+            "source": "file",
+            "known_at": pd.Timestamp("2026-12-02 17:00", tz="UTC"),
+        }
     )
-    for shadow in (reordered, reordered.head(3)):
+    for given in (
+        {"shadow": shadow},
+        {"shadow": shadow.head(3)},
+        {"outcomes": outcomes},
+        {"outcomes": outcomes.tail(3)},
+    ):
         with pytest.raises(ValueError, match="must be the chunk's rides, in the same order"):
-            staged_frame(predictions, None, shadow)
+            staged_frame(predictions, given.get("outcomes"), given.get("shadow"))

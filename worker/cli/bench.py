@@ -281,8 +281,9 @@ def worker_bench(
         raise RuntimeError(f"bench batch {batch_id} did not finish; see {log_path}")
 
     def monitored(batch_id: str) -> None:
+        """Its monitoring has ended: stored, or failed for good (`waiting` means a retry is still to come)."""
         deadline = time.monotonic() + 120
-        while get_batch_metrics(engine, batch_id) is None:
+        while (row := get_batch_metrics(engine, batch_id)) is None or row["monitor_status"] == "waiting":
             if time.monotonic() > deadline:
                 raise RuntimeError(f"bench batch {batch_id} was not monitored in 120 s; see {log_path}")
             time.sleep(0.005)
@@ -392,8 +393,10 @@ def run_bench(settings: Settings, sizes: list[int], repeat: int, latency_runs: i
             f"back to back, {on['latency_1000_settled'] * 1000:.0f} ms settled (aim: < 50 ms)"
         )
         cost = shadowed["big_seconds"] / on["big_seconds"] - 1
+        small = shadowed["latency_1000_settled"] / on["latency_1000_settled"] - 1
         print(
             f"  a challenger costs {cost:+.0%} per {shadowed['big_rides']:,}-ride batch (aim: at most +30 %); "
             f"1000-ride latency with it {shadowed['latency_1000_median'] * 1000:.0f} ms back to back, "
-            f"{shadowed['latency_1000_settled'] * 1000:.0f} ms settled (aim: at most 30 % above monitoring on)"
+            f"{shadowed['latency_1000_settled'] * 1000:.0f} ms settled, {small:+.0%} against monitoring on "
+            f"(aim: at most +30 %, i.e. under 65 ms)"
         )
