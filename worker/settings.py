@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         ge=2_000,
         description="A batch with more rows is summarised and drift-tested on a uniform random sample of this many.",
     )
+    SHADOW_SAMPLE_ROWS: int = Field(
+        10_000,
+        ge=1_000,
+        description="A chunk with more rides has only this many, spread evenly over it, scored by the challenger.",
+    )
     QUALITY_INTERVAL_SECONDS: float = Field(
         60.0, gt=0, description="How often beat asks for live accuracy from newly observed outcomes."
     )

@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, text
 
 from tests.stack import CELERY, Stack, migrated_database
 from tests.support import REPO_ROOT, registry_client, wait_until
+from worker.batch import shadow_step
 
 pytestmark = pytest.mark.reliability
 
@@ -227,9 +228,10 @@ def test_pool_child_sigkilled_mid_run_of_slots_is_requeued_and_writes_each_slot_
 
 def test_pool_child_sigkilled_mid_batch_with_a_challenger_writes_its_shadow_rows_once(new_stack):
     """The same kill with a challenger set: the shadow predictions ride in the batch's own transaction,
-    so they are rolled back with it and written once with the redelivery, one per ride."""
+    so they are rolled back with it and written once with the redelivery, one per sampled ride (the
+    chunk is above SHADOW_SAMPLE_ROWS: every 30th of its 300,000 rides, the same ones both times)."""
 
-    stack = new_stack(MODEL_NAME=f"shadow-kill-{uuid.uuid4().hex[:6]}", **ONE_CHUNK)
+    stack = new_stack(MODEL_NAME=f"shadow-kill-{uuid.uuid4().hex[:6]}", SHADOW_SAMPLE_ROWS="10000", **ONE_CHUNK)
     small = ("--rides", "20000", "--trees", "5", "--max-depth", "8")
     for seed in ("1", "2"):
         trained = stack.cli("train", *small, "--seed", seed)
@@ -265,7 +267,7 @@ def test_pool_child_sigkilled_mid_batch_with_a_challenger_writes_its_shadow_rows
         b=batch_id,
         v=challenger,
     )[0]
-    assert shadow == distinct == matched == BIG_BATCH
+    assert shadow == distinct == matched == len(range(0, BIG_BATCH, shadow_step(BIG_BATCH, 10_000))) == 10_000
 
 
 # --- 2. whole worker SIGKILL ---------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from worker.batch import shadow_frame
+from worker.batch import shadow_frame, shadow_step
 from worker.model.registry import LoadedModel, Shadow
 from worker.rides.batch_rides import generated_chunk
 from worker.rides.generator import Window
@@ -41,3 +41,34 @@ def test_a_challenger_that_cannot_load_gives_its_error_and_one_that_works_its_ro
     assert error is None and list(frame["trip_id"]) == list(RIDES["trip_id"])
     assert set(frame["model_version"]) == {"8"} and set(frame["predicted_duration"]) == {0.5}
     assert shadow_frame(RIDES, None) == (None, None, 0.0)
+
+
+class Counts:
+    """Predicts each ride's place in what it was given, and remembers how many it was given."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def predict(self, rides: pd.DataFrame) -> np.ndarray:
+        self.asked.append(len(rides))
+        return np.arange(len(rides), dtype=float)
+
+
+def test_a_chunk_above_the_sample_has_every_kth_ride_scored_and_the_same_ones_on_a_retry() -> None:
+    model = Counts()
+    challenger = Shadow("8", LoadedModel(model, "m", "8"))
+    first, error, _ = shadow_frame(RIDES, challenger, sample_rows=12)  # 50 rides: every 5th, 10 of them
+    again, _, _ = shadow_frame(RIDES, challenger, sample_rows=12)
+    assert error is None and model.asked == [10, 10]
+    assert list(first["trip_id"]) == list(RIDES["trip_id"]) and set(first["model_version"]) == {"8"}
+    scored = first["predicted_duration"].notna().to_numpy()
+    assert np.flatnonzero(scored).tolist() == list(range(0, 50, 5))
+    assert first["predicted_duration"][scored].tolist() == list(range(10))  # each its own prediction
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_a_chunk_within_the_sample_has_every_ride_scored() -> None:
+    model = Counts()
+    frame, _, _ = shadow_frame(RIDES, Shadow("8", LoadedModel(model, "m", "8")), sample_rows=50)
+    assert model.asked == [50] and frame["predicted_duration"].notna().all()
+    assert [shadow_step(n, 10_000) for n in (1, 10_000, 10_001, 50_000, 50_001)] == [1, 1, 2, 5, 6]

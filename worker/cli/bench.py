@@ -4,7 +4,8 @@ Two measurements, both printed with their conditions:
 1. In one process, per batch size: generate, predict, write, each timed; rides/s end to end.
 2. The monitor's cost: monitoring one written 2,000-ride batch, as the monitoring task does.
 3. Through a real `celery worker` this command starts (2 processes, warm model), with
-   monitoring off, on, and on with a challenger shadow-scoring every batch, side by side:
+   monitoring off, on, and on with a challenger shadow-scoring every batch (at most
+   SHADOW_SAMPLE_ROWS rides of each chunk), side by side:
    100,000-ride batches fanned out in chunks (median of --repeat), and the dispatch-to-commit
    latency of 1,000-ride batches, sent back to back and settled (each once the one before it is
    monitored); and, in the same run, a bare COPY of as many prediction rows
@@ -168,7 +169,8 @@ def bare_copy_seconds(engine: Engine, model, rides: int, repeat: int) -> float:
 
 def stage_bench(settings: Settings, sizes: list[int], repeat: int, challenger: bool = False) -> list[dict]:
     """In one process; with `challenger`, the production model also stands in as the challenger, so
-    every ride is predicted twice and its shadow prediction written in the same transaction."""
+    every ride (of a batch above SHADOW_SAMPLE_ROWS, every k-th) is predicted twice and its shadow
+    prediction written in the same transaction."""
     from worker import runtime
     from worker.model.registry import Shadow
 

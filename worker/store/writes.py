@@ -422,7 +422,8 @@ def write_chunk(
             if has_outcomes:
                 _insert_rows(conn, outcomes[list(OUTCOME_COLUMNS)], ride_outcomes, ["trip_id"])
             if has_shadow:
-                rows = shadow[list(SHADOW_COLUMNS)].assign(batch_id=batch_id)
+                # Rides the challenger did not score (above SHADOW_SAMPLE_ROWS) have no shadow row.
+                rows = shadow[list(SHADOW_COLUMNS)].dropna(subset=["predicted_duration"]).assign(batch_id=batch_id)
                 _insert_rows(conn, rows, shadow_predictions, ["trip_id", "model_version"])
         if written != len(frame):
             conn.execute(
