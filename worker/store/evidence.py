@@ -231,17 +231,6 @@ def shadow_failures(engine: Engine, since: datetime) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def shadow_rows(engine: Engine, batch_id: str) -> dict[str, int]:
-    """Shadow predictions of one batch, per challenger version."""
-    query = (
-        select(shadow_predictions.c.model_version, func.count())
-        .where(shadow_predictions.c.batch_id == batch_id)
-        .group_by(shadow_predictions.c.model_version)
-    )
-    with engine.connect() as conn:
-        return {str(v): int(n) for v, n in conn.execute(query)}
-
-
 def recent_errors(
     engine: Engine, version: str, window: int, now: datetime, since: datetime | None = None
 ) -> dict[str, Any]:
