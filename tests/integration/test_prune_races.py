@@ -28,13 +28,20 @@ from worker.store.writes import PREDICTION_COLUMNS, write_batches
 HOLD = 7_919  # the advisory lock key the paused writer waits on
 
 
+def _predictions(batch_id: str, chunk_index: int = 0, rides: int = 40) -> pd.DataFrame:
+    """A chunk's made-up rides with a prediction each, as a worker writes them."""
+    end = datetime(2026, 5, 4, 12, 0)
+    window = Window(end - timedelta(minutes=5), end)
+    frame = generated_chunk(batch_id, seed=3, chunk_index=chunk_index, n=rides, window=window)
+    frame = frame.assign(predicted_duration=9.5, model_name="race-test", model_version="1", batch_id=batch_id)
+    return frame[list(PREDICTION_COLUMNS)]
+
+
 def _write_batch(engine, batch_id: str, rides: int = 40) -> pd.DataFrame:
     """An ad-hoc batch written whole, with no outcomes yet (as a scored file's); returns its predictions."""
     start_one_chunk_batch(engine, batch_id, rides)
-    end = datetime(2026, 5, 4, 12, 0)
-    frame = generated_chunk(batch_id, seed=3, chunk_index=0, n=rides, window=Window(end - timedelta(minutes=5), end))
-    frame = frame.assign(predicted_duration=9.5, model_name="race-test", model_version="1", batch_id=batch_id)
-    [written] = write_batches(engine, frame[list(PREDICTION_COLUMNS)])
+    frame = _predictions(batch_id, rides=rides)
+    [written] = write_batches(engine, frame)
     assert written.rows_written == rides
     return frame
 
@@ -205,13 +212,7 @@ def test_an_outcome_load_does_not_hold_up_the_next_chunk_of_a_batch_still_being_
         window=None,
         attempt=1,
     )
-    end = datetime(2026, 5, 4, 12, 0)
-    chunks = [
-        generated_chunk(batch_id, seed=3, chunk_index=i, n=40, window=Window(end - timedelta(minutes=5), end)).assign(
-            predicted_duration=9.5, model_name="race-test", model_version="1", batch_id=batch_id
-        )[list(PREDICTION_COLUMNS)]
-        for i in range(2)
-    ]
+    chunks = [_predictions(batch_id, chunk_index=i) for i in range(2)]
     assert not writes.write_chunk(engine, batch_id, 0, chunks[0], ids_are_new=True).batch_finished
     _pause_inserts_into(holder, "ride_outcomes")
     result: dict = {}
