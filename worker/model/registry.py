@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from worker.model.forest import TreeByTree
 from worker.model.trust import ModelRefused, inspect_checked, load_checked
 from worker.settings import Settings, get_settings
 
@@ -44,7 +45,7 @@ class ModelVersionGone(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: Any  # a fitted sklearn Pipeline
+    model: Any  # what predicts: the checked pipeline as a TreeByTree (anything with predict(rides))
     name: str
     version: str
 
@@ -285,7 +286,7 @@ class ModelCache:
             except Exception as exc:
                 raise ModelUnavailable(f"cannot load {name} version {version}: {exc}") from exc
             log.info("loaded model %s version %s in %.2fs", name, version, time.perf_counter() - started)
-            loaded = self._models[key] = LoadedModel(model, name, version)
+            loaded = self._models[key] = LoadedModel(TreeByTree(model), name, version)
             while len(self._models) > self.keep:
                 self._models.popitem(last=False)
             return loaded
