@@ -71,6 +71,22 @@ def test_whatif_batches_is_include_or_exclude_and_a_bad_value_names_the_variable
         get_settings.cache_clear()
 
 
+@pytest.mark.parametrize(("variable", "floor"), [("SHADOW_SAMPLE_ROWS", 1_000), ("MONITOR_SAMPLE_ROWS", 2_000)])
+def test_a_sample_smaller_than_its_floor_is_refused_naming_the_variable(variable, floor, monkeypatch):
+    """Fewer rows than the floor would leave a chunk's paired comparison or drift test too few to mean anything."""
+    from worker.settings import SettingsError, get_settings
+
+    assert getattr(Settings(**{variable: floor}), variable) == floor
+    monkeypatch.setenv(variable, str(floor - 1))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError, match=rf"^invalid setting {variable}: .*greater than or equal to {floor}"):
+            get_settings()
+    finally:
+        monkeypatch.delenv(variable)
+        get_settings.cache_clear()
+
+
 def test_soft_limit_must_stay_below_hard_limit_and_visibility_timeout():
     with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT must exceed TASK_TIME_LIMIT"):
         Settings(TASK_TIME_LIMIT=1000, TASK_SOFT_TIME_LIMIT=900, VISIBILITY_TIMEOUT=900)
