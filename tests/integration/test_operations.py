@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from tests.support import assert_each_batch_written_once, registry_client, wait_until
+from tests.support import REPO_ROOT, assert_each_batch_written_once, registry_client, wait_until
 from worker import batch
 from worker.rides.batch_rides import generated_chunk
 from worker.rides.generator import Window, World
@@ -222,6 +224,49 @@ def test_a_failed_knobbed_batch_is_rerun_to_exactly_its_planned_rows(new_stack):
     assert (mine["speed_factor"], mine["fare_factor"], mine["status"]) == (0.7, 1.1, "succeeded")
     table = stack.cli("batches", "--status", "succeeded").stdout
     assert f"{batch_id} [what-if speed ×0.7, fare ×1.1]" in table and "9000/9000" in table
+
+
+@pytest.mark.parametrize(
+    ("prune_step", "said"),
+    [
+        ("UPDATE batch_runs SET status = 'pruning' WHERE batch_id = :b", "is being deleted by prune"),
+        (
+            "DELETE FROM batch_runs WHERE batch_id = :b",
+            "was deleted by prune (older than the retention) while this waited",
+        ),
+    ],
+)
+def test_a_rerun_that_prune_claims_or_deletes_while_it_waits_ends_its_wait_at_once(new_stack, prune_step, said):
+    """No worker takes the rerun's message, so the batch waits, shown as retrying; prune then claims
+    it (or has deleted it). --wait says so and stops: before, it printed `pruning` and waited out its
+    whole timeout, since no status it knew would ever come."""
+    stack = new_stack()
+    batch_id = f"adhoc-old-{uuid.uuid4().hex[:8]}"
+    stack.sql_exec(
+        "INSERT INTO batch_runs (batch_id, trigger, seed, rides_requested, chunks_total, status, error, window_start, "
+        "window_end, started_at) VALUES (:b, 'adhoc', '5', 20, 1, 'failed', 'lost', '2026-01-05T09:00', "
+        "'2026-01-05T09:05', now() - interval '40 days')",
+        b=batch_id,
+    )
+    output = stack.logs / f"rerun-{uuid.uuid4().hex[:6]}.log"
+    with open(output, "w") as out:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "worker", "rerun", batch_id, "--wait", "--timeout", "120"],
+            cwd=REPO_ROOT,
+            env=stack.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until("the rerun to wait on its batch", lambda: "retrying: 0/20 rows" in output.read_text(), 60)
+        stack.sql_exec(prune_step, b=batch_id)
+        assert waiting.wait(timeout=30) == 1, output.read_text()
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert f"failed: batch {batch_id} {said}" in output.read_text()
+    assert "timed out" not in output.read_text()
 
 
 @pytest.mark.parametrize(
@@ -533,11 +578,6 @@ def test_a_chunk_message_without_a_pinned_version_pins_one_like_run_batch(stack,
 
 def test_operations_work_in_embedded_mode_without_any_server(tmp_path):
     """No Redis, PostgreSQL or MLflow: the filesystem broker and SQLite, as `make run` uses them."""
-    import subprocess
-    import sys
-
-    from tests.support import REPO_ROOT
-
     env = {"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path / "local"), "BATCH_INTERVAL_SECONDS": "300"}
 
     def cli(*args: str) -> subprocess.CompletedProcess:

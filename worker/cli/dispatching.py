@@ -209,10 +209,19 @@ def wait_for_batch(settings: Settings, batch_id: str, task_id: str | None, timeo
     last_line = ""
     result = AsyncResult(task_id) if task_id else None
     while time.monotonic() < deadline:
-        if result is not None and result.state == "FAILURE":
+        state = result.state if result is not None else None
+        if state == "FAILURE":
             print(f"failed: {result.result!r}")
             return 1
         row = writes.get_batch(engine, batch_id)
+        # Only prune deletes a batch, and a batch it has claimed (a rerun of an old one) is never written:
+        # either way there is nothing left to wait for.
+        if row is not None and row["status"] == writes.PRUNING:
+            print(f"failed: batch {batch_id} is being deleted by prune (older than the retention)")
+            return 1
+        if row is None and (last_line or state == "SUCCESS"):
+            print(f"failed: batch {batch_id} was deleted by prune (older than the retention) while this waited")
+            return 1
         if row is not None:
             line = f"{row['status']}: {row['rows_written']}/{row['rides_requested']} rows, chunk {row['chunks_done']}/{row['chunks_total']}"
             if line != last_line:
