@@ -40,6 +40,20 @@ def test_rides_with_missing_and_out_of_range_values_too(pipeline):
     assert np.array_equal(TreeByTree(pipeline).predict(one), pipeline.predict(one))
 
 
+@pytest.mark.parametrize(("column", "value"), [("fare", 1e39), ("trip_miles", 1e-300)])
+def test_a_feature_beyond_float32_is_refused_as_the_pipeline_refuses_it(pipeline, column, value):
+    """A fare of 1e39 (or a fare per mile that overflows) passes build_features but not the forest's
+    check; tree by tree it would become inf and still get a prediction."""
+    rides = generate_rides(5, seed=13)[list(RIDE_COLUMNS)]
+    rides[column] = rides[column].astype(float)
+    rides.iloc[2, rides.columns.get_loc(column)] = value
+    with pytest.raises(ValueError, match="too large for dtype") as expected:
+        pipeline.predict(rides)
+    with pytest.raises(ValueError, match="too large for dtype") as got:
+        TreeByTree(pipeline).predict(rides)
+    assert str(got.value).splitlines()[0] == str(expected.value).splitlines()[0]
+
+
 def test_a_forest_fitted_on_another_width_is_refused_before_the_trees_read(pipeline):
     narrow = pipeline.named_steps["forest"].__class__(n_estimators=2).fit(np.zeros((4, 3)), np.arange(4.0))
     fake = type("Pipeline", (), {"named_steps": {"forest": narrow}})()

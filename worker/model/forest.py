@@ -6,8 +6,10 @@ batch, almost as long outside the trees as in them: the pipeline's and the fores
 and joblib dispatching each of the 30 trees as a task and adding its part under a lock (7.5–9.1 ms
 against 4.2–4.8 ms tree by tree, medians of 60; on 100,000 rides the trees are all of it). Here each
 tree is asked directly, through its public `predict(X, check_input=False)`, and the parts are added
-in the forest's own order and dtype, so the minutes are the very numbers `Pipeline.predict` gives
-(tests/unit/test_forest.py compares them bit for bit).
+in float64 in the trees' order, as the forest adds them in one job (training saves every version
+with `n_jobs=1`; with more jobs the forest adds them in whatever order its threads finish, which can
+move the last bit). The minutes are then the very numbers `Pipeline.predict` gives, and the input
+it refuses is refused too (tests/unit/test_forest.py compares them bit for bit).
 """
 
 from __future__ import annotations
@@ -32,12 +34,17 @@ class TreeByTree:
 
     def predict(self, rides: pd.DataFrame) -> np.ndarray:
         """Each ride's predicted minutes (float64), as `pipeline.predict(rides)` gives them."""
-        features = np.ascontiguousarray(build_features(rides), dtype=TREE_DTYPE)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+            features = np.ascontiguousarray(build_features(rides), dtype=TREE_DTYPE)
         if features.shape[1] != self.forest.n_features_in_:
             # Unchecked input reaches compiled code: a wrong width must never get that far.
             raise ValueError(
                 f"the forest reads {self.forest.n_features_in_} features, the rides give {features.shape[1]}"
             )
+        if not np.isfinite(features).all():
+            # build_features leaves only finite float64 values; the forest's own check refuses those
+            # beyond float32 (e.g. a fare of 1e39) with this message, so a chunk holding one fails alike.
+            raise ValueError("Input X contains infinity or a value too large for dtype('float32').")
         total = np.zeros(len(features), dtype=np.float64)
         for tree in self.forest.estimators_:
             total += tree.predict(features, check_input=False)
