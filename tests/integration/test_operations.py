@@ -13,7 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
+from sqlalchemy import create_engine, text
 
+from tests.stack import migrated_database
 from tests.support import REPO_ROOT, assert_each_batch_written_once, registry_client, wait_until
 from worker import batch
 from worker.rides.batch_rides import generated_chunk
@@ -267,6 +269,30 @@ def test_a_rerun_that_prune_claims_or_deletes_while_it_waits_ends_its_wait_at_on
             waiting.wait()
     assert f"failed: batch {batch_id} {said}" in output.read_text()
     assert "timed out" not in output.read_text()
+
+
+def test_a_dispatch_whose_worker_writes_to_another_database_ends_its_wait_saying_so(new_stack):
+    """The task succeeds, but the database this command reads never gets the batch: --wait says why
+    once the task's result is in, instead of waiting out its timeout and calling it still running."""
+    stack = new_stack()
+    with migrated_database() as elsewhere:
+        worker = stack.start_worker("elsewhere", concurrency=1, extra_env={"DATABASE_URL": elsewhere})
+        try:
+            waited = stack.cli("dispatch", "--rides", "5", "--wait", "--timeout", "120", timeout=200)
+        finally:
+            stack.stop(worker)
+        there = create_engine(elsewhere)
+        try:
+            with there.connect() as conn:
+                written = conn.execute(text("SELECT batch_id, status FROM batch_runs")).all()
+        finally:
+            there.dispose()
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    batch_id = _batch_of(waited)
+    assert written == [(batch_id, "succeeded")]
+    assert f"the task of batch {batch_id} succeeded but this database has no such batch" in waited.stdout
+    assert "another DATABASE_URL" in waited.stdout and "timed out" not in waited.stdout
+    assert stack.sql("SELECT count(*) FROM batch_runs")[0][0] == 0
 
 
 @pytest.mark.parametrize(

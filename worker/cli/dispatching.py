@@ -219,8 +219,14 @@ def wait_for_batch(settings: Settings, batch_id: str, task_id: str | None, timeo
         if row is not None and row["status"] == writes.PRUNING:
             print(f"failed: batch {batch_id} is being deleted by prune (older than the retention)")
             return 1
-        if row is None and (last_line or state == "SUCCESS"):
+        if row is None and last_line:
             print(f"failed: batch {batch_id} was deleted by prune (older than the retention) while this waited")
+            return 1
+        if row is None and state == "SUCCESS":  # a task records its batch before it returns
+            print(
+                f"failed: the task of batch {batch_id} succeeded but this database has no such batch: the workers "
+                "write to another DATABASE_URL than this command reads, or prune has deleted it since"
+            )
             return 1
         if row is not None:
             line = f"{row['status']}: {row['rows_written']}/{row['rides_requested']} rows, chunk {row['chunks_done']}/{row['chunks_total']}"

@@ -299,12 +299,11 @@ def _stage(conn: Connection, frame: pd.DataFrame, keep: tuple[str, ...] = ()) ->
         if name not in frame or name in keep:
             continue
         values = frame[name].to_numpy()  # numpy's comparison: a third of pandas' time for 1,000 rows
-        first = values[0] if len(values) else None
-        if pd.isna(first):
-            if pd.isna(values).all():
-                shared[name] = None
-        elif (values == first).all():
-            shared[name] = str(first)
+        missing = pd.isna(values)
+        if missing.all():
+            shared[name] = None
+        elif not missing.any() and (values == values[0]).all():
+            shared[name] = str(values[0])
     conn.execute(CreateTable(STAGING, if_not_exists=True))
     staged = tuple(name for name in frame.columns if name not in shared)
     _copy(conn, STAGING.name, frame[list(staged)], staged)
