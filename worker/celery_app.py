@@ -70,6 +70,10 @@ def _broker_url() -> str:
 app = Celery("worker", include=["worker.tasks"], events="worker.logs:RedactingEvents")
 app.conf.update(
     broker_url=_broker_url(),
+    # The embedded broker writes each message whole before a consumer can see it (kombu's did not).
+    broker_transport="worker.filesystem_broker:Transport"
+    if settings.CELERY_BROKER_URL.startswith("filesystem")
+    else None,
     result_backend=settings.result_backend,
     # JSON only: a pickle message could run code in the worker (Celery security guide).
     task_serializer="json",
