@@ -10,6 +10,7 @@ from queue import Empty
 import pytest
 from kombu import Connection
 from kombu.exceptions import ChannelError
+from kombu.transport import virtual
 from kombu.utils.json import dumps
 
 from tests.support import REPO_ROOT
@@ -17,13 +18,24 @@ from worker import filesystem_broker
 from worker.filesystem_broker import PARTIAL, Transport
 
 
+@pytest.fixture(autouse=True)
+def _own_broker_state(monkeypatch):
+    """kombu keeps declared bindings in one state per process, shared by every filesystem connection:
+    a binding an earlier test declared would not be written to this test's control folder again, and
+    a message routed by that folder's empty table would be dropped without a word."""
+    monkeypatch.setattr(Transport, "global_state", virtual.BrokerState())
+
+
 def _connection(tmp_path) -> Connection:
-    for sub in ("queue", "processed"):
+    """Every folder under tmp_path, as celery_app sets them: kombu's default control folder is
+    `control` in the working directory, where an exchange table would land in the checkout."""
+    for sub in ("queue", "processed", "control"):
         (tmp_path / sub).mkdir(exist_ok=True)
     options = {
         "data_folder_in": str(tmp_path / "queue"),
         "data_folder_out": str(tmp_path / "queue"),
         "processed_folder": str(tmp_path / "processed"),
+        "control_folder": str(tmp_path / "control"),
         "store_processed": False,
     }
     return Connection("filesystem://localhost/", transport=Transport, transport_options=options)
@@ -44,11 +56,10 @@ def test_a_consumer_polling_while_a_message_is_written_finds_nothing_then_the_wh
                 seen_mid_write.append("nothing yet")
             return dumps(payload)
 
-        monkeypatch.setattr(filesystem_broker, "dumps", polling_dumps)
-        with producing.SimpleQueue("jobs") as queue:
+        with monkeypatch.context() as patched, producing.SimpleQueue("jobs") as queue:
+            patched.setattr(filesystem_broker, "dumps", polling_dumps)
             queue.put({"batch": "adhoc-1"})
         assert seen_mid_write == ["nothing yet"]
-        monkeypatch.undo()
         with consuming.SimpleQueue("jobs") as queue:
             message = queue.get(timeout=2)
             assert message.payload == {"batch": "adhoc-1"}
