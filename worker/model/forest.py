@@ -29,8 +29,7 @@ class TreeByTree:
     """A checked pipeline (see trust.check_pipeline) as the workers predict with it."""
 
     def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline
-        self.forest = pipeline.named_steps["forest"]
+        self.forest = pipeline.named_steps["forest"]  # its feature step is build_features, checked at load
 
     def predict(self, rides: pd.DataFrame) -> np.ndarray:
         """Each ride's predicted minutes (float64), as `pipeline.predict(rides)` gives them."""
