@@ -193,6 +193,8 @@ def test_score_file_with_bad_rows_is_refused_whole_with_reasons(stack, tmp_path)
         {**GOOD, "pickup_community_area": 999},
         {**GOOD, "trip_start_timestamp": "yesterday-ish"},
         {**GOOD, "trip_miles": "'; DROP TABLE ride_predictions; --"},
+        {**GOOD, "fare": "1e39"},  # beyond float32: it failed the batch in the worker, even with --skip-invalid
+        {**GOOD, "trip_start_timestamp": "now"},  # pandas' "now", stored as if Chicago time
     ]
     path = _rides_file(tmp_path, bad)
     before = stack.sql("SELECT count(*) FROM ride_predictions")[0][0]
@@ -202,12 +204,14 @@ def test_score_file_with_bad_rows_is_refused_whole_with_reasons(stack, tmp_path)
     assert "row 3: pickup_community_area outside 1..77" in done.stderr
     assert "row 4: trip_start_timestamp is not a date and time" in done.stderr
     assert "row 5: trip_miles is not a number" in done.stderr
+    assert "row 6: fare is over 100,000" in done.stderr
+    assert "row 7: trip_start_timestamp is not a date and time" in done.stderr
     assert "file refused, nothing written" in done.stderr
     assert stack.sql("SELECT count(*) FROM ride_predictions")[0][0] == before
 
     skipped = stack.cli("score", str(path), "--skip-invalid", "--wait")
     assert skipped.returncode == 0, skipped.stderr
-    assert "skipped 4 invalid rows" in skipped.stderr
+    assert "skipped 6 invalid rows" in skipped.stderr
     assert stack.sql("SELECT count(*) FROM ride_predictions")[0][0] == before + 1
 
 

@@ -35,6 +35,18 @@ def frame(*overrides: dict) -> pd.DataFrame:
         ({"fare": "inf"}, "fare is not finite"),
         ({"trip_total": "x"}, "trip_total is not a number"),
         ({"trip_id": "not-a-uuid"}, "trip_id is not a UUID"),
+        # Beyond float32 the forest cannot read it: the batch failed in the worker after other chunks were written.
+        ({"fare": "1e39"}, "fare is over 100,000"),
+        ({"trip_miles": "1e39"}, "trip_miles is over 10,000"),
+        ({"trip_total": "1e30"}, "trip_total is over 100,000"),
+        # Outside pandas' nanosecond range: these raised OutOfBoundsDatetime, a traceback naming no row.
+        ({"trip_start_timestamp": "2262-05-01T00:00"}, "trip_start_timestamp is outside the years 1900..2199"),
+        ({"trip_start_timestamp": "9999-01-01"}, "trip_start_timestamp is outside the years 1900..2199"),
+        ({"trip_start_timestamp": "1677-09-21T06:00:00+00:00"}, "outside the years 1900..2199"),
+        # pandas reads these as the moment of parsing, which was stored as if it were Chicago time.
+        ({"trip_start_timestamp": "now"}, "trip_start_timestamp is not a date and time"),
+        ({"trip_start_timestamp": "today"}, "trip_start_timestamp is not a date and time"),
+        ({"trip_start_timestamp": "2026-03-08T02:30:00"}, "does not exist in Chicago"),
     ],
 )
 def test_each_bad_value_is_named_with_its_row(override, reason):
@@ -62,6 +74,21 @@ def test_offsets_either_side_of_a_dst_change_and_naive_times_mix():
     assert checked.errors == []
     stamps = checked.valid["trip_start_timestamp"].dt.strftime("%Y-%m-%d %H:%M").tolist()
     assert stamps == ["2026-11-01 01:30", "2026-11-01 01:30", "2026-11-26 10:00", "2026-11-26 10:00"]
+
+
+def test_an_odd_real_fare_is_still_scored_and_a_skipped_hour_with_its_offset_is_a_time():
+    checked = validate_rides(
+        frame({"fare": "700", "trip_miles": "1710"}, {"trip_start_timestamp": "2026-03-08T02:30:00-06:00"})
+    )
+    assert checked.errors == []
+    assert checked.valid["trip_start_timestamp"].iloc[1] == pd.Timestamp("2026-03-08 03:30")
+
+
+@pytest.mark.parametrize("truth", [pd.Series([True], dtype=bool), pd.Series([True], dtype=object)])
+def test_a_true_or_false_fare_is_not_a_number(truth):
+    rides = frame({})
+    rides["fare"] = truth  # a Parquet boolean column, or a JSON ride's true: read as $1 before
+    assert [why for _, why in validate_rides(rides).errors] == ["fare is not a number"]
 
 
 def test_duplicate_trip_ids_are_refused():

@@ -15,6 +15,12 @@ import pandas as pd
 from worker.rides.geography import N_AREAS
 
 REQUIRED = ("pickup_community_area", "dropoff_community_area", "trip_start_timestamp", "fare", "trip_miles")
+# Values no meter shows: above them a value is a typo or an overflow (1e39 does not fit the forest's
+# float32 and would fail the batch in the worker, after other chunks were written). Far wider than
+# training's cleaning rules (worker/rides/cleaning.py): a real ride's odd $700 fare is still scored.
+LARGEST_AMOUNT = {"fare": 100_000.0, "trip_miles": 10_000.0, "trip_total": 100_000.0}
+# Trip starts a ride can have: pandas' nanosecond times end in 1677 and 2262, and the city's data in 2013.
+FIRST_YEAR, LAST_YEAR = 1900, 2199
 
 
 class BadRequest(ValueError):
@@ -37,18 +43,43 @@ def _uuid_or_none(value: object) -> str | None:
 _OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})$"
 
 
-def parse_chicago_times(raw: pd.Series) -> pd.Series:
+@dataclass
+class ParsedTimes:
+    stamps: pd.Series  # naive Chicago-local datetimes; NaT where `problem` says why
+    problem: pd.Series  # "" or the reason the value is refused
+
+
+def parse_chicago_times(raw: pd.Series) -> ParsedTimes:
     """Naive Chicago-local datetimes. Values with a UTC offset (either side of a DST change, or
-    mixed with naive ones) are converted to Chicago time; naive values are taken as Chicago time."""
+    mixed with naive ones) are converted to Chicago time; naive values are taken as Chicago time,
+    and one the clocks skip in spring is refused (the CLI refuses it too: `cli/times.py`)."""
     text = raw.astype(str).str.strip()
     aware = text.str.contains(_OFFSET, regex=True)
+    # pandas reads "now" and "today" as the moment it parses them: a file's ride is never that.
+    dated = raw.notna() & text.str.contains(r"\d", regex=True)
+    problem = pd.Series("", index=raw.index, dtype=object)
     out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
-    if (~aware).any():
-        out[~aware] = pd.to_datetime(text[~aware], errors="coerce", format="mixed")
-    if aware.any():
-        utc = pd.to_datetime(text[aware], errors="coerce", format="mixed", utc=True)
-        out[aware] = utc.dt.tz_convert("America/Chicago").dt.tz_localize(None)
-    return out
+    for part, utc in ((dated & ~aware, False), (dated & aware, True)):
+        if not part.any():
+            continue
+        # At the resolution pandas infers (seconds or microseconds): year 9999 does not fit nanoseconds.
+        parsed = pd.to_datetime(text[part], errors="coerce", format="mixed", utc=utc)
+        if utc:
+            parsed = parsed.dt.tz_convert("America/Chicago").dt.tz_localize(None)
+        outside = parsed.notna() & ~parsed.dt.year.between(FIRST_YEAR, LAST_YEAR)
+        problem[outside[outside].index] = f"trip_start_timestamp is outside the years {FIRST_YEAR}..{LAST_YEAR}"
+        kept = parsed[parsed.notna() & ~outside].astype("datetime64[ns]")
+        if not utc:
+            skipped = kept.dt.tz_localize(
+                "America/Chicago", ambiguous=np.ones(len(kept), dtype=bool), nonexistent="NaT"
+            ).isna()
+            problem[skipped[skipped].index] = (
+                "trip_start_timestamp does not exist in Chicago (the clocks skip that hour); give its UTC offset"
+            )
+            kept = kept[~skipped]
+        out[kept.index] = kept
+    problem[out.isna() & problem.eq("")] = "trip_start_timestamp is not a date and time"
+    return ParsedTimes(out, problem)
 
 
 def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
@@ -74,25 +105,27 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
         flag((area.notna() & (area != area.round())).to_numpy(), f"{column} is not a whole number")
         usable = area.where(area.between(1, N_AREAS) & (area == area.round()))  # bad rows are dropped anyway
         out[column] = usable.astype("Int64")
-    raw_ts = frame["trip_start_timestamp"]
-    stamps = parse_chicago_times(raw_ts)
-    flag(
-        (stamps.isna() & raw_ts.notna()).to_numpy() | raw_ts.isna().to_numpy(),
-        "trip_start_timestamp is not a date and time",
-    )
-    out["trip_start_timestamp"] = stamps
+    times = parse_chicago_times(frame["trip_start_timestamp"])
+    for reason in times.problem[times.problem.ne("")].unique():
+        flag(times.problem.eq(reason).to_numpy(), reason)
+    out["trip_start_timestamp"] = times.stamps
     for column, required in (("fare", True), ("trip_miles", True), ("trip_total", False)):
         if column not in frame.columns:
             out[column] = np.nan
             continue
         raw = frame[column]
-        value = pd.to_numeric(raw, errors="coerce")
+        value = pd.to_numeric(raw, errors="coerce").astype(float)
+        if raw.dtype == object or pd.api.types.is_bool_dtype(raw):
+            # true/false (a Parquet column, a JSON ride) would read as 1 and 0 dollars or miles
+            value[raw.map(type).isin((bool, np.bool_)).to_numpy()] = np.nan
         blank = raw.isna() | raw.astype(str).str.strip().eq("")
         if required:
             flag(blank.to_numpy(), f"{column} is missing")
         flag((~blank & value.isna()).to_numpy(), f"{column} is not a number")
         flag((value < 0).to_numpy(), f"{column} is negative")
         flag((~np.isfinite(value.fillna(0))).to_numpy(), f"{column} is not finite")
+        largest = LARGEST_AMOUNT[column]
+        flag((np.isfinite(value) & (value > largest)).to_numpy(), f"{column} is over {largest:,.0f}")
         out[column] = value.astype(float)
     if "trip_id" in frame.columns:
         ids = frame["trip_id"].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else _uuid_or_none(v))
