@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The passwords .env.example shipped until it shipped none: anyone can read them, so no process
 # accepts one (`python -m worker compose-env` writes real ones).
 PLACEHOLDERS = frozenset({"change-me", "change-me-12-characters"})
+# The longest interval or time limit a setting takes: beyond it nothing is scheduled in a useful time,
+# and 1e308 seconds overflowed Celery's schedule (seconds to int) instead of naming the variable.
+DAY = 86_400
 
 
 class SettingsError(RuntimeError):
@@ -37,7 +40,8 @@ def _refuse_placeholder(password: str, value: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+    # allow_inf_nan=False: "inf" parsed as a float interval crashed Celery's schedule with an OverflowError.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True, allow_inf_nan=False)
 
     LOCAL_DIR: Path = Field(
         REPO_ROOT / ".local", description="Folder for the embedded broker, SQLite files and MLflow store."
@@ -57,7 +61,9 @@ class Settings(BaseSettings):
     MODEL_NAME: str = Field("chicago-taxi-duration", description="Registered model name.")
     MODEL_ALIAS: str = Field("production", description="Alias the workers load.")
     MODEL_URI: str = Field("", description="Overrides NAME@ALIAS, e.g. the legacy models:/NAME/Production.")
-    MODEL_REFRESH_SECONDS: float = Field(60.0, ge=0, description="How often a worker checks whether the alias moved.")
+    MODEL_REFRESH_SECONDS: float = Field(
+        60.0, ge=0, le=DAY, description="How often a worker checks whether the alias moved."
+    )
     ALLOW_PICKLE_MODELS: bool = Field(
         False,
         description="Load pickle/cloudpickle model versions, which runs their code: only while migrating them to skops.",
@@ -72,7 +78,7 @@ class Settings(BaseSettings):
         "taxi-trainer", description="MLflow user that may register versions and move the alias (init, train)."
     )
     MLFLOW_TRAINER_PASSWORD: str = Field("", description="Its password, set by `registry-users`.")
-    BATCH_INTERVAL_SECONDS: float = Field(300.0, gt=0, description="Beat interval of run_batch.")
+    BATCH_INTERVAL_SECONDS: float = Field(300.0, gt=0, le=DAY, description="Beat interval of run_batch.")
     RIDES_PER_BATCH: int | None = Field(
         None, ge=1, description="Fixed rides per scheduled batch; unset means Chicago's volume."
     )
@@ -83,10 +89,10 @@ class Settings(BaseSettings):
     CHUNK_SIZE: int = Field(
         50_000, ge=1, le=1 << 24, description="Rides per chunk; larger requests fan out across workers."
     )
-    TASK_SOFT_TIME_LIMIT: float = Field(210.0, gt=0, description="Seconds before a task is asked to stop.")
-    TASK_TIME_LIMIT: float = Field(240.0, gt=0, description="Seconds before a task's process is killed.")
+    TASK_SOFT_TIME_LIMIT: float = Field(210.0, gt=0, le=DAY, description="Seconds before a task is asked to stop.")
+    TASK_TIME_LIMIT: float = Field(240.0, gt=0, le=DAY, description="Seconds before a task's process is killed.")
     VISIBILITY_TIMEOUT: float = Field(
-        900.0, gt=0, description="Seconds before Redis redelivers an unacknowledged task."
+        900.0, gt=0, le=7 * DAY, description="Seconds before Redis redelivers an unacknowledged task."
     )
     MONITORING: bool = Field(
         True, description="Monitor each batch after its commit (drift, live accuracy); off only to measure its cost."
@@ -102,15 +108,17 @@ class Settings(BaseSettings):
         description="A chunk with more rides has only this many, spread evenly over it, scored by the challenger.",
     )
     QUALITY_INTERVAL_SECONDS: float = Field(
-        60.0, gt=0, description="How often beat asks for live accuracy from newly observed outcomes."
+        60.0, gt=0, le=DAY, description="How often beat asks for live accuracy from newly observed outcomes."
     )
     MODEL_POLICY: Literal["off", "advise", "auto"] = Field(
         "off",
         description="The model policy: off, advise (record what it would do) or auto (retrain, promote, roll back).",
     )
-    POLICY_INTERVAL_SECONDS: float = Field(300.0, gt=0, description="How often beat runs a pass of the model policy.")
+    POLICY_INTERVAL_SECONDS: float = Field(
+        300.0, gt=0, le=DAY, description="How often beat runs a pass of the model policy."
+    )
     POLICY_RETRAIN_COOLDOWN_SECONDS: float = Field(
-        3600.0, ge=0, description="The policy retrains at most once in this many seconds."
+        3600.0, ge=0, le=365 * DAY, description="The policy retrains at most once in this many seconds."
     )
     POLICY_WINDOW_OUTCOMES: int = Field(
         1000,
@@ -123,11 +131,13 @@ class Settings(BaseSettings):
         "figures (live accuracy, drift windows and alerts, retraining, dashboards, report) or exclude them.",
     )
     TRAINING_SOFT_TIME_LIMIT: float = Field(
-        600.0, gt=0, description="Seconds before a training task (the policy's pass) is asked to stop."
+        600.0, gt=0, le=DAY, description="Seconds before a training task (the policy's pass) is asked to stop."
     )
-    TRAINING_TIME_LIMIT: float = Field(660.0, gt=0, description="Seconds before a training task's process is killed.")
+    TRAINING_TIME_LIMIT: float = Field(
+        660.0, gt=0, le=DAY, description="Seconds before a training task's process is killed."
+    )
     RETENTION_DAYS: float | None = Field(
-        None, gt=0, description="Beat prunes batches older than this once a day; unset keeps everything."
+        None, gt=0, le=36_500, description="Beat prunes batches older than this once a day; unset keeps everything."
     )
     DATABASE_STATEMENT_TIMEOUT: float = Field(
         60.0,
@@ -149,12 +159,14 @@ class Settings(BaseSettings):
 
     @field_validator("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "MLFLOW_TRACKING_URI", "DATABASE_URL")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip()
+        # Not the value itself in these messages: nothing tells which part of it is a password.
         if value and not urlsplit(value).scheme:
-            # Not the value itself: without a scheme, nothing tells which part is a password.
             raise ValueError("it is not a URL: it has no scheme (expected scheme://...)")
-        return _refuse_placeholder(urlsplit(value).password or "", value)
+        if value and info.field_name == "DATABASE_URL" and "://" not in value:
+            raise ValueError("it is not a database URL (expected e.g. postgresql+psycopg2://user@host:5432/name)")
+        return _refuse_placeholder(url_password(info.field_name, value), value)
 
     @field_validator(
         "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_READER_PASSWORD", "MLFLOW_TRAINER_PASSWORD"
@@ -238,8 +250,22 @@ class Settings(BaseSettings):
 
 
 # scheme://user:PASSWORD@ anywhere in a text; the user part may be empty (redis://:PASSWORD@host).
-URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+(?=@)")
+# The password may hold a / (SQLAlchemy reads up to the @); one with a space is found by the settings' own.
+URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]+(?=@)")
 HIDDEN = "***"
+
+
+# SQLAlchemy's own reading of a URL's password: everything from the user's colon to the first @,
+# a / or a space included (sqlalchemy.engine.url._parse_url). urlsplit stops at the first / instead.
+SQLALCHEMY_PASSWORD = re.compile(r"[\w+]+://[^:/]*:(?P<password>[^@]*)@")
+
+
+def url_password(name: str, url: str) -> str:
+    """The password of a URL setting as written, read the way its client reads it."""
+    if name == "DATABASE_URL":
+        found = SQLALCHEMY_PASSWORD.match(url)
+        return found.group("password") if found else ""
+    return urlsplit(url).password or ""
 
 
 def named_secrets(settings: Settings) -> list[tuple[str, str]]:
@@ -247,7 +273,7 @@ def named_secrets(settings: Settings) -> list[tuple[str, str]]:
     and Flower's basic-auth users'."""
     found = []
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "MLFLOW_TRACKING_URI"):
-        password = urlsplit(getattr(settings, name)).password
+        password = url_password(name, getattr(settings, name))
         if password:
             found.append((name, password))
     for name in (

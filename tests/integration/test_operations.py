@@ -661,3 +661,22 @@ def test_a_slot_whose_message_a_worker_refused_or_dropped_says_why(stack):
     assert rows[0].error.startswith("BadRequest: rides must be at most MAX_RIDES_PER_REQUEST="), rows[0].error
     assert rows[1].error == "TaskRevoked: expired in the queue before a worker ran it", rows[1].error
     assert stack.sql("SELECT count(*) FROM batch_runs WHERE batch_id = ANY(:ids)", ids=ids)[0][0] == 0
+
+
+def test_status_masks_a_database_password_with_a_slash_or_a_space(tmp_path):
+    """SQLAlchemy reads a password up to the @, so it connects with one holding a / or a space; status
+    printed such a URL whole (the URL pattern stopped at the /, urlsplit found no password or `Db`)."""
+    with migrated_database() as url:
+        with_password = url.replace("postgresql+psycopg2://postgres@", "postgresql+psycopg2://postgres:Db/Pw 7@")
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", "status", "--json"],
+            cwd=REPO_ROOT,
+            env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), "DATABASE_URL": with_password},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    report = json.loads(done.stdout)
+    assert report["database"]["ok"], done.stdout  # trust auth: the password is sent and ignored
+    assert report["database"]["url"] == with_password.replace(":Db/Pw 7@", ":***@")
+    assert "Pw 7" not in done.stdout + done.stderr and "Db/" not in done.stdout + done.stderr

@@ -36,7 +36,14 @@ def test_beat_schedule_names_registered_tasks():
     ("variable", "value"),
     [
         ("BATCH_INTERVAL_SECONDS", "five"),
+        # inf and 1e308 crashed celery_app's schedule with an OverflowError traceback; nan was accepted
+        ("BATCH_INTERVAL_SECONDS", "inf"),
+        ("BATCH_INTERVAL_SECONDS", "1e308"),
+        ("MODEL_REFRESH_SECONDS", "nan"),
+        ("RETENTION_DAYS", "inf"),
         ("DATABASE_URL", "not a url"),
+        # urlsplit sees a scheme "postgres" in it; SQLAlchemy then raised ArgumentError with a traceback
+        ("DATABASE_URL", "postgres:S3cretPw@host/db"),
         ("MAX_RIDES_PER_REQUEST", "-1"),
         ("WHATIF_BATCHES", "sometimes"),
     ],
@@ -54,6 +61,7 @@ def test_malformed_setting_stops_the_cli_naming_the_variable(variable, value, tm
     assert variable in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    assert "S3cretPw" not in done.stderr
 
 
 def test_whatif_batches_is_include_or_exclude_and_a_bad_value_names_the_variable(monkeypatch):

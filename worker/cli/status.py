@@ -50,7 +50,11 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
     def broker() -> dict[str, Any]:
         lengths = queue_lengths()
-        return {"url": redact(settings.CELERY_BROKER_URL), "queue_length": sum(lengths.values()), "queues": lengths}
+        return {
+            "url": redact(settings.CELERY_BROKER_URL, settings),
+            "queue_length": sum(lengths.values()),
+            "queues": lengths,
+        }
 
     def database() -> dict[str, Any]:
         engine = get_engine(settings.database_url)
@@ -62,7 +66,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         missed = missed_in_last_day(settings, engine) if ready else []
         refused = history.refusals(engine, missed) if missed else {}
         return {
-            "url": redact(settings.database_url),
+            "url": redact(settings.database_url, settings),
             "schema_ready": ready,
             **({} if ready else {"schema_problem": problem}),
             "missed_slots_24h": [slot.isoformat() for slot in missed],
@@ -87,7 +91,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             resolve_version(client, settings.model_uri)  # raises, naming the URI and the fix
         aliases.update(state.aliases)
         return {
-            "uri": redact(settings.tracking_uri),
+            "uri": redact(settings.tracking_uri, settings),
             "model_uri": settings.model_uri,
             "model_name": state.name,
             "model_version": state.version,
