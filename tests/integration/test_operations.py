@@ -101,6 +101,11 @@ def test_backfill_fills_the_slots_beat_missed_and_skips_the_ones_it_wrote(new_st
         (["--from", "2026-11-26T10:05", "--to", "2026-11-26T10:00"], "is not after --from"),
         (["--from", "{past}", "--to", "{future}"], "future slots are beat's job"),
         (["--from", "2026-01-01T00:00", "--to", "2026-01-08T00:01"], "is more than 2016"),
+        # 13 million slots: every one was built (minutes, gigabytes) before this refusal, and --yes sent them
+        (["--from", "1900-01-02T00:00", "--to", "2026-11-26T10:00"], "13348632 slots is more than 105408"),
+        (["--from", "1900-01-02T00:00", "--to", "2026-11-26T10:00", "--yes"], "send it in parts"),
+        # the worker refused every slot of year 1 with an OverflowError, and a rerun never helped
+        (["--from", "0001-01-01T00:00+00:00", "--to", "0001-01-01T01:00+00:00"], "outside the years 1900..2199"),
         (["--from", "yesterday", "--to", "2026-11-26T10:00"], "--from 'yesterday' is not an ISO 8601 time"),
         (["--from", "2026-11-01T01:30", "--to", "2026-11-01T03:00"], "happens twice in Chicago"),
         (["--from", "2026-03-08T02:30", "--to", "2026-03-08T04:00"], "does not exist in Chicago"),

@@ -28,6 +28,17 @@ DOWN = "127.0.0.1:1"
             'connection to server at "127.0.0.1", port 1',
         ),
         (["train", "--rides", "500"], {"MLFLOW_TRACKING_URI": f"http://{DOWN}"}, "API request to http://127.0.0.1:1"),
+        # Celery's Redis result backend retried 20 times, logging each, then raised a RuntimeError traceback
+        (
+            ["dispatch", "--rides", "5"],
+            {"CELERY_BROKER_URL": f"redis://{DOWN}/0", "CELERY_RESULT_BACKEND": f"redis://{DOWN}/1"},
+            "Error 111 connecting to 127.0.0.1:1",
+        ),
+        (
+            ["dispatch", "--rides", "5", "--wait"],
+            {"CELERY_RESULT_BACKEND": f"redis://{DOWN}/1"},  # the broker up: the embedded one
+            "Error 111 connecting to 127.0.0.1:1",
+        ),
     ],
 )
 def test_service_down_is_one_clear_line(args, env, names, tmp_path):
@@ -82,3 +93,31 @@ def test_status_masks_every_password(tmp_path):
     assert not report["ok"] and not any(report[p]["ok"] for p in ("broker", "database", "registry"))
     for secret in ("broker-s3cret", "db-s3cret", "mlflow-s3cret"):
         assert secret not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # each ended as "(python -m worker status shows what is down)", exit 1, though nothing was down
+        (["batches", "--last", "99999999999999999999"], "must be below 2**63"),
+        (["promote", "abc", "--reason", "x"], "'abc' is not a model version"),
+        (["promote", "1.0", "--reason", "x"], "'1.0' is not a model version"),
+        (["promote", "99999999999999999999", "--reason", "x"], "is not a model version"),
+        # each ended in an OverflowError traceback
+        (["batches", "--since", "9999-12-31T23:59"], "--since '9999-12-31T23:59' is outside the years 1900..2199"),
+        (["retrain", "--since", "1h", "--until", "0001-01-01T00:30+00:00"], "outside the years 1900..2199"),
+        (["prune", "--older-than", "99999999"], "must be at most 36500 days"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_naming_the_problem(args, message, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "shows what is down" not in done.stderr

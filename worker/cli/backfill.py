@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_SLOTS = 2016  # one week of 5-minute slots; more needs --yes
+MAX_SLOTS_EVER = 366 * 288  # a year of 5-minute slots, even with --yes: a longer range goes in parts
 DEFAULT_MAX_QUEUED = 10  # messages; each carries up to an hour of slots
 IN_FLIGHT = ("running", "retrying")
 REFUSALS_EVERY = 2.0  # seconds between asks of the result backend while --wait waits
@@ -66,6 +67,14 @@ def plan_backfill(
     if end <= start:
         raise UsageError(f"--to {end.isoformat()} is not after --from {start.isoformat()}")
     current = slot_start(interval, now.timestamp())
+    # Counted before any is built: 1900 to now is 13 million slots, which took minutes and gigabytes.
+    count = math.ceil(end.timestamp() / interval) - math.ceil(start.timestamp() / interval)
+    if count > MAX_SLOTS_EVER:
+        raise UsageError(f"{count} slots is more than {MAX_SLOTS_EVER} (a year of 5-minute slots); send it in parts")
+    if count > MAX_SLOTS and not allow_many:
+        raise UsageError(
+            f"{count} slots is more than {MAX_SLOTS} (one week of 5-minute slots); add --yes to send them all"
+        )
     slots = slot_grid(start, end, interval)
     if not slots:
         raise UsageError(f"no beat slot (every {interval:g} s on the clock) lies in [--from, --to)")
@@ -73,10 +82,6 @@ def plan_backfill(
         raise UsageError(
             f"the range reaches past the current slot {current.isoformat()}: future slots are beat's job; "
             f"end --to at {datetime.fromtimestamp(current.timestamp() + interval, UTC).isoformat()} or earlier"
-        )
-    if len(slots) > MAX_SLOTS and not allow_many:
-        raise UsageError(
-            f"{len(slots)} slots is more than {MAX_SLOTS} (one week of 5-minute slots); add --yes to send them all"
         )
     ids = {batch_id_of(slot): slot for slot in slots}
     status = statuses(engine, list(ids))

@@ -31,11 +31,22 @@ UNREACHABLE = {
     "worker.store.database.SchemaMissing",
     "builtins.ConnectionError",
     "builtins.TimeoutError",
+    "redis.exceptions.ConnectionError",
+    "redis.exceptions.TimeoutError",
 }
 
 
-def is_unreachable(exc: BaseException) -> bool:
-    return any(f"{k.__module__}.{k.__qualname__}" in UNREACHABLE for k in type(exc).__mro__)
+def unreachable_cause(exc: BaseException) -> BaseException | None:
+    """The error in `exc`'s chain that says a service is down, if any: Celery raises a RuntimeError
+    from Redis's ConnectionError when its result backend cannot reconnect."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if any(f"{k.__module__}.{k.__qualname__}" in UNREACHABLE for k in type(link).__mro__):
+            return link
+        seen.add(id(link))
+        link = link.__cause__
+    return None
 
 
 # A model version that is refused for good (unsafe or foreign artifact), or a conversion that did
@@ -43,6 +54,7 @@ def is_unreachable(exc: BaseException) -> bool:
 REFUSED = {"worker.model.trust.ModelRefused", "worker.model.conversion.ConversionMismatch"}
 # A life-cycle command that would do the wrong thing (unknown version, too few outcomes, ...): one line, exit 2.
 LIFECYCLE_REFUSED = "worker.lifecycle.promotion.LifecycleRefused"
+MAX_DAYS_BACK = 36_500  # prune --older-than: a century (RETENTION_DAYS' limit too)
 
 
 def is_lifecycle_refusal(exc: BaseException) -> bool:
@@ -60,7 +72,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value >= 2**63:  # the database's bigint: beyond it a query failed as if the database were down
+        raise argparse.ArgumentTypeError(f"must be below 2**63, got {text}")
     return value
+
+
+def _version(text: str) -> str:
+    """A registered version: MLflow numbers them 1, 2, 3 (as text)."""
+    value = text.strip()
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model version (a whole number from 1, e.g. 3)")
+    return str(int(value))
 
 
 def _seed(text: str) -> int:
@@ -87,6 +109,13 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _days(text: str) -> float:
+    value = _positive_float(text)
+    if value > MAX_DAYS_BACK:  # further back than the years a time may name (cli/times.py)
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_DAYS_BACK} days, got {text}")
     return value
 
 
@@ -802,7 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser(
         "convert-model", help="register a pickle model version again as skops (the workers refuse pickle)"
     )
-    convert.add_argument("--version", help="the version to convert; default: the one MODEL_URI points at")
+    convert.add_argument(
+        "--version", type=_version, help="the version to convert; default: the one MODEL_URI points at"
+    )
     convert.set_defaults(handler=cmd_convert_model)
 
     users = sub.add_parser(
@@ -871,7 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.set_defaults(handler=cmd_rerun)
 
     prune = sub.add_parser("prune", help="delete batches older than DAYS with all their rows")
-    prune.add_argument("--older-than", type=_positive_float, required=True, metavar="DAYS")
+    prune.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
     prune.add_argument("--yes", action="store_true", help="delete without asking")
     prune.set_defaults(handler=cmd_prune)
 
@@ -890,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     reference = sub.add_parser(
         "reference", help="log a drift reference for a model version registered without one (training credentials)"
     )
-    reference.add_argument("--version", required=True, help="the registered version of MODEL_NAME")
+    reference.add_argument("--version", type=_version, required=True, help="the registered version of MODEL_NAME")
     reference.add_argument("--rides", type=_positive_int, default=50_000, help="generated rides it scores")
     reference.set_defaults(handler=cmd_reference)
 
@@ -976,7 +1007,7 @@ def build_parser() -> argparse.ArgumentParser:
         "version already serving, a MODEL_URI naming a fixed version or a stage, and (unless --force) a version "
         "whose live paired evidence says it is worse than production. Needs the training credentials.",
     )
-    promote.add_argument("version")
+    promote.add_argument("version", type=_version)
     promote.add_argument("--reason", required=True, help="why, for the record (model_events)")
     promote.add_argument("--force", action="store_true", help="promote even if live evidence says it is worse")
     promote.set_defaults(handler=cmd_promote)
@@ -1072,11 +1103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_refused(exc):
             print(f"error: {type(exc).__name__}: {redact(str(exc), settings)}", file=sys.stderr)
             return 1
-        if not is_unreachable(exc):
+        down = unreachable_cause(exc)
+        if down is None:
             raise
         # A service is down or refuses: one line, and where to look.
-        detail = redact((str(exc).strip().splitlines() or [""])[0][:400], settings)
-        print(f"error: {type(exc).__name__}: {detail} (python -m worker status shows what is down)", file=sys.stderr)
+        detail = redact((str(down).strip().splitlines() or [""])[0][:400], settings)
+        print(f"error: {type(down).__name__}: {detail} (python -m worker status shows what is down)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 
 from worker.beat import RUN_BATCH, RUN_SLOTS
@@ -21,6 +22,19 @@ SCORE_RIDES = "worker.tasks.score_rides"
 SCORE_MESSAGE_ROWS = 10_000  # rides per score_rides message: ~1.5 MB of JSON
 MAX_ERRORS_SHOWN = 20
 MAX_BYTES_PER_ROW = 400  # a ride with all raw columns and a trip_id is ~130 bytes of CSV
+
+
+@cache
+def sending_app():
+    """The Celery app, once its result backend has answered. Celery's Redis result backend subscribes
+    to a task's result as the task is sent; with Redis down it retried that 20 times, logging each, and
+    ended in a RuntimeError traceback. A ping first makes that one clear line, at once."""
+    from worker.celery_app import app
+
+    client = getattr(app.backend, "client", None)  # Redis's; the SQLite backend has none
+    if client is not None and callable(getattr(client, "ping", None)):
+        client.ping()
+    return app
 
 
 def world_kwargs(world: World) -> dict[str, float]:
@@ -38,7 +52,7 @@ def dispatch_batch(
 ) -> tuple[str, str]:
     """Send one ad-hoc run_batch; `task_id` names the batch (`adhoc-<task id>`), so a rerun
     that reuses it continues the same batch."""
-    from worker.celery_app import app
+    app = sending_app()
 
     task_id = task_id or str(uuid.uuid4())
     kwargs: dict = {"rides": rides, **world_kwargs(world)}
@@ -54,7 +68,8 @@ def dispatch_slot(
 ) -> str:
     """Send run_batch for one beat slot as beat would (same kwargs, same batch id), saying who sent it."""
     from worker.beat import schedule_batch_id
-    from worker.celery_app import app
+
+    app = sending_app()
 
     kwargs = {
         "rides": rides,
@@ -78,7 +93,8 @@ def dispatch_slots(
     """Send one run_slots for a run of beat slots (each still its own batch, named as beat names it);
     `task_id` names the message, so a waiting backfill can ask the result backend how it ended."""
     from worker.beat import schedule_batch_id
-    from worker.celery_app import app
+
+    app = sending_app()
 
     kwargs = {
         "slots": [slot.astimezone(UTC).isoformat() for slot in slots],
@@ -142,7 +158,6 @@ def _validated_chunks(path: str | Path, rows_per_chunk: int):
 
 def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> FileDispatch:
     """Validate the whole file first (streaming), then send its valid rides in chunks."""
-    from worker.celery_app import app
     from worker.rides.validation import to_records
 
     size = Path(path).stat().st_size if Path(path).is_file() else 0
@@ -170,6 +185,7 @@ def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> F
     if valid == 0:
         raise UsageError(f"{path}: none of its {outcome.total} rows is valid; nothing to score")
     chunks_total = -(-valid // SCORE_MESSAGE_ROWS)
+    app = sending_app()
 
     def send(part: list[dict]) -> None:
         kwargs = {

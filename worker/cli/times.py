@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from worker.cli.errors import UsageError
 from worker.rides.generator import CHICAGO
+from worker.rides.validation import FIRST_YEAR, LAST_YEAR
 
 TIME_HELP = (
     "ISO 8601, e.g. 2026-11-26T10:00 (Chicago local time, as in the city's data) "
@@ -24,6 +25,8 @@ def parse_time(text: str, option: str) -> datetime:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(f"{option} {text!r} is not an ISO 8601 time ({TIME_HELP})") from None
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:  # year 1 or 9999 overflowed a conversion further on
+        raise UsageError(f"{option} {text!r} is outside the years {FIRST_YEAR}..{LAST_YEAR}")
     if value.tzinfo is not None:
         return value.astimezone(UTC)
     early = value.replace(tzinfo=CHICAGO, fold=0)
