@@ -67,3 +67,19 @@ def test_the_holdout_keeps_each_batch_on_one_side_and_takes_the_newest() -> None
     )
     train, held = split_by_time(one, 0.2)
     assert len(held) == 20 and train["trip_start_timestamp"].max() < held["trip_start_timestamp"].min()
+
+
+def test_a_newest_batch_too_big_to_hold_out_whole_is_split_by_trip_start() -> None:
+    """One 1,000,000-ride dispatch after a few small batches held out 99.7 % of the rows, whole."""
+    start = datetime(2026, 12, 2, 12, tzinfo=UTC)
+    sizes = [10, 10, 10, 970]
+    rows = pd.DataFrame(
+        {
+            "batch_id": np.repeat([f"b{k}" for k in range(4)], sizes),
+            "known_at": np.repeat([start + timedelta(minutes=5 * k) for k in range(4)], sizes),
+            "trip_start_timestamp": pd.date_range("2026-12-02 06:00", periods=sum(sizes), freq="1min"),
+        }
+    )
+    train, held = split_by_time(rows, 0.2)
+    assert len(held) == 200 and len(train) == 800
+    assert train["trip_start_timestamp"].max() < held["trip_start_timestamp"].min()

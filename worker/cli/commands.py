@@ -871,8 +871,9 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = sub.add_parser(
         "backfill",
         help="send the beat slots of a past range, with the ids beat would have used",
-        description="Send one run_batch per beat slot in [--from, --to), as beat would have sent it: "
-        "slots already written are skipped, missed ones are filled. Times are " + TIME_HELP + ".",
+        description="Send the beat slots in [--from, --to), each with the batch id beat would have used, one "
+        "run_slots message per clock hour of slots (each slot still its own batch): slots already written are "
+        "skipped, missed and failed ones are filled. Times are " + TIME_HELP + ".",
     )
     backfill.add_argument("--from", dest="start", required=True, metavar="TIME", help=TIME_HELP)
     backfill.add_argument("--to", dest="end", required=True, metavar="TIME", help="end of the range (not included)")

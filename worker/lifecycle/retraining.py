@@ -91,12 +91,13 @@ def check_window(start: datetime, end: datetime, now: datetime) -> None:
 
 def split_by_time(rows: pd.DataFrame, share: float = HOLDOUT_SHARE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Hold out the batches whose rides became known last, whole, until `share` of the rows; a single
-    batch is split by trip start instead."""
+    batch, or a newest batch so big that holding it out whole would take more than twice `share`
+    (one 1,000,000-ride dispatch held out 99.7 % and trained on 541 rides), is split by trip start."""
     newest = rows.groupby("batch_id")["known_at"].max().sort_values()
     if len(newest) >= 2:
         sizes = rows.groupby("batch_id").size().reindex(newest.index[::-1])
         held = sizes.index[: int(np.searchsorted(sizes.cumsum().to_numpy(), share * len(rows))) + 1]
-        if len(held) < len(newest):
+        if len(held) < len(newest) and sizes[held].sum() <= 2 * share * len(rows):
             mask = rows["batch_id"].isin(held)
             return rows[~mask], rows[mask]
     cut = rows["trip_start_timestamp"].quantile(1 - share)
