@@ -107,6 +107,7 @@ def test_status_masks_every_password(tmp_path):
         (["batches", "--since", "9999-12-31T23:59"], "--since '9999-12-31T23:59' is outside the years 1900..2199"),
         (["retrain", "--since", "1h", "--until", "0001-01-01T00:30+00:00"], "outside the years 1900..2199"),
         (["prune", "--older-than", "99999999"], "must be at most 36500 days"),
+        (["dispatch", "--rides", "0"], "argument --rides: must be at least 1, got 0"),
     ],
 )
 def test_bad_arguments_are_usage_errors_naming_the_problem(args, message, tmp_path):
@@ -121,3 +122,4 @@ def test_bad_arguments_are_usage_errors_naming_the_problem(args, message, tmp_pa
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "shows what is down" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # argparse printed its usage first

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from worker.cli.backfill import MAX_SLOTS as MAX_BACKFILL_SLOTS
 from worker.cli.errors import PortTaken, UsageError
@@ -805,8 +806,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return run_everything(settings, first_model_rides=args.first_model_rides)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line naming it, like every other refusal (argparse printed its usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m worker", description="Chicago taxi trip-duration batches.")
+    parser = OneLineParser(prog="python -m worker", description="Chicago taxi trip-duration batches.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model, register it, promote it if not worse")
