@@ -123,3 +123,31 @@ def test_bad_arguments_are_usage_errors_naming_the_problem(args, message, tmp_pa
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "shows what is down" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # argparse printed its usage first
+
+
+@pytest.mark.parametrize("command", ["dispatch", "score"])
+def test_a_wait_whose_database_is_down_sends_nothing(command, tmp_path):
+    """It sent the batch, then failed reading the database: a batch running that nobody followed."""
+    rides = tmp_path / "rides.csv"
+    rides.write_text(
+        "pickup_community_area,dropoff_community_area,trip_start_timestamp,fare,trip_miles\n"
+        "8,32,2026-11-26T10:00:00,12,3.1\n"
+    )
+    args = ["dispatch", "--rides", "5"] if command == "dispatch" else ["score", str(rides)]
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", *args, "--wait"],
+        cwd=REPO_ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "LOCAL_DIR": str(tmp_path / "local"),  # the embedded broker: its queue is a folder
+            "DATABASE_URL": f"postgresql+psycopg2://u@{DOWN}/x",
+        },
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert 'connection to server at "127.0.0.1", port 1' in done.stderr and "Traceback" not in done.stderr
+    queue = tmp_path / "local" / "broker" / "queue"
+    assert not queue.exists() or not any(queue.iterdir()), "a message was sent"
+    assert "batch " not in done.stdout

@@ -261,9 +261,11 @@ def check_request_size(rides: int, settings: Settings) -> None:
 
 
 def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli.dispatching import dispatch_batch, wait_for_batch
+    from worker.cli.dispatching import database_answers, dispatch_batch, wait_for_batch
 
     check_request_size(args.rides, settings)
+    if args.wait:  # --wait reads the database: with it down, send nothing rather than a batch nobody follows
+        database_answers(settings)
     task_id, batch_id = dispatch_batch(args.rides, args.seed, _world(args))
     print(f"task {task_id}")
     print(f"batch {batch_id}")
@@ -413,7 +415,7 @@ def cmd_monitor_check(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.dispatching import dispatch_file, wait_for_batch
 
-    outcome = dispatch_file(settings, args.path, skip_invalid=args.skip_invalid)
+    outcome = dispatch_file(settings, args.path, skip_invalid=args.skip_invalid, wait=args.wait)
     for row, reason in outcome.errors_shown:
         print(f"row {row}: {reason}", file=sys.stderr)
     if outcome.refused:

@@ -37,6 +37,14 @@ def sending_app():
     return app
 
 
+def database_answers(settings: Settings) -> None:
+    """Raise what is wrong with the database (down, or its tables missing) before a `--wait` sends work:
+    a batch sent that this command then cannot follow would be left running behind its error."""
+    from worker.store.database import ensure_schema, get_engine
+
+    ensure_schema(get_engine(settings.database_url))
+
+
 def world_kwargs(world: World) -> dict[str, float]:
     """The knobs as run_batch takes them; left out when calibrated, so messages stay as before."""
     out = {}
@@ -156,8 +164,9 @@ def _validated_chunks(path: str | Path, rows_per_chunk: int):
         first += len(chunk)
 
 
-def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> FileDispatch:
-    """Validate the whole file first (streaming), then send its valid rides in chunks."""
+def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool, wait: bool = False) -> FileDispatch:
+    """Validate the whole file first (streaming), then send its valid rides in chunks (with `wait`,
+    only once the database that the wait reads answers)."""
     from worker.rides.validation import to_records
 
     size = Path(path).stat().st_size if Path(path).is_file() else 0
@@ -185,6 +194,8 @@ def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool) -> F
     if valid == 0:
         raise UsageError(f"{path}: none of its {outcome.total} rows is valid; nothing to score")
     chunks_total = -(-valid // SCORE_MESSAGE_ROWS)
+    if wait:
+        database_answers(settings)
     app = sending_app()
 
     def send(part: list[dict]) -> None:
