@@ -35,7 +35,7 @@ DOWN = "127.0.0.1:1"
             "Error 111 connecting to 127.0.0.1:1",
         ),
         (
-            ["dispatch", "--rides", "5", "--wait"],
+            ["dispatch", "--rides", "5"],
             {"CELERY_RESULT_BACKEND": f"redis://{DOWN}/1"},  # the broker up: the embedded one
             "Error 111 connecting to 127.0.0.1:1",
         ),

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
 from worker.beat import RUN_BATCH, RUN_SLOTS
 from worker.cli.errors import UsageError
+from worker.cli.file_reader import FileCheck, refuse_oversized, validated_chunks
 from worker.rides.generator import CALIBRATED, World
 from worker.settings import Settings
 
 SCORE_RIDES = "worker.tasks.score_rides"
 SCORE_MESSAGE_ROWS = 10_000  # rides per score_rides message: ~1.5 MB of JSON
-MAX_ERRORS_SHOWN = 20
-MAX_BYTES_PER_ROW = 400  # a ride with all raw columns and a trip_id is ~130 bytes of CSV
 
 
 @cache
@@ -132,62 +131,22 @@ def queue_length() -> int:
 
 
 @dataclass
-class FileDispatch:
-    batch_id: str
-    total: int = 0
-    invalid: int = 0
+class FileDispatch(FileCheck):
+    batch_id: str = ""
     sent: int = 0
     chunks: int = 0
     refused: bool = False
-    errors_shown: list[tuple[int, str]] = field(default_factory=list)
-
-
-def _validated_chunks(path: str | Path, rows_per_chunk: int):
-    """Validated chunks of the file; a trip_id seen in an earlier chunk makes the row invalid too.
-
-    Both passes of dispatch_file call this, so they refuse and keep exactly the same rows."""
-    from worker.cli.file_reader import iter_file
-    from worker.rides.validation import validate_rides
-
-    first = 1
-    seen: set[str] = set()
-    for chunk in iter_file(path, rows_per_chunk):
-        checked = validate_rides(chunk, first_row=first)
-        ids = checked.valid["trip_id"]
-        repeated = ids.notna() & ids.isin(seen)
-        if repeated.any():
-            rows = [int(r) for r in checked.valid.index[repeated]]
-            checked.errors.extend((first + r, "trip_id appears earlier in the file") for r in rows)
-            checked.valid = checked.valid[~repeated]
-        seen.update(ids[ids.notna()])
-        yield checked, len(chunk)
-        first += len(chunk)
 
 
 def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool, wait: bool = False) -> FileDispatch:
     """Validate the whole file first (streaming), then send its valid rides in chunks (with `wait`,
     only once the database that the wait reads answers)."""
-    from worker.rides.validation import to_records
+    from worker.rides.validation import to_records, validate_rides
 
-    size = Path(path).stat().st_size if Path(path).is_file() else 0
-    limit = settings.MAX_RIDES_PER_REQUEST * MAX_BYTES_PER_ROW
-    if size > limit:
-        raise UsageError(
-            f"{path}: {size / 1e6:.0f} MB is more than MAX_RIDES_PER_REQUEST={settings.MAX_RIDES_PER_REQUEST} "
-            f"rides can take ({limit / 1e6:.0f} MB at {MAX_BYTES_PER_ROW} bytes a ride); split the file"
-        )
+    limit = settings.MAX_RIDES_PER_REQUEST
+    refuse_oversized(path, limit, "rides")
     outcome = FileDispatch(batch_id=f"file-{uuid.uuid4()}")
-    valid = 0
-    for checked, rows in _validated_chunks(path, SCORE_MESSAGE_ROWS):
-        outcome.total += rows
-        outcome.invalid += len(checked.errors)
-        valid += len(checked.valid)
-        room = MAX_ERRORS_SHOWN - len(outcome.errors_shown)
-        outcome.errors_shown.extend(checked.errors[: max(room, 0)])
-        if outcome.total > settings.MAX_RIDES_PER_REQUEST:
-            raise UsageError(f"{path}: more than MAX_RIDES_PER_REQUEST={settings.MAX_RIDES_PER_REQUEST} rows")
-    if outcome.total == 0:
-        raise UsageError(f"{path}: has a header but no rows")
+    valid = sum(len(c.valid) for c in validated_chunks(path, validate_rides, outcome, limit, SCORE_MESSAGE_ROWS))
     if outcome.invalid and not skip_invalid:
         outcome.refused = True
         return outcome
@@ -213,7 +172,7 @@ def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool, wait
         outcome.chunks += 1
 
     pending: list[dict] = []
-    for checked, _ in _validated_chunks(path, SCORE_MESSAGE_ROWS):
+    for checked in validated_chunks(path, validate_rides, FileCheck(), limit, SCORE_MESSAGE_ROWS):
         pending.extend(to_records(checked.valid))
         while len(pending) >= SCORE_MESSAGE_ROWS:
             send(pending[:SCORE_MESSAGE_ROWS])

@@ -1,4 +1,5 @@
-"""Reading a user's CSV or Parquet file of rides in bounded chunks, for `score`.
+"""Reading a user's CSV or Parquet file in bounded chunks and checking it whole, for `score`
+(rides) and `outcomes` (true durations).
 
 A huge file never sits in memory whole: rows come in chunks, and a CSV line
 longer than a ride could be is refused as soon as it passes that length.
@@ -9,17 +10,21 @@ from __future__ import annotations
 import csv
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import pandas as pd
 import pyarrow.parquet as pq
 
+from worker.cli.errors import UsageError
 from worker.rides.cleaning import DataError, readable_file
-from worker.rides.validation import BadRequest
+from worker.rides.validation import BadRequest, Validation
 
 READ_CHUNK_ROWS = 50_000
+MAX_ERRORS_SHOWN = 20
+MAX_BYTES_PER_ROW = 400  # a ride with all raw columns and a trip_id is ~130 bytes of CSV
 # A ride is ~130 bytes of CSV. pandas holds a whole line in memory before it can split it, so a
 # file of one giant line (a 300 MB field passes the file-size check) would sit in memory entire,
 # several times over; such a line is refused as soon as it passes this length.
@@ -113,3 +118,57 @@ def iter_file(path: str | Path, rows_per_chunk: int = READ_CHUNK_ROWS) -> Iterat
         raise
     except Exception as exc:  # parser errors come in many types
         raise DataError(f"{path}: cannot be read: {exc}") from exc
+
+
+def refuse_oversized(path: str | Path, max_rows: int, what: str) -> None:
+    """Refuse a file too big for `max_rows` (MAX_RIDES_PER_REQUEST) before reading any of it."""
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    limit = max_rows * MAX_BYTES_PER_ROW
+    if size > limit:
+        raise UsageError(
+            f"{path}: {size / 1e6:.0f} MB is more than MAX_RIDES_PER_REQUEST={max_rows} {what} can take "
+            f"({limit / 1e6:.0f} MB at {MAX_BYTES_PER_ROW} bytes a row); split the file"
+        )
+
+
+@dataclass
+class FileCheck:
+    """What validating a whole file found: its rows, how many were invalid, the first reasons."""
+
+    total: int = 0
+    invalid: int = 0
+    errors_shown: list[tuple[int, str]] = field(default_factory=list)
+
+
+def validated_chunks(
+    path: str | Path,
+    validate: Callable[..., Validation],
+    check: FileCheck,
+    max_rows: int,
+    rows_per_chunk: int = READ_CHUNK_ROWS,
+) -> Iterator[Validation]:
+    """The file's chunks, validated, counted into `check`; a trip_id seen in an earlier chunk makes
+    its row invalid too. `score` reads a file twice (checked, then sent) and both passes call this,
+    so they refuse and keep exactly the same rows."""
+    first = 1
+    seen: set[str] = set()
+    for chunk in iter_file(path, rows_per_chunk):
+        checked = validate(chunk, first_row=first)
+        ids = checked.valid["trip_id"]
+        repeated = ids.notna() & ids.isin(seen)
+        if repeated.any():
+            rows = checked.valid.index[repeated]
+            checked.errors.extend((first + int(r), "trip_id appears earlier in the file") for r in rows)
+            checked.errors.sort()
+            checked.valid = checked.valid[~repeated]
+        seen.update(ids[ids.notna()])
+        check.total += len(chunk)
+        check.invalid += len(checked.errors)
+        room = MAX_ERRORS_SHOWN - len(check.errors_shown)
+        check.errors_shown.extend(checked.errors[: max(room, 0)])
+        if check.total > max_rows:
+            raise UsageError(f"{path}: more than MAX_RIDES_PER_REQUEST={max_rows} rows")
+        yield checked
+        first += len(chunk)
+    if check.total == 0:
+        raise UsageError(f"{path}: has a header but no rows")

@@ -16,9 +16,8 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import Engine
 
-from worker.cli.dispatching import MAX_BYTES_PER_ROW, MAX_ERRORS_SHOWN
 from worker.cli.errors import UsageError
-from worker.cli.file_reader import iter_file
+from worker.cli.file_reader import FileCheck, refuse_oversized, validated_chunks
 from worker.model.reference import ReferenceCache
 from worker.model.registry import configure_mlflow
 from worker.monitor import quality
@@ -29,11 +28,8 @@ from worker.store import monitoring
 
 
 @dataclass
-class OutcomeLoad:
-    total: int = 0
-    invalid: int = 0
+class OutcomeLoad(FileCheck):
     refused: bool = False
-    errors_shown: list[tuple[int, str]] = field(default_factory=list)
     written: int = 0
     already_known: int = 0
     unknown: int = 0
@@ -42,35 +38,10 @@ class OutcomeLoad:
 
 def read_outcomes(settings: Settings, path: str | Path) -> tuple[pd.DataFrame, OutcomeLoad]:
     """Every valid row of the file, and what was wrong with the others."""
-    size = Path(path).stat().st_size if Path(path).is_file() else 0
-    limit = settings.MAX_RIDES_PER_REQUEST * MAX_BYTES_PER_ROW
-    if size > limit:
-        raise UsageError(
-            f"{path}: {size / 1e6:.0f} MB is more than MAX_RIDES_PER_REQUEST={settings.MAX_RIDES_PER_REQUEST} "
-            f"outcomes can take ({limit / 1e6:.0f} MB); split the file"
-        )
+    limit = settings.MAX_RIDES_PER_REQUEST
+    refuse_oversized(path, limit, "outcomes")
     load = OutcomeLoad()
-    parts = []
-    seen: set[str] = set()
-    first = 1
-    for chunk in iter_file(path):
-        checked = validate_outcomes(chunk, first_row=first)
-        ids = checked.valid["trip_id"]
-        repeated = ids.isin(seen)
-        if repeated.any():
-            checked.errors.extend((first + int(r), "trip_id appears earlier in the file") for r in ids.index[repeated])
-            checked.valid = checked.valid[~repeated]
-        seen.update(ids)
-        load.total += len(chunk)
-        load.invalid += len(checked.errors)
-        room = MAX_ERRORS_SHOWN - len(load.errors_shown)
-        load.errors_shown.extend(sorted(checked.errors)[: max(room, 0)])
-        parts.append(checked.valid)
-        first += len(chunk)
-        if load.total > settings.MAX_RIDES_PER_REQUEST:
-            raise UsageError(f"{path}: more than MAX_RIDES_PER_REQUEST={settings.MAX_RIDES_PER_REQUEST} rows")
-    if load.total == 0:
-        raise UsageError(f"{path}: has a header but no rows")
+    parts = [checked.valid for checked in validated_chunks(path, validate_outcomes, load, limit)]
     valid = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["trip_id", "actual_duration"])
     return valid, load
 
