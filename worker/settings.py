@@ -24,6 +24,8 @@ PLACEHOLDERS = frozenset({"change-me", "change-me-12-characters"})
 # The longest interval or time limit a setting takes: beyond it nothing is scheduled in a useful time,
 # and 1e308 seconds overflowed Celery's schedule (seconds to int) instead of naming the variable.
 DAY = 86_400
+# The furthest back any setting or command looks (RETENTION_DAYS, prune --older-than, --since durations).
+CENTURY_DAYS = 36_500
 
 
 class SettingsError(RuntimeError):
@@ -137,7 +139,10 @@ class Settings(BaseSettings):
         660.0, gt=0, le=DAY, description="Seconds before a training task's process is killed."
     )
     RETENTION_DAYS: float | None = Field(
-        None, gt=0, le=36_500, description="Beat prunes batches older than this once a day; unset keeps everything."
+        None,
+        gt=0,
+        le=CENTURY_DAYS,
+        description="Beat prunes batches older than this once a day; unset keeps everything.",
     )
     DATABASE_STATEMENT_TIMEOUT: float = Field(
         60.0,
@@ -250,7 +255,7 @@ class Settings(BaseSettings):
 
 
 # scheme://user:PASSWORD@ anywhere in a text; the user part may be empty (redis://:PASSWORD@host).
-# The password may hold a / (SQLAlchemy reads up to the @); one with a space is found by the settings' own.
+# The password may hold a / (SQLAlchemy reads up to the first @); one with a space is found by the settings' own.
 URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]+(?=@)")
 HIDDEN = "***"
 

@@ -669,7 +669,7 @@ def test_a_slot_whose_message_a_worker_refused_or_dropped_says_why(stack):
 
 
 def test_status_masks_a_database_password_with_a_slash_or_a_space(tmp_path):
-    """SQLAlchemy reads a password up to the @, so it connects with one holding a / or a space; status
+    """SQLAlchemy reads a password up to the first @, so it connects with one holding a / or a space; status
     printed such a URL whole (the URL pattern stopped at the /, urlsplit found no password or `Db`)."""
     with migrated_database() as url:
         with_password = url.replace("postgresql+psycopg2://postgres@", "postgresql+psycopg2://postgres:Db/Pw 7@")

@@ -107,6 +107,7 @@ def test_status_masks_every_password(tmp_path):
         (["batches", "--since", "9999-12-31T23:59"], "--since '9999-12-31T23:59' is outside the years 1900..2199"),
         (["retrain", "--since", "1h", "--until", "0001-01-01T00:30+00:00"], "outside the years 1900..2199"),
         (["prune", "--older-than", "99999999"], "must be at most 36500 days"),
+        (["retrain", "--since", "800000d"], "--since '800000d' reaches back more than 36500 days"),
         (["dispatch", "--rides", "0"], "argument --rides: must be at least 1, got 0"),
     ],
 )

@@ -52,3 +52,10 @@ def test_a_well_formed_file_reads_every_row_as_written(tmp_path):
     frame = read(path)
     assert len(frame) == 6 and list(frame.columns) == HEADER.split(",")
     assert frame["pickup_community_area"].tolist() == ["8"] * 6 and frame["trip_miles"].iloc[-1] == "3.1"
+
+
+def test_empty_trailing_header_columns_are_no_repeated_name(tmp_path):
+    """A spreadsheet's export ends its header with `,,`: it read before the repeated-name check and must still."""
+    path = tmp_path / "rides.csv"
+    path.write_text(f"{HEADER},,\n{ROW},,\n")
+    assert read(path)["fare"].tolist() == ["12"]

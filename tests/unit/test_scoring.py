@@ -84,11 +84,26 @@ def test_an_odd_real_fare_is_still_scored_and_a_skipped_hour_with_its_offset_is_
     assert checked.valid["trip_start_timestamp"].iloc[1] == pd.Timestamp("2026-03-08 03:30")
 
 
+@pytest.mark.parametrize("column", ["fare", "pickup_community_area"])
 @pytest.mark.parametrize("truth", [pd.Series([True], dtype=bool), pd.Series([True], dtype=object)])
-def test_a_true_or_false_fare_is_not_a_number(truth):
+def test_a_true_or_false_is_not_a_number(truth, column):
     rides = frame({})
-    rides["fare"] = truth  # a Parquet boolean column, or a JSON ride's true: read as $1 before
-    assert [why for _, why in validate_rides(rides).errors] == ["fare is not a number"]
+    rides[column] = truth  # a Parquet boolean column, or a JSON ride's true: read as $1, or area 1, before
+    assert [why for _, why in validate_rides(rides).errors] == [f"{column} is not a number"]
+
+
+def test_a_zone_word_is_that_zone_alone_or_beside_naive_times():
+    """`… UTC` was not taken for an offset: alone it raised a TypeError, beside naive times a ValueError."""
+    alone = validate_rides(frame({"trip_start_timestamp": "2013-01-01 10:00:00 UTC"}))
+    mixed = validate_rides(
+        frame({"trip_start_timestamp": "2013-01-01 10:00:00 UTC"}, {"trip_start_timestamp": "2013-01-01 10:00:00"})
+    )
+    assert alone.errors == [] and mixed.errors == []
+    assert alone.valid["trip_start_timestamp"].tolist() == [pd.Timestamp("2013-01-01 04:00")]
+    assert mixed.valid["trip_start_timestamp"].tolist() == [
+        pd.Timestamp("2013-01-01 04:00"),
+        pd.Timestamp("2013-01-01 10:00"),
+    ]
 
 
 def test_duplicate_trip_ids_are_refused():

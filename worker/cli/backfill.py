@@ -244,7 +244,7 @@ def wait_for_slots(
                 log.warning(
                     "cannot ask the result backend how the sent messages ended (%s: %s); waiting on the batches alone",
                     type(exc).__name__,
-                    redact(str(exc)),
+                    redact(str(exc)),  # the log handlers redact with the settings too
                 )
                 tasks, refused = None, {}
             for batch_id, error in refused.items():

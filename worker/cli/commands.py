@@ -20,7 +20,7 @@ from worker.logs import redact_handlers
 from worker.rides.cleaning import DataError
 from worker.rides.generator import FACTOR_RANGE
 from worker.rides.validation import BadRequest
-from worker.settings import Settings, SettingsError, get_settings, redact
+from worker.settings import CENTURY_DAYS, Settings, SettingsError, get_settings, redact
 
 # Errors that mean a service is down or refusing, by class path, so that catching them does not
 # import mlflow or SQLAlchemy into commands that never use them.
@@ -55,7 +55,6 @@ def unreachable_cause(exc: BaseException) -> BaseException | None:
 REFUSED = {"worker.model.trust.ModelRefused", "worker.model.conversion.ConversionMismatch"}
 # A life-cycle command that would do the wrong thing (unknown version, too few outcomes, ...): one line, exit 2.
 LIFECYCLE_REFUSED = "worker.lifecycle.promotion.LifecycleRefused"
-MAX_DAYS_BACK = 36_500  # prune --older-than: a century (RETENTION_DAYS' limit too)
 
 
 def is_lifecycle_refusal(exc: BaseException) -> bool:
@@ -115,8 +114,8 @@ def _positive_float(text: str) -> float:
 
 def _days(text: str) -> float:
     value = _positive_float(text)
-    if value > MAX_DAYS_BACK:  # further back than the years a time may name (cli/times.py)
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_DAYS_BACK} days, got {text}")
+    if value > CENTURY_DAYS:  # beyond it, now minus DAYS overflowed the calendar
+        raise argparse.ArgumentTypeError(f"must be at most {CENTURY_DAYS} days, got {text}")
     return value
 
 

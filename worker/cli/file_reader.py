@@ -66,12 +66,12 @@ def _header(path: Path, kind: str) -> list[str]:
         return pq.ParquetFile(path).schema_arrow.names
     with open(path, "rb") as handle:  # the first line only, bounded: a giant one is refused while reading
         first = handle.read(MAX_LINE_BYTES + 1).split(b"\n", 1)[0]
-    return [name.strip() for name in next(csv.reader([first.decode("utf-8-sig", errors="replace")]), [])]
+    return next(csv.reader([first.decode("utf-8-sig", errors="replace")]), [])  # as pandas names them
 
 
 def _refuse_repeated_columns(path: Path, names: list[str]) -> None:
     seen: set[str] = set()
-    for name in names:
+    for name in filter(None, names):  # empty names (a header ending in ",,") are pandas' "Unnamed: 5", "Unnamed: 6"
         if name in seen:
             raise DataError(f"{path}: column {name!r} appears twice in the header; which one to read is not clear")
         seen.add(name)

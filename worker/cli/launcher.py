@@ -129,7 +129,7 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
             f"  exporter     http://{settings.EXPORTER_ADDRESS}:{settings.EXPORTER_PORT}/metrics (Prometheus)\n"
             "  status       .venv/bin/python -m worker status\n"
             f"  report       .venv/bin/python -m worker report --since 24h  (charts in one HTML file: {default_output(settings)})\n"
-            f"  predictions  table ride_predictions in {redact(settings.database_url)}\n"
+            f"  predictions  table ride_predictions in {redact(settings.database_url, settings)}\n"
             f"  logs         {logs}/worker.log, monitor.log, trainer.log, beat.log, flower.log, exporter.log\n"
             f"next batches every {settings.BATCH_INTERVAL_SECONDS:g} s on the clock. Ctrl-C stops everything.",
             flush=True,

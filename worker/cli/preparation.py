@@ -11,7 +11,7 @@ def migrate_database(settings: Settings) -> None:
     from worker.store.readers import ReaderRoleMissing, grant_readers
 
     migrate(settings.database_url)
-    print(f"database schema is up to date ({redact(settings.database_url)})")
+    print(f"database schema is up to date ({redact(settings.database_url, settings)})")
     if settings.DATABASE_READER_ROLE:
         try:
             granted = grant_readers(get_engine(settings.database_url), settings.DATABASE_READER_ROLE)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from worker.cli.errors import UsageError
 from worker.rides.generator import CHICAGO
 from worker.rides.validation import FIRST_YEAR, LAST_YEAR
+from worker.settings import CENTURY_DAYS
 
 TIME_HELP = (
     "ISO 8601, e.g. 2026-11-26T10:00 (Chicago local time, as in the city's data) "
@@ -47,7 +48,7 @@ def parse_duration(text: str, option: str) -> timedelta:
     match = _DURATION.match(text)
     if not match or float(match.group(1)) <= 0:
         raise UsageError(f"{option} {text!r} is not a duration such as 90m, 6h, 2d or 1w")
-    try:
-        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    except OverflowError:
-        raise UsageError(f"{option} {text!r} is longer than any duration this can count") from None
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > CENTURY_DAYS * 86_400:  # now minus more than that overflowed the calendar (retrain --since)
+        raise UsageError(f"{option} {text!r} reaches back more than {CENTURY_DAYS} days (a century)")
+    return timedelta(seconds=seconds)

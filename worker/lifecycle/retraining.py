@@ -90,9 +90,9 @@ def check_window(start: datetime, end: datetime, now: datetime) -> None:
 
 
 def split_by_time(rows: pd.DataFrame, share: float = HOLDOUT_SHARE) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out the batches whose rides became known last, whole, until `share` of the rows; a single
-    batch, or a newest batch so big that holding it out whole would take more than twice `share`
-    (one 1,000,000-ride dispatch held out 99.7 % and trained on 541 rides), is split by trip start."""
+    """Hold out the batches whose rides became known last, whole, until `share` of the rows. Where
+    those whole batches would be more than twice `share` (one 1,000,000-ride dispatch after small
+    batches held out 99.7 % and trained on 541 rides), or there is one batch, split by trip start."""
     newest = rows.groupby("batch_id")["known_at"].max().sort_values()
     if len(newest) >= 2:
         sizes = rows.groupby("batch_id").size().reindex(newest.index[::-1])

@@ -43,6 +43,31 @@ def _uuid_or_none(value: object) -> str | None:
 _OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})$"
 
 
+def _in_chicago(parsed: pd.Series) -> pd.Series:
+    """Naive Chicago time: a value that carried a zone (an offset, or a word such as UTC) is moved to it."""
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        return parsed.dt.tz_convert("America/Chicago").dt.tz_localize(None)
+    return parsed
+
+
+def _one_time(value: str, utc: bool) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+    if stamp.tz is None and utc:
+        stamp = stamp.tz_localize("UTC")
+    return stamp.tz_convert("America/Chicago").tz_localize(None) if stamp.tz is not None else stamp
+
+
+def _parse_times(text: pd.Series, utc: bool) -> pd.Series:
+    # At the resolution pandas infers (seconds or microseconds): year 9999 does not fit nanoseconds.
+    try:
+        return _in_chicago(pd.to_datetime(text, errors="coerce", format="mixed", utc=utc))
+    except (ValueError, TypeError, OverflowError):  # e.g. "… UTC" beside naive values: "Mixed timezones"
+        return pd.to_datetime(pd.Series([_one_time(v, utc) for v in text], index=text.index, dtype=object))
+
+
 @dataclass
 class ParsedTimes:
     stamps: pd.Series  # naive Chicago-local datetimes; NaT where `problem` says why
@@ -50,9 +75,11 @@ class ParsedTimes:
 
 
 def parse_chicago_times(raw: pd.Series) -> ParsedTimes:
-    """Naive Chicago-local datetimes. Values with a UTC offset (either side of a DST change, or
-    mixed with naive ones) are converted to Chicago time; naive values are taken as Chicago time,
-    and one the clocks skip in spring is refused (the CLI refuses it too: `cli/times.py`)."""
+    """Naive Chicago-local datetimes. Values with a UTC offset or zone (either side of a DST change,
+    or mixed with naive ones) are converted to Chicago time; naive values are taken as Chicago time,
+    as the city's data writes them, and one the clocks skip in spring is refused. One the clocks repeat
+    in autumn is kept as written: it is a local time, as the city's own rows in that hour are (the
+    CLI's `cli/times.py` refuses it, because a command's time must name one instant)."""
     text = raw.astype(str).str.strip()
     aware = text.str.contains(_OFFSET, regex=True)
     # pandas reads "now" and "today" as the moment it parses them: a file's ride is never that.
@@ -62,10 +89,7 @@ def parse_chicago_times(raw: pd.Series) -> ParsedTimes:
     for part, utc in ((dated & ~aware, False), (dated & aware, True)):
         if not part.any():
             continue
-        # At the resolution pandas infers (seconds or microseconds): year 9999 does not fit nanoseconds.
-        parsed = pd.to_datetime(text[part], errors="coerce", format="mixed", utc=utc)
-        if utc:
-            parsed = parsed.dt.tz_convert("America/Chicago").dt.tz_localize(None)
+        parsed = _parse_times(text[part], utc)
         outside = parsed.notna() & ~parsed.dt.year.between(FIRST_YEAR, LAST_YEAR)
         problem[outside[outside].index] = f"trip_start_timestamp is outside the years {FIRST_YEAR}..{LAST_YEAR}"
         kept = parsed[parsed.notna() & ~outside].astype("datetime64[ns]")
@@ -80,6 +104,15 @@ def parse_chicago_times(raw: pd.Series) -> ParsedTimes:
         out[kept.index] = kept
     problem[out.isna() & problem.eq("")] = "trip_start_timestamp is not a date and time"
     return ParsedTimes(out, problem)
+
+
+def _numbers(raw: pd.Series) -> pd.Series:
+    """`raw` as floats, NaN where it holds no number. true/false (a Parquet column, a JSON ride) is
+    none, though pandas reads it as 1 and 0: area 1, or $1."""
+    value = pd.to_numeric(raw, errors="coerce").astype(float)
+    if raw.dtype == object or pd.api.types.is_bool_dtype(raw):
+        value[raw.map(type).isin((bool, np.bool_)).to_numpy()] = np.nan
+    return value
 
 
 def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
@@ -98,7 +131,7 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
     out = pd.DataFrame(index=frame.index)
     for column in ("pickup_community_area", "dropoff_community_area"):
         raw = frame[column]
-        area = pd.to_numeric(raw, errors="coerce")
+        area = _numbers(raw)
         blank = raw.isna() | raw.astype(str).str.strip().eq("")
         flag((~blank & area.isna()).to_numpy(), f"{column} is not a number")
         flag((area.notna() & ~area.between(1, N_AREAS)).to_numpy(), f"{column} outside 1..{N_AREAS}")
@@ -114,10 +147,7 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
             out[column] = np.nan
             continue
         raw = frame[column]
-        value = pd.to_numeric(raw, errors="coerce").astype(float)
-        if raw.dtype == object or pd.api.types.is_bool_dtype(raw):
-            # true/false (a Parquet column, a JSON ride) would read as 1 and 0 dollars or miles
-            value[raw.map(type).isin((bool, np.bool_)).to_numpy()] = np.nan
+        value = _numbers(raw)
         blank = raw.isna() | raw.astype(str).str.strip().eq("")
         if required:
             flag(blank.to_numpy(), f"{column} is missing")
