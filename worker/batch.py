@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,9 @@ from sqlalchemy import Engine
 
 from worker.model.registry import LoadedModel, Shadow
 from worker.rides.batch_rides import generated_chunk
-from worker.rides.generator import CALIBRATED, CHICAGO, RIDE_COLUMNS, Window, World
+from worker.rides.generator import CALIBRATED, RIDE_COLUMNS, Window, World
 from worker.settings import get_settings
+from worker.store.monitoring import known_at
 from worker.store.writes import ChunkWrite, write_batches, write_chunk
 
 log = logging.getLogger(__name__)
@@ -100,18 +101,6 @@ def prediction_frame(
             "batch_id": batch_id,
         }
     )
-
-
-def known_at(observed_at: pd.Series, now: datetime | None = None) -> pd.Series:
-    """When the service could first know an outcome (UTC): the later of the trip's end (Chicago local,
-    as stored) and now, its arrival (a backfilled slot's outcomes are new to the service today)."""
-    ended = (
-        pd.Series(pd.to_datetime(observed_at).to_numpy())
-        .dt.tz_localize(CHICAGO, ambiguous=np.ones(len(observed_at), dtype=bool), nonexistent="shift_forward")
-        .dt.tz_convert(UTC)
-    )
-    arrived = pd.Timestamp(now or datetime.now(UTC)).tz_convert(UTC)
-    return ended.where(ended > arrived, arrived)
 
 
 def outcome_frame(rides: pd.DataFrame, now: datetime | None = None) -> pd.DataFrame:

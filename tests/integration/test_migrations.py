@@ -269,3 +269,39 @@ def test_0013_makes_the_trip_start_index_brin_without_blocking_a_writer_and_down
             if conn is not None:
                 conn.close()
         drop_database(name)
+
+
+def test_0014_fills_known_at_of_outcomes_loaded_from_a_file_before_the_load_set_it() -> None:
+    """Such rows were never seen by the readers that go by known_at (the rolling live accuracy, its
+    alert, the policy); the upgrade gives them the later of the trip's end and their arrival."""
+    from sqlalchemy import text
+
+    from tests.stack import create_database, drop_database
+
+    name, url = create_database()
+    try:
+        migrate(url, "0013")
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO ride_outcomes (trip_id, actual_duration, observed_at, source, loaded_at, known_at) "
+                    "VALUES (gen_random_uuid(), 10, '2013-05-01 10:10', 'file', '2026-12-01 12:00+00', NULL), "
+                    "(gen_random_uuid(), 10, '2026-12-01 10:10', 'file', '2026-12-01 12:00+00', NULL), "
+                    "(gen_random_uuid(), 10, '2026-12-01 05:10', 'generated', '2026-12-01 12:00+00', "
+                    "'2026-12-01 11:10+00')"
+                )
+            )
+        migrate(url)
+        with engine.connect() as conn:
+            known = conn.execute(
+                text("SELECT observed_at, known_at AT TIME ZONE 'UTC' FROM ride_outcomes ORDER BY observed_at")
+            ).all()
+        engine.dispose()
+        assert [str(k) for _, k in known] == [
+            "2026-12-01 12:00:00",  # ended long before it arrived: its arrival
+            "2026-12-01 11:10:00",  # a row that had it keeps it
+            "2026-12-01 16:10:00",  # ended (10:10 Chicago = 16:10 UTC) after its arrival: its end
+        ]
+    finally:
+        drop_database(name)

@@ -220,6 +220,15 @@ def test_real_outcomes_give_the_same_mae_as_evaluate_on_the_same_rows(stack, rea
     assert evaluated.returncode == 0, evaluated.stderr
     assert metrics.mae == pytest.approx(json.loads(evaluated.stdout)["mae_minutes"], abs=0.01)
 
+    # known_at is their arrival (the trips ended in 2013): it was left empty, so the rolling live accuracy,
+    # its alert and the policy, which read by known_at, never counted a file's outcomes.
+    unknown_when = stack.sql(
+        "SELECT count(*) FROM ride_outcomes o JOIN ride_predictions p USING (trip_id) WHERE p.batch_id = "
+        f"'{batch_id}' AND (o.known_at IS NULL OR o.known_at < o.loaded_at - interval '1 minute' "
+        "OR o.known_at > o.loaded_at + interval '1 minute')"
+    )[0][0]
+    assert unknown_when == 0
+
     again = stack.cli("outcomes", str(tmp_path / "outcomes.csv"))  # idempotent
     assert f"0 outcomes written, {len(rides)} already known" in again.stdout
     assert stack.sql("SELECT count(*) FROM ride_outcomes WHERE source = 'file'")[0][0] >= len(rides)

@@ -8,14 +8,15 @@ replaces its rows instead of adding to them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from worker.rides.generator import RIDE_COLUMNS
+from worker.rides.generator import CHICAGO, RIDE_COLUMNS
 from worker.store.schema import (
     batch_metrics,
     batch_runs,
@@ -322,9 +323,23 @@ def save_daily_accuracy(engine: Engine, values: dict[str, Any]) -> None:
         _upsert(conn, daily_accuracy, {**values, "updated_at": func.now()}, ["day", "model_version"])
 
 
-def load_outcomes(engine: Engine, outcomes: pd.DataFrame) -> dict[str, Any]:
+def known_at(observed_at: pd.Series, now: datetime | None = None) -> pd.Series:
+    """When the service could first know an outcome (UTC): the later of the trip's end (Chicago local,
+    as stored) and now, its arrival (a backfilled slot's outcomes are new to the service today)."""
+    ended = (
+        pd.Series(pd.to_datetime(observed_at).to_numpy())
+        .dt.tz_localize(CHICAGO, ambiguous=np.ones(len(observed_at), dtype=bool), nonexistent="shift_forward")
+        .dt.tz_convert(UTC)
+    )
+    arrived = pd.Timestamp(now or datetime.now(UTC)).tz_convert(UTC)
+    return ended.where(ended > arrived, arrived)
+
+
+def load_outcomes(engine: Engine, outcomes: pd.DataFrame, now: datetime | None = None) -> dict[str, Any]:
     """Store real outcomes (trip_id as hex, actual_duration in minutes) of trips predicted here, in
-    one transaction. observed_at is the trip's start + duration. Known outcomes are kept as they
+    one transaction. observed_at is the trip's start + duration, known_at the later of its end and
+    `now` (the arrival; it was left empty, and the rolling live accuracy, its alert and the policy,
+    which read by known_at, never saw a file's outcomes). Known outcomes are kept as they
     are, so loading a file twice changes nothing; unknown trip ids are counted, not stored, and so
     are those of a batch a prune is deleting."""
     counts = {"written": 0, "already_known": 0, "unknown": 0, "trip_ids": []}
@@ -349,16 +364,25 @@ def load_outcomes(engine: Engine, outcomes: pd.DataFrame) -> dict[str, Any]:
             .on_conflict_do_nothing(index_elements=["trip_id"])
             .returning(ride_outcomes.c.trip_id)
         )
+        arrived = now or datetime.now(UTC)
         for i in range(0, len(known), 5000):
             part = known.iloc[i : i + 5000]
+            observed = [
+                found[trip_id][0] + pd.Timedelta(minutes=float(minutes)).to_pytimedelta()
+                for trip_id, minutes in zip(part["trip_id"], part["actual_duration"], strict=True)
+            ]
+            known_times = known_at(pd.Series(observed), now=arrived)
             rows = [
                 {
                     "trip_id": trip_id,
                     "actual_duration": float(minutes),
-                    "observed_at": found[trip_id][0] + pd.Timedelta(minutes=float(minutes)).to_pytimedelta(),
+                    "observed_at": ended,
                     "source": "file",
+                    "known_at": when.to_pydatetime(),
                 }
-                for trip_id, minutes in zip(part["trip_id"], part["actual_duration"], strict=True)
+                for trip_id, minutes, ended, when in zip(
+                    part["trip_id"], part["actual_duration"], observed, known_times, strict=True
+                )
             ]
             written = len(conn.execute(statement, rows).all())
             counts["written"] += written
