@@ -717,3 +717,19 @@ def test_prediction_drift_of_an_hour_is_a_warning_even_without_dataset_drift() -
     assert prediction_drift_alerts(calm, end - timedelta(minutes=90), end + timedelta(minutes=20)) == []
     assert prediction_drift_alerts(rows, end, end + timedelta(hours=2)) == []  # stale: ended over 90 minutes ago
     assert prediction_drift_alerts(rows, end - timedelta(minutes=90), end - timedelta(minutes=1)) == []  # in progress
+
+
+def test_the_fill_command_of_a_gap_longer_than_a_year_is_one_backfill_accepts():
+    """It named the whole gap, which backfill refuses past a year of slots ("send it in parts")."""
+    from worker.cli.backfill import MAX_SLOTS_EVER
+    from worker.cli.status import fill_command
+
+    first, last = datetime(2016, 3, 1, 12, 35, tzinfo=UTC), datetime(2026, 12, 5, 0, 25, tzinfo=UTC)
+    command = fill_command([first, last], 300).split()
+    start, end = (datetime.fromisoformat(command[command.index(o) + 1]) for o in ("--from", "--to"))
+    assert end == last + timedelta(minutes=5) and (end - start) / timedelta(minutes=5) == MAX_SLOTS_EVER
+    assert command[-1] == "--yes"
+    short = fill_command([last - timedelta(hours=1), last], 300)
+    assert short == f"python -m worker backfill --from {(last - timedelta(hours=1)).isoformat()} --to " + (
+        f"{(last + timedelta(minutes=5)).isoformat()} --wait"
+    )

@@ -31,13 +31,16 @@ def missed_in_last_day(settings: Settings, engine: Engine) -> list[datetime]:
 
 
 def fill_command(missed: list[datetime], interval: float) -> str:
-    """The backfill that fills `missed` (it skips the slots in between that were written)."""
-    from worker.cli.backfill import MAX_SLOTS
+    """The backfill that fills `missed` (it skips the slots in between that were written); past the
+    most one run takes (a year of slots), the one that fills the newest year of them, which
+    `backfill` accepts (the whole range it refuses), with `--to` moved back for the rest."""
+    from worker.cli.backfill import MAX_SLOTS, MAX_SLOTS_EVER
 
     end = missed[-1] + timedelta(seconds=interval)
-    slots = round((end - missed[0]).total_seconds() / interval)
+    start = max(missed[0], end - timedelta(seconds=MAX_SLOTS_EVER * interval))
+    slots = round((end - start).total_seconds() / interval)
     more = " --yes" if slots > MAX_SLOTS else ""
-    return f"python -m worker backfill --from {missed[0].isoformat()} --to {end.isoformat()} --wait{more}"
+    return f"python -m worker backfill --from {start.isoformat()} --to {end.isoformat()} --wait{more}"
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
