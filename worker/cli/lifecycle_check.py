@@ -130,8 +130,15 @@ class Outcome:
         rides = sum(h.rides for h in hours)
         return sum(h.error for h in hours) / sum(getattr(h, yardstick) for h in hours) if rides else float("nan")
 
+    def settled_hours(self) -> float | None:
+        """Hours until the service recovered: to the pre-change level, or, where the world changed for
+        good (traffic slower for everyone), to what a model of the new world scores. The summary's
+        "during" and "after 24 h" windows split there; on the pre-change level alone they were empty
+        (nan) for a scenario that can never return to it."""
+        return self.recovery_hours() or self.recovery_hours(yardstick="best")
+
     def after_recovery(self) -> list[Hour]:
-        recovered = self.recovery_hours()
+        recovered = self.settled_hours()
         if recovered is None:
             return []
         change = (START + timedelta(hours=self.scenario.change_at or 0)).replace(tzinfo=None)
@@ -358,7 +365,9 @@ def report(outcomes: list[Outcome]) -> list[str]:
         recovered = o.recovery_hours()
         after = o.after_recovery() if change is not None else o.hours
         during = [
-            h for h in o.hours if change is not None and change <= h.start < change + timedelta(hours=recovered or 0)
+            h
+            for h in o.hours
+            if change is not None and change <= h.start < change + timedelta(hours=o.settled_hours() or 0)
         ]
         mae = lambda hs: sum(h.error for h in hs) / sum(h.rides for h in hs) if hs else float("nan")  # noqa: E731
         lines.append(
