@@ -685,3 +685,29 @@ def test_status_masks_a_database_password_with_a_slash_or_a_space(tmp_path):
     assert report["database"]["ok"], done.stdout  # trust auth: the password is sent and ignored
     assert report["database"]["url"] == with_password.replace(":Db/Pw 7@", ":***@")
     assert "Pw 7" not in done.stdout + done.stderr and "Db/" not in done.stdout + done.stderr
+
+
+def test_status_names_a_failure_newer_than_the_last_success(new_stack):
+    """With only failed batches status said "no finished batch yet", while the exporter and the report
+    showed the failures; a failure older than the last success is history and stays out of it."""
+    stack = new_stack()
+    stack.sql_exec(
+        "INSERT INTO batch_runs (batch_id, trigger, rides_requested, status, error, finished_at) VALUES "
+        "('adhoc-failed-old', 'adhoc', 5, 'failed', 'OperationalError: old', now() - interval '2 hours'), "
+        "('adhoc-failed-new', 'adhoc', 5, 'failed', "
+        "'OperationalError: connection to postgresql://u:Pw-9f2@db failed', now() - interval '1 minute')"
+    )
+    first = stack.cli("status", "--json")
+    failure = json.loads(first.stdout)["database"]["last_failure"]
+    assert failure["batch_id"] == "adhoc-failed-new" and "Pw-9f2" not in first.stdout
+    assert failure["error"] == "OperationalError: connection to postgresql://u:***@db failed"
+    text = stack.cli("status").stdout
+    assert "no batch succeeded yet" in text and "last batch FAILED: adhoc-failed-new" in text, text
+
+    stack.sql_exec(
+        "INSERT INTO batch_runs (batch_id, trigger, rides_requested, rows_written, status, finished_at, model_version) "
+        "VALUES ('adhoc-ok', 'adhoc', 5, 5, 'succeeded', now(), '1')"
+    )
+    later = stack.cli("status", "--json")
+    assert json.loads(later.stdout)["database"]["last_failure"] is None
+    assert "FAILED" not in stack.cli("status").stdout

@@ -446,7 +446,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 f"{k}={v}"
                 for k, v in info.items()
                 if k
-                not in ("ok", "last_batch", "missed_slots_24h", "refused_slots_24h", "fill_command", "schema_problem")
+                not in (
+                    "ok",
+                    "last_batch",
+                    "last_failure",
+                    "missed_slots_24h",
+                    "refused_slots_24h",
+                    "fill_command",
+                    "schema_problem",
+                )
             )
             print(f"{part:9} {state:5} {detail}")
         if report["database"].get("schema_problem"):
@@ -457,7 +465,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 f"last batch {last['batch_id']} finished {last['finished_at']}: {last['rows_written']} rows, model v{last['model_version']}"
             )
         elif report["database"]["ok"]:
-            print("no finished batch yet")
+            print("no batch succeeded yet")
+        failure = report["database"].get("last_failure")
+        if failure:
+            error = (failure["error"].strip().splitlines() or [""])[0][:200]
+            print(
+                f"last batch FAILED: {failure['batch_id']} at {failure['finished_at']}: {error} "
+                "(batches --status failed lists them)"
+            )
         missed = report["database"].get("missed_slots_24h") or []
         if missed:
             shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")

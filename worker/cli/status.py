@@ -66,6 +66,9 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         problem = schema_problem(engine)
         ready = problem is None
         last = writes.last_finished_batch(engine) if ready else None
+        failed = writes.last_finished_batch(engine, "failed") if ready else None
+        if failed is not None and last is not None and failed["finished_at"] <= last["finished_at"]:
+            failed = None  # a failure older than the last success is history (`batches --status failed`)
         missed = missed_in_last_day(settings, engine) if ready else []
         refused = history.refusals(engine, missed) if missed else {}
         return {
@@ -82,6 +85,14 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                 "finished_at": last["finished_at"].isoformat() if last["finished_at"] else None,
                 "rows_written": last["rows_written"],
                 "model_version": last["model_version"],
+            },
+            # Newer than the last success: status said "no finished batch yet" while only failures came.
+            "last_failure": None
+            if failed is None
+            else {
+                "batch_id": failed["batch_id"],
+                "finished_at": failed["finished_at"].isoformat(),
+                "error": redact(failed["error"] or "", settings),
             },
         }
 

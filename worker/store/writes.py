@@ -676,12 +676,13 @@ def get_batches(engine: Engine, batch_ids: list[str]) -> list[dict[str, Any]]:
         return [dict(row) for row in rows]
 
 
-def last_finished_batch(engine: Engine) -> dict[str, Any] | None:
+def last_finished_batch(engine: Engine, status: str = "succeeded") -> dict[str, Any] | None:
+    """The newest batch that finished with `status` (succeeded, or failed)."""
     with engine.connect() as conn:
         row = (
             conn.execute(
                 select(batch_runs)
-                .where(batch_runs.c.status == "succeeded")
+                .where(batch_runs.c.status == status, batch_runs.c.finished_at.is_not(None))
                 .order_by(batch_runs.c.finished_at.desc())
                 .limit(1)
             )
