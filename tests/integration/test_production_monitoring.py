@@ -783,3 +783,51 @@ def test_exporter_with_postgres_down_answers_within_its_timeout_with_the_databas
         finally:
             with contextlib.suppress(Exception):
                 stop_process_group(exporter)
+
+
+def test_status_and_the_exporter_show_the_same_drift_verdict(fresh_pg_url):
+    """A batch of no rows is monitored but tests nothing: status printed "None of None columns drifted"
+    for it, while the exporter showed the batch before. Both now read one verdict; status alone also
+    names a failed monitoring, which is newer."""
+    from sqlalchemy import create_engine, text
+
+    from worker.store.monitoring import latest_summary
+    from worker.store.snapshot import read_drift
+
+    engine = create_engine(fresh_pg_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO batch_runs (batch_id, trigger, rides_requested, status) VALUES "
+                "('tested', 'adhoc', 5, 'succeeded'), ('empty', 'file', 5, 'succeeded')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO batch_metrics (batch_id, rows, monitor_status, monitored_at, dataset_drift, "
+                "drifted_columns, columns_checked, reference) VALUES "
+                "('tested', 400, 'ok', now() - interval '2 minutes', true, 5, 6, 'v1'), "
+                "('empty', 0, 'ok', now() - interval '1 minute', NULL, NULL, NULL, NULL)"
+            )
+        )
+    now = datetime.now(UTC)
+    shown = latest_summary(engine)["last_batch"]
+    assert shown["batch_id"] == "tested" and shown["dataset_drift"] is True
+    assert read_drift(engine, now).last_batch_dataset_drift is True and shown["drifted_columns"] == 5
+
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO batch_runs (batch_id, trigger, rides_requested, status) VALUES ('broke', 'adhoc', 5, 'succeeded')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO batch_metrics (batch_id, rows, monitor_status, monitor_error) "
+                "VALUES ('broke', 5, 'failed', 'OperationalError: gone')"
+            )
+        )
+    shown = latest_summary(engine)["last_batch"]
+    assert shown["batch_id"] == "broke" and shown["monitor_status"] == "failed"
+    assert read_drift(engine, now).last_batch_drifted_columns == 5  # the exporter's verdict stays the tested one
+    engine.dispose()

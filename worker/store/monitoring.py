@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.rides.generator import CHICAGO, RIDE_COLUMNS
@@ -391,16 +391,24 @@ def load_outcomes(engine: Engine, outcomes: pd.DataFrame, now: datetime | None =
     return counts
 
 
+def newest_drift_verdict(conn: Connection, failures_too: bool = False):
+    """The newest monitored batch whose drift was tested (counted in production figures): the one
+    verdict `status`, the exporter and its alerts show. A batch of no rows is monitored but tests
+    nothing (status printed "None of None columns drifted" for it, the exporter the batch before);
+    with `failures_too`, a batch whose monitoring failed counts as newest too (status shows why)."""
+    m = batch_metrics.c
+    tested = and_(m.monitor_status == "ok", m.dataset_drift.is_not(None))
+    shown = or_(m.monitor_status != "ok", tested) if failures_too else tested
+    query = select(batch_metrics).where(shown, counts_in_production(m.batch_id))
+    return conn.execute(query.order_by(m.monitored_at.desc(), m.batch_id.desc()).limit(1)).mappings().first()
+
+
 def latest_summary(engine: Engine) -> dict[str, Any]:
     """For `status`: the last monitored batch's drift, and the latest live accuracy with its version (of
     batches that count in production figures)."""
     counted = counts_in_production(batch_metrics.c.batch_id)
     with engine.connect() as conn:
-        last = (
-            conn.execute(select(batch_metrics).where(counted).order_by(batch_metrics.c.monitored_at.desc()).limit(1))
-            .mappings()
-            .first()
-        )
+        last = newest_drift_verdict(conn, failures_too=True)
         scored = (
             conn.execute(
                 select(batch_metrics)

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from worker.rides.generator import CHICAGO
 from worker.store.database import NO_JIT
 from worker.store.history import attempt_started, missed_in_last_day, refusals
+from worker.store.monitoring import newest_drift_verdict
 from worker.store.schema import (
     batch_metrics,
     batch_runs,
@@ -185,23 +186,18 @@ def read_drift(engine: Engine, now: datetime) -> DriftState:
                 m.monitored_at >= now - RECENT, m.monitor_status == "ok", m.dataset_drift.is_(True), counted
             )
         ).scalar_one()
-        last = conn.execute(
-            select(m.batch_id, m.monitored_at, m.dataset_drift, m.drifted_columns, m.columns_checked)
-            .where(m.monitor_status == "ok", m.dataset_drift.is_not(None), counted)
-            .order_by(m.monitored_at.desc(), m.batch_id.desc())
-            .limit(1)
-        ).first()
+        last = newest_drift_verdict(conn)
         if last is not None:
-            state.last_batch_monitored_at = as_utc(last.monitored_at)
-            state.last_batch_dataset_drift = bool(last.dataset_drift)
-            state.last_batch_drifted_columns = last.drifted_columns
-            state.last_batch_columns_checked = last.columns_checked
+            state.last_batch_monitored_at = as_utc(last["monitored_at"])
+            state.last_batch_dataset_drift = bool(last["dataset_drift"])
+            state.last_batch_drifted_columns = last["drifted_columns"]
+            state.last_batch_columns_checked = last["columns_checked"]
             d = column_drift.c
             state.last_batch_columns = [
                 ColumnDrift(row.column_name, row.method, row.score, row.threshold, bool(row.drifted))
                 for row in conn.execute(
                     select(d.column_name, d.method, d.score, d.threshold, d.drifted)
-                    .where(d.batch_id == last.batch_id)
+                    .where(d.batch_id == last["batch_id"])
                     .order_by(d.column_name)
                 )
             ]
