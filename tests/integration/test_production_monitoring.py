@@ -831,3 +831,30 @@ def test_status_and_the_exporter_show_the_same_drift_verdict(fresh_pg_url):
     assert shown["batch_id"] == "broke" and shown["monitor_status"] == "failed"
     assert read_drift(engine, now).last_batch_drifted_columns == 5  # the exporter's verdict stays the tested one
     engine.dispose()
+
+
+def test_status_shows_a_day_of_accuracy_from_today_or_yesterday_only(fresh_pg_url):
+    """It showed the newest day on record: a one-ride day of a file of 2014 trips, years old."""
+    from sqlalchemy import create_engine, text
+
+    from worker.store.monitoring import latest_summary
+
+    engine = create_engine(fresh_pg_url)
+    now = datetime(2026, 12, 5, 18, 0, tzinfo=UTC)  # noon in Chicago
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO daily_accuracy (day, model_version, outcomes, mae, rmse, bias, heldout_mae) "
+                "VALUES ('2014-12-29', '1', 1, 14.39, 14.39, 14.39, 1.95)"
+            )
+        )
+    assert latest_summary(engine, now)["daily"] is None
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO daily_accuracy (day, model_version, outcomes, mae, rmse, bias, heldout_mae) "
+                "VALUES ('2026-12-04', '1', 4000, 2.01, 2.6, 0.1, 1.95)"
+            )
+        )
+    assert latest_summary(engine, now)["daily"]["day"] == "2026-12-04"
+    engine.dispose()

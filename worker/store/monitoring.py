@@ -8,7 +8,7 @@ replaces its rows instead of adding to them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -403,9 +403,11 @@ def newest_drift_verdict(conn: Connection, failures_too: bool = False):
     return conn.execute(query.order_by(m.monitored_at.desc(), m.batch_id.desc()).limit(1)).mappings().first()
 
 
-def latest_summary(engine: Engine) -> dict[str, Any]:
+def latest_summary(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
     """For `status`: the last monitored batch's drift, and the latest live accuracy with its version (of
-    batches that count in production figures)."""
+    batches that count in production figures). Its day of accuracy is today's or yesterday's (Chicago),
+    the days the exporter shows: the newest day on record could be a one-ride day of a file from 2014."""
+    today = (now or datetime.now(UTC)).astimezone(CHICAGO).date()
     counted = counts_in_production(batch_metrics.c.batch_id)
     with engine.connect() as conn:
         last = newest_drift_verdict(conn, failures_too=True)
@@ -419,7 +421,16 @@ def latest_summary(engine: Engine) -> dict[str, Any]:
             .mappings()
             .first()
         )
-        day = conn.execute(select(daily_accuracy).order_by(daily_accuracy.c.day.desc()).limit(1)).mappings().first()
+        day = (
+            conn.execute(
+                select(daily_accuracy)
+                .where(daily_accuracy.c.day >= today - timedelta(days=1))
+                .order_by(daily_accuracy.c.day.desc(), daily_accuracy.c.outcomes.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
     return {
         "last_batch": None
         if last is None
