@@ -537,7 +537,9 @@ SQL_FARE = "0; DELETE FROM batch_runs; --"
             ],
             id="sql-in-fields",
         ),
-        pytest.param(f"{HEADER}\n{GOOD}\n{GOOD},extra,fields\n", ["cannot be read"], id="ragged-rows"),
+        pytest.param(
+            f"{HEADER}\n{GOOD}\n{GOOD},extra,fields\n", ["line 3 has", "more than the header's"], id="ragged-rows"
+        ),
         pytest.param(HEADER + "\n", ["has a header but no rows"], id="header-only"),
     ],
 )
