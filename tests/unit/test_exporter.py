@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -275,6 +276,14 @@ def test_exporter_reports_batches_slots_drift_and_accuracy_from_the_database(dat
     assert value(found, "taxi_exporter_errors_total", source="registry") == 1
     assert value(found, "taxi_exporter_errors_total", source="database") == 0
     assert value(found, "taxi_batch_interval_seconds") == INTERVAL
+    # Every series of the exporter that an alert rule reads is there (with this database's history):
+    # a renamed gauge would leave its rule silent for good. TaxiNoBatchSucceeded's rule for an install
+    # where no slot ever succeeded reads the exporter's start from the process collector.
+    rules = (REPO_ROOT / "deploy" / "prometheus" / "rules" / "taxi-alerts.yml").read_text()
+    read = set(re.findall(r"\b(taxi_[a-z_]+|process_start_time_seconds)\b", rules))
+    read.discard("taxi_worker_up")  # only once a worker is heard: tests/integration/test_production_monitoring.py
+    assert read and read <= names(found), sorted(read - names(found))
+    assert time.time() - 600 < value(found, "process_start_time_seconds") < time.time()
 
     assert value(found, "taxi_batch_last_success_timestamp_seconds", trigger="schedule") == pytest.approx(
         expected["last_schedule"].timestamp()

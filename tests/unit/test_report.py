@@ -37,6 +37,7 @@ from worker.monitor.overview import (
 )
 from worker.rides.generator import CHICAGO
 from worker.settings import Settings
+from worker.store import snapshot
 from worker.store.database import build_engine, migrate
 from worker.store.schema import (
     batch_metrics,
@@ -118,6 +119,7 @@ def _metrics(
     error: str | None = None,
     mae: float | None = 2.0,
     rows: int = 100,
+    monitored: datetime | None = None,
 ) -> None:
     conn.execute(
         insert(batch_metrics).values(
@@ -133,7 +135,8 @@ def _metrics(
             dataset_drift=drifted >= 3 if status == "ok" else None,
             monitor_status=status,
             monitor_error=error,
-            monitored_at=NOW,
+            # as the monitor task does it: half a minute after its slot (an unscheduled batch: now)
+            monitored_at=monitored or (slot + timedelta(seconds=30) if slot else NOW),
             outcomes=rows if mae is not None else None,
             mae=mae,
         )
@@ -439,6 +442,33 @@ def test_a_period_holds_the_batches_whose_rides_it_covers_and_warns_about_what_n
     assert batches.text == "dataset drift in 9 of 9 monitored batches of the last 1 h"
     assert broken.text.startswith("monitoring failed for 1 batch") and "ValueError: bad <b>" in broken.items[0]
     assert "`python -m worker reference --version 0`" in no_reference.text
+
+
+def test_the_batch_drift_warning_counts_the_batches_the_alert_counts(database):
+    """TaxiDatasetDrift counts the batches monitored in the last hour (the exporter's
+    taxi_drifted_batches_last_hour): a backfill of drifted slots of three days ago, monitored now,
+    raises the report's warning with the same numbers, though their rides are not the period's."""
+    _, engine = database
+    with engine.begin() as conn:
+        for k in range(4):
+            slot = _slot(3 * 24 * 60 + 5 * k)
+            batch_id = f"schedule-{slot.isoformat()}"
+            _batch(conn, batch_id, slot, started=NOW - timedelta(minutes=k + 1))
+            _metrics(conn, batch_id, slot, drifted=4, monitored=NOW - timedelta(minutes=k + 1))
+        for minutes in (10, 5):  # this morning's slots, calibrated
+            _batch(conn, f"schedule-{_slot(minutes).isoformat()}", _slot(minutes))
+            _metrics(conn, f"schedule-{_slot(minutes).isoformat()}", _slot(minutes))
+    state = snapshot.read_drift(engine, NOW)
+    assert (state.drifted_last_hour, state.monitored_last_hour["ok"]) == (4, 6)
+    overview = collect(engine, NOW, timedelta(hours=2), INTERVAL, _slot(0), ALIASES)
+    assert "schedule-" + _slot(3 * 24 * 60).isoformat() not in set(overview.batches["batch_id"])
+    (warning,) = [alert for alert in overview.alerts if alert.kind == "drift"]
+    assert warning.text == "dataset drift in 4 of 6 monitored batches of the last 1 h"
+    old = to_chicago(_slot(3 * 24 * 60))
+    assert warning.items[0] == (
+        f"schedule-{_slot(3 * 24 * 60).isoformat()} ({old:%Y-%m-%d %H:%M}, 100 rides): 4 of 6 columns drifted "
+        "(dropoff_community_area, fare, pickup_community_area, trip_miles)"
+    ), warning.items
 
 
 def test_the_page_draws_every_chart_and_escapes_what_the_database_holds(database):

@@ -3,15 +3,14 @@ challenger with its stored paired evidence, challenger failures, and the newest 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
 from worker.monitor import paired
 from worker.store import events, evidence, policy_state
-
-RECENT = timedelta(hours=1)
+from worker.store.monitoring import RECENT
 
 
 def _event_view(event: dict[str, Any]) -> dict[str, Any]:

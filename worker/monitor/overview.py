@@ -39,11 +39,11 @@ from worker.monitor.degradation import ACCURACY_MARGIN, MIN_OUTCOMES, RecentAccu
 from worker.monitor.drift import DATASET_COLUMNS
 from worker.rides.generator import CHICAGO
 from worker.store import events, evidence, history, timelines, whatif
+from worker.store.monitoring import RECENT, RecentDrift, recent_drift
 
 DRIFT_BATCHES = 3  # batches of the last hour that must have drifted ...
 DRIFT_SHARE = 0.5  # ... and their share of the hour's monitored batches
 WINDOW_FRESH = timedelta(minutes=90)  # an ended hour window counts this long after its end
-RECENT = timedelta(hours=1)  # the batches whose drift counts as current (the alert's last hour)
 P_VALUE_METHODS = frozenset({"ks", "chisquare"})  # drift when score < threshold
 DISTANCE_METHODS = frozenset({"wasserstein", "jensenshannon"})  # drift when score >= threshold
 MARGIN_CAP = 1000.0  # a p-value of 0 would be infinitely far past the threshold; drawn at the cap
@@ -105,6 +105,7 @@ class Overview:
     alerts: list[Alert] = field(default_factory=list)
     events: pd.DataFrame = field(default_factory=lambda: empty_events())  # + `local`, `kind` (see classify)
     challenger: ChallengerView = ChallengerView(None, None, current=False)
+    recent_drift: RecentDrift = field(default_factory=lambda: RecentDrift({}, 0))  # monitored in the last RECENT
     whatif_excluded: bool = False  # WHATIF_BATCHES=exclude: what-if batches are in `batches`, not in figures
 
     @property
@@ -276,6 +277,8 @@ def collect(
     )
     missed = history.missed_slots(engine, interval_seconds, since, until_slot)
     refused = history.refusals(engine, missed)
+    with engine.connect() as conn:
+        recent = recent_drift(conn, now, shown=SHOWN_ITEMS)
     overview = Overview(
         generated_at=now.astimezone(UTC),
         since=since.astimezone(UTC),
@@ -290,6 +293,7 @@ def collect(
         events=model_events(engine, aliases, since, now),
         challenger=challenger_view(engine, aliases),
         production=production_accuracy(engine, aliases, daily, window, now),
+        recent_drift=recent,
         whatif_excluded=whatif.excluded(),
     )
     overview.alerts.extend(alerts(overview))
@@ -320,7 +324,7 @@ def alerts(overview: Overview) -> list[Alert]:
         *accuracy_alerts(overview.production),
         *window_drift_alerts(overview.windows, overview.window_drift, now - WINDOW_FRESH, now),
         *prediction_drift_alerts(overview.window_drift, now - WINDOW_FRESH, now),
-        *batch_drift_alerts(overview.counted, overview.column_drift, now_local - RECENT),
+        *batch_drift_alerts(overview.recent_drift, now_local),
         *monitoring_alerts(overview.batches),
         *shadow_alerts(overview.batches),
     ]
@@ -502,25 +506,27 @@ def prediction_drift_alerts(window_drift: pd.DataFrame, fresh_since: datetime, n
     ]
 
 
-def batch_drift_alerts(batches: pd.DataFrame, column_drift: pd.DataFrame, since_local: datetime) -> list[Alert]:
-    recent = batches[(batches["at"] > since_local) & batches["dataset_drift"].notna()]
-    drifted = recent[recent["dataset_drift"].eq(True)].sort_values("at", ascending=False)
-    # TaxiDatasetDrift's batch rule: a slot drifts by chance a few % of the time, a majority does not.
-    if len(drifted) < DRIFT_BATCHES or len(drifted) < DRIFT_SHARE * len(recent):
+def batch_drift_alerts(recent: RecentDrift, now_local: datetime) -> list[Alert]:
+    """TaxiDatasetDrift's batch rule on the same count (store.monitoring.recent_drift): the batches
+    monitored in the last hour, whatever their rides' window. A slot drifts by chance a few % of the
+    time, a majority does not."""
+    if recent.drifted < DRIFT_BATCHES or recent.drifted < DRIFT_SHARE * recent.tested:
         return []
-    counted = column_drift[column_drift["drifted"].eq(True) & column_drift["column_name"].isin(DATASET_COLUMNS)]
-    columns = counted.groupby("batch_id")["column_name"].agg(sorted)
-    items = [
-        f"{row.batch_id} ({row.at:%H:%M}, {int(row.rows_written)} rides): "
-        f"{row.drifted_columns} of {row.columns_checked} columns drifted ({', '.join(columns.get(row.batch_id, []))})"
-        for row in drifted.itertuples()
-    ]
+    items = []
+    for batch in recent.newest:
+        at = batch.window_end or to_chicago(batch.monitored_at)
+        shown = f"{at:%H:%M}" if at.date() == now_local.date() else f"{at:%Y-%m-%d %H:%M}"
+        columns = ", ".join(c for c in batch.columns if c in DATASET_COLUMNS)
+        items.append(
+            f"{batch.batch_id} ({shown}, {batch.rows} rides): "
+            f"{batch.drifted_columns} of {batch.columns_checked} columns drifted ({columns})"
+        )
     return [
         Alert(
             "drift",
-            f"dataset drift in {len(drifted)} of {len(recent)} monitored batches of the last "
+            f"dataset drift in {recent.drifted} of {recent.tested} monitored batches of the last "
             f"{RECENT.total_seconds() / 3600:g} h",
-            _more(items, len(items)),
+            _more(items, recent.drifted),
         )
     ]
 

@@ -8,6 +8,7 @@ replaces its rows instead of adding to them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,9 @@ from worker.store.writes import PRUNING
 # What monitoring reads back (not trip_id: nothing downstream needs it, and building a UUID object
 # per row took about 0.4 s per 100,000 rows, more than the drift tests).
 BATCH_ROW_COLUMNS = (*RIDE_COLUMNS, "predicted_duration", "model_name", "model_version")
+# "The last hour" of the exporter's counts, of the alerts on them and of the report's current
+# warnings: a batch's drift is current for an hour after it was monitored.
+RECENT = timedelta(hours=1)
 
 
 def _upsert(conn: Connection, table, values: dict[str, Any], keys: list[str]) -> None:
@@ -401,6 +405,75 @@ def newest_drift_verdict(conn: Connection, failures_too: bool = False):
     shown = or_(m.monitor_status != "ok", tested) if failures_too else tested
     query = select(batch_metrics).where(shown, counts_in_production(m.batch_id))
     return conn.execute(query.order_by(m.monitored_at.desc(), m.batch_id.desc()).limit(1)).mappings().first()
+
+
+@dataclass(frozen=True)
+class DriftedBatch:
+    """A batch whose dataset drifted, as the report lists it."""
+
+    batch_id: str
+    window_end: datetime | None  # Chicago local, as batch_metrics keeps it; None for a file or ad-hoc batch
+    monitored_at: datetime
+    rows: int
+    drifted_columns: int
+    columns_checked: int
+    columns: tuple[str, ...]  # the drifted ones, by name (the target too, if it drifted)
+
+
+@dataclass(frozen=True)
+class RecentDrift:
+    """The batches monitored in the last RECENT, counted in production figures: how many by monitor
+    status, how many of the tested ones drifted, and the newest few of those."""
+
+    monitored: dict[str, int]
+    drifted: int
+    newest: tuple[DriftedBatch, ...] = ()
+
+    @property
+    def tested(self) -> int:
+        return self.monitored.get("ok", 0)
+
+
+def recent_drift(conn: Connection, now: datetime, shown: int = 0) -> RecentDrift:
+    """The one count of current batch drift, for the exporter (TaxiDatasetDrift's
+    taxi_drifted_batches_last_hour) and the report's warning alike. It goes by when a batch was
+    monitored, not by its rides' window: a backfill of old slots that drifted is news now."""
+    m = batch_metrics.c
+    recent = and_(m.monitored_at >= now - RECENT, counts_in_production(m.batch_id))
+    monitored = dict(
+        conn.execute(select(m.monitor_status, func.count()).where(recent).group_by(m.monitor_status)).all()
+    )
+    drifted = and_(recent, m.monitor_status == "ok", m.dataset_drift.is_(True))
+    count = conn.execute(select(func.count()).where(drifted)).scalar_one()
+    if not shown or not count:
+        return RecentDrift(monitored, count)
+    rows = conn.execute(
+        select(m.batch_id, m.window_end, m.monitored_at, m.rows, m.drifted_columns, m.columns_checked)
+        .where(drifted)
+        .order_by(m.monitored_at.desc(), m.batch_id.desc())
+        .limit(shown)
+    ).all()
+    d = column_drift.c
+    names: dict[str, list[str]] = {}
+    for batch_id, column in conn.execute(
+        select(d.batch_id, d.column_name)
+        .where(d.batch_id.in_([row.batch_id for row in rows]), d.drifted.is_(True))
+        .order_by(d.column_name)
+    ):
+        names.setdefault(batch_id, []).append(column)
+    newest = tuple(
+        DriftedBatch(
+            row.batch_id,
+            row.window_end,
+            row.monitored_at,
+            int(row.rows or 0),
+            int(row.drifted_columns or 0),
+            int(row.columns_checked or 0),
+            tuple(names.get(row.batch_id, ())),
+        )
+        for row in rows
+    )
+    return RecentDrift(monitored, count, newest)
 
 
 def latest_summary(engine: Engine, now: datetime | None = None) -> dict[str, Any]:

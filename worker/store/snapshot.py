@@ -23,9 +23,8 @@ from sqlalchemy.engine import make_url
 from worker.rides.generator import CHICAGO
 from worker.store.database import NO_JIT
 from worker.store.history import attempt_started, missed_in_last_day, refusals
-from worker.store.monitoring import newest_drift_verdict
+from worker.store.monitoring import RECENT, newest_drift_verdict, recent_drift
 from worker.store.schema import (
-    batch_metrics,
     batch_runs,
     column_drift,
     daily_accuracy,
@@ -37,14 +36,12 @@ from worker.store.schema import (
     window_metrics,
 )
 from worker.store.timelines import utc as as_utc
-from worker.store.whatif import counts_in_production
 
 TRIGGERS = ("schedule", "adhoc", "file")
 FINISHED = ("succeeded", "failed")
 UNFINISHED = ("running", "retrying")
 MONITOR_STATUSES = ("ok", "no_reference", "waiting", "failed")
 HOUR_WINDOW_MINUTES = 60
-RECENT = timedelta(hours=1)
 MISSED_SLOTS_LOOKBACK = timedelta(days=1)
 
 
@@ -171,21 +168,10 @@ def read_batches(engine: Engine, now: datetime, interval_seconds: float) -> Batc
 
 def read_drift(engine: Engine, now: datetime) -> DriftState:
     state = DriftState()
-    m = batch_metrics.c
-    counted = counts_in_production(m.batch_id)  # what-if batches stay out with WHATIF_BATCHES=exclude
     with engine.connect() as conn:
-        state.monitored_last_hour.update(
-            conn.execute(
-                select(m.monitor_status, func.count())
-                .where(m.monitored_at >= now - RECENT, counted)
-                .group_by(m.monitor_status)
-            ).all()
-        )
-        state.drifted_last_hour = conn.execute(
-            select(func.count()).where(
-                m.monitored_at >= now - RECENT, m.monitor_status == "ok", m.dataset_drift.is_(True), counted
-            )
-        ).scalar_one()
+        recent = recent_drift(conn, now)  # what-if batches stay out with WHATIF_BATCHES=exclude
+        state.monitored_last_hour.update(recent.monitored)
+        state.drifted_last_hour = recent.drifted
         last = newest_drift_verdict(conn)
         if last is not None:
             state.last_batch_monitored_at = as_utc(last["monitored_at"])
