@@ -471,6 +471,22 @@ def test_the_batch_drift_warning_counts_the_batches_the_alert_counts(database):
     ), warning.items
 
 
+def test_a_period_on_the_night_clocks_go_back_holds_its_slots_by_instant(database):
+    """On 1 November 2026 Chicago's 01:00-02:00 comes twice (CDT, then CST). A period of 40 minutes
+    ending at 01:50 CST starts at 01:10 CST: the slots of 01:10-01:55 CDT, an hour earlier, have the
+    same local wall times but are not the period's."""
+    _, engine = database
+    now = datetime(2026, 11, 1, 7, 50, tzinfo=UTC)  # 01:50 CST, the second pass
+    slots = [datetime(2026, 11, 1, 6, tzinfo=UTC) + timedelta(minutes=5 * k) for k in range(23)]  # 01:00 CDT on
+    with engine.begin() as conn:
+        for slot in slots:
+            _batch(conn, f"schedule-{slot.isoformat()}", slot, started=slot)
+    overview = collect(engine, now, timedelta(minutes=40), INTERVAL, slots[0], ALIASES)
+    expected = {f"schedule-{slot.isoformat()}" for slot in slots if slot >= now - timedelta(minutes=40)}
+    assert set(overview.batches["batch_id"]) == expected
+    assert overview.missed == []
+
+
 def test_the_page_draws_every_chart_and_escapes_what_the_database_holds(database):
     settings, engine = database
     _fill(engine)

@@ -84,9 +84,14 @@ def utc(value: datetime) -> datetime:
 
 
 def _in_period(since_local: datetime, since_utc: datetime):
+    """The batches whose rides' window ends in the period. A scheduled batch's window ends at its slot,
+    a UTC instant: its naive local end names two instants on the night clocks go back, and a period
+    starting in the repeated hour held the hour before it too. Other batches have only their local
+    window (ad-hoc rides are made up in local time), or none (a file: when it started)."""
     return or_(
-        batch_runs.c.window_end >= since_local,
-        and_(batch_runs.c.window_end.is_(None), batch_runs.c.started_at >= since_utc),
+        batch_runs.c.slot >= since_utc,
+        and_(batch_runs.c.slot.is_(None), batch_runs.c.window_end >= since_local),
+        and_(batch_runs.c.slot.is_(None), batch_runs.c.window_end.is_(None), batch_runs.c.started_at >= since_utc),
     )
 
 
