@@ -118,4 +118,20 @@ def test_status_the_exporter_and_the_report_count_the_same_missed_slots_and_dura
     # Production degraded, by the one rule: the report's accuracy warning is the policy's and the alert's.
     assert report.production is not None and report.production.outcomes == 600
     assert [a.kind for a in report.alerts].count("accuracy") == 1
+    # `status` shows that figure too (the registry is down here: the version and held-out MAE on record).
+    recent = json.loads(status.stdout)["monitoring"]["production_recent"]
+    shown = {key: recent[key] for key in ("version", "outcomes", "mae", "heldout_mae", "degraded")}
+    assert shown == {"version": "2", "outcomes": 600, "mae": 3.0, "heldout_mae": 2.0, "degraded": True}
+    assert recent == report.production.as_dict()
+    human = subprocess.run(
+        [sys.executable, "-m", "worker", "status"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), "DATABASE_URL": url,
+             "BATCH_INTERVAL_SECONDS": str(INTERVAL), "MODEL_NAME": "m", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (
+        "production v2: live MAE 3.00 min over its 600 most recently known outcomes, +50% against its held-out "
+        "2.00: DEGRADED (over 25%: TaxiLiveMaeWorseThanHeldout)"
+    ) in human.stdout, human.stdout
     engine.dispose()

@@ -555,11 +555,17 @@ def _monitoring_lines(part: dict) -> list[str]:
             f"live MAE {live['mae']:.2f} min over {live['outcomes']} outcomes of {live['batch_id']} "
             f"(model v{live['model_version']})"
         )
+    recent = part.get("production_recent")
+    if recent is not None:
+        from worker.monitor.degradation import describe
+
+        lines.append(describe(recent))
     day = part.get("daily")
     if day is not None and day["heldout_mae"] is not None:
+        baseline = f" (always-the-median {day['baseline_mae']:.2f})" if day["baseline_mae"] is not None else ""
         lines.append(
-            f"day {day['day']}: MAE {day['mae']:.2f} min, v{day['model_version']} promised {day['heldout_mae']:.2f} "
-            f"(always-the-median {day['baseline_mae']:.2f})"
+            f"day {day['day']}: MAE {day['mae']:.2f} min, v{day['model_version']} promised {day['heldout_mae']:.2f}"
+            + baseline
         )
     return lines
 

@@ -97,13 +97,17 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         }
 
     aliases: dict[str, str] = {}
+    promised: dict[str, float | None] = {}  # the registry's held-out MAE of the served version, when it answers
 
     def registry() -> dict[str, Any]:
+        from worker.model.reference import heldout_mae
+
         client = configure_mlflow(settings)
         state = read_state(client, settings.model_uri)
         if state.version is None:
             resolve_version(client, settings.model_uri)  # raises, naming the URI and the fix
         aliases.update(state.aliases)
+        promised[state.version] = heldout_mae(client, state.name, state.version)
         return {
             "uri": redact(settings.tracking_uri, settings),
             "model_uri": settings.model_uri,
@@ -113,12 +117,24 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         }
 
     def monitoring() -> dict[str, Any]:
+        from worker.monitor.degradation import production_recent
+        from worker.store.events import alias_on_record
         from worker.store.monitoring import latest_summary
 
         engine = get_engine(settings.database_url)
         if not schema_ready(engine):
-            return {"last_batch": None, "live_mae": None, "daily": None}
-        return latest_summary(engine)
+            return {"last_batch": None, "live_mae": None, "daily": None, "production_recent": None}
+        # The figure of TaxiLiveMaeWorseThanHeldout, the report's warning and the policy (one rule).
+        version = alias_on_record(engine, settings.MODEL_NAME, settings.MODEL_ALIAS)
+        recent = production_recent(
+            engine,
+            settings.MODEL_NAME,
+            settings.MODEL_ALIAS,
+            settings.POLICY_WINDOW_OUTCOMES,
+            datetime.now(UTC),
+            promised.get(version) if version else None,
+        )
+        return {**latest_summary(engine), "production_recent": recent.as_dict() if recent else None}
 
     report = {
         part: _check(settings, probe)

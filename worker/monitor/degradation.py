@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from worker.store import evidence
+from worker.store import events, evidence
 
 ACCURACY_MARGIN = 0.25  # live MAE may be this much worse than held-out (25 %) before it counts as degraded
 MIN_OUTCOMES = 500  # ... over at least this many outcomes: the MAE's standard error is then about 5 %
@@ -65,6 +65,20 @@ def recent_accuracy(
     return RecentAccuracy(version, int(found["outcomes"] or 0), found["mae"], heldout_mae, found["oldest"])
 
 
+def production_recent(
+    engine: Engine, model_name: str, alias: str, window: int, now: datetime, heldout_mae: float | None = None
+) -> RecentAccuracy | None:
+    """Production, as the record names it, over its most recently known outcomes: the figure that the
+    report's warning and `status` show. The held-out MAE is the registry's when the caller has it,
+    else the one the quality pass stored (neither reader waits on the registry)."""
+    version = events.alias_on_record(engine, model_name, alias)
+    if version is None:
+        return None
+    if heldout_mae is None:
+        heldout_mae = evidence.stored_heldout_mae(engine, version)
+    return recent_accuracy(engine, version, heldout_mae, window, now)
+
+
 def degraded(recent: RecentAccuracy, margin: float = ACCURACY_MARGIN, min_outcomes: int = MIN_OUTCOMES) -> bool:
     return (
         recent.outcomes >= min_outcomes
@@ -72,6 +86,22 @@ def degraded(recent: RecentAccuracy, margin: float = ACCURACY_MARGIN, min_outcom
         and recent.heldout_mae is not None
         and recent.mae > (1 + margin) * recent.heldout_mae
     )
+
+
+def describe(recent: dict[str, Any]) -> str:
+    """One line for `status` from RecentAccuracy.as_dict(): the figure and the rule's verdict on it."""
+    head = f"production v{recent['version']}"
+    if not recent["outcomes"] or recent["mae"] is None:
+        return f"{head}: no outcome known in the last {LOOKBACK.days} days"
+    line = f"{head}: live MAE {recent['mae']:.2f} min over its {recent['outcomes']:,} most recently known outcomes"
+    if recent["heldout_mae"] is None:
+        return f"{line} (no held-out MAE on record to judge it by)"
+    line += f", {recent['mae'] / recent['heldout_mae'] - 1:+.0%} against its held-out {recent['heldout_mae']:.2f}"
+    if recent["outcomes"] < MIN_OUTCOMES:
+        return f"{line}: too few to judge (under {MIN_OUTCOMES})"
+    if recent["degraded"]:
+        return f"{line}: DEGRADED (over {ACCURACY_MARGIN:.0%}: TaxiLiveMaeWorseThanHeldout)"
+    return f"{line}: within {ACCURACY_MARGIN:.0%}"
 
 
 def change_point(

@@ -35,7 +35,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from worker.monitor import paired
-from worker.monitor.degradation import ACCURACY_MARGIN, MIN_OUTCOMES, RecentAccuracy, degraded, recent_accuracy
+from worker.monitor.degradation import ACCURACY_MARGIN, MIN_OUTCOMES, RecentAccuracy, degraded, production_recent
 from worker.monitor.drift import DATASET_COLUMNS
 from worker.rides.generator import CHICAGO
 from worker.store import events, evidence, history, timelines, whatif
@@ -292,25 +292,12 @@ def collect(
         refused=refused,
         events=model_events(engine, aliases, since, now),
         challenger=challenger_view(engine, aliases),
-        production=production_accuracy(engine, aliases, daily, window, now),
+        production=production_recent(engine, aliases.name, aliases.production, window, now),
         recent_drift=recent,
         whatif_excluded=whatif.excluded(),
     )
     overview.alerts.extend(alerts(overview))
     return overview
-
-
-def production_accuracy(
-    engine: Engine, aliases: ModelAliases, daily: pd.DataFrame, window: int, now: datetime
-) -> RecentAccuracy | None:
-    """Production (as the record has it) over its most recently known outcomes, beside its held-out MAE
-    (as the quality pass stored it for the version)."""
-    version = events.alias_on_record(engine, aliases.name, aliases.production)
-    if version is None:
-        return None
-    promised = daily[(daily["model_version"] == version) & daily["heldout_mae"].notna()]
-    heldout = float(promised.sort_values("day")["heldout_mae"].iloc[-1]) if not promised.empty else None
-    return recent_accuracy(engine, version, heldout, window, now)
 
 
 def alerts(overview: Overview) -> list[Alert]:

@@ -22,6 +22,7 @@ from worker.rides.generator import RIDE_COLUMNS
 from worker.store.schema import (
     batch_metrics,
     batch_runs,
+    daily_accuracy,
     ride_outcomes,
     ride_predictions,
     shadow_comparisons,
@@ -264,6 +265,19 @@ def recent_errors(
         row = dict(conn.execute(query).mappings().one())
     row["mae"] = None if row["mae"] is None else float(row["mae"])
     return row
+
+
+def stored_heldout_mae(engine: Engine, version: str) -> float | None:
+    """The held-out MAE the newest quality pass stored for `version` (from its registry tag), for readers
+    that must not wait on the registry: the report, and `status` when the registry is down."""
+    a = daily_accuracy.c
+    with engine.connect() as conn:
+        return conn.execute(
+            select(a.heldout_mae)
+            .where(a.model_version == version, a.heldout_mae.is_not(None))
+            .order_by(a.day.desc())
+            .limit(1)
+        ).scalar_one_or_none()
 
 
 def batch_accuracy(engine: Engine, version: str, until_local: datetime, limit: int = 2000) -> pd.DataFrame:
