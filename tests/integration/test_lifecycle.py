@@ -145,6 +145,24 @@ def test_an_alias_moved_behind_the_services_back_is_recorded_once(new_stack):
     # Rollback knows where production was before the outside move.
     assert "from v2 to v1" in _ok(stack.cli("rollback", "--reason", "undo the outside move"))
 
+    # Someone deletes @production in MLflow: rollback restores the version it held (it went to v2, the
+    # version before that, printing "from vNone").
+    registry = registry_client(stack.env["MLFLOW_TRACKING_URI"])
+    registry.delete_registered_model_alias(stack.env["MODEL_NAME"], "production")
+    assert "rolled back from no version to v1" in _ok(stack.cli("rollback", "--reason", "alias gone"))
+    # A challenger on v2, set in MLflow: status and models --compare say it is no challenger once it
+    # is production's version, and a rollback onto it retires it, as a promotion does.
+    registry.set_registered_model_alias(stack.env["MODEL_NAME"], "challenger", "2")
+    assert "from v1 to v2" in _ok(stack.cli("rollback", "--reason", "walk back"))
+    assert _alias(stack, "challenger") is None
+    retired = _events(stack, "challenger_retired")
+    assert [(e.from_version, e.reason) for e in retired] == [("2", "rolled back to @production")]
+    registry.set_registered_model_alias(stack.env["MODEL_NAME"], "challenger", "2")
+    compared = _ok(stack.cli("models", "--compare"))
+    assert "challenger v2 is production's own version: nothing is shadow-scored or compared" in compared
+    assert stack.sql("SELECT count(*) AS n FROM shadow_comparisons")[0].n == 0
+    assert "challenger v2 is production's own version" in _ok(stack.cli("status"))
+
 
 def test_promote_refuses_unknown_hostile_and_serving_versions_and_a_fixed_model_uri(new_stack, tmp_path):
     from tests.security.test_model_artifacts import CreatesFile, register_pickle

@@ -307,6 +307,7 @@ def test_a_dispatch_whose_worker_writes_to_another_database_ends_its_wait_saying
         ("{succeeded}", "there is nothing to rerun"),
         ("{scored}", "which are not kept"),
         ("{running}", "a worker may still be writing it"),
+        ("{retrying}", "it is queued to run again"),
         ("{pruning}", "is being deleted by prune (older than the retention); it cannot be rerun"),
     ],
 )
@@ -324,7 +325,11 @@ def test_rerun_refuses_what_it_cannot_or_must_not_do(stack, batch_id, message):
         done = stack.client().send_task("worker.tasks.score_rides", kwargs={"rides": [ride]}).get(timeout=60)
         batch_id = done["batch_id"]
         stack.sql_exec("UPDATE batch_runs SET status = 'failed' WHERE batch_id = :b", b=batch_id)
-    elif batch_id in ("{running}", "{pruning}"):  # an old failed batch a prune has claimed, for the latter
+    elif batch_id in (
+        "{running}",
+        "{retrying}",
+        "{pruning}",
+    ):  # an old failed batch a prune has claimed, for the latter
         status = batch_id.strip("{}")
         batch_id = f"adhoc-{uuid.uuid4()}"
         stack.sql_exec(

@@ -502,7 +502,11 @@ def _lifecycle_lines(part: dict) -> list[str]:
         lines.append("challenger: none")
     else:
         found = challenger["evidence"]
-        if found is None or not found["outcomes"]:
+        if challenger["version"] == challenger["against"]:
+            from worker.cli.models import same_as_production
+
+            lines.append(same_as_production(challenger["version"]))
+        elif found is None or not found["outcomes"]:
             lines.append(f"challenger v{challenger['version']}: no paired outcomes yet")
         else:
             lines.append(
@@ -612,7 +616,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         aliases = registry_aliases(configure_mlflow(settings), settings)
         challenger, production = aliases.get(CHALLENGER_ALIAS), aliases.get(settings.MODEL_ALIAS)
         found = None
-        if challenger is not None and production is not None:
+        if challenger is not None and production is not None and challenger != production:
             found = paired.refresh(engine, settings.MODEL_NAME, challenger, production, chicago_now())
         if args.json:
             print(
@@ -699,14 +703,23 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def move_line(alias: str, moved: str, event: dict) -> str:
+    """What promote and rollback print: an alias that held nothing (deleted in MLflow) is "no version"."""
+
+    def version(value: str | None) -> str:
+        return f"v{value}" if value is not None else "no version"
+
+    return (
+        f"@{alias} {moved} from {version(event['from_version'])} to {version(event['to_version'])} "
+        f"by {event['actor']} (event {event['id']}): {event['reason']}"
+    )
+
+
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     from worker.lifecycle.promotion import promote
 
     event = promote(settings, _lifecycle_engine(settings), args.version, args.reason, force=args.force)
-    print(
-        f"@{settings.MODEL_ALIAS} moved from v{event['from_version']} to v{event['to_version']} "
-        f"by {event['actor']} (event {event['id']}): {event['reason']}"
-    )
+    print(move_line(settings.MODEL_ALIAS, "moved", event))
     return 0
 
 
@@ -714,10 +727,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from worker.lifecycle.promotion import rollback
 
     event = rollback(settings, _lifecycle_engine(settings), args.reason)
-    print(
-        f"@{settings.MODEL_ALIAS} rolled back from v{event['from_version']} to v{event['to_version']} "
-        f"by {event['actor']} (event {event['id']}): {event['reason']}"
-    )
+    print(move_line(settings.MODEL_ALIAS, "rolled back", event))
     return 0
 
 

@@ -99,9 +99,20 @@ def history_json(found: list[dict[str, Any]]) -> str:
     return json.dumps(found, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
 
 
+def same_as_production(version: str) -> str:
+    """A challenger alias on production's own version: workers shadow-score only another version, so
+    no paired evidence will come (promote and rollback retire such an alias; else delete it in MLflow)."""
+    return (
+        f"challenger v{version} is production's own version: nothing is shadow-scored or compared "
+        "(delete the challenger alias in MLflow, or `retrain` makes a new challenger)"
+    )
+
+
 def render_comparison(found: PairedEvidence | None, challenger: str | None, production: str | None) -> str:
     if challenger is None:
         return "no challenger: `python -m worker retrain --since 6h` makes one"
+    if challenger == production:
+        return same_as_production(challenger)
     if found is None or found.outcomes == 0:
         return (
             f"challenger v{challenger} against production v{production}: no paired outcomes yet (batches since the "

@@ -35,13 +35,16 @@ def rerun_batch(settings: Settings, engine: Engine, batch_id: str, now: datetime
             f"batch {batch_id} scored rides its caller gave (a file, or a score_rides call), which are not kept; "
             "send them again (rows whose trip_id is already written are skipped)"
         )
-    if status == "running":
+    if status in ("running", "retrying"):
+        # Stuck only once its latest attempt (or the send of a rerun) is older than VISIBILITY_TIMEOUT:
+        # until then a worker writes it, or its retry (due within 300 s) or the rerun's message is queued.
         started = row["attempt_started_at"] or row["started_at"]
         started = started if started.tzinfo else started.replace(tzinfo=UTC)
         age = ((now or datetime.now(UTC)) - started).total_seconds()
         if age < settings.VISIBILITY_TIMEOUT:
+            doing = "a worker may still be writing it" if status == "running" else "it is queued to run again"
             raise UsageError(
-                f"batch {batch_id} is running (its latest attempt started {age:.0f} s ago); a worker may still be writing it. "
+                f"batch {batch_id} is {status} (its latest attempt started {age:.0f} s ago); {doing}. "
                 f"Wait for VISIBILITY_TIMEOUT={settings.VISIBILITY_TIMEOUT:g} s, after which Redis redelivers it anyway"
             )
     world = World(float(row["speed_factor"]), float(row["fare_factor"]))
@@ -51,6 +54,10 @@ def rerun_batch(settings: Settings, engine: Engine, batch_id: str, now: datetime
         before = writes.reopen_batch(engine, batch_id, f"rerun requested (was {status}: {row['error'] or 'no error'})")
     except writes.BatchPruned as exc:  # prune claimed it since we read it
         raise UsageError(str(exc).replace("nothing was written", "it cannot be rerun")) from None
+    if before is None:  # it succeeded, or a worker took it, since we read it: sending would only repeat it
+        raise UsageError(
+            f"batch {batch_id} changed while the rerun was prepared (`batches` shows it); nothing was sent"
+        )
     try:
         if batch_id.startswith("schedule-"):
             slot = datetime.fromisoformat(batch_id.removeprefix("schedule-"))
@@ -59,6 +66,5 @@ def rerun_batch(settings: Settings, engine: Engine, batch_id: str, now: datetime
         _, sent = dispatch_batch(rides, int(row["seed"]), world, task_id=batch_id.removeprefix("adhoc-"))
         return sent
     except Exception:  # nothing was sent: put the batch back exactly as it was
-        if before is not None:
-            writes.undo_reopen(engine, batch_id, before)
+        writes.undo_reopen(engine, batch_id, before)
         raise

@@ -135,7 +135,8 @@ def rollback(
     """Point MODEL_ALIAS back at the version it served before the current one, on the record."""
     check_alias_uri(settings)
     client = configure_mlflow(settings)
-    current = registry_aliases(client, settings).get(settings.MODEL_ALIAS)
+    aliases = registry_aliases(client, settings)
+    current = aliases.get(settings.MODEL_ALIAS)
     # A move nobody recorded yet goes on the record first, so the trail ends where the alias is.
     events.observe(engine, settings.MODEL_NAME, settings.MODEL_ALIAS, current, seen_by="rollback")
     trail = events.alias_trail(engine, settings.MODEL_NAME, settings.MODEL_ALIAS)
@@ -147,6 +148,7 @@ def rollback(
         )
     target = trail[-2]
     check_loadable(settings, target)
+    challenger = aliases.get(CHALLENGER_ALIAS)
     event = move_alias(
         settings,
         engine,
@@ -159,6 +161,10 @@ def rollback(
         client=client,
         now=now,
     )
+    if challenger == target:  # as a promoted challenger does: no shadow-scoring of production against itself
+        retire_challenger(
+            settings, engine, f"rolled back to @{settings.MODEL_ALIAS}", actor=actor, now=now, client=client
+        )
     assert event is not None
     return event
 

@@ -60,7 +60,7 @@ def lifecycle_summary(
     """`challenger` and `production` are where the registry's aliases point now."""
     now = now or datetime.now(UTC)
     found = None
-    if challenger is not None and production is not None:
+    if challenger is not None and production is not None and challenger != production:
         found = paired.stored(evidence.comparison(engine, challenger, production))
     newest = events.history(engine, model_name, limit=1)
     return {

@@ -262,9 +262,11 @@ def history(engine: Engine, model_name: str, limit: int | None = None, since: da
         return [dict(row) for row in conn.execute(query).mappings()]
 
 
-def alias_trail(engine: Engine, model_name: str, alias: str) -> list[str]:
+def alias_trail(engine: Engine, model_name: str, alias: str) -> list[str | None]:
     """The versions `alias` served, oldest first, as a stack: each move pushes its version, each
-    rollback pops the version it left. Its second-to-last entry is where a rollback goes."""
+    rollback pops the version it left. Its second-to-last entry is where a rollback goes. An alias
+    deleted (outside the project) is pushed as None, so that a rollback restores the version it
+    held; it is only ever the top entry: a version set after it takes its place."""
     query = (
         select(model_events.c.action, model_events.c.from_version, model_events.c.to_version)
         .where(
@@ -274,12 +276,16 @@ def alias_trail(engine: Engine, model_name: str, alias: str) -> list[str]:
         )
         .order_by(model_events.c.id)
     )
-    trail: list[str] = []
+    trail: list[str | None] = []
     with engine.connect() as conn:
         for action, from_version, to_version in conn.execute(query):
             if action == ROLLED_BACK and trail and trail[-1] == from_version:
                 trail.pop()
-            if to_version is not None and (not trail or trail[-1] != to_version):
+            if to_version is not None and trail and trail[-1] is None:
+                trail.pop()
+            if trail and trail[-1] == to_version:
+                continue
+            if to_version is not None or trail:
                 trail.append(to_version)
     return trail
 

@@ -615,12 +615,13 @@ def record_refusal(engine: Engine, batch_id: str, slot: datetime, error: str, se
     return True
 
 
-REOPEN_KEPT = ("status", "error", "attempts", "finished_at")
+REOPEN_KEPT = ("status", "error", "attempts", "finished_at", "attempt_started_at")
 
 
 def reopen_batch(engine: Engine, batch_id: str, note: str) -> dict[str, Any] | None:
-    """Show a failed (or stuck) batch as `retrying` with one more attempt, before `rerun` or `backfill`
-    sends it again; returns what the row held before (for `undo_reopen`), or None if it succeeded.
+    """Show a failed (or stuck) batch as `retrying` with one more attempt, sent now (its attempt's start:
+    a second `rerun` at once finds it fresh and refuses), before `rerun` or `backfill` sends it again;
+    returns what the row held before (for `undo_reopen`), or None if it succeeded or a worker took it.
     Raises BatchPruned if prune has claimed it: the row lock makes that either-or, never both."""
     with engine.begin() as conn:
         query = select(*(batch_runs.c[c] for c in REOPEN_KEPT)).where(batch_runs.c.batch_id == batch_id)
@@ -635,7 +636,12 @@ def reopen_batch(engine: Engine, batch_id: str, note: str) -> dict[str, Any] | N
             update(batch_runs)
             # As read: SQLite takes no row lock, and a prune's claim may have come in between.
             .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status == before["status"])
-            .values(status="retrying", error=stored_error(note), attempts=before["attempts"] + 1)
+            .values(
+                status="retrying",
+                error=stored_error(note),
+                attempts=before["attempts"] + 1,
+                attempt_started_at=func.now(),
+            )
         ).rowcount
         if not reopened:
             now = conn.execute(select(batch_runs.c.status).where(batch_runs.c.batch_id == batch_id)).scalar()
