@@ -171,6 +171,12 @@ class Settings(BaseSettings):
             raise ValueError("it is not a URL: it has no scheme (expected scheme://...)")
         if value and info.field_name == "DATABASE_URL" and "://" not in value:
             raise ValueError("it is not a database URL (expected e.g. postgresql+psycopg2://user@host:5432/name)")
+        misread = misread_password(info.field_name, value)
+        if misread:
+            raise ValueError(
+                f"its password holds {misread}, which its client would misread (a part of it could then show "
+                "in an error): percent-encode it (@ as %40, / as %2F, ? as %3F, # as %23)"
+            )
         return _refuse_placeholder(url_password(info.field_name, value), value)
 
     @field_validator(
@@ -271,6 +277,22 @@ def url_password(name: str, url: str) -> str:
         found = SQLALCHEMY_PASSWORD.match(url)
         return found.group("password") if found else ""
     return urlsplit(url).password or ""
+
+
+def misread_password(name: str, url: str) -> str | None:
+    """The raw character of a URL's password that its client would read as the end of the password,
+    if any. An @ after the first one ends up in the host (SQLAlchemy) or is split on by the
+    redaction's pattern; a /, ? or # ends the authority for urlsplit and kombu (the rest of the
+    password was read as the port). SQLAlchemy reads a / inside a password as it is written."""
+    written = SQLALCHEMY_PASSWORD.match(url)
+    if written is None:
+        return None
+    host = re.split(r"[/?#]", url[written.end() :], maxsplit=1)[0]
+    if "@" in host:
+        return "an '@'"
+    if name != "DATABASE_URL" and (urlsplit(url).password or "") != written.group("password"):
+        return "a '/', '?' or '#'"
+    return None
 
 
 def named_secrets(settings: Settings) -> list[tuple[str, str]]:

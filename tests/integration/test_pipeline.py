@@ -252,6 +252,19 @@ def test_status_reports_every_part(stack):
     down = stack.cli("status", "--json", extra_env={"DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/none"})
     assert down.returncode == 1
     assert json.loads(down.stdout)["database"]["ok"] is False
+    # Reachable but without the tables, every other part up: no command can run, so not ok and exit 1
+    # (it said ok, exit 0, while every other command failed pointing at status).
+    from tests.stack import create_database, drop_database
+
+    name, empty = create_database()
+    try:
+        bare = stack.cli("status", "--json", extra_env={"DATABASE_URL": empty})
+    finally:
+        drop_database(name)
+    found = json.loads(bare.stdout)
+    assert found["broker"]["ok"] and found["registry"]["ok"] and found["database"]["ok"], found
+    assert found["database"]["schema_ready"] is False and "migrate" in found["database"]["schema_problem"]
+    assert bare.returncode == 1 and found["ok"] is False
 
 
 def test_moved_alias_is_used_by_next_batch_without_restart(new_stack, mlflow_server, tmp_path):

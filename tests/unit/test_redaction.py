@@ -71,6 +71,54 @@ def test_a_malformed_url_setting_is_named_but_its_password_is_not_echoed(tmp_pat
     assert MARKER not in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "url", "why"),
+    [
+        # kombu reads the port from what follows the /: "Port could not be cast to integer value as 'Rds7'"
+        ("CELERY_BROKER_URL", f"redis://:Rds7/{MARKER}@127.0.0.1:6379/0", "a '/', '?' or '#'"),
+        ("CELERY_RESULT_BACKEND", f"redis://:Rds7#{MARKER}@127.0.0.1:6379/1", "a '/', '?' or '#'"),
+        ("MLFLOW_TRACKING_URI", f"http://reader:Ml?{MARKER}@127.0.0.1:5000", "a '/', '?' or '#'"),
+        # SQLAlchemy reads up to the first @: the rest became the host, shown in "could not translate host name"
+        ("DATABASE_URL", f"postgresql+psycopg2://taxi_app:Db7@{MARKER}@127.0.0.1:5432/taxi", "an '@'"),
+        ("CELERY_BROKER_URL", f"redis://:Rds7@{MARKER}@127.0.0.1:6379/0", "an '@'"),
+    ],
+)
+def test_a_url_whose_password_its_client_would_misread_is_refused_naming_the_fix(tmp_path, name, url, why):
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "status"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), name: url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"invalid setting {name}: Value error, its password holds {why}" in done.stderr, done.stderr
+    assert "percent-encode" in done.stderr and MARKER not in done.stdout + done.stderr
+
+
+def test_an_unexpected_error_is_shown_with_its_traceback_redacted(monkeypatch, capsys, tmp_path):
+    """An error that is neither bad input nor a service down keeps its traceback (it is a bug to
+    report), but its text goes through redaction like every other output."""
+    from worker.cli import commands
+
+    monkeypatch.setenv("LOCAL_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg2://taxi_app:{MARKER}@127.0.0.1:1/taxi")
+    get_settings.cache_clear()
+
+    def broken(args, settings):
+        raise RuntimeError(f"something odd with {settings.database_url} and {MARKER}")
+
+    monkeypatch.setattr(commands, "cmd_batches", broken)
+    try:
+        assert commands.main(["batches"]) == 1
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "RuntimeError: something odd with" in err
+    assert MARKER not in err and "taxi_app:***@127.0.0.1" in err
+
+
 @pytest.fixture
 def marked_settings(monkeypatch: pytest.MonkeyPatch, tmp_path):
     """Settings whose database and broker passwords are the marker, read the way every process reads them."""

@@ -1145,10 +1145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {type(exc).__name__}: {redact(str(exc), settings)}", file=sys.stderr)
             return 1
         down = unreachable_cause(exc)
-        if down is None:
-            raise
-        # A service is down or refuses: one line, and where to look.
-        detail = redact((str(down).strip().splitlines() or [""])[0][:400], settings)
+        if down is None:  # a bug to report: its traceback, redacted like every other output
+            import traceback
+
+            print(redact("".join(traceback.format_exception(exc)), settings), end="", file=sys.stderr)
+            return 1
+        # A service is down or refuses: one line, and where to look (masked before it is cut).
+        detail = (redact(str(down), settings).strip().splitlines() or [""])[0][:400]
         print(f"error: {type(down).__name__}: {detail} (python -m worker status shows what is down)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -140,7 +140,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         part: _check(settings, probe)
         for part, probe in (("broker", broker), ("database", database), ("registry", registry))
     }
-    report["ok"] = all(part["ok"] for part in report.values())
+    # A database reachable but without the code's tables is no use to any command: not ok either.
+    report["ok"] = all(part["ok"] for part in report.values()) and report["database"].get("schema_ready", True)
     # Monitoring is information, not health: a monitoring part that cannot be read does not make status fail.
     report["monitoring"] = _check(settings, monitoring)
 
