@@ -333,4 +333,13 @@ def test_a_version_without_a_reference_is_reported_and_the_reference_command_add
     metrics = wait_until("the next batch's metrics", lambda: _metrics(stack, second), 60)
     assert metrics.monitor_status == "ok" and metrics.columns_checked == 6
     missing = stack.cli("reference", "--version", "999")
-    assert missing.returncode == 1 and "999" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert f"{settings.MODEL_NAME} has no version 999 (versions: {old.version})" in missing.stderr
+    # It has one now: not replaced silently (a generated reference would stand in for held-out rides).
+    again = stack.cli("reference", "--version", old.version, "--rides", "20000")
+    assert again.returncode == 2 and f"version {old.version} already has a drift reference" in again.stderr
+    replaced = stack.cli("reference", "--version", old.version, "--rides", "20000", "--replace")
+    assert replaced.returncode == 0 and "logged a reference of 20000 rows" in replaced.stdout, replaced.stderr
+    unknown = stack.cli("convert-model", "--version", "999")
+    assert unknown.returncode == 2 and "has no version 999" in unknown.stderr, unknown.stderr
+    assert "reading the pickle" not in unknown.stdout

@@ -197,9 +197,22 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _known_version(settings: Settings, version: str | None):
+    """The registry client, once `version` (if given) is known to exist: an unknown one is refused in one
+    line naming the versions that do, not reported as a service that is down."""
+    from worker.lifecycle.promotion import check_version
+    from worker.model.registry import configure_mlflow
+
+    client = configure_mlflow(settings)
+    if version is not None:
+        check_version(client, settings, version)
+    return client
+
+
 def cmd_convert_model(args: argparse.Namespace, settings: Settings) -> int:
     from worker.lifecycle.training import convert_model
 
+    _known_version(settings, args.version)
     print(
         "reading the pickle version once in this process (it runs the pickle's code: convert only "
         "versions you trust), then registering it again as skops"
@@ -395,8 +408,15 @@ def cmd_outcomes(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reference(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.model.reference import has_reference
     from worker.model.training import add_reference
 
+    client = _known_version(settings, args.version)
+    if has_reference(client, settings.MODEL_NAME, args.version) and not args.replace:
+        raise UsageError(
+            f"version {args.version} already has a drift reference (held-out rides of its training); "
+            "--replace logs one of generated rides instead (running workers keep the old one until they restart)"
+        )
     rows = add_reference(settings, args.version, rides=args.rides)
     print(f"logged a reference of {rows} rows for {settings.MODEL_NAME} version {args.version}")
     return 0
@@ -964,6 +984,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reference.add_argument("--version", type=_version, required=True, help="the registered version of MODEL_NAME")
     reference.add_argument("--rides", type=_positive_int, default=50_000, help="generated rides it scores")
+    reference.add_argument("--replace", action="store_true", help="replace the reference the version has")
     reference.set_defaults(handler=cmd_reference)
 
     check = sub.add_parser(

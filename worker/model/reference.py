@@ -51,6 +51,15 @@ def log_reference(frame: pd.DataFrame) -> None:
         mlflow.log_artifact(str(path), artifact_path=REFERENCE_DIR)
 
 
+def _logged(client: MlflowClient, run_id: str | None) -> bool:
+    return bool(run_id) and any(f.path.endswith(REFERENCE_FILE) for f in client.list_artifacts(run_id, REFERENCE_DIR))
+
+
+def has_reference(client: MlflowClient, name: str, version: str) -> bool:
+    """Whether the version's run logged a reference (a tag alone does not say: the file may be missing)."""
+    return _logged(client, client.get_model_version(name, version).run_id)
+
+
 def load_reference(client: MlflowClient, name: str, version: str) -> pd.DataFrame | None:
     """The version's reference, or None if it was registered without one (or is gone).
     Other registry errors (unreachable, refused) propagate: the caller waits and retries."""
@@ -60,7 +69,7 @@ def load_reference(client: MlflowClient, name: str, version: str) -> pd.DataFram
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return None
         raise
-    if not run_id or not any(f.path.endswith(REFERENCE_FILE) for f in client.list_artifacts(run_id, REFERENCE_DIR)):
+    if not _logged(client, run_id):
         return None
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(run_id, f"{REFERENCE_DIR}/{REFERENCE_FILE}", tmp)
