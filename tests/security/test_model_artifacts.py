@@ -177,7 +177,7 @@ def test_a_skops_version_of_a_trusted_but_foreign_model_is_refused(make_settings
         load_version(settings.MODEL_NAME, str(info.registered_model_version))
 
 
-def test_convert_model_relogs_a_pickle_version_as_skops_and_moves_the_alias(make_settings):
+def test_convert_model_relogs_a_pickle_version_as_skops_and_moves_the_alias(make_settings, caplog):
     from worker.lifecycle.training import convert_model as convert_to_skops
 
     settings = make_settings()
@@ -191,8 +191,11 @@ def test_convert_model_relogs_a_pickle_version_as_skops_and_moves_the_alias(make
     with pytest.raises(ModelRefused):
         load_version(settings.MODEL_NAME, legacy)
 
-    result = convert_to_skops(settings)
+    with caplog.at_level("WARNING", logger="worker.model.conversion"):
+        result = convert_to_skops(settings)
     assert result.source_version == legacy and result.version is not None and result.promoted
+    assert f"reading pickle version {legacy} once in this process" in caplog.text  # said before it is read
+    caplog.clear()
     client = configure_mlflow(settings)
     assert str(client.get_model_version_by_alias(settings.MODEL_NAME, settings.MODEL_ALIAS).version) == result.version
     assert client.get_model_version(settings.MODEL_NAME, result.version).tags["converted_from_version"] == legacy
@@ -205,6 +208,7 @@ def test_convert_model_relogs_a_pickle_version_as_skops_and_moves_the_alias(make
     # Running it again on the now-skops production version does nothing.
     again = convert_to_skops(settings)
     assert again.version is None and not again.promoted and "already is skops" in again.reason
+    assert "reading pickle" not in caplog.text  # no pickle was read: the CLI warned of one before it looked
 
 
 def test_train_refuses_to_compare_against_a_pickle_production_until_forced(make_settings, tmp_path):

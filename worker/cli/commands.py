@@ -213,10 +213,6 @@ def cmd_convert_model(args: argparse.Namespace, settings: Settings) -> int:
     from worker.lifecycle.training import convert_model
 
     _known_version(settings, args.version)
-    print(
-        "reading the pickle version once in this process (it runs the pickle's code: convert only "
-        "versions you trust), then registering it again as skops"
-    )
     result = convert_model(settings, args.version)
     if result.version is not None:
         print(f"registered {result.name} version {result.version}: skops copy of version {result.source_version}")

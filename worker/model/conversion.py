@@ -11,6 +11,7 @@ the new version predicts exactly what the old one did before the alias may move
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ from worker.rides.generator import RIDE_COLUMNS, generate_rides
 from worker.settings import Settings
 
 CHECK_RIDES = 2_000
+
+
+log = logging.getLogger(__name__)
 
 
 class ConversionMismatch(RuntimeError):
@@ -65,6 +69,12 @@ def convert_to_skops(settings: Settings, version: str | None = None) -> Conversi
         serialization = sklearn_flavor(local, name, version).get("serialization_format", "pickle")
         if serialization == SKOPS:
             return Conversion(name, version, None, False, f"version {version} already is skops; nothing to do")
+        # Said before it happens, and only when it does (not for a version that already is skops).
+        log.warning(
+            "reading pickle version %s once in this process (it runs the pickle's code: convert only "
+            "versions you trust), then registering it again as skops",
+            version,
+        )
         pipeline = load_checked(local, name, version, allow_pickle=True)  # the operator's explicit choice
 
     rides = generate_rides(CHECK_RIDES, seed=0)[list(RIDE_COLUMNS)]
