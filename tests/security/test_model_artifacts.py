@@ -21,6 +21,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from tests.support import wait_until
+from worker.cli.errors import UsageError
+from worker.cli.rerun import new_pin
 from worker.lifecycle.training import train_and_register
 from worker.model.reference import load_reference, log_reference
 from worker.model.registry import configure_mlflow, load_version
@@ -205,10 +207,46 @@ def test_convert_model_relogs_a_pickle_version_as_skops_and_moves_the_alias(make
     np.testing.assert_array_equal(
         load_version(settings.MODEL_NAME, result.version).predict(rides), pipeline.predict(rides)
     )
+    # A batch pinned to the pickle is moved to its checked copy by a rerun, which predicts the same.
+    assert client.get_model_version(settings.MODEL_NAME, result.version).tags["conversion_checked"]
+    row = {"batch_id": "adhoc-x", "model_name": settings.MODEL_NAME, "model_version": legacy}
+    assert new_pin(settings, None, row, repin=False) == (legacy, result.version, "converted")
     # Running it again on the now-skops production version does nothing.
     again = convert_to_skops(settings)
     assert again.version is None and not again.promoted and "already is skops" in again.reason
     assert "reading pickle" not in caplog.text  # no pickle was read: the CLI warned of one before it looked
+
+
+def test_a_rerun_of_a_batch_pinned_to_a_refused_or_deleted_version_is_refused_unless_repinned(make_settings, tmp_path):
+    from sqlalchemy import insert
+
+    from worker.store.database import build_engine, migrate
+    from worker.store.schema import batch_chunks
+
+    settings = make_settings()
+    good = train_and_register(settings, rides=2000, seed=1, params=SMALL)
+    hostile = register_pickle(settings, CreatesFile(tmp_path / "pwned-by-rerun"))
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    migrate(url)
+    engine = build_engine(url)
+    row = {"batch_id": "adhoc-x", "model_name": settings.MODEL_NAME, "model_version": hostile}
+    with pytest.raises(UsageError, match=rf"pinned to version {hostile}, which is refused by the workers: it is a "):
+        new_pin(settings, engine, row, repin=False)
+    assert new_pin(settings, engine, row, repin=True) == (hostile, good.version, "repinned")
+    with engine.begin() as conn:  # one chunk already written by that version: one batch, one model
+        conn.execute(
+            insert(batch_chunks).values(batch_id="adhoc-x", chunk_index=0, rows_written=9, model_version=hostile)
+        )
+    with pytest.raises(UsageError, match=rf"1 of its chunks were written by version {hostile}; --repin would"):
+        new_pin(settings, engine, row, repin=True)
+    configure_mlflow(settings).delete_model_version(settings.MODEL_NAME, hostile)
+    with pytest.raises(UsageError, match=rf"version {hostile}, which is not in the registry \(deleted\?\)"):
+        new_pin(settings, engine, row, repin=False)
+    # A version the workers can score with is kept; --repin is refused for it.
+    assert new_pin(settings, engine, {**row, "model_version": good.version}, repin=False) is None
+    with pytest.raises(UsageError, match="which the workers can score with"):
+        new_pin(settings, engine, {**row, "model_version": good.version}, repin=True)
+    engine.dispose()
 
 
 def test_train_refuses_to_compare_against_a_pickle_production_until_forced(make_settings, tmp_path):
@@ -268,6 +306,21 @@ def test_a_worker_never_runs_a_hostile_version_and_keeps_serving_the_old_one(mak
         assert after["model_version"] == good.version  # same worker process, still serving
         assert not marker.exists(), "a worker unpickled the hostile version"
         assert stack.sql("SELECT count(*) FROM ride_predictions WHERE model_version = :v", v=hostile)[0][0] == 0
+
+        # A rerun of the failed batch would fail again on the same version: refused, naming why.
+        refused = stack.cli("rerun", batch_id)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"pinned to version {hostile}, which is refused by the workers" in refused.stderr, refused.stderr
+        assert "a rerun would fail again" in refused.stderr and "--repin" in refused.stderr
+        assert stack.sql("SELECT status FROM batch_runs WHERE batch_id = :b", b=batch_id)[0][0] == "failed"
+        # --repin scores it with the version the alias points at now, and says so.
+        moved = stack.cli("rerun", batch_id, "--repin", "--wait", "--timeout", "120")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert f"to be scored by version {good.version} (repinned)" in moved.stdout
+        rerun = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=batch_id)[0]
+        assert (rerun.status, rerun.model_version, rerun.model_pinned_by) == ("succeeded", good.version, "repinned")
+        assert stack.sql("SELECT count(*) FROM ride_predictions WHERE batch_id = :b", b=batch_id)[0][0] == 40
+        assert not marker.exists(), "a worker unpickled the hostile version"
     finally:
         stack.close()
     # Control: the same artifact, loaded by MLflow's own loader, does create the file.

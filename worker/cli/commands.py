@@ -328,13 +328,20 @@ def cmd_batches(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rerun(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.dispatching import wait_for_batch
-    from worker.cli.rerun import rerun_batch
+    from worker.cli.rerun import CONVERTED, REPINNED, rerun_batch
     from worker.store.database import ensure_schema, get_engine
+    from worker.store.writes import get_batch
 
     engine = get_engine(settings.database_url)
     ensure_schema(engine)
-    batch_id = rerun_batch(settings, engine, args.batch_id)
-    print(f"batch {batch_id} sent again")
+    batch_id = rerun_batch(settings, engine, args.batch_id, repin=args.repin)
+    row = get_batch(engine, args.batch_id) or {}
+    moved = (
+        f", to be scored by version {row['model_version']} ({row['model_pinned_by']})"
+        if row.get("model_pinned_by") in (CONVERTED, REPINNED)
+        else ""
+    )
+    print(f"batch {batch_id} sent again{moved}")
     if not args.wait:
         return 0
     return wait_for_batch(settings, batch_id, None, timeout=args.timeout)
@@ -954,6 +961,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rerun = sub.add_parser("rerun", help="send a failed (or stuck) batch again, exactly as planned")
     rerun.add_argument("batch_id")
+    rerun.add_argument(
+        "--repin",
+        action="store_true",
+        help="a batch pinned to a version the workers refuse or the registry lost: score it with MODEL_URI's version",
+    )
     rerun.add_argument("--wait", action="store_true")
     rerun.add_argument("--timeout", type=_positive_float, default=600.0)
     rerun.set_defaults(handler=cmd_rerun)

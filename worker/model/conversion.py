@@ -20,7 +20,14 @@ import mlflow
 import numpy as np
 
 from worker.model.reference import REFERENCE_DIR, REFERENCE_FILE
-from worker.model.registry import configure_mlflow, ensure_experiment, load_version, resolve_version
+from worker.model.registry import (
+    CONVERSION_CHECKED,
+    CONVERTED_FROM,
+    configure_mlflow,
+    ensure_experiment,
+    load_version,
+    resolve_version,
+)
 from worker.model.training import log_pipeline
 from worker.model.trust import SKOPS, load_checked, sklearn_flavor
 from worker.rides.generator import RIDE_COLUMNS, generate_rides
@@ -81,14 +88,15 @@ def convert_to_skops(settings: Settings, version: str | None = None) -> Conversi
     expected = np.asarray(pipeline.predict(rides))
     source = client.get_model_version(name, version)
     with mlflow.start_run(experiment_id=ensure_experiment(settings, client), run_name=f"convert-v{version}"):
-        mlflow.set_tags({"converted_from_version": version, "converted_from_run": source.run_id or ""})
+        mlflow.set_tags({CONVERTED_FROM: version, "converted_from_run": source.run_id or ""})
         # Drift is measured against the reference of the version that scored a batch: the copy
         # predicts exactly as the original, so it gets the original's reference (if it has one).
         copy_reference(client, source.run_id)
         new_version = log_pipeline(pipeline, rides.head(5), name)
     for key, value in (source.tags or {}).items():
-        client.set_model_version_tag(name, new_version, key, value)
-    client.set_model_version_tag(name, new_version, "converted_from_version", version)
+        if key != CONVERSION_CHECKED:  # the source's own check, not this copy's
+            client.set_model_version_tag(name, new_version, key, value)
+    client.set_model_version_tag(name, new_version, CONVERTED_FROM, version)
 
     converted = load_version(name, new_version, allow_pickle=False)
     if not np.array_equal(np.asarray(converted.predict(rides)), expected):
@@ -96,6 +104,10 @@ def convert_to_skops(settings: Settings, version: str | None = None) -> Conversi
             f"{name} version {new_version} (skops copy of {version}) predicts differently on {CHECK_RIDES} "
             f"generated rides; @{settings.MODEL_ALIAS} was not moved"
         )
+    # Only now may `rerun` score a batch pinned to the original with the copy.
+    client.set_model_version_tag(
+        name, new_version, CONVERSION_CHECKED, f"predicts as version {version} on {CHECK_RIDES} rides"
+    )
     aliased = client.get_registered_model(name).aliases.get(settings.MODEL_ALIAS)
     if aliased is not None and str(aliased) == str(version):
         return Conversion(

@@ -188,6 +188,34 @@ def loadable(name: str, version: str, load: bool = False, allow_pickle: bool | N
         return exc.reason
 
 
+CONVERTED_FROM = "converted_from_version"  # on convert-model's copy: the version it was copied from
+CONVERSION_CHECKED = "conversion_checked"  # on that copy, once it predicted exactly as the original
+
+
+def version_problem(client: MlflowClient, name: str, version: str) -> str | None:
+    """Why no worker can score with this version now or on any retry (gone from the registry, or
+    refused), or None. Nothing is deserialized. Other registry errors (unreachable) propagate."""
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return "is not in the registry (deleted?)"
+        raise
+    reason = loadable(name, version)
+    return None if reason is None else f"is refused by the workers: {reason}"
+
+
+def checked_copy(client: MlflowClient, name: str, version: str) -> str | None:
+    """The newest version that convert-model registered as `version`'s copy and saw predict exactly
+    as it did: a batch pinned to `version` scores the same with it."""
+    copies = [
+        int(found.version)
+        for found in client.search_model_versions(f"name='{name}'")
+        if (found.tags or {}).get(CONVERTED_FROM) == str(version) and (found.tags or {}).get(CONVERSION_CHECKED)
+    ]
+    return str(max(copies)) if copies else None
+
+
 @dataclass(frozen=True)
 class Resolved:
     """Which version a batch should use, and how that was decided: `alias` (the alias or stage

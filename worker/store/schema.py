@@ -95,7 +95,14 @@ batch_runs = Table(
     Column("speed_factor", Float, nullable=False, server_default="1.0", comment="generated speeds x this"),
     Column("fare_factor", Float, nullable=False, server_default="1.0", comment="meter rates x this"),
     Column("slot", DateTime(timezone=True), comment="UTC beat slot of a scheduled batch"),
-    Column("model_pinned_by", String(20), comment="alias, fallback, fixed or given: how model_version was chosen"),
+    Column(
+        "model_pinned_by",
+        String(20),
+        comment=(
+            "alias, fallback, fixed or given: how model_version was chosen; converted or repinned: "
+            "moved by rerun off a version no worker can score with"
+        ),
+    ),
     Column("chunk_size", Integer, comment="rides per chunk the first delivery planned with"),
     Column("attempt_started_at", DateTime(timezone=True), comment="UTC start of the latest attempt"),
     Column("challenger_version", String(40), comment="the challenger version pinned for shadow scoring, if any"),

@@ -615,14 +615,19 @@ def record_refusal(engine: Engine, batch_id: str, slot: datetime, error: str, se
     return True
 
 
-REOPEN_KEPT = ("status", "error", "attempts", "finished_at", "attempt_started_at")
+REOPEN_KEPT = ("status", "error", "attempts", "finished_at", "attempt_started_at", "model_version", "model_pinned_by")
 
 
-def reopen_batch(engine: Engine, batch_id: str, note: str) -> dict[str, Any] | None:
+def reopen_batch(
+    engine: Engine, batch_id: str, note: str, repin: tuple[str, str, str] | None = None
+) -> dict[str, Any] | None:
     """Show a failed (or stuck) batch as `retrying` with one more attempt, sent now (its attempt's start:
     a second `rerun` at once finds it fresh and refuses), before `rerun` or `backfill` sends it again;
     returns what the row held before (for `undo_reopen`), or None if it succeeded or a worker took it.
-    Raises BatchPruned if prune has claimed it: the row lock makes that either-or, never both."""
+    Raises BatchPruned if prune has claimed it: the row lock makes that either-or, never both.
+
+    `repin` (from_version, to_version, pinned_by) moves the batch to another version in the same
+    statement, only if it is still pinned to from_version (else None: it changed meanwhile)."""
     with engine.begin() as conn:
         query = select(*(batch_runs.c[c] for c in REOPEN_KEPT)).where(batch_runs.c.batch_id == batch_id)
         if conn.dialect.name == "postgresql":
@@ -632,7 +637,7 @@ def reopen_batch(engine: Engine, batch_id: str, note: str) -> dict[str, Any] | N
             raise BatchPruned.of([batch_id])
         if before is None or before["status"] == "succeeded":
             return None
-        reopened = conn.execute(
+        reopen = (
             update(batch_runs)
             # As read: SQLite takes no row lock, and a prune's claim may have come in between.
             .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status == before["status"])
@@ -642,7 +647,14 @@ def reopen_batch(engine: Engine, batch_id: str, note: str) -> dict[str, Any] | N
                 attempts=before["attempts"] + 1,
                 attempt_started_at=func.now(),
             )
-        ).rowcount
+        )
+        if repin is not None:
+            if before["model_version"] != repin[0]:
+                return None
+            reopen = reopen.where(batch_runs.c.model_version == repin[0]).values(
+                model_version=repin[1], model_pinned_by=repin[2]
+            )
+        reopened = conn.execute(reopen).rowcount
         if not reopened:
             now = conn.execute(select(batch_runs.c.status).where(batch_runs.c.batch_id == batch_id)).scalar()
             if now == PRUNING:
@@ -671,6 +683,14 @@ def get_batch(engine: Engine, batch_id: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(select(batch_runs).where(batch_runs.c.batch_id == batch_id)).mappings().first()
     return dict(row) if row else None
+
+
+def chunks_written(engine: Engine, batch_id: str) -> int:
+    """How many of the batch's chunks are in the ledger (written, each with its own model version)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(func.count()).select_from(batch_chunks).where(batch_chunks.c.batch_id == batch_id)
+        ).scalar_one()
 
 
 def get_batches(engine: Engine, batch_ids: list[str]) -> list[dict[str, Any]]:
