@@ -22,6 +22,7 @@ from worker.model.registry import (
     Shadow,
     configure_mlflow,
     parse_model_uri,
+    shadowed,
 )
 from worker.settings import get_settings, redact
 from worker.store import writes
@@ -117,7 +118,7 @@ def notice_aliases(engine: Engine, resolved: Resolved | None = None) -> None:
 
 def shadow(name: str, challenger: str | None, production: str | None) -> Shadow | None:
     """The batch's challenger, loaded once per process like production, or why it cannot score."""
-    if not challenger or challenger == production:
+    if shadowed(challenger, production) is None:
         return None
     key = (name, challenger)
     failed = _shadow_failures.get(key)

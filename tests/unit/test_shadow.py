@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from worker.batch import shadow_frame, shadow_step
-from worker.model.registry import LoadedModel, Shadow
+from worker.model.registry import LoadedModel, Shadow, shadowed
 from worker.rides.batch_rides import generated_chunk
 from worker.rides.generator import Window
 
@@ -72,3 +72,12 @@ def test_a_chunk_within_the_sample_has_every_ride_scored() -> None:
     frame, _, _ = shadow_frame(RIDES, Shadow("8", LoadedModel(model, "m", "8")), sample_rows=50)
     assert model.asked == [50] and frame["predicted_duration"].notna().all()
     assert [shadow_step(n, 10_000) for n in (1, 10_000, 10_001, 50_000, 50_001)] == [1, 1, 2, 5, 6]
+
+
+def test_the_challenger_tried_is_another_version_than_production():
+    """One definition for every reader that shadow-scores, compares or judges (runtime, policy,
+    status, `models --compare`, lifecycle-check): an alias on production's own version is no trial."""
+    assert shadowed("3", "2") == "3"
+    assert shadowed("2", "2") is None
+    assert shadowed(None, "2") is None
+    assert shadowed("3", None) is None

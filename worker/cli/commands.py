@@ -632,14 +632,14 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.compare:
         from worker.lifecycle.moves import registry_aliases
-        from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow
+        from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow, shadowed
         from worker.monitor import paired
         from worker.rides.generator import chicago_now
 
         aliases = registry_aliases(configure_mlflow(settings), settings)
         challenger, production = aliases.get(CHALLENGER_ALIAS), aliases.get(settings.MODEL_ALIAS)
         found = None
-        if challenger is not None and production is not None and challenger != production:
+        if shadowed(challenger, production) is not None:
             found = paired.refresh(engine, settings.MODEL_NAME, challenger, production, chicago_now())
         if args.json:
             print(

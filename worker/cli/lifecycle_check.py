@@ -31,7 +31,15 @@ from worker import batch
 from worker.lifecycle import policy, promotion
 from worker.lifecycle.moves import POLICY_ACTOR, move_alias
 from worker.lifecycle.training import train_and_register
-from worker.model.registry import CHALLENGER_ALIAS, LoadedModel, Shadow, configure_mlflow, load_version, read_state
+from worker.model.registry import (
+    CHALLENGER_ALIAS,
+    LoadedModel,
+    Shadow,
+    configure_mlflow,
+    load_version,
+    read_state,
+    shadowed,
+)
 from worker.model.training import TARGET, ForestParams, fit_and_register, fit_pipeline
 from worker.monitor import quality
 from worker.monitor.batches import monitor_batch
@@ -239,8 +247,7 @@ def run_scenario(
                 acts.append((local, f"rolled back by operator to v{event['to_version']}", ""))
                 fleet.refresh(current)
             production = fleet.aliases[settings.MODEL_ALIAS]
-            challenger = fleet.aliases.get(CHALLENGER_ALIAS)
-            challenger = challenger if challenger != production else None
+            challenger = shadowed(fleet.aliases.get(CHALLENGER_ALIAS), production)
             window = Window(local - SLOT, local)
             batch_id = f"schedule-{now.isoformat()}"
             rides = expected_rides(window.start, SLOT.total_seconds() / 60)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.lifecycle.versions import VersionView
+from worker.model.registry import shadowed
 from worker.monitor.paired import MIN_PAIRED_OUTCOMES, PROMOTE_MARGIN, PairedEvidence, verdict
 
 
@@ -111,7 +112,7 @@ def same_as_production(version: str) -> str:
 def render_comparison(found: PairedEvidence | None, challenger: str | None, production: str | None) -> str:
     if challenger is None:
         return "no challenger: `python -m worker retrain --since 6h` makes one"
-    if challenger == production:
+    if production is not None and shadowed(challenger, production) is None:
         return same_as_production(challenger)
     if found is None or found.outcomes == 0:
         return (

@@ -47,7 +47,7 @@ from sqlalchemy import Engine
 from worker.lifecycle import promotion, retraining
 from worker.lifecycle.moves import POLICY_ACTOR, move_alias, registry_aliases
 from worker.model.reference import heldout_mae
-from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow
+from worker.model.registry import CHALLENGER_ALIAS, configure_mlflow, shadowed
 from worker.monitor import degradation, paired
 from worker.monitor.degradation import RecentAccuracy
 from worker.rides.generator import CHICAGO
@@ -317,9 +317,7 @@ def gather(settings: Settings, engine: Engine, now: datetime, state: dict[str, A
     promised = heldout_mae(client, settings.MODEL_NAME, production)
     window = settings.POLICY_WINDOW_OUTCOMES
     recent = degradation.recent_accuracy(engine, production, promised, window, now)
-    challenger = aliases.get(CHALLENGER_ALIAS)
-    if challenger == production:
-        challenger = None
+    challenger = shadowed(aliases.get(CHALLENGER_ALIAS), production)
     comparison = paired.live(engine, challenger, production, _local(now)) if challenger else None
     challenger_since = None
     if challenger is not None:

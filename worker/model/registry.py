@@ -39,6 +39,13 @@ class ModelUnavailable(RuntimeError):
 CHALLENGER_ALIAS = "challenger"  # a version tried on live batches beside production (shadow scoring)
 
 
+def shadowed(challenger: str | None, production: str | None) -> str | None:
+    """The challenger that is tried against production: shadow-scored, compared, judged. None without
+    one, and for an alias on production's own version (nothing to compare; promote and rollback
+    retire such an alias, a person may still set one)."""
+    return challenger if challenger is not None and production is not None and challenger != production else None
+
+
 class ModelVersionGone(RuntimeError):
     """The version a batch is pinned to is no longer in the registry. Permanent: never retried."""
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from worker.model.registry import shadowed
 from worker.monitor import paired
 from worker.store import events, evidence, policy_state
 from worker.store.monitoring import RECENT
@@ -60,7 +61,7 @@ def lifecycle_summary(
     """`challenger` and `production` are where the registry's aliases point now."""
     now = now or datetime.now(UTC)
     found = None
-    if challenger is not None and production is not None and challenger != production:
+    if shadowed(challenger, production) is not None:
         found = paired.stored(evidence.comparison(engine, challenger, production))
     newest = events.history(engine, model_name, limit=1)
     return {
