@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +45,19 @@ def wait_until(what: str, check: Callable[[], Any], seconds: float, every: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
         time.sleep(every)
+
+
+def cli_with_only(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`python -m worker ARGS` with nothing of this environment but PATH and `env`: what a user with
+    just these settings sees (settings are read and refused before any service is asked)."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -6,12 +6,9 @@ searched for them, is tests/security/test_secrets_stay_hidden.py; these pin down
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.support import REPO_ROOT
+from tests.support import cli_with_only
 from worker.settings import Settings, get_settings, redact
 
 MARKER = "Marker-Pw-7c1e55"
@@ -58,14 +55,7 @@ def test_a_database_password_with_a_slash_or_a_space_is_hidden(password):
 
 def test_a_malformed_url_setting_is_named_but_its_password_is_not_echoed(tmp_path):
     """Without a scheme nothing tells which part is the password, so the value is not shown at all."""
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", "status"],
-        cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), "DATABASE_URL": f"taxi_app:{MARKER}@db:5432/taxi"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli_with_only({"LOCAL_DIR": str(tmp_path), "DATABASE_URL": f"taxi_app:{MARKER}@db:5432/taxi"}, "status")
     assert done.returncode == 2
     assert "invalid setting DATABASE_URL" in done.stderr and "not a URL" in done.stderr
     assert MARKER not in done.stdout + done.stderr
@@ -84,14 +74,7 @@ def test_a_malformed_url_setting_is_named_but_its_password_is_not_echoed(tmp_pat
     ],
 )
 def test_a_url_whose_password_its_client_would_misread_is_refused_naming_the_fix(tmp_path, name, url, why):
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", "status"],
-        cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), name: url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli_with_only({"LOCAL_DIR": str(tmp_path), name: url}, "status")
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"invalid setting {name}: Value error, its password holds {why}" in done.stderr, done.stderr
     assert "percent-encode" in done.stderr and MARKER not in done.stdout + done.stderr

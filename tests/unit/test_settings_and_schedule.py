@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, cli_with_only
 from worker.settings import Settings
 
 
@@ -49,14 +49,7 @@ def test_beat_schedule_names_registered_tasks():
     ],
 )
 def test_malformed_setting_stops_the_cli_naming_the_variable(variable, value, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", "status"],
-        cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "LOCAL_DIR": str(tmp_path), variable: value},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli_with_only({"LOCAL_DIR": str(tmp_path), variable: value}, "status")
     assert done.returncode == 2
     assert variable in done.stderr
     assert "Traceback" not in done.stderr
