@@ -273,3 +273,20 @@ def test_what_if_batches_are_told_apart_by_the_one_definition_and_shipped_includ
         (variable,) = [v for v in dashboards()[name]["templating"]["list"] if v["name"] == "whatif"]
         assert variable["current"]["value"] == Settings.model_fields["WHATIF_BATCHES"].default
         assert [option["value"] for option in variable["options"]] == ["include", "exclude"]
+
+
+def test_a_prometheus_panel_drawn_against_an_alert_plots_only_series_that_alert_reads():
+    """A panel that names an alert is read as "this is what the alert sees": a series the alert does
+    not read (the day's live MAE beside the rolling window's) would show the line uncrossed while it
+    fires."""
+    rules = yaml.safe_load((REPO_ROOT / "deploy/prometheus/rules/taxi-alerts.yml").read_text())["groups"]
+    read: dict[str, set[str]] = {}
+    for rule in (rule for group in rules for rule in group["rules"] if "alert" in rule):
+        read.setdefault(rule["alert"], set()).update(re.findall(r"\b(?:taxi|process)_\w+", rule["expr"]))
+    checked = 0
+    for query in queries("promql"):
+        for alert in (name for name in read if re.search(rf"\b{name}\b", query.panel.get("description") or "")):
+            plotted = set(re.findall(r"\b(?:taxi|process)_\w+", query.target["expr"]))
+            assert plotted <= read[alert], f"{query.label}: {plotted - read[alert]} not read by {alert}"
+            checked += 1
+    assert checked >= 4  # the live-MAE panel's three targets and the pipeline's heartbeat
