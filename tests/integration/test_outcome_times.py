@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
@@ -89,3 +90,40 @@ def test_known_at_is_the_later_of_the_trip_end_and_the_arrival() -> None:
     got = known_at(ended, now=ARRIVED)
     assert list(got) == [pd.Timestamp(ARRIVED), pd.Timestamp("2026-05-04 17:20:00", tz="UTC")]
     assert str(got.dt.tz) == "UTC"
+
+
+def test_the_rolling_window_is_the_same_rides_whatever_the_plan_when_outcomes_share_a_known_at(fresh_pg_url):
+    """A backfill or a file of outcomes gives thousands of outcomes one `known_at`. The window of the
+    N most recently known is then a choice among ties: it must not be the join's order, or the alert,
+    status, the report and the policy judge different rides seconds apart. Ties go by trip id."""
+    from worker.store.evidence import recent_errors
+
+    known = datetime(2026, 5, 4, 18, 0, tzinfo=UTC)
+    rides = 3000
+    ids = sorted(str(uuid.UUID(int=(k * 7919 % rides) << 64 | k)) for k in range(rides))
+    with build_engine(fresh_pg_url).begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ride_predictions (trip_id, trip_start_timestamp, fare, trip_miles, predicted_duration, "
+                "model_name, model_version, batch_id) "
+                "SELECT id::uuid, '2026-05-04 12:00', 10, 2, 10, 'm', '1', 'b' FROM unnest(CAST(:ids AS text[])) id"
+            ),
+            {"ids": ids},
+        )
+        # Each ride's error is its place among the ids: which 1,000 are chosen decides the MAE.
+        conn.execute(
+            text(
+                "INSERT INTO ride_outcomes (trip_id, actual_duration, observed_at, source, known_at) "
+                "SELECT id::uuid, 10 + k, '2026-05-04 12:10', 'file', :known "
+                "FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS t(id, k)"
+            ),
+            {"ids": ids, "known": known},
+        )
+        conn.execute(text("ANALYZE ride_predictions, ride_outcomes"))
+    expected = sum(range(rides - 999, rides + 1)) / 1000  # the 1,000 greatest trip ids
+    plans = ("", "-c enable_hashjoin=off", "-c enable_hashjoin=off -c enable_mergejoin=off", "-c work_mem=64kB")
+    for options in plans:
+        engine = build_engine(f"{fresh_pg_url}?options={quote(options)}" if options else fresh_pg_url)
+        found = recent_errors(engine, "1", 1000, known + timedelta(minutes=1))
+        engine.dispose()
+        assert (found["outcomes"], found["mae"]) == (1000, pytest.approx(expected)), options

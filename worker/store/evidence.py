@@ -58,7 +58,7 @@ def observed_rides(
         .add_columns(ride_predictions.c.batch_id, ride_predictions.c.model_version)
         .select_from(ride_predictions.join(ride_outcomes, ride_outcomes.c.trip_id == ride_predictions.c.trip_id))
         .where(*conditions)
-        .order_by(known.desc())
+        .order_by(known.desc(), ride_predictions.c.trip_id.desc())  # ties by trip id, as recent_errors
     )
     if limit is not None:
         query = query.limit(limit)
@@ -252,7 +252,9 @@ def recent_errors(
         select(func.abs(p.predicted_duration - o.actual_duration).label("error"), o.known_at.label("known_at"))
         .select_from(ride_outcomes.join(ride_predictions, p.trip_id == o.trip_id))
         .where(*conditions)
-        .order_by(o.known_at.desc())
+        # Ties (a backfill's or a file's outcomes share one known_at) go by trip id: the same rides
+        # whatever the join's order, so the alert, status, the report and the policy judge one window.
+        .order_by(o.known_at.desc(), o.trip_id.desc())
         .limit(window)
         .subquery()
     )
