@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tests.support import REPO_ROOT
 from worker.cli.charts import LABEL_ROWS, event_label, label_rows
+from worker.cli.errors import UsageError
 from worker.cli.report import make_report
 from worker.monitor import drift, paired
 from worker.monitor.overview import (
@@ -779,3 +780,12 @@ def test_the_fill_command_of_a_gap_longer_than_a_year_is_one_backfill_accepts():
     assert short == f"python -m worker backfill --from {(last - timedelta(hours=1)).isoformat()} --to " + (
         f"{(last + timedelta(minutes=5)).isoformat()} --wait"
     )
+
+
+def test_a_report_that_cannot_be_written_where_asked_is_refused_naming_the_path_and_why():
+    """A folder that exists but takes no new file (/proc here; a folder without write permission alike,
+    which root cannot be shown): one line, nothing half-written."""
+    from worker.cli.report import write_atomically
+
+    with pytest.raises(UsageError, match=r"^-o /proc/report\.html: cannot write there: .*No such file"):
+        write_atomically(Path("/proc/report.html"), "<html></html>")

@@ -681,7 +681,7 @@ def serve(settings: Settings, port: int | None = None) -> int:
     """Serve /metrics until SIGTERM or Ctrl-C."""
     port = port or settings.EXPORTER_PORT
     address = settings.EXPORTER_ADDRESS
-    check_port_free(address, port, "EXPORTER_PORT", owner="exporter")
+    check_port_free(address, port, "EXPORTER_PORT", owner="exporter", address_setting="EXPORTER_ADDRESS")
     # Import now what scrapes use: the Celery app, MLflow, and the monitor's and the policy's rules
     # (pandas, scipy). A first import takes seconds on a cold machine, longer than a scrape may: the
     # first scrape once took 3.7 s with a 2 s timeout, 1.6 s of it importing these after the reads.

@@ -8,6 +8,7 @@ once, says where to look, and on Ctrl-C or SIGTERM stops every child it started.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -20,11 +21,26 @@ from worker.cli.errors import PortTaken
 from worker.settings import REPO_ROOT, Settings, redact
 
 
-def check_port_free(address: str, port: int, setting: str, owner: str = "Flower") -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def check_port_free(
+    address: str, port: int, setting: str, owner: str = "Flower", address_setting: str = "FLOWER_ADDRESS"
+) -> None:
+    """Bind as the server will (IPv4 or IPv6, by what the address is), so a taken port and an address
+    this host cannot listen on are told apart before anything starts."""
+    try:
+        family, kind, _, _, where = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise PortTaken(
+            f"{address_setting}={address} is not an address this host can listen on ({exc.strerror})"
+        ) from None
+    with socket.socket(family, kind) as sock:
         try:
-            sock.bind((address, port))
-        except OSError:
+            sock.bind(where)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise PortTaken(
+                    f"{address_setting}={address}: cannot listen there ({exc.strerror}); give an address of this "
+                    "host, e.g. 127.0.0.1, or 0.0.0.0 for every interface"
+                ) from None
             raise PortTaken(
                 f"port {port} on {address} is already taken (is another {owner} running?); "
                 f"set {setting} to a free port, e.g. {setting}={port + 1} make run"
@@ -75,7 +91,13 @@ def run_everything(settings: Settings, first_model_rides: int = 200_000) -> int:
     from worker.rides.generator import chicago_now, expected_rides
 
     check_port_free(settings.FLOWER_ADDRESS, settings.FLOWER_PORT, "FLOWER_PORT")
-    check_port_free(settings.EXPORTER_ADDRESS, settings.EXPORTER_PORT, "EXPORTER_PORT", owner="exporter")
+    check_port_free(
+        settings.EXPORTER_ADDRESS,
+        settings.EXPORTER_PORT,
+        "EXPORTER_PORT",
+        owner="exporter",
+        address_setting="EXPORTER_ADDRESS",
+    )
     initialize(settings, first_model_rides)
     logs = settings.LOCAL_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -298,12 +298,18 @@ def write_atomically(path: Path, text: str) -> int:
     directory = path.parent
     if not directory.is_dir():
         raise UsageError(f"-o {path}: folder {directory} does not exist")
-    fd, temporary = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=directory)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=directory)
+    except OSError as exc:  # a folder that takes no new file: no permission, read-only, /proc
+        raise UsageError(f"-o {path}: cannot write there: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
+    except OSError as exc:  # a full disk, or the name taken by something that cannot be replaced
+        Path(temporary).unlink(missing_ok=True)
+        raise UsageError(f"-o {path}: cannot write there: {exc.strerror}") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
