@@ -636,3 +636,94 @@ def test_large_allowed_file_is_streamed_with_bounded_memory(stack, tmp_path):
     assert rows_of(stack, batch_id) == (rides, rides)
     assert done.peak_rss_mb < MAX_CLI_RSS_MB, done.peak_rss_mb
     print(f"\n{rides} rides ({size_mb:.1f} MB) scored in {done.seconds:.1f}s, CLI peak RSS {done.peak_rss_mb:.0f} MB")
+
+
+class BreakingProxy:
+    """A TCP proxy to Redis that cuts every connection, and takes no new one, once clients have sent
+    `limit` bytes through it: a broker lost in the middle of a large send."""
+
+    def __init__(self, target_port: int, limit: int) -> None:
+        import socket
+        import threading
+
+        self.limit, self.sent, self.target_port = limit, 0, target_port
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source, target, counted: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if counted:
+                    with self.lock:
+                        self.sent += len(data)
+                        over = self.sent > self.limit
+                    if over:
+                        self.cut()
+                        return
+                target.sendall(data)
+        except OSError:
+            return
+
+    def cut(self) -> None:
+        import socket
+
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_a_file_whose_send_breaks_midway_is_recorded_failed_and_says_what_went(stack, tmp_path):
+    """30,000 rides are three messages of about 1.5 MB; the broker is lost during the second. Before,
+    the batch stayed `running` for ever (its last chunks never coming) and the error named no batch."""
+    rides = 30_000
+    rng = np.random.default_rng(5)
+    pd.DataFrame(
+        {
+            "pickup_community_area": rng.integers(1, 78, rides),
+            "dropoff_community_area": rng.integers(1, 78, rides),
+            "trip_start_timestamp": "2026-11-26 08:15:00",
+            "fare": np.round(rng.uniform(3.25, 60, rides), 2),
+            "trip_miles": np.round(rng.uniform(0.1, 20, rides), 2),
+        }
+    ).to_csv(tmp_path / "rides.csv", index=False)
+    broker = stack.env["CELERY_BROKER_URL"]
+    proxy = BreakingProxy(int(broker.rsplit(":", 1)[1].split("/")[0]), limit=2_500_000)
+    try:
+        cut_broker = re.sub(r":\d+/", f":{proxy.port}/", broker)
+        done = score_cli(stack, tmp_path / "rides.csv", extra_env={"CELERY_BROKER_URL": cut_broker})
+    finally:
+        proxy.cut()
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = re.search(
+        r"the send broke after 1 of 3 chunks \(10,000 of 30,000 rides\): .*batch (file-[0-9a-f-]+) is recorded failed",
+        done.stderr,
+    )
+    assert said, done.stderr
+    assert "Traceback" not in done.stderr and "Score the file again" in done.stderr
+    batch_id = said.group(1)
+    # The chunk that went is written under the batch by the stack's worker; the batch stays failed.
+    wait_until("the sent chunk's rows", lambda: rows_of(stack, batch_id) == (10_000, 10_000), 120)
+    row = stack.sql("SELECT status, error, chunks_done, chunks_total FROM batch_runs WHERE batch_id = :b", b=batch_id)[
+        0
+    ]
+    assert (row.status, row.chunks_done, row.chunks_total) == ("failed", 1, 3), row
+    assert "the send of the file broke after 1 of 3 chunks" in row.error

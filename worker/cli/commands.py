@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from worker.cli.backfill import MAX_SLOTS as MAX_BACKFILL_SLOTS
-from worker.cli.errors import PortTaken, UsageError
+from worker.cli.errors import PortTaken, SendBroken, UsageError
 from worker.cli.times import TIME_HELP
 from worker.logs import redact_handlers
 from worker.rides.cleaning import DataError
@@ -1166,6 +1166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, UsageError, BadRequest, PortTaken) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SendBroken as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if is_lifecycle_refusal(exc):
             print(f"error: {exc}", file=sys.stderr)

@@ -14,10 +14,10 @@ from functools import cache
 from pathlib import Path
 
 from worker.beat import RUN_BATCH, RUN_SLOTS
-from worker.cli.errors import UsageError
+from worker.cli.errors import SendBroken, UsageError
 from worker.cli.file_reader import FileCheck, refuse_oversized, validated_chunks
 from worker.rides.generator import CALIBRATED, World
-from worker.settings import Settings
+from worker.settings import Settings, redact
 
 SCORE_RIDES = "worker.tasks.score_rides"
 SCORE_MESSAGE_ROWS = 10_000  # rides per score_rides message: ~1.5 MB of JSON
@@ -172,14 +172,42 @@ def dispatch_file(settings: Settings, path: str | Path, skip_invalid: bool, wait
         outcome.chunks += 1
 
     pending: list[dict] = []
-    for checked in validated_chunks(path, validate_rides, FileCheck(), limit, SCORE_MESSAGE_ROWS):
-        pending.extend(to_records(checked.valid))
-        while len(pending) >= SCORE_MESSAGE_ROWS:
-            send(pending[:SCORE_MESSAGE_ROWS])
-            pending = pending[SCORE_MESSAGE_ROWS:]
-    if pending:
-        send(pending)
+    try:
+        for checked in validated_chunks(path, validate_rides, FileCheck(), limit, SCORE_MESSAGE_ROWS):
+            pending.extend(to_records(checked.valid))
+            while len(pending) >= SCORE_MESSAGE_ROWS:
+                send(pending[:SCORE_MESSAGE_ROWS])
+                pending = pending[SCORE_MESSAGE_ROWS:]
+        if pending:
+            send(pending)
+    except BaseException as exc:  # the broker went away mid-file, or Ctrl-C
+        if outcome.chunks == 0:
+            raise  # nothing went: the error as it is
+        raise broken_send(settings, path, outcome, valid, chunks_total, exc) from exc
     return outcome
+
+
+def broken_send(
+    settings: Settings, path: str | Path, outcome: FileDispatch, valid: int, chunks_total: int, exc: BaseException
+) -> SendBroken:
+    """Record the file's batch as failed (else it would show `running` for ever, its last chunks never
+    coming) and say what went: the chunks sent are written under it by the workers, the rest never."""
+    from worker.store import writes
+    from worker.store.database import get_engine
+
+    cause = f"{type(exc).__name__}: {redact(str(exc), settings)}".strip()
+    went = f"{outcome.chunks} of {chunks_total} chunks ({outcome.sent:,} of {valid:,} rides)"
+    note = f"the send of the file broke after {went}: {cause}; the rest was never sent"
+    try:
+        writes.record_broken_send(get_engine(settings.database_url), outcome.batch_id, valid, chunks_total, note)
+        recorded = f"batch {outcome.batch_id} is recorded failed"
+    except Exception as db_exc:  # the database may be down too: say so rather than hide the send's error
+        recorded = f"batch {outcome.batch_id} could not be recorded failed ({type(db_exc).__name__})"
+    return SendBroken(
+        f"{path}: the send broke after {went}: {cause}. {recorded}; the rides sent are written under it "
+        "(`batches` shows it). Score the file again once `status` shows the broker up: rows whose trip_id "
+        "is already written are skipped, rows without one get new ids"
+    )
 
 
 def wait_for_batch(settings: Settings, batch_id: str, task_id: str | None, timeout: float) -> int:

@@ -603,6 +603,23 @@ def mark_batch(engine: Engine, batch_id: str, status: str, error: str | None = N
         )
 
 
+def record_broken_send(engine: Engine, batch_id: str, rides: int, chunks_total: int, error: str) -> None:
+    """A file's batch whose later chunks were never sent: failed, recorded here if no worker has yet
+    (a failed batch stays failed, so its sent chunks, written later, do not make it `running`)."""
+    values = {"status": "failed", "error": stored_error(error), "finished_at": func.now()}
+    with engine.begin() as conn:
+        conn.execute(
+            _insert(conn, batch_runs)
+            .values(batch_id=batch_id, trigger="file", rides_requested=rides, chunks_total=chunks_total, **values)
+            .on_conflict_do_nothing(index_elements=["batch_id"])
+        )
+        conn.execute(
+            update(batch_runs)
+            .where(batch_runs.c.batch_id == batch_id, batch_runs.c.status.not_in(("succeeded", PRUNING)))
+            .values(**values)
+        )
+
+
 def record_refusal(engine: Engine, batch_id: str, slot: datetime, error: str, sent_by: str | None) -> bool:
     """Say why a scheduled slot's message failed, if it failed before its batch was recorded (a batch
     that exists keeps its own error in batch_runs). The latest refusal of a slot wins. True if stored."""
