@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import REAL_SAMPLE
 from tests.support import REAL_TRIP_ROW, REPO_ROOT, unique_model_name
 from worker.rides.cleaning import REQUIRED_COLUMNS
 
@@ -83,6 +84,14 @@ def _no_usable_rows(tmp: Path) -> Path:
     return path
 
 
+def _too_few_trips(tmp: Path) -> Path:
+    """The real sample's first 29 rows: a handful of trips survive cleaning. A version trained on
+    them was registered and promoted, judged on one held-out ride."""
+    path = tmp / "tiny.csv"
+    pd.read_csv(REAL_SAMPLE, nrows=29).to_csv(path, index=False)
+    return path
+
+
 BAD_FILES = {
     "missing file": (_missing, ["no such file"]),
     "empty file": (_empty, ["empty"]),
@@ -90,6 +99,7 @@ BAD_FILES = {
     "missing column": (_missing_column, ["missing column", "fare"]),
     "wrong columns": (_wrong_columns, ["missing column", *REQUIRED_COLUMNS]),
     "no usable rows": (_no_usable_rows, ["no usable rows", "miles_out_of_range=1", "missing_area=1"]),
+    "too few trips": (_too_few_trips, ["trips left after cleaning", "at least 1,000"]),
 }
 
 
@@ -136,7 +146,18 @@ def test_happy_path_registers_and_promotes_version_1(mlflow_server, tmp_path):
     assert client.get_model_version_by_alias(name, "production").version == "1"
 
 
-@pytest.mark.parametrize("bad_args", [["--rides", "0"], ["--rides", "many"], ["--trees", "-3"]])
+@pytest.mark.parametrize(
+    "bad_args",
+    [
+        ["--rides", "0"],
+        ["--rides", "many"],
+        ["--rides", "5"],  # too few to learn from and be judged on (it was promoted)
+        ["--rides", "1"],  # scikit-learn's traceback
+        ["--trees", "-3"],
+        ["--seed", "-1"],  # numpy's and scikit-learn's tracebacks
+        ["--seed", "99999999999999999999999"],
+    ],
+)
 def test_bad_arguments_are_refused_without_a_traceback(bad_args, mlflow_server, tmp_path):
     name = unique_model_name("cli-args")
     result = run_train(mlflow_server, name, tmp_path / "local", *bad_args)
@@ -144,3 +165,23 @@ def test_bad_arguments_are_refused_without_a_traceback(bad_args, mlflow_server, 
     assert "Traceback" not in result.stderr
     assert bad_args[0] in result.stderr
     assert registered(mlflow_server, name) == []
+
+
+def test_calibrating_from_too_few_trips_is_refused_and_leaves_the_calibration_alone(tmp_path):
+    from worker.rides.calibration import CALIBRATION_PATH
+
+    before = CALIBRATION_PATH.read_bytes()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "worker", "calibrate", "--data", str(_too_few_trips(tmp_path))],
+            cwd=REPO_ROOT,
+            env={**os.environ, "LOCAL_DIR": str(tmp_path / "local")},
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_SECONDS,
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "trips left after cleaning; calibrating needs at least 2,000" in result.stderr
+        assert CALIBRATION_PATH.read_bytes() == before
+    finally:
+        CALIBRATION_PATH.write_bytes(before)  # a calibration from five trips must not outlive a failing run

@@ -875,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model, register it, promote it if not worse")
     train.add_argument("--data", help="a real Chicago Taxi Trips export (CSV or Parquet); default: generated rides")
     train.add_argument("--rides", type=_positive_int, default=200_000, help="generated rides to train on")
-    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--seed", type=_seed, default=42, help="0 to 2**63-1")
     train.add_argument("--force", action="store_true", help="promote even if worse than production")
     train.add_argument("--trees", type=_positive_int, default=30)
     train.add_argument("--max-depth", type=_positive_int, default=12)

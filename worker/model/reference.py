@@ -39,7 +39,7 @@ def build_reference(rides: pd.DataFrame, predicted: np.ndarray, actual_minutes: 
     frame["predicted_duration"] = np.round(np.asarray(predicted, dtype=float), 3)
     frame["actual_duration"] = np.asarray(actual_minutes, dtype=float)
     if len(frame) > REFERENCE_ROWS:
-        frame = frame.sample(REFERENCE_ROWS, random_state=seed)
+        frame = frame.sample(REFERENCE_ROWS, random_state=seed % 2**32)  # numpy takes 0..2**32-1
     return frame.reset_index(drop=True)
 
 

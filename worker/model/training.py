@@ -33,7 +33,7 @@ from worker.model.reference import (
 )
 from worker.model.registry import configure_mlflow, ensure_experiment, find_version, load_version
 from worker.model.trust import ModelRefused, trusted_types
-from worker.rides.cleaning import CleaningReport, load_real_trips
+from worker.rides.cleaning import CleaningReport, DataError, load_real_trips
 from worker.rides.generator import RIDE_COLUMNS, generate_rides
 from worker.settings import Settings
 
@@ -63,13 +63,28 @@ class TrainResult:
     reason: str
 
 
+# Fewer rows than this cannot make a version: its held-out fifth (200 rides) is what promotion
+# compares with production, and a forest fitted on a handful of rides was promoted on one held-out ride.
+MIN_TRAINING_ROWS = 1_000
+
+
 def training_frame(data: str | Path | None, rides: int, seed: int) -> tuple[pd.DataFrame, str, CleaningReport | None]:
-    """The rides to learn from: generated ones, or a real export after cleaning."""
+    """The rides to learn from: generated ones, or a real export after cleaning. Refused (DataError)
+    below MIN_TRAINING_ROWS, before anything is fitted or logged."""
     if data is None:
+        if rides < MIN_TRAINING_ROWS:
+            raise DataError(
+                f"--rides {rides}: a version needs at least {MIN_TRAINING_ROWS:,} rides to learn from and be judged on"
+            )
         frame = generate_rides(rides, seed)
         frame[TARGET] = frame["trip_seconds"] / 60.0
         return frame, f"generated:{rides}:seed={seed}", None
     frame, report = load_real_trips(data)
+    if len(frame) < MIN_TRAINING_ROWS:
+        raise DataError(
+            f"{data}: {len(frame):,} trips left after cleaning; a version needs at least {MIN_TRAINING_ROWS:,} "
+            "to learn from and be judged on"
+        )
     return frame, f"file:{Path(data).name}", report
 
 
@@ -88,7 +103,7 @@ def fit_pipeline(frame: pd.DataFrame, params: ForestParams, seed: int):
         min_samples_leaf=params.min_samples_leaf,
         max_features=params.max_features,
         n_jobs=-1,
-        random_state=seed,
+        random_state=seed % 2**32,  # scikit-learn takes 0..2**32-1; the commands' seeds go to 2**63-1
     )
     pipeline = feature_pipeline(forest).fit(frame[list(RIDE_COLUMNS)], frame[TARGET])
     # Workers predict in their own process per core; one job avoids oversubscribing them.
@@ -181,7 +196,7 @@ def fit_and_register(
     """Train on generated rides (or a real export), register the version, and decide whether it
     should serve: `promoted` in the result is that decision, which the caller carries out."""
     frame, source, report = training_frame(data, rides, seed)  # bad data fails here, before MLflow
-    train, test = train_test_split(frame, test_size=0.2, random_state=seed)
+    train, test = train_test_split(frame, test_size=0.2, random_state=seed % 2**32)
 
     client = configure_mlflow(settings)
     ensure_experiment(settings, client)

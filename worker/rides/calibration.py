@@ -15,11 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from worker.rides.cleaning import clean_trips, read_table
+from worker.rides.cleaning import DataError, clean_trips, read_table
 from worker.rides.geography import N_AREAS, centroid_distance_miles
 from worker.rides.meter import FLAG_PULL, PER_MILE, PER_MINUTE
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
+# Demand by hour of the week and the area-to-area routes are fitted per cell: fewer trips than this
+# leave most hours empty (the shipped calibration came from about 6,000 cleaned trips).
+MIN_CALIBRATION_TRIPS = 2_000
 
 # Speed (mph) at which a taxi is assumed to crawl while the meter charges time.
 CRAWL_SPEED_MPH = 3.0
@@ -112,6 +115,11 @@ def fit(trips: pd.DataFrame) -> dict[str, Any]:
 
 def calibrate(path: str | Path, out: Path = CALIBRATION_PATH) -> dict[str, Any]:
     trips, _ = clean_trips(read_table(path), source=str(path))
+    if len(trips) < MIN_CALIBRATION_TRIPS:
+        raise DataError(
+            f"{path}: {len(trips):,} trips left after cleaning; calibrating needs at least {MIN_CALIBRATION_TRIPS:,} "
+            f"({out.name} was not changed)"
+        )
     params = fit(trips)
     out.write_text(json.dumps(params, indent=1) + "\n")
     load_calibration.cache_clear()
