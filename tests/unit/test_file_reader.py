@@ -59,3 +59,60 @@ def test_empty_trailing_header_columns_are_no_repeated_name(tmp_path):
     path = tmp_path / "rides.csv"
     path.write_text(f"{HEADER},,\n{ROW},,\n")
     assert read(path)["fare"].tolist() == ["12"]
+
+
+def _parquet(tmp_path, table: pa.Table):
+    path = tmp_path / "rides.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+RIDE = {
+    "pickup_community_area": [8],
+    "dropoff_community_area": [32],
+    "trip_start_timestamp": ["2026-11-26 08:15:00"],
+    "fare": [9.25],
+    "trip_miles": [1.9],
+}
+
+
+@pytest.mark.parametrize("column", ["fare", "pickup_community_area", "trip_start_timestamp"])
+def test_a_parquet_binary_column_is_refused_naming_it(tmp_path, column):
+    """pandas decoded the bytes as UTF-8 on the way to a number or a time: a traceback, exit 1."""
+    from worker.cli.file_reader import FileCheck, validated_chunks
+    from worker.rides.validation import BadRequest, validate_rides
+
+    table = pa.table({**RIDE, column: pa.array([b"\xe0\x01"], pa.binary())})
+    with pytest.raises(BadRequest, match=rf"^column {column} holds binary data \(bytes\), not text or numbers"):
+        list(validated_chunks(_parquet(tmp_path, table), validate_rides, FileCheck(), 100))
+
+
+def test_a_trip_id_of_16_bytes_is_read_as_the_uuid_parquet_writes_and_other_bytes_are_refused(tmp_path):
+    import uuid
+
+    from worker.cli.file_reader import FileCheck, validated_chunks
+    from worker.rides.validation import BadRequest, validate_outcomes, validate_rides
+
+    given = uuid.uuid4()
+    table = pa.table({**RIDE, "trip_id": pa.array([given.bytes], pa.binary(16))})
+    [checked] = validated_chunks(_parquet(tmp_path, table), validate_rides, FileCheck(), 100)
+    assert list(checked.valid["trip_id"]) == [given.hex] and not checked.errors
+    outcomes = pa.table({"trip_id": pa.array([b"\xe0\x01"], pa.binary()), "trip_seconds": [600]})
+    with pytest.raises(BadRequest, match=r"^column trip_id holds binary data .* 16 bytes, a UUID"):
+        list(validated_chunks(_parquet(tmp_path, outcomes), validate_outcomes, FileCheck(), 100))
+
+
+def test_an_outcome_of_true_or_a_duration_type_is_no_count_of_seconds(tmp_path):
+    """A boolean True was stored as a 1-second trip, for good (a later correct file only finds it
+    "already known"); scoring already refused true/false where a number belongs."""
+    import uuid
+
+    from worker.rides.validation import validate_outcomes, validate_rides
+
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    checked = validate_outcomes(pd.DataFrame({"trip_id": ids, "trip_seconds": [True, 600]}))
+    assert checked.errors == [(1, "trip_seconds is not a number")] and len(checked.valid) == 1
+    durations = pd.DataFrame({"trip_id": ids, "trip_seconds": pd.to_timedelta([1, 600], unit="s")})
+    assert [why for _, why in validate_outcomes(durations).errors] == ["trip_seconds is not a number"] * 2
+    miles = pd.DataFrame({**RIDE, "trip_miles": pd.to_timedelta([1], unit="s")})
+    assert validate_rides(miles).errors == [(1, "trip_miles is not a number")]

@@ -35,9 +35,37 @@ class Validation:
 
 def _uuid_or_none(value: object) -> str | None:
     try:
+        if isinstance(value, bytes | bytearray):  # Parquet's UUID type: 16 bytes
+            return uuid.UUID(bytes=bytes(value)).hex if len(value) == 16 else None
         return uuid.UUID(str(value)).hex
     except ValueError:
         return None
+
+
+def _binary(raw: pd.Series) -> pd.Series:
+    return raw.map(lambda v: isinstance(v, bytes | bytearray)).astype(bool)
+
+
+def refuse_binary(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """A Parquet binary column holds bytes, which no number, time or area is read from (pandas would
+    decode them as UTF-8 on the way and fail): the file is refused naming the column. A trip_id may be
+    16 bytes, Parquet's UUID type."""
+    for column in columns:
+        if column not in frame.columns or frame[column].dtype != object:
+            continue
+        binary = _binary(frame[column])
+        if column == "trip_id":
+            binary &= frame[column].map(lambda v: not isinstance(v, bytes | bytearray) or len(v) != 16).astype(bool)
+        if binary.any():
+            raise BadRequest(
+                f"column {column} holds binary data (bytes), not text or numbers"
+                + (" (a trip_id may be 16 bytes, a UUID)" if column == "trip_id" else "")
+            )
+
+
+def _blank(raw: pd.Series) -> pd.Series:
+    """Missing, or text of spaces only (no other type is read as text: bytes are not decoded here)."""
+    return raw.isna() | raw.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
 
 
 _OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})$"
@@ -108,7 +136,10 @@ def parse_chicago_times(raw: pd.Series) -> ParsedTimes:
 
 def _numbers(raw: pd.Series) -> pd.Series:
     """`raw` as floats, NaN where it holds no number. true/false (a Parquet column, a JSON ride) is
-    none, though pandas reads it as 1 and 0: area 1, or $1."""
+    none, though pandas reads it as 1 and 0: area 1, or $1; so is a duration or a time (a Parquet
+    duration of 1 s would read as 1 mile, or 1 second in nanoseconds)."""
+    if pd.api.types.is_timedelta64_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw):
+        return pd.Series(np.nan, index=raw.index, dtype=float)
     value = pd.to_numeric(raw, errors="coerce").astype(float)
     if raw.dtype == object or pd.api.types.is_bool_dtype(raw):
         value[raw.map(type).isin((bool, np.bool_)).to_numpy()] = np.nan
@@ -120,6 +151,7 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise BadRequest(f"missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+    refuse_binary(frame, (*REQUIRED, "trip_total", "trip_id"))
     frame = frame.reset_index(drop=True)
     n = len(frame)
     problems = [[] for _ in range(n)]
@@ -132,7 +164,7 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
     for column in ("pickup_community_area", "dropoff_community_area"):
         raw = frame[column]
         area = _numbers(raw)
-        blank = raw.isna() | raw.astype(str).str.strip().eq("")
+        blank = _blank(raw)
         flag((~blank & area.isna()).to_numpy(), f"{column} is not a number")
         flag((area.notna() & ~area.between(1, N_AREAS)).to_numpy(), f"{column} outside 1..{N_AREAS}")
         flag((area.notna() & (area != area.round())).to_numpy(), f"{column} is not a whole number")
@@ -148,7 +180,7 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
             continue
         raw = frame[column]
         value = _numbers(raw)
-        blank = raw.isna() | raw.astype(str).str.strip().eq("")
+        blank = _blank(raw)
         if required:
             flag(blank.to_numpy(), f"{column} is missing")
         flag((~blank & value.isna()).to_numpy(), f"{column} is not a number")
@@ -158,8 +190,8 @@ def validate_rides(frame: pd.DataFrame, first_row: int = 1) -> Validation:
         flag((np.isfinite(value) & (value > largest)).to_numpy(), f"{column} is over {largest:,.0f}")
         out[column] = value.astype(float)
     if "trip_id" in frame.columns:
-        ids = frame["trip_id"].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else _uuid_or_none(v))
-        given = frame["trip_id"].notna() & frame["trip_id"].astype(str).str.strip().ne("")
+        ids = frame["trip_id"].map(_uuid_or_none).where(~_blank(frame["trip_id"]), None)
+        given = ~_blank(frame["trip_id"])
         flag((given & ids.isna()).to_numpy(), "trip_id is not a UUID")
         flag((ids.notna() & ids.duplicated(keep=False)).to_numpy(), "trip_id appears twice")
         out["trip_id"] = ids
@@ -181,6 +213,7 @@ def validate_outcomes(frame: pd.DataFrame, first_row: int = 1) -> Validation:
     missing = [c for c in OUTCOME_REQUIRED if c not in frame.columns]
     if missing:
         raise BadRequest(f"missing column(s) {', '.join(missing)}; required: {', '.join(OUTCOME_REQUIRED)}")
+    refuse_binary(frame, OUTCOME_REQUIRED)
     frame = frame.reset_index(drop=True)
     problems: list[list[str]] = [[] for _ in range(len(frame))]
 
@@ -189,14 +222,14 @@ def validate_outcomes(frame: pd.DataFrame, first_row: int = 1) -> Validation:
             problems[i].append(reason)
 
     raw_ids = frame["trip_id"]
-    blank_id = raw_ids.isna() | raw_ids.astype(str).str.strip().eq("")
-    ids = raw_ids.map(lambda v: None if pd.isna(v) or str(v).strip() == "" else _uuid_or_none(v))
+    blank_id = _blank(raw_ids)
+    ids = raw_ids.map(_uuid_or_none).where(~blank_id, None)
     flag(blank_id.to_numpy(), "trip_id is missing")
     flag((~blank_id & ids.isna()).to_numpy(), "trip_id is not a UUID")
     flag((ids.notna() & ids.duplicated(keep=False)).to_numpy(), "trip_id appears twice")
     raw = frame["trip_seconds"]
-    blank = raw.isna() | raw.astype(str).str.strip().eq("")
-    seconds = pd.to_numeric(raw, errors="coerce")
+    blank = _blank(raw)
+    seconds = _numbers(raw)  # true/false or a duration is no count of seconds
     flag(blank.to_numpy(), "trip_seconds is missing")
     flag((~blank & seconds.isna()).to_numpy(), "trip_seconds is not a number")
     flag((seconds < 0).to_numpy(), "trip_seconds is negative")
