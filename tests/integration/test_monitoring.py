@@ -231,6 +231,21 @@ def test_real_outcomes_give_the_same_mae_as_evaluate_on_the_same_rows(stack, rea
 
     again = stack.cli("outcomes", str(tmp_path / "outcomes.csv"))  # idempotent
     assert f"0 outcomes written, {len(rides)} already known" in again.stdout
+    assert "warning" not in again.stderr, again.stderr
+    # A file that gives two known trips another duration: kept as stored, and said (it was silent).
+    changed = rides[["trip_id", "trip_seconds"]].head(5).copy()
+    changed.loc[changed.index[:2], "trip_seconds"] *= 2
+    changed.to_csv(tmp_path / "changed.csv", index=False)
+    other = stack.cli("outcomes", str(tmp_path / "changed.csv"))
+    assert other.returncode == 0 and "0 outcomes written, 5 already known" in other.stdout, other.stdout + other.stderr
+    first = changed.iloc[0]
+    assert (
+        f"warning: 2 of the already known outcomes have another duration in {tmp_path / 'changed.csv'}; the stored "
+        f"ones are kept (an outcome is not corrected): trip {first.trip_id.replace('-', '')}: stored "
+        f"{first.trip_seconds / 120:.2f} min, file {first.trip_seconds / 60:.2f} min" in other.stderr
+    ), other.stderr
+    stored = stack.sql("SELECT actual_duration FROM ride_outcomes WHERE trip_id = :t", t=first.trip_id)[0][0]
+    assert stored == pytest.approx(first.trip_seconds / 120)
     assert stack.sql("SELECT count(*) FROM ride_outcomes WHERE source = 'file'")[0][0] >= len(rides)
 
 

@@ -405,6 +405,15 @@ def cmd_outcomes(args: argparse.Namespace, settings: Settings) -> int:
         f"{load.written} outcomes written, {load.already_known} already known, "
         f"{load.unknown} with trip ids never predicted here (not stored)"
     )
+    if load.disagreeing:
+        shown = "; ".join(
+            f"trip {t}: stored {old:.2f} min, file {new:.2f} min" for t, old, new in load.disagreeing_shown
+        )
+        print(
+            f"warning: {load.disagreeing} of the already known outcomes have another duration in {args.path}; the "
+            f"stored ones are kept (an outcome is not corrected): {shown}",
+            file=sys.stderr,
+        )
     for line in refresh_quality(settings, engine, load.batches):
         print(line)
     return 0

@@ -33,6 +33,8 @@ class OutcomeLoad(FileCheck):
     written: int = 0
     already_known: int = 0
     unknown: int = 0
+    disagreeing: int = 0  # already known with another duration: kept as stored
+    disagreeing_shown: list[tuple[str, float, float]] = field(default_factory=list)
     batches: list[str] = field(default_factory=list)
 
 
@@ -55,6 +57,7 @@ def load_outcomes_file(settings: Settings, engine: Engine, path: str | Path, ski
         raise UsageError(f"{path}: none of its {load.total} rows is valid; nothing to load")
     counts = monitoring.load_outcomes(engine, valid)
     load.written, load.already_known, load.unknown = counts["written"], counts["already_known"], counts["unknown"]
+    load.disagreeing, load.disagreeing_shown = counts["disagreeing_count"], counts["disagreeing"]
     load.batches = monitoring.batches_of_trips(engine, list(counts["trip_ids"]))
     return load
 

@@ -345,8 +345,11 @@ def load_outcomes(engine: Engine, outcomes: pd.DataFrame, now: datetime | None =
     `now` (the arrival; it was left empty, and the rolling live accuracy, its alert and the policy,
     which read by known_at, never saw a file's outcomes). Known outcomes are kept as they
     are, so loading a file twice changes nothing; unknown trip ids are counted, not stored, and so
-    are those of a batch a prune is deleting."""
-    counts = {"written": 0, "already_known": 0, "unknown": 0, "trip_ids": []}
+    are those of a batch a prune is deleting. Known outcomes the file gives another duration for are
+    counted apart (`disagreeing`: (trip id, stored minutes, the file's minutes), the first few): an
+    outcome is not corrected, so a person should hear of it."""
+    counts: dict[str, Any] = {"written": 0, "already_known": 0, "unknown": 0, "trip_ids": []}
+    counts.update(disagreeing_count=0, disagreeing=[])
     with engine.begin() as conn:
         found: dict[str, tuple[datetime, str]] = {}  # trip id: its start and its batch
         for i in range(0, len(outcomes), 5000):
@@ -388,10 +391,23 @@ def load_outcomes(engine: Engine, outcomes: pd.DataFrame, now: datetime | None =
                     part["trip_id"], part["actual_duration"], observed, known_times, strict=True
                 )
             ]
-            written = len(conn.execute(statement, rows).all())
-            counts["written"] += written
-            counts["already_known"] += len(rows) - written
+            inserted = {str(trip_id).replace("-", "") for (trip_id,) in conn.execute(statement, rows).all()}
+            counts["written"] += len(inserted)
+            counts["already_known"] += len(rows) - len(inserted)
             counts["trip_ids"].extend(part["trip_id"])
+            given = {row["trip_id"]: row["actual_duration"] for row in rows if row["trip_id"] not in inserted}
+            if given:
+                stored = conn.execute(
+                    select(ride_outcomes.c.trip_id, ride_outcomes.c.actual_duration).where(
+                        ride_outcomes.c.trip_id.in_(list(given))
+                    )
+                )
+                before = {str(trip_id).replace("-", ""): float(minutes) for trip_id, minutes in stored}
+                for trip, minutes in given.items():  # in the file's order
+                    if trip in before and abs(before[trip] - minutes) > 1e-9:  # seconds / 60 both times
+                        counts["disagreeing_count"] += 1
+                        if len(counts["disagreeing"]) < 3:
+                            counts["disagreeing"].append((trip, before[trip], minutes))
     return counts
 
 
