@@ -152,3 +152,27 @@ def test_a_wait_whose_database_is_down_sends_nothing(command, tmp_path):
     queue = tmp_path / "local" / "broker" / "queue"
     assert not queue.exists() or not any(queue.iterdir()), "a message was sent"
     assert "batch " not in done.stdout
+
+
+def test_only_a_database_that_cannot_be_reached_or_refuses_is_called_down():
+    """A DataError (a value out of its column's range) ended as "status shows what is down"."""
+    import psycopg2
+    from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
+
+    from worker.cli.commands import unreachable_cause
+
+    def wrapped(kind, orig):
+        try:
+            raise kind("SELECT 1", {}, orig) from orig
+        except kind as exc:
+            return exc
+
+    down = wrapped(OperationalError, psycopg2.OperationalError("connection refused"))
+    assert unreachable_cause(down) is down
+    denied = psycopg2.errors.InsufficientPrivilege("permission denied for table ride_predictions")
+    assert unreachable_cause(wrapped(ProgrammingError, denied)) is denied
+    for kind, orig in (
+        (DataError, psycopg2.DataError("integer out of range")),
+        (IntegrityError, psycopg2.IntegrityError("x")),
+    ):
+        assert unreachable_cause(wrapped(kind, orig)) is None

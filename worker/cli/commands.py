@@ -27,7 +27,11 @@ from worker.settings import CENTURY_DAYS, Settings, SettingsError, get_settings,
 UNREACHABLE = {
     "kombu.exceptions.OperationalError",
     "mlflow.exceptions.MlflowException",
-    "sqlalchemy.exc.DBAPIError",
+    # Not every DBAPIError: a value out of a column's range (DataError) or a broken constraint is no
+    # service down, but a bug to report with its traceback; a role without the right is a refusal.
+    "sqlalchemy.exc.OperationalError",
+    "sqlalchemy.exc.InterfaceError",
+    "psycopg2.errors.InsufficientPrivilege",
     "worker.model.registry.ModelUnavailable",
     "worker.store.database.SchemaMissing",
     "builtins.ConnectionError",
