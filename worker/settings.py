@@ -80,9 +80,10 @@ class Settings(BaseSettings):
         "taxi-trainer", description="MLflow user that may register versions and move the alias (init, train)."
     )
     MLFLOW_TRAINER_PASSWORD: str = Field("", description="Its password, set by `registry-users`.")
-    BATCH_INTERVAL_SECONDS: float = Field(300.0, gt=0, le=DAY, description="Beat interval of run_batch.")
+    # At least a second: 1e-300 passed `gt=0` and overflowed backfill's and status's slot arithmetic.
+    BATCH_INTERVAL_SECONDS: float = Field(300.0, ge=1, le=DAY, description="Beat interval of run_batch.")
     RIDES_PER_BATCH: int | None = Field(
-        None, ge=1, description="Fixed rides per scheduled batch; unset means Chicago's volume."
+        None, ge=1, le=1 << 24, description="Fixed rides per scheduled batch; unset means Chicago's volume."
     )
     # At most 2**24: a trip id numbers the rides of a chunk in 24 bits (worker/rides/batch_rides.py).
     MAX_RIDES_PER_REQUEST: int = Field(
@@ -102,22 +103,24 @@ class Settings(BaseSettings):
     MONITOR_SAMPLE_ROWS: int = Field(
         20_000,
         ge=2_000,
+        le=1 << 24,  # no batch is larger (MAX_RIDES_PER_REQUEST); a bigger number overflowed a query's LIMIT
         description="A batch with more rows is summarised and drift-tested on a uniform random sample of this many.",
     )
     SHADOW_SAMPLE_ROWS: int = Field(
         10_000,
         ge=1_000,
+        le=1 << 24,
         description="A chunk with more rides has only this many, spread evenly over it, scored by the challenger.",
     )
     QUALITY_INTERVAL_SECONDS: float = Field(
-        60.0, gt=0, le=DAY, description="How often beat asks for live accuracy from newly observed outcomes."
+        60.0, ge=1, le=DAY, description="How often beat asks for live accuracy from newly observed outcomes."
     )
     MODEL_POLICY: Literal["off", "advise", "auto"] = Field(
         "off",
         description="The model policy: off, advise (record what it would do) or auto (retrain, promote, roll back).",
     )
     POLICY_INTERVAL_SECONDS: float = Field(
-        300.0, gt=0, le=DAY, description="How often beat runs a pass of the model policy."
+        300.0, ge=1, le=DAY, description="How often beat runs a pass of the model policy."
     )
     POLICY_RETRAIN_COOLDOWN_SECONDS: float = Field(
         3600.0, ge=0, le=365 * DAY, description="The policy retrains at most once in this many seconds."
@@ -125,6 +128,7 @@ class Settings(BaseSettings):
     POLICY_WINDOW_OUTCOMES: int = Field(
         1000,
         ge=500,
+        le=1_000_000,  # two weeks of Chicago's outcomes; a bigger number overflowed the window's LIMIT
         description="Live accuracy's rolling window: this many most recently known outcomes (alert, report, policy).",
     )
     WHATIF_BATCHES: Literal["include", "exclude"] = Field(
@@ -213,6 +217,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits(self) -> Settings:
+        if self.RIDES_PER_BATCH is not None and self.RIDES_PER_BATCH > self.MAX_RIDES_PER_REQUEST:
+            # Every scheduled slot would be refused by the workers, each as a failed batch.
+            raise ValueError(
+                f"RIDES_PER_BATCH ({self.RIDES_PER_BATCH}) is more than MAX_RIDES_PER_REQUEST "
+                f"({self.MAX_RIDES_PER_REQUEST}), which the workers would refuse for every slot"
+            )
+        existing = next((p for p in (self.LOCAL_DIR, *self.LOCAL_DIR.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ValueError(f"LOCAL_DIR {self.LOCAL_DIR} is not a folder ({existing} is a file)")
         if self.TASK_SOFT_TIME_LIMIT >= self.TASK_TIME_LIMIT:
             raise ValueError("TASK_SOFT_TIME_LIMIT must be below TASK_TIME_LIMIT")
         if self.VISIBILITY_TIMEOUT <= self.TASK_TIME_LIMIT:

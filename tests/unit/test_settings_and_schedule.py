@@ -46,6 +46,17 @@ def test_beat_schedule_names_registered_tasks():
         ("DATABASE_URL", "postgres:S3cretPw@host/db"),
         ("MAX_RIDES_PER_REQUEST", "-1"),
         ("WHATIF_BATCHES", "sometimes"),
+        # each was accepted at start and failed later: every slot refused, a bigint overflow in the
+        # report, an OverflowError in backfill, a NotADirectoryError traceback
+        ("RIDES_PER_BATCH", "2000000"),
+        ("RIDES_PER_BATCH", "1e23"),
+        ("POLICY_WINDOW_OUTCOMES", "99999999999999999999999"),
+        ("MONITOR_SAMPLE_ROWS", "99999999999999999999"),
+        ("SHADOW_SAMPLE_ROWS", "99999999999999999999"),
+        ("BATCH_INTERVAL_SECONDS", "1e-300"),
+        ("QUALITY_INTERVAL_SECONDS", "1e-300"),
+        ("LOCAL_DIR", "/etc/passwd"),
+        ("LOCAL_DIR", "/etc/passwd/local"),
     ],
 )
 def test_malformed_setting_stops_the_cli_naming_the_variable(variable, value, tmp_path):
