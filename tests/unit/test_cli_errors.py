@@ -109,6 +109,10 @@ def test_status_masks_every_password(tmp_path):
         (["prune", "--older-than", "99999999"], "must be at most 36500 days"),
         (["retrain", "--since", "800000d"], "--since '800000d' reaches back more than 36500 days"),
         (["dispatch", "--rides", "0"], "argument --rides: must be at least 1, got 0"),
+        # each was accepted and ran until killed, or failed in the database
+        (["retrain-check", "--hours", "1e9"], "--hours: must be at most 168 (a week of observed slots), got 1e9"),
+        (["monitor-check", "--days", "1e9"], "--days: must be at most 30 (a month of simulated batches)"),
+        (["bench", "--sizes", "99999999999", "--no-worker"], "--sizes: must be at most 16,777,216 (the largest batch)"),
     ],
 )
 def test_bad_arguments_are_usage_errors_naming_the_problem(args, message, tmp_path):

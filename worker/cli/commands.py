@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from worker.cli.backfill import MAX_SLOTS as MAX_BACKFILL_SLOTS
 from worker.cli.errors import PortTaken, SendBroken, UsageError
@@ -114,6 +114,18 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def _at_most(parse: Callable[[str], Any], most: float, why: str) -> Callable[[str], Any]:
+    """`parse`, then refused above `most` (e.g. `--hours 1e9` ran a simulation until it was killed)."""
+
+    def checked(text: str) -> Any:
+        value = parse(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:,} ({why}), got {text}")
+        return value
+
+    return checked
 
 
 def _days(text: str) -> float:
@@ -1011,7 +1023,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "monitor-check", help="measure false alarms, detection, live MAE and cost of the monitor on simulated days"
     )
-    check.add_argument("--days", type=_positive_float, default=2.0, help="simulated days per world (at least 1/24)")
+    check.add_argument(
+        "--days",
+        type=_at_most(_positive_float, 30, "a month of simulated batches"),
+        default=2.0,
+        help="simulated days per world (1/24 to 30)",
+    )
     check.add_argument("--seed", type=_seed, default=0, help="0 to 2**63-1")
     check.set_defaults(handler=cmd_monitor_check)
 
@@ -1029,13 +1046,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=cmd_report)
 
     bench = sub.add_parser("bench", help="throughput and latency against the configured broker and database")
-    bench.add_argument("--sizes", type=_positive_int, nargs="+", default=[1000, 100_000])
+    bench.add_argument(
+        "--sizes", type=_at_most(_positive_int, 1 << 24, "the largest batch"), nargs="+", default=[1000, 100_000]
+    )
     bench.add_argument("--repeat", type=_positive_int, default=3)
     bench.add_argument("--latency-runs", type=_positive_int, default=5)
     bench.add_argument("--no-worker", action="store_true", help="only the in-process stages")
     bench.add_argument(
         "--history",
-        type=_positive_float,
+        type=_at_most(_positive_float, 366, "a year of history"),
         nargs="+",
         metavar="DAYS",
         help="instead: writes and reads on an empty database and on ones holding DAYS of Chicago-volume "
@@ -1134,7 +1153,12 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain-check",
         help="measure retrain's training set against the alternatives on simulated hours of a changed world",
     )
-    design.add_argument("--hours", type=_positive_float, default=3.0, help="hours of the changed world observed")
+    design.add_argument(
+        "--hours",
+        type=_at_most(_positive_float, 7 * 24, "a week of observed slots"),
+        default=3.0,
+        help="hours of the changed world observed (at most a week)",
+    )
     design.add_argument("--seed", type=_seed, default=0, help="0 to 2**63-1")
     design.set_defaults(handler=cmd_retrain_check)
 
