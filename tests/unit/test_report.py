@@ -789,3 +789,18 @@ def test_a_report_that_cannot_be_written_where_asked_is_refused_naming_the_path_
 
     with pytest.raises(UsageError, match=r"^-o /proc/report\.html: cannot write there: .*No such file"):
         write_atomically(Path("/proc/report.html"), "<html></html>")
+
+
+def test_the_hour_window_warnings_do_not_depend_on_the_period(database):
+    """The newest ended hour window is what TaxiDatasetDrift and TaxiPredictionDrift read, whatever
+    the report's period: `--since 30m` run at xx:45 missed the window that ended at xx:00."""
+    _, engine = database
+    _fill(engine)
+
+    def hour_warnings(period: timedelta) -> list:
+        later = NOW + timedelta(minutes=40)  # 12:42 in Chicago: the window that ended at 12:00 is the newest
+        overview = collect(engine, later, period, INTERVAL, _slot(0), ALIASES)
+        return [a for a in overview.alerts if "in the last clock hour that has ended" in a.text]
+
+    found = hour_warnings(timedelta(hours=24))
+    assert found and hour_warnings(timedelta(minutes=30)) == found

@@ -107,6 +107,8 @@ class Overview:
     challenger: ChallengerView = ChallengerView(None, None, current=False)
     recent_drift: RecentDrift = field(default_factory=lambda: RecentDrift({}, 0))  # monitored in the last RECENT
     whatif_excluded: bool = False  # WHATIF_BATCHES=exclude: what-if batches are in `batches`, not in figures
+    # `windows` and `window_drift` of the windows that ended in the last WINDOW_FRESH, whatever the period
+    fresh_windows: tuple[pd.DataFrame, pd.DataFrame] | None = None
 
     @property
     def counted(self) -> pd.DataFrame:
@@ -258,18 +260,9 @@ def collect(
     drift = drift.merge(batches[["batch_id", "at", "model_version"]], on="batch_id", how="left")
     drift = drift[drift["batch_id"].isin(batches.loc[batches["counts"], "batch_id"])]
 
-    # Hour windows are stored by UTC instant and shown in Chicago time; `end_utc` orders them (the
-    # wall time repeats for an hour each November).
-    windows = timelines.windows_since(engine, since)
-    windows["end_utc"] = _utc_series(windows["window_end"])
-    windows["window_start"] = pd.to_datetime(_chicago_series(windows["window_start"]))
-    windows["window_end"] = pd.to_datetime(_chicago_series(windows["window_end"]))
-    window_drift = _with_margins(timelines.window_drift_since(engine, since))
-    window_drift["end_utc"] = _utc_series(window_drift["window_end"])
-    window_drift["window_end"] = pd.to_datetime(_chicago_series(window_drift["window_end"]))
-    window_drift["window_start"] = window_drift["window_end"] - pd.to_timedelta(
-        window_drift["window_minutes"].astype(float), unit="min"
-    )
+    windows, window_drift = hour_windows(engine, since)
+    # The warnings read the newest ended window whatever the period, as the alerts do.
+    fresh = hour_windows(engine, now - WINDOW_FRESH) if since > now - WINDOW_FRESH else (windows, window_drift)
 
     daily = _numeric(
         timelines.daily_accuracy_since(engine, since_local.date()),
@@ -295,6 +288,7 @@ def collect(
         production=production_recent(engine, aliases.name, aliases.production, window, now),
         recent_drift=recent,
         whatif_excluded=whatif.excluded(),
+        fresh_windows=fresh,
     )
     overview.alerts.extend(alerts(overview))
     return overview
@@ -304,13 +298,14 @@ def alerts(overview: Overview) -> list[Alert]:
     """The report's warnings, most pressing first: what failed, what is missing, what got worse."""
     now_local = overview.generated_local
     now = overview.generated_at
+    fresh = overview.fresh_windows or (overview.windows, overview.window_drift)
     return [
         *failed_batches(overview.batches),
         *missed_slots(overview.missed, overview.refused),
         *moved_outside_alerts(overview.events),
         *accuracy_alerts(overview.production),
-        *window_drift_alerts(overview.windows, overview.window_drift, now - WINDOW_FRESH, now),
-        *prediction_drift_alerts(overview.window_drift, now - WINDOW_FRESH, now),
+        *window_drift_alerts(*fresh, now - WINDOW_FRESH, now),
+        *prediction_drift_alerts(fresh[1], now - WINDOW_FRESH, now),
         *batch_drift_alerts(overview.recent_drift, now_local),
         *monitoring_alerts(overview.batches),
         *shadow_alerts(overview.batches),
@@ -440,6 +435,23 @@ def _drifted_columns(window_drift: pd.DataFrame, end_utc: datetime, version: str
         (window_drift["end_utc"] == end_utc) & (window_drift["model_version"] == version) & window_drift["drifted"]
     ]
     return sorted(rows["column_name"])
+
+
+def hour_windows(engine: Engine, since: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The hour windows that ended after `since` (UTC), and their columns' drift. They are stored by
+    UTC instant and shown in Chicago time; `end_utc` orders them (the wall time repeats for an hour
+    each November)."""
+    windows = timelines.windows_since(engine, since)
+    windows["end_utc"] = _utc_series(windows["window_end"])
+    windows["window_start"] = pd.to_datetime(_chicago_series(windows["window_start"]))
+    windows["window_end"] = pd.to_datetime(_chicago_series(windows["window_end"]))
+    window_drift = _with_margins(timelines.window_drift_since(engine, since))
+    window_drift["end_utc"] = _utc_series(window_drift["window_end"])
+    window_drift["window_end"] = pd.to_datetime(_chicago_series(window_drift["window_end"]))
+    window_drift["window_start"] = window_drift["window_end"] - pd.to_timedelta(
+        window_drift["window_minutes"].astype(float), unit="min"
+    )
+    return windows, window_drift
 
 
 def _newest_ended(frame: pd.DataFrame, fresh_since: datetime, now: datetime) -> pd.DataFrame:
