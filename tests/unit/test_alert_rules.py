@@ -175,7 +175,8 @@ def test_the_live_accuracy_alert_is_the_degradation_rule_the_policy_and_the_repo
     rule = next(r for r in alert_rules() if r["alert"] == "TaxiLiveMaeWorseThanHeldout")
     expr = " ".join(rule["expr"].split())
     factor, count = re.fullmatch(
-        r"taxi_live_mae_recent_seconds > ([\d.]+) \* taxi_heldout_mae_seconds and taxi_live_recent_outcomes >= (\d+)",
+        r"last_over_time\(taxi_live_mae_recent_seconds\[5m\]\) > ([\d.]+) \* last_over_time\(taxi_heldout_mae_seconds"
+        r"\[5m\]\) and last_over_time\(taxi_live_recent_outcomes\[5m\]\) >= (\d+)",
         expr,
     ).groups()
     assert float(factor) == 1 + ACCURACY_MARGIN and int(count) == MIN_OUTCOMES
