@@ -129,3 +129,18 @@ def test_records_round_trip_as_json_values():
 def test_ride_list_must_be_a_list_of_objects(rides):
     with pytest.raises(BadRequest):
         records_to_frame(rides)
+
+
+def test_a_date_written_day_first_is_refused_not_swapped():
+    """The city writes month first. 13/02/2014 was read as 13 February without a word (and 01/02/2014
+    as 2 January), so a file written day first was half swapped."""
+    from worker.rides.validation import parse_chicago_times
+
+    found = parse_chicago_times(pd.Series(["13/02/2014 12:15:00 PM", "02/13/2014 01:00:00 PM", "31/12/2013 23:00"]))
+    assert found.stamps.isna().tolist() == [True, False, True]
+    assert found.stamps[1] == pd.Timestamp("2014-02-13 13:00")
+    assert (
+        found.problem[0]
+        == found.problem[2]
+        == ("trip_start_timestamp reads day first; give month first (MM/DD/YYYY), as the city does")
+    )

@@ -110,6 +110,9 @@ def parse_chicago_times(raw: pd.Series) -> ParsedTimes:
     CLI's `cli/times.py` refuses it, because a command's time must name one instant)."""
     text = raw.astype(str).str.strip()
     aware = text.str.contains(_OFFSET, regex=True)
+    # The city writes month first (02/13/2014). pandas reads 13/02/2014 day first without a word, and
+    # 01/02/2014 month first: a file written day first would be half swapped. Refused instead.
+    day_first = text.str.match(r"^(1[3-9]|[23]\d)/\d{1,2}/\d{4}\b")
     # pandas reads "now" and "today" as the moment it parses them: a file's ride is never that.
     dated = raw.notna() & text.str.contains(r"\d", regex=True)
     problem = pd.Series("", index=raw.index, dtype=object)
@@ -130,6 +133,8 @@ def parse_chicago_times(raw: pd.Series) -> ParsedTimes:
             )
             kept = kept[~skipped]
         out[kept.index] = kept
+    out[day_first] = pd.NaT
+    problem[day_first] = "trip_start_timestamp reads day first; give month first (MM/DD/YYYY), as the city does"
     problem[out.isna() & problem.eq("")] = "trip_start_timestamp is not a date and time"
     return ParsedTimes(out, problem)
 
