@@ -27,7 +27,7 @@ DOWN = "127.0.0.1:1"
             {"DATABASE_URL": f"postgresql+psycopg2://u@{DOWN}/x"},
             'connection to server at "127.0.0.1", port 1',
         ),
-        (["train", "--rides", "500"], {"MLFLOW_TRACKING_URI": f"http://{DOWN}"}, "API request to http://127.0.0.1:1"),
+        (["train", "--rides", "1000"], {"MLFLOW_TRACKING_URI": f"http://{DOWN}"}, "API request to http://127.0.0.1:1"),
         # Celery's Redis result backend retried 20 times, logging each, then raised a RuntimeError traceback
         (
             ["dispatch", "--rides", "5"],
