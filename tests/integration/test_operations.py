@@ -499,12 +499,22 @@ def test_a_batch_keeps_its_version_when_the_alias_moves_and_fails_when_that_vers
     registry.delete_model_version(settings.MODEL_NAME, first.version)
     stack.stop(worker)
     stack.start_worker("fresh", concurrency=1)  # a process that never loaded the deleted version
+    before = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=pinned)[0]
+    assert before.chunks_done == 2  # chunks 0 and 2 of 3 written; the injected fault refused chunk 1
+    # A rerun would fail the same way: refused, naming the version (it used to send it to fail again).
     rerun = stack.cli("rerun", pinned, "--wait", timeout=120)
-    assert rerun.returncode == 1, rerun.stdout + rerun.stderr
-    assert f"model {settings.MODEL_NAME} version {first.version} is not in the registry" in rerun.stdout
+    assert rerun.returncode == 2, rerun.stdout + rerun.stderr
+    assert f"pinned to version {first.version}, which is not in the registry (deleted?)" in rerun.stderr
+    # Nor may --repin finish it with another version: two of its chunks were written by the first.
+    repinned = stack.cli("rerun", pinned, "--repin", timeout=120)
+    assert repinned.returncode == 2 and f"2 of its chunks were written by version {first.version}" in repinned.stderr
     row = stack.sql("SELECT * FROM batch_runs WHERE batch_id = :b", b=pinned)[0]
-    assert (row.status, row.model_version, row.attempts, row.chunks_done) == ("failed", first.version, 2, 2)
-    assert "ModelVersionGone" in row.error
+    assert (row.status, row.model_version, row.attempts, row.chunks_done) == (
+        "failed",
+        first.version,
+        before.attempts,
+        2,
+    )
 
 
 def test_backfill_reruns_a_failed_slot_reports_it_honestly_and_old_slots_are_never_missed(new_stack):
@@ -566,17 +576,22 @@ def test_a_backfill_leaves_a_slot_a_prune_is_deleting_and_says_so_with_and_witho
 
 
 def test_a_backfill_the_worker_refuses_ends_its_wait_with_the_workers_reason(new_stack):
-    """The worker's own MAX_RIDES_PER_REQUEST is below the slots' size, which this command's settings
-    allow: the worker refuses each run before it records a batch, so no batch row will ever say so.
+    """The worker's own MAX_RIDES_PER_REQUEST is below the slots' size (`--rides 30`), which this
+    command's settings allow: the worker refuses each run before it records a batch, so no batch row
+    will ever say so.
     --wait reads the messages' failure from the result backend and says why, instead of waiting out
     its timeout and calling the slots still running."""
     stack = new_stack(BATCH_INTERVAL_SECONDS="300", RIDES_PER_BATCH="30")
-    small = stack.start_worker("small", concurrency=1, extra_env={"MAX_RIDES_PER_REQUEST": "10"})
+    # Its own RIDES_PER_BATCH within its limit: a process whose settings contradict each other stops at start.
+    small = stack.start_worker(
+        "small", concurrency=1, extra_env={"MAX_RIDES_PER_REQUEST": "10", "RIDES_PER_BATCH": "10"}
+    )
     end = _slot(time.time(), 300) - timedelta(days=1)
     start = end - timedelta(minutes=15)
     result = stack.cli(
-        "backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--wait", "--timeout", "150", timeout=300
-    )
+        "backfill", "--from", start.isoformat(), "--to", end.isoformat(), "--rides", "30", "--wait", "--timeout", "150",
+        timeout=300,
+    )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert "0 written (0 rows), 0 already there, 3 failed" in result.stdout, result.stdout
     assert "still running" not in result.stdout
