@@ -223,7 +223,10 @@ class Settings(BaseSettings):
                 f"RIDES_PER_BATCH ({self.RIDES_PER_BATCH}) is more than MAX_RIDES_PER_REQUEST "
                 f"({self.MAX_RIDES_PER_REQUEST}), which the workers would refuse for every slot"
             )
-        existing = next((p for p in (self.LOCAL_DIR, *self.LOCAL_DIR.parents) if p.exists()), None)
+        try:
+            existing = next((p for p in (self.LOCAL_DIR, *self.LOCAL_DIR.parents) if p.exists()), None)
+        except OSError:  # a folder on the way this user may not look into: the first write will say so
+            existing = None
         if existing is not None and not existing.is_dir():
             raise ValueError(f"LOCAL_DIR {self.LOCAL_DIR} is not a folder ({existing} is a file)")
         if self.TASK_SOFT_TIME_LIMIT >= self.TASK_TIME_LIMIT:

@@ -292,3 +292,21 @@ def test_a_slots_window_is_its_interval_in_chicago_local_time_across_daylight_sa
     assert (start.isoformat(), end.isoformat()) == window
     assert start.tzinfo is None and end.tzinfo is None and start.fold == 0
     assert (end - start).total_seconds() == 300
+
+
+def test_a_local_dir_under_a_folder_this_user_cannot_look_into_is_left_to_the_first_write(monkeypatch, tmp_path):
+    """Path.exists raises PermissionError (not False) under such a folder; settings must not crash on
+    it. Root is never refused here, so the refusal is simulated (the one stand-in in this file)."""
+    from pathlib import Path
+
+    real = Path.exists
+
+    def denied(self, *args, **kwargs):
+        if str(self).startswith(str(tmp_path / "locked")):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", denied)
+    wanted = tmp_path / "locked" / "local"
+    settings = Settings(LOCAL_DIR=wanted)
+    assert wanted == settings.LOCAL_DIR
