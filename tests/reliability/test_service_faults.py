@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -643,9 +645,6 @@ class BreakingProxy:
     `limit` bytes through it: a broker lost in the middle of a large send."""
 
     def __init__(self, target_port: int, limit: int) -> None:
-        import socket
-        import threading
-
         self.limit, self.sent, self.target_port = limit, 0, target_port
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -654,9 +653,6 @@ class BreakingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        import socket
-        import threading
-
         while True:
             try:
                 client, _ = self.listener.accept()
@@ -682,8 +678,6 @@ class BreakingProxy:
             return
 
     def cut(self) -> None:
-        import socket
-
         self.listener.close()
         for sock in self.sockets:
             with contextlib.suppress(OSError):
