@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REAL_SAMPLE
-from tests.support import REAL_TRIP_ROW, REPO_ROOT, unique_model_name
+from tests.support import REAL_SAMPLE, REAL_TRIP_ROW, REPO_ROOT, unique_model_name
 from worker.rides.cleaning import REQUIRED_COLUMNS
 
 pytestmark = pytest.mark.integration
